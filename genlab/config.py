@@ -1,0 +1,188 @@
+"""Experiment configs: load `experiments/<name>.py`, apply `--config.` overrides, validate.
+
+An experiment is a Python file whose `get_config()` returns an
+`ml_collections.ConfigDict`. Every experiment has the top-level fields listed
+in `REQUIRED_FIELDS`; `apply_overrides` lets the command line change any
+existing field (`--config.model.latent_dim=16`) and refuses fields that do not
+exist, naming the closest match.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from genlab.errors import ConfigError
+
+REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "parallel", "family")
+PARALLEL_MODES = ("auto", "pmap", "shard_map", "none")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every experiment shares, with their defaults; experiments override them.
+
+  Data values are mapped onto `data.range` (integer pixels read as 0..255,
+  float as 0..1). Periods (`*_every`) count train steps.
+  """
+  placeholder = ml_collections.config_dict.placeholder
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.family = "autoencoder"
+  config.dataset = "digits"  # An embedded or TFDS dataset name, or a .npz path.
+  config.data = ml_collections.ConfigDict(
+    {
+      "data_dir": placeholder(str),  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+      "image_key": "image",
+      "label_key": "label",
+      "target_key": placeholder(str),  # TFDS feature with the target map, if any.
+      "range": (0.0, 1.0),
+    }
+  )
+  config.batch_size = 64  # Global: summed over processes and devices.
+  config.eval_batch_size = placeholder(int)  # None: batch_size.
+  config.num_steps = 1000
+  config.parallel = "auto"  # auto | pmap | shard_map | none.
+  config.model = ml_collections.ConfigDict({"name": "conv_ae"})
+  config.loss = "mse"
+  config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3})
+  config.log_every = 100
+  config.eval_every = 500
+  config.image_every = 500
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 3
+  config.num_images = 8  # Test examples shown in each PNG grid.
+  return config
+
+
+def load_experiment(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """Imports an experiment file and returns its `get_config()`.
+
+  Args:
+    path: path to a Python file defining `get_config()`.
+
+  Returns:
+    The experiment's config, unlocked copy.
+
+  Raises:
+    ConfigError: the file does not exist or has no `get_config()`.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f"experiment file not found: {path}")
+  spec = importlib.util.spec_from_file_location(f"genlab_experiment_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config()")
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+  return config
+
+
+def _parse_value(text: str) -> Any:
+  """Parses a command-line value as a Python literal, else keeps the string."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _all_field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      names.extend(_all_field_names(value, prefix + key + "."))
+  return names
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+  """Sets `config.<dotted>` from its command-line text, keeping the field's type.
+
+  Raises:
+    ConfigError: the field does not exist, or the value has the wrong type.
+  """
+  *parents, leaf = dotted.split(".")
+  node = config
+  for i, name in enumerate(parents):
+    child = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(child, ml_collections.ConfigDict):
+      _raise_unknown(config, ".".join(parents[: i + 1]))
+    node = child
+  if leaf not in node:
+    _raise_unknown(config, dotted)
+  old = node[leaf]
+  value = _parse_value(text)
+  if isinstance(old, str) and not isinstance(value, str):
+    value = text  # `--config.dataset=123` on a string field means the string "123".
+  elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  elif isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  elif isinstance(old, tuple) and not isinstance(value, tuple):
+    value = (value,)
+  elif isinstance(old, bool) and not isinstance(value, bool):
+    raise ConfigError(f"--config.{dotted} expects True or False, got {text!r}")
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(
+      f"--config.{dotted}={text}: expected {type(old).__name__}, got {type(value).__name__}"
+    ) from e
+
+
+def _raise_unknown(config: ml_collections.ConfigDict, dotted: str) -> None:
+  close = difflib.get_close_matches(dotted, _all_field_names(config), n=1)
+  hint = f" (did you mean --config.{close[0]}?)" if close else ""
+  raise ConfigError(f"unknown config field --config.{dotted}{hint}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Applies `--config.a.b=value` strings to `config` in place."""
+  for item in overrides:
+    if not item.startswith("--config.") or "=" not in item:
+      raise ConfigError(f"cannot read override {item!r}: expected --config.FIELD=VALUE")
+    dotted, text = item[len("--config.") :].split("=", 1)
+    set_field(config, dotted, text)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the fields every experiment must have and their ranges."""
+  missing = [f for f in REQUIRED_FIELDS if f not in config]
+  if missing:
+    raise ConfigError(f"config lacks required fields: {', '.join(missing)}")
+  if config.parallel not in PARALLEL_MODES:
+    raise ConfigError(f"config.parallel={config.parallel!r}; choose one of {PARALLEL_MODES}")
+  for name in ("batch_size", "num_steps"):
+    value = config[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(f"config.{name} must be a positive integer, got {value!r}")
+  for name in ("log_every", "eval_every", "checkpoint_every", "image_every", "keep_checkpoints"):
+    if name in config and (not isinstance(config[name], int) or config[name] < 1):
+      raise ConfigError(f"config.{name} must be a positive integer, got {config[name]!r}")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """Serialises a config to stable, human-readable JSON (tuples become lists)."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """Inverse of `to_json`: lists of the saved file come back as tuples."""
+
+  def tuplify(value):
+    if isinstance(value, dict):
+      return {k: tuplify(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuplify(v) for v in value)
+    return value
+
+  return ml_collections.ConfigDict(tuplify(json.loads(text)))

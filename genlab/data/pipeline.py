@@ -1,0 +1,142 @@
+"""Batches whose content depends only on (seed, step): resuming restores the data order.
+
+The global batch of step `s` is slice `s mod steps_per_epoch` of the
+permutation of epoch `s // steps_per_epoch`, drawn from
+`numpy.random.default_rng([seed, epoch])` (the last incomplete batch of each
+epoch is dropped). Process `p` of `P` takes rows `[p·B/P, (p+1)·B/P)` of it; the
+runner then splits those rows over the process's local devices. Because the
+order is a pure function of the step, a checkpoint only needs the step.
+
+Values: integer arrays (images, target maps) are read as 0..255, float arrays
+as 0..1; both are mapped linearly onto `value_range` (default [0, 1]) as
+float32. Labels stay int32. Every batch carries `index`, each example's
+position in the global batch, from which steps derive per-example keys that do
+not depend on how many devices share the batch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+
+import numpy as np
+
+from genlab.data.sources import Split
+from genlab.errors import DataError
+
+Batch = dict[str, np.ndarray]
+
+
+def scale_values(array: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+  """Maps integer 0..255 or float 0..1 values linearly onto `value_range`, as float32."""
+  x = array.astype(np.float32)
+  if np.issubdtype(array.dtype, np.integer):
+    x = x / np.float32(255.0)
+  lo, hi = value_range
+  return np.float32(lo) + x * np.float32(hi - lo)
+
+
+def _make_batch(split: Split, rows: np.ndarray, value_range) -> Batch:
+  batch = {}
+  for key, array in split.items():
+    values = array[rows]
+    batch[key] = values.astype(np.int32) if key == "label" else scale_values(values, value_range)
+  return batch
+
+
+class Batcher:
+  """Training batches of one split, a pure function of (seed, step).
+
+  Args:
+    split: arrays of the split (`image`, optional `label`, `target`).
+    global_batch_size: examples per step summed over all processes and devices.
+    seed: seeds the per-epoch permutations.
+    process_index: this process's index among `process_count`.
+    process_count: how many processes share each global batch.
+    value_range: the range images and targets are mapped onto.
+  """
+
+  def __init__(
+    self,
+    split: Split,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    value_range: tuple[float, float] = (0.0, 1.0),
+  ):
+    self.num_examples = len(split["image"])
+    if global_batch_size > self.num_examples:
+      raise DataError(
+        f"batch_size {global_batch_size} exceeds the {self.num_examples} training examples"
+      )
+    if global_batch_size % process_count:
+      raise DataError(f"batch_size {global_batch_size} is not divisible by {process_count} processes")
+    self.split = split
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // process_count
+    self.seed = seed
+    self.process_index = process_index
+    self.value_range = tuple(value_range)
+    self.steps_per_epoch = self.num_examples // global_batch_size
+    self._epoch, self._perm = None, None
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    """The order of the split in `epoch` (cached for the current epoch)."""
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    return self._perm
+
+  def global_rows(self, step: int) -> np.ndarray:
+    """Indices into the split of the whole global batch of `step`."""
+    epoch, position = divmod(step, self.steps_per_epoch)
+    start = position * self.global_batch_size
+    return self.permutation(epoch)[start : start + self.global_batch_size]
+
+  def batch(self, step: int) -> Batch:
+    """This process's part of the global batch of `step`."""
+    start = self.process_index * self.local_batch_size
+    rows = self.global_rows(step)[start : start + self.local_batch_size]
+    batch = _make_batch(self.split, rows, self.value_range)
+    batch["index"] = np.arange(start, start + self.local_batch_size, dtype=np.int32)
+    return batch
+
+  def iterate(self, start_step: int, end_step: int, prefetch: int = 2) -> Iterator[Batch]:
+    """Yields the batches of steps `start_step .. end_step - 1`, built ahead on a thread."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+      pending = [pool.submit(self.batch, s) for s in range(start_step, min(end_step, start_step + prefetch))]
+      for step in range(start_step, end_step):
+        batch = pending.pop(0).result()
+        if step + prefetch < end_step:
+          pending.append(pool.submit(self.batch, step + prefetch))
+        yield batch
+
+
+def eval_batches(
+  split: Split,
+  *,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  value_range: tuple[float, float] = (0.0, 1.0),
+  max_examples: int | None = None,
+) -> Iterator[Batch]:
+  """Every example of `split` once, in order, in fixed-size batches.
+
+  The last batch is padded by repeating row 0; its `mask` is 0 on the padding,
+  so metrics summed with the mask count each example exactly once and every
+  batch has the same shape (one compilation).
+  """
+  n = len(split["image"]) if max_examples is None else min(max_examples, len(split["image"]))
+  local = global_batch_size // process_count
+  for start in range(0, n, global_batch_size):
+    rows = np.arange(start, start + global_batch_size)
+    mask = (rows < n).astype(np.float32)
+    rows = np.where(rows < n, rows, 0)
+    mine = slice(process_index * local, (process_index + 1) * local)
+    batch = _make_batch(split, rows[mine], value_range)
+    batch["mask"] = mask[mine]
+    batch["index"] = np.arange(mine.start, mine.stop, dtype=np.int32)
+    yield batch

@@ -1,0 +1,224 @@
+"""Loading a dataset by name or path into in-memory NumPy splits.
+
+`load_dataset(spec)` accepts, in this order:
+  * a path to a `.npz` file with `x_train`, `x_test` and optional `y_train`,
+    `y_test`, `target_train`, `target_test` (the layout of Keras' mnist.npz);
+  * the name of a dataset embedded in genlab (`digits`), prepared on first use;
+  * the name of any TFDS dataset already prepared in the TFDS data dir
+    (`mnist`, `fashion_mnist`, `cifar10`, ...), read TF-free with
+    `tfds.data_source`. genlab never downloads: prepare it with `tfds build NAME`.
+
+Every split is a dict of arrays: `image` (N, H, W, C), optional `label` (N,)
+and optional `target` (N, H', W', C') for tasks whose output is not the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from genlab.data.embedded import EMBEDDED_BUILDERS
+from genlab.errors import DataError
+
+Split = dict[str, np.ndarray]
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Train and test splits of one dataset, held in host memory.
+
+  Attributes:
+    name: what the user asked for (dataset name or `.npz` path).
+    train: arrays of the train split (`image`, optional `label`, `target`).
+    test: arrays of the test split, same keys as `train`.
+  """
+
+  name: str
+  train: Split
+  test: Split
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.train["image"].shape[1:])
+
+  @property
+  def target_shape(self) -> tuple[int, ...]:
+    """Shape of what a model must output: the `target` if present, else the image."""
+    return tuple(self.train.get("target", self.train["image"]).shape[1:])
+
+  def split(self, name: str) -> Split:
+    if name not in SPLITS:
+      raise DataError(f"unknown split {name!r}; choose one of {SPLITS}")
+    return getattr(self, name)
+
+
+def load_dataset(
+  spec: str,
+  *,
+  data_dir: str | None = None,
+  image_key: str = "image",
+  label_key: str | None = "label",
+  target_key: str | None = None,
+) -> Dataset:
+  """Loads train and test splits of `spec` (a `.npz` path or a dataset name).
+
+  Args:
+    spec: a path to a `.npz` file, or an embedded or TFDS dataset name.
+    data_dir: the TFDS data dir; `None` uses TFDS' default (`$TFDS_DATA_DIR`
+      or `~/tensorflow_datasets`).
+    image_key: TFDS feature holding the model input.
+    label_key: TFDS feature holding integer labels, if any.
+    target_key: TFDS feature holding the target map, if the output is not the input.
+
+  Returns:
+    The validated `Dataset`.
+
+  Raises:
+    DataError: unknown name, unprepared TFDS dataset, or unusable arrays.
+  """
+  if spec.endswith(".npz") or os.path.sep in spec:
+    return _load_npz(spec)
+  if spec in EMBEDDED_BUILDERS:
+    _prepare_embedded(spec, data_dir)
+  keys = {"image": image_key, "label": label_key, "target": target_key}
+  splits = {s: _load_tfds_split(spec, s, data_dir, keys) for s in SPLITS}
+  dataset = Dataset(name=spec, **splits)
+  _validate(dataset, source=f"TFDS dataset {spec!r}")
+  return dataset
+
+
+def _load_npz(path: str) -> Dataset:
+  if not pathlib.Path(path).is_file():
+    raise DataError(f"no such .npz file: {path}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise DataError(f"cannot read {path} as .npz: {e}") from e
+  missing = [k for k in ("x_train", "x_test") if k not in arrays]
+  if missing:
+    raise DataError(
+      f"{path} lacks the key(s) {', '.join(missing)}; a .npz dataset needs x_train and x_test "
+      f"(optional y_train, y_test, target_train, target_test); it has {', '.join(sorted(arrays))}"
+    )
+  for prefix in ("y", "target"):
+    present = [f"{prefix}_{s}" in arrays for s in SPLITS]
+    if any(present) and not all(present):
+      raise DataError(f"{path} has only one of {prefix}_train / {prefix}_test; give both or none")
+  splits = {}
+  for s in SPLITS:
+    split = {"image": _as_images(arrays[f"x_{s}"], f"{path}: x_{s}")}
+    if f"y_{s}" in arrays:
+      split["label"] = arrays[f"y_{s}"]
+    if f"target_{s}" in arrays:
+      split["target"] = _as_images(arrays[f"target_{s}"], f"{path}: target_{s}")
+    splits[s] = split
+  dataset = Dataset(name=path, **splits)
+  _validate(dataset, source=path)
+  return dataset
+
+
+def _as_images(array: np.ndarray, what: str) -> np.ndarray:
+  """(N, H, W) gains a channel axis; anything but (N, H, W[, C]) is refused."""
+  if array.ndim == 3:
+    array = array[..., None]
+  if array.ndim != 4:
+    raise DataError(f"{what} has shape {array.shape}; expected (N, H, W) or (N, H, W, C)")
+  return array
+
+
+def _validate(dataset: Dataset, *, source: str) -> None:
+  for s in SPLITS:
+    split = dataset.split(s)
+    n = len(split["image"])
+    if n == 0:
+      raise DataError(f"{source}: the {s} split is empty")
+    for key, array in split.items():
+      if len(array) != n:
+        raise DataError(f"{source}: {s} split has {n} images but {len(array)} {key} entries")
+      if key == "label":
+        if not np.issubdtype(array.dtype, np.integer):
+          raise DataError(f"{source}: {s} labels have dtype {array.dtype}; expected integers")
+        continue
+      if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DataError(f"{source}: {s} {key} has dtype {array.dtype}; expected uint8 or float")
+      if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+          raise DataError(f"{source}: {s} {key} holds NaN or Inf values")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < 0.0 or hi > 1.0:
+          raise DataError(
+            f"{source}: float {s} {key} spans [{lo:.3g}, {hi:.3g}]; float images must lie in "
+            "[0, 1] (or store them as uint8 in [0, 255])"
+          )
+      elif array.min() < 0 or array.max() > 255:
+        raise DataError(f"{source}: integer {s} {key} must lie in [0, 255]")
+    if split["image"].shape[1:] != dataset.train["image"].shape[1:]:
+      raise DataError(f"{source}: train and test images differ in shape")
+    if set(split) != set(dataset.train):
+      raise DataError(f"{source}: train and test splits carry different arrays")
+
+
+@contextlib.contextmanager
+def _file_lock(path: pathlib.Path):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare_embedded(name: str, data_dir: str | None) -> None:
+  builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+  # Two processes (pytest-xdist workers, several hosts) may race to prepare it.
+  with _file_lock(pathlib.Path(builder.data_dir).parent / f".{name}.prepare.lock"):
+    if not builder.is_prepared():
+      tfds.display_progress_bar(False)
+      try:
+        builder.download_and_prepare()
+      finally:
+        tfds.display_progress_bar(True)
+
+
+def _load_tfds_split(name: str, split: str, data_dir: str | None, keys: dict) -> Split:
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(
+      f"unknown dataset {name!r}: not an existing .npz path, not embedded in genlab "
+      f"({', '.join(EMBEDDED_BUILDERS)}), not a TFDS dataset"
+    ) from e
+  except (AssertionError, NotImplementedError, FileNotFoundError) as e:
+    # Not prepared in `data_dir`, or prepared without random access (TFRecord).
+    where = data_dir or tfds.core.constants.DATA_DIR
+    raise DataError(
+      f"TFDS dataset {name!r} is not prepared as array_record in {where}; genlab never "
+      f"downloads: run `tfds build {name} --file_format=array_record` where there is network "
+      "(TFDS_DATA_DIR or config.data.data_dir picks the dir), or pass a .npz"
+    ) from e
+  except (ValueError, KeyError) as e:
+    raise DataError(f"TFDS dataset {name!r} has no usable {split!r} split: {e}") from e
+  n = len(source)
+  if n == 0:
+    raise DataError(f"TFDS dataset {name!r}: split {split!r} is empty")
+  first = source[0]
+  for role, key in keys.items():
+    if key is not None and key not in first and not (role == "label"):
+      raise DataError(f"TFDS dataset {name!r} has no feature {key!r} (it has {sorted(first)})")
+  wanted = {role: key for role, key in keys.items() if key is not None and key in first}
+  # Record by record: the mocked sources of tfds.testing have no working __getitems__.
+  records = [source[i] for i in range(n)]
+  split_arrays = {role: np.stack([r[key] for r in records]) for role, key in wanted.items()}
+  for role in ("image", "target"):
+    if role in split_arrays:
+      split_arrays[role] = _as_images(split_arrays[role], f"{name}/{split} {keys[role]}")
+  return split_arrays

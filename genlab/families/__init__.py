@@ -1,0 +1,17 @@
+"""Model families: each provides step functions to the shared trainer."""
+
+from genlab.errors import ConfigError
+from genlab.families.autoencoder import Autoencoder
+from genlab.families.base import Family
+
+FAMILIES: dict[str, type[Family]] = {"autoencoder": Autoencoder}
+
+
+def get_family(name: str) -> type[Family]:
+  """The family class registered under `name`."""
+  if name not in FAMILIES:
+    raise ConfigError(f"unknown family {name!r}; choose one of {sorted(FAMILIES)}")
+  return FAMILIES[name]
+
+
+__all__ = ["FAMILIES", "Autoencoder", "Family", "get_family"]

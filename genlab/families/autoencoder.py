@@ -1,0 +1,96 @@
+"""Autoencoders on the shared trainer: reconstruct the input, or map it to a target.
+
+The model maps `batch['image']` to `batch['target']` when the dataset has
+targets (image → map) and back to `batch['image']` otherwise. The loss is the
+per-example MSE (or Bernoulli cross-entropy from logits, `config.loss='bce'`),
+averaged over the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genlab import losses
+from genlab.data import scale_values
+from genlab.errors import ConfigError
+from genlab.families.base import Family, Metrics
+from genlab.models import ConvAutoencoder
+from genlab.train.parallel import masked_sum, pmean
+from genlab.train.state import TrainState, make_optimizer, optimization_metrics
+
+MODELS = {"conv_ae": ConvAutoencoder}
+
+
+def target_of(batch) -> jax.Array:
+  """What the model must output: the target map if the data has one, else the input."""
+  return batch["target"] if "target" in batch else batch["image"]
+
+
+class Autoencoder(Family):
+  """Reconstruction (or image → map) with a single model and optimizer."""
+
+  def __init__(self, config, dataset):
+    super().__init__(config, dataset)
+    model_config = config.model.to_dict()
+    name = model_config.pop("name")
+    if name not in MODELS:
+      raise ConfigError(f"unknown autoencoder model {name!r}; choose one of {sorted(MODELS)}")
+    if config.loss not in losses.RECONSTRUCTION_LOSSES:
+      raise ConfigError(f"config.loss={config.loss!r}; choose one of {losses.RECONSTRUCTION_LOSSES}")
+    try:
+      self.model = MODELS[name](output_shape=dataset.target_shape, **model_config)
+    except TypeError as e:
+      raise ConfigError(f"config.model: {e}") from e
+    self.tx = make_optimizer(config.optimizer)
+    self._predict = jax.jit(lambda params, x: self.model.apply({"params": params}, x)[0])
+
+  def init_state(self, key, batch) -> TrainState:
+    params = self.model.init(key, jnp.asarray(batch["image"][:1]))["params"]
+    return TrainState.create(params={"model": params}, tx={"model": self.tx})
+
+  def per_example_loss(self, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    output, aux = self.model.apply({"params": params}, batch["image"])
+    target = target_of(batch)
+    mse = losses.mean_squared_error(output, target)
+    if self.config.loss == "bce":
+      loss = losses.sigmoid_binary_cross_entropy(aux["logits"], target)
+    else:
+      loss = mse
+    return loss, {"mse": mse}
+
+  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
+    del key  # A plain autoencoder's step is deterministic.
+
+    def loss_fn(params):
+      loss, parts = self.per_example_loss(params, batch)
+      return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
+    grads = pmean(grads, axis_name)
+    metrics = pmean({"loss": loss, **parts}, axis_name)
+    metrics.update(optimization_metrics(grads, state.params["model"]))
+    return state.apply_gradients({"model": grads}), metrics
+
+  def eval_step(self, state, batch) -> Metrics:
+    loss, parts = self.per_example_loss(state.params["model"], batch)
+    mask = batch["mask"]
+    return {"loss": masked_sum(loss, mask), **{k: masked_sum(v, mask) for k, v in parts.items()}}
+
+  def image_rows(self, state, batch):
+    output = self._predict(state.params["model"], batch["image"])
+    rows = [batch["image"]]
+    if "target" in batch:
+      rows.append(batch["target"])
+    rows.append(np.asarray(output))
+    return {"reconstruction" if "target" not in batch else "prediction": rows}
+
+  def reference_metrics(self):
+    """MSE on the test split of always predicting the mean training target."""
+    train = self.dataset.train.get("target", self.dataset.train["image"])
+    test = self.dataset.test.get("target", self.dataset.test["image"])
+    mean = scale_values(train, self.value_range).mean(axis=0)
+    test = scale_values(test, self.value_range)
+    per_example = ((test - mean) ** 2).reshape(len(test), -1).mean(axis=1)
+    return {"mse_mean_baseline": float(per_example.mean())}

@@ -1,0 +1,59 @@
+"""What a model family gives the shared trainer.
+
+A family builds its model(s) and optimizer(s) from the config and the dataset's
+shapes, and provides pure step functions. The trainer (`genlab.train.loop`)
+compiles them for the chosen parallel mode and runs them; no family has a loop
+of its own.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from genlab.data import Dataset
+from genlab.train.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+class Family(abc.ABC):
+  """Step functions and evaluation of one model family.
+
+  Args:
+    config: the experiment config.
+    dataset: the loaded dataset (for shapes and baselines).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset):
+    self.config = config
+    self.dataset = dataset
+    self.value_range = tuple(config.data.range)
+
+  @abc.abstractmethod
+  def init_state(self, key: jax.Array, batch: dict[str, np.ndarray]) -> TrainState:
+    """A fresh state, shaped by an example batch."""
+
+  @abc.abstractmethod
+  def train_step(
+    self, state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *, axis_name: str | None
+  ) -> tuple[TrainState, Metrics]:
+    """One update; gradients and metrics averaged with `pmean(..., axis_name)`."""
+
+  @abc.abstractmethod
+  def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
+    """Sums over the batch's examples where `batch['mask']` is 1 (no averaging)."""
+
+  def image_rows(
+    self, state: TrainState, batch: dict[str, np.ndarray]
+  ) -> dict[str, list[np.ndarray]]:
+    """Named image grids to write, each a list of rows (N, H, W, C): input, output, ..."""
+    return {}
+
+  def reference_metrics(self) -> dict[str, Any]:
+    """Metrics of trivial baselines on the test split, for `genlab eval`."""
+    return {}

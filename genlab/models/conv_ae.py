@@ -1,0 +1,177 @@
+"""Convolutional autoencoder: strided Conv encoder, ConvTranspose decoder.
+
+The encoder halves (by `strides`) the resolution and grows the depth at each
+stage; an optional Dense layer maps the last feature map to a `latent_dim`
+code. The decoder is the inverse: Dense back to the smallest feature map, then
+one ConvTranspose per stage, each cropped to the size the matching encoder
+stage had, so any input size works (8×8, 28×28 → 14 → 7 → 4 and back, 32×32,
+64×64, ...). The decoder's output shape is a field, so the output need not be
+the input (image → map).
+
+`ConvEncoder` and `ConvDecoder` are the shared conv stacks other families
+(VAE, GAN) build on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genlab.errors import ConfigError
+
+IntOrSeq = int | Sequence[int]
+
+
+def activation_fn(name: str):
+  """Resolves an activation by its name in `flax.linen` (`relu`, `gelu`, `silu`, ...)."""
+  if name in ("none", "identity", "linear"):
+    return lambda x: x
+  fn = getattr(nn, name, None)
+  if not callable(fn):
+    raise ConfigError(f"unknown activation {name!r}; use a flax.linen function such as 'relu'")
+  return fn
+
+
+def per_stage(value: IntOrSeq, num_stages: int, what: str) -> tuple[int, ...]:
+  """Broadcasts an int to every stage, or checks a per-stage sequence's length."""
+  if isinstance(value, int):
+    return (value,) * num_stages
+  value = tuple(value)
+  if len(value) != num_stages:
+    raise ConfigError(f"{what} has {len(value)} entries for {num_stages} conv stages")
+  return value
+
+
+def stage_sizes(size: Sequence[int], strides: Sequence[int]) -> list[tuple[int, int]]:
+  """Spatial sizes before each stage and after the last ('SAME' padding: ceil(h / s))."""
+  sizes = [tuple(size)]
+  for s in strides:
+    h, w = sizes[-1]
+    sizes.append((math.ceil(h / s), math.ceil(w / s)))
+  return sizes
+
+
+class ConvEncoder(nn.Module):
+  """Strided convolutions, then (if `latent_dim`) a Dense code.
+
+  Attributes:
+    features: channels of each stage, growing with depth.
+    kernel_size: kernel side, one for all stages or one per stage.
+    strides: stride of each stage (2 halves the resolution).
+    latent_dim: size of the code; `None` keeps the last feature map as the code.
+    activation: name of a `flax.linen` activation.
+  """
+
+  features: Sequence[int] = (32, 64)
+  kernel_size: IntOrSeq = 3
+  strides: IntOrSeq = 2
+  latent_dim: int | None = 32
+  activation: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n = len(self.features)
+    kernels = per_stage(self.kernel_size, n, "kernel_size")
+    strides = per_stage(self.strides, n, "strides")
+    act = activation_fn(self.activation)
+    for i, (f, k, s) in enumerate(zip(self.features, kernels, strides, strict=True)):
+      x = nn.Conv(f, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"conv_{i}")(x)
+      x = act(x)
+    if self.latent_dim is None:
+      return x
+    return nn.Dense(self.latent_dim, dtype=self.dtype, name="code")(x.reshape(x.shape[0], -1))
+
+
+class ConvDecoder(nn.Module):
+  """The encoder's inverse: Dense → reshape → one cropped ConvTranspose per stage.
+
+  Attributes:
+    output_shape: (H, W, C) of the output.
+    features: the encoder's channels, in encoder order (the decoder walks them back).
+    kernel_size: kernel side, one for all stages or one per stage (encoder order).
+    strides: stride of each stage (encoder order).
+    activation: hidden activation.
+  Returns pre-activation outputs (logits); the caller applies the output activation.
+  """
+
+  output_shape: Sequence[int]
+  features: Sequence[int] = (32, 64)
+  kernel_size: IntOrSeq = 3
+  strides: IntOrSeq = 2
+  activation: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    n = len(self.features)
+    kernels = per_stage(self.kernel_size, n, "kernel_size")
+    strides = per_stage(self.strides, n, "strides")
+    act = activation_fn(self.activation)
+    *size, channels = self.output_shape
+    sizes = stage_sizes(size, strides)
+    x = z
+    if z.ndim == 2:  # A vector code: project back to the smallest feature map.
+      h, w = sizes[-1]
+      x = nn.Dense(h * w * self.features[-1], dtype=self.dtype, name="project")(z)
+      x = act(x.reshape(z.shape[0], h, w, self.features[-1]))
+    for i in reversed(range(n)):
+      out = self.features[i - 1] if i > 0 else channels
+      k, s = kernels[i], strides[i]
+      x = nn.ConvTranspose(out, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"deconv_{i}")(x)
+      h, w = sizes[i]
+      x = x[:, :h, :w, :]
+      if i > 0:
+        x = act(x)
+    return x
+
+
+class ConvAutoencoder(nn.Module):
+  """`ConvEncoder` → code → `ConvDecoder`, mapping an image to `output_shape`.
+
+  Attributes:
+    output_shape: (H, W, C) of the output: the input's shape for reconstruction,
+      the target's for image → map.
+    features, kernel_size, strides, latent_dim, activation: see `ConvEncoder`.
+    output_activation: applied to the decoder's logits (`sigmoid` for [0, 1]
+      data, `tanh` for [-1, 1], `none`).
+  """
+
+  output_shape: Sequence[int]
+  features: Sequence[int] = (32, 64)
+  kernel_size: IntOrSeq = 3
+  strides: IntOrSeq = 2
+  latent_dim: int | None = 32
+  activation: str = "relu"
+  output_activation: str = "sigmoid"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    common = dict(
+      features=tuple(self.features),
+      kernel_size=self.kernel_size,
+      strides=self.strides,
+      activation=self.activation,
+      dtype=self.dtype,
+    )
+    self.encoder = ConvEncoder(latent_dim=self.latent_dim, **common)
+    self.decoder = ConvDecoder(output_shape=tuple(self.output_shape), **common)
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    return self.encoder(x)
+
+  def decode(self, code: jax.Array) -> jax.Array:
+    """Returns the decoder's logits (before `output_activation`)."""
+    return self.decoder(code)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns `(output, aux)`; aux holds the `code` and the output `logits`."""
+    code = self.encode(x)
+    logits = self.decode(code).astype(jnp.float32)
+    output = activation_fn(self.output_activation)(logits)
+    return output, {"code": code, "logits": logits}

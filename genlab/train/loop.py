@@ -1,0 +1,258 @@
+"""The one training loop every family runs on, and the evaluation behind `genlab eval`.
+
+`train_and_evaluate(config, workdir)` loads the data, builds the family, and
+then, from the latest checkpoint in `workdir` if there is one:
+
+  for each step: batch = f(seed, step) → compiled family step (jit / pmap / shard_map)
+  every `log_every` steps: mean train metrics → metrics.jsonl, TensorBoard, stdout
+  every `eval_every` steps and at the end: the whole test split → `test/*` metrics
+  every `image_every` steps and at the end: PNG grids of fixed test examples
+  every `checkpoint_every` steps and at the end: an orbax checkpoint
+
+Because the batch and the key of a step are functions of (seed, step), a run
+resumed from a checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from genlab import config as config_lib
+from genlab.data import Batcher, Dataset, eval_batches, load_dataset
+from genlab.errors import WorkdirError
+from genlab.families import Family, get_family
+from genlab.train import rngs
+from genlab.train.checkpoint import Checkpointer
+from genlab.train.parallel import Runner
+from genlab.train.state import TrainState
+from genlab.train.writers import MetricWriter, image_grid
+
+CONFIG_FILE = "config.json"
+EVAL_FILE = "eval.json"
+
+
+def log(message: str) -> None:
+  """Prints on process 0 only, without breaking a progress bar."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stdout)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run or an evaluation builds from a config."""
+
+  config: ml_collections.ConfigDict
+  dataset: Dataset
+  family: Family
+  runner: Runner
+  root_key: jax.Array
+  initial_state: TrainState  # Host arrays; the structure checkpoints restore into.
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  """Loads the data and builds the family, runner and a fresh state for `config`."""
+  config_lib.validate(config)
+  dataset = load_dataset(
+    config.dataset,
+    data_dir=config.data.data_dir,
+    image_key=config.data.image_key,
+    label_key=config.data.label_key,
+    target_key=config.data.target_key,
+  )
+  family = get_family(config.family)(config, dataset)
+  runner = Runner(config.parallel, global_batch_size=config.batch_size)
+  root_key = rngs.root_key(config.seed)
+  example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
+  state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
+  return Setup(config, dataset, family, runner, root_key, jax.device_get(state))
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+  """Creates `workdir` and checks that it is writable, before any work starts."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write_probe_{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
+
+
+def evaluate(s: Setup, eval_step, state, split: str = "test") -> dict[str, float]:
+  """Means of the family's eval sums over every example of `split`.
+
+  Returns:
+    `{name: mean}` plus `num_examples`, the number of examples averaged over.
+  """
+  totals = None
+  batches = eval_batches(
+    s.dataset.split(split),
+    global_batch_size=s.config.eval_batch_size or s.config.batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    value_range=s.family.value_range,
+  )
+  for batch in batches:
+    sums = eval_step(state, s.runner.shard(batch))
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  totals = s.runner.fetch(totals)
+  n = totals.pop("num_examples")
+  return {**{k: v / n for k, v in totals.items()}, "num_examples": int(round(n))}
+
+
+def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -> None:
+  """Grids of the first `num_images` test examples (the same ones at every step)."""
+  if not writer.active or s.config.num_images <= 0:
+    return
+  batch = next(
+    eval_batches(s.dataset.test, global_batch_size=s.config.num_images, value_range=s.family.value_range)
+  )
+  for name, rows in s.family.image_rows(state, batch).items():
+    n = int(batch["mask"].sum())
+    grid = image_grid([r[:n] for r in rows], value_range=s.family.value_range)
+    writer.write_image(step, name, grid)
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: TrainState  # Host copy of the final state.
+  step: int
+  test_metrics: dict[str, float]
+  workdir: pathlib.Path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> RunResult:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+
+  Args:
+    config: an experiment config (see `genlab.config`).
+    workdir: where config.json, metrics.jsonl, tensorboard/, images/ and
+      checkpoints/ go.
+
+  Returns:
+    The final state (host arrays), step and test metrics.
+  """
+  workdir = pathlib.Path(workdir)
+  config_lib.validate(config)
+  check_workdir(workdir)
+  s = setup(config)
+  ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every)
+  state = s.initial_state
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(state, start)
+    log(f"resuming from the checkpoint of step {start} in {ckpt.directory}")
+  start = int(state.step)
+  if jax.process_index() == 0:
+    (workdir / CONFIG_FILE).write_text(config_lib.to_json(config))
+
+  batcher = Batcher(
+    s.dataset.train,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    value_range=s.family.value_range,
+  )
+  train_step = s.runner.train_step(s.family.train_step)
+  eval_step = s.runner.eval_step(s.family.eval_step)
+  writer = MetricWriter(workdir)
+  log(
+    f"genlab: family={config.family} model={config.model.name} dataset={config.dataset} "
+    f"train={batcher.num_examples} test={len(s.dataset.test['image'])} batch={config.batch_size} "
+    f"devices={s.runner.num_devices} parallel={s.runner.mode} steps {start}->{config.num_steps}"
+  )
+  state = s.runner.replicate(state)
+  test_metrics: dict[str, float] = {}
+  pending: list[dict[str, Any]] = []
+  tick, tick_step = time.perf_counter(), start
+  progress = tqdm.tqdm(
+    total=config.num_steps, initial=start, unit="step", disable=not sys.stderr.isatty() or jax.process_index() != 0
+  )
+  try:
+    for step, batch in enumerate(batcher.iterate(start, config.num_steps), start=start + 1):
+      state, metrics = train_step(state, s.runner.shard(batch), s.root_key)
+      pending.append(metrics)
+      progress.update(1)
+      last = step == config.num_steps
+      if step % config.log_every == 0 or last:
+        means = {k: float(np.mean(v)) for k, v in _stack_metrics(s.runner, pending).items()}
+        elapsed = time.perf_counter() - tick
+        rate = (step - tick_step) * config.batch_size / elapsed
+        line = {f"train/{k}": v for k, v in means.items()}
+        line.update({"train/num_steps": len(pending), "train/examples_per_s": rate})
+        writer.write(step, line)
+        progress.set_postfix(loss=f"{means['loss']:.4g}", ex_per_s=f"{rate:.0f}")
+        log(f"step {step}: train loss {means['loss']:.5g} (mean of {len(pending)} steps), {rate:.0f} examples/s")
+        pending, tick, tick_step = [], time.perf_counter(), step
+      if step % config.eval_every == 0 or last:
+        test_metrics = evaluate(s, eval_step, state)
+        writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
+        log(f"step {step}: test " + ", ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
+      if step % config.image_every == 0 or last:
+        write_images(s, writer, step, s.runner.unreplicate(state))
+      if step % config.checkpoint_every == 0 or last:
+        ckpt.save(step, s.runner.unreplicate(state), force=last)
+  finally:
+    progress.close()
+    ckpt.close()
+    writer.close()
+  final = s.runner.unreplicate(state)
+  return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
+
+
+def _stack_metrics(runner: Runner, pending: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
+  fetched = [runner.fetch(m) for m in pending]
+  return {k: np.array([m[k] for m in fetched]) for k in fetched[0]}
+
+
+def evaluate_workdir(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Restores the latest checkpoint of `workdir`, evaluates it on the test split,
+  and writes `<workdir>/eval.json`.
+
+  Returns:
+    The report: the protocol (dataset, split, examples, checkpoint step, value
+    range) and the metrics, including the family's reference baselines.
+  """
+  workdir = pathlib.Path(workdir)
+  config_path = workdir / CONFIG_FILE
+  if not config_path.is_file():
+    raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a genlab workdir?")
+  config = config_lib.from_json(config_path.read_text())
+  s = setup(config)
+  ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every)
+  step = ckpt.latest_step()
+  if step is None:
+    raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
+  state = s.runner.replicate(ckpt.restore(s.initial_state, step))
+  ckpt.close()
+  metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
+  num_examples = metrics.pop("num_examples")
+  metrics.update(s.family.reference_metrics())
+  if "mse" in metrics and "mse_mean_baseline" in metrics:
+    metrics["mse_to_baseline_ratio"] = metrics["mse"] / metrics["mse_mean_baseline"]
+  report = {
+    "dataset": config.dataset,
+    "split": "test",
+    "num_examples": num_examples,
+    "checkpoint_step": int(step),
+    "value_range": list(s.family.value_range),
+    "metrics": metrics,
+    "definitions": {
+      "mse": "mean over test examples of the per-example mean squared error over pixels",
+      "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
+    },
+  }
+  if jax.process_index() == 0:
+    (workdir / EVAL_FILE).write_text(json.dumps(report, indent=2))
+  return report

@@ -1,0 +1,167 @@
+"""One step body, three ways to run it: `jit` on one device, `pmap`, `shard_map`.
+
+A family writes its step once, `(state, batch, key, *, axis_name) -> (state,
+metrics)`, averaging gradients and metrics with `pmean(x, axis_name)` (a no-op
+when `axis_name` is None). `Runner` wraps that body:
+
+* `none` — `jax.jit` on the first local device, `axis_name=None`;
+* `pmap` — `jax.pmap` over the local devices, named axis `batch`; the state is
+  replicated with a leading device axis and each batch is reshaped to
+  `(devices, batch / devices, ...)`;
+* `shard_map` — `jax.jit(jax.shard_map(...))` over a 1-D `Mesh` of all devices,
+  state replicated (`P()`), batch split on axis 0 (`P('batch')`);
+* `auto` — `pmap` when there is more than one device, else `none`.
+
+The wrapper derives the step's key from the root key and the state's own step
+counter (`fold_in(root, state.step)`) and increments the counter, so keys never
+depend on how many steps this process has run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from genlab.errors import ConfigError
+from genlab.train import rngs
+from genlab.train.state import TrainState
+
+AXIS = "batch"
+StepFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+EvalFn = Callable[..., dict[str, jax.Array]]
+
+
+def pmean(tree: Any, axis_name: str | None) -> Any:
+  """Mean over the device axis, or the identity on one device."""
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def psum(tree: Any, axis_name: str | None) -> Any:
+  """Sum over the device axis, or the identity on one device."""
+  return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def resolve_mode(mode: str, num_devices: int) -> str:
+  if mode == "auto":
+    return "pmap" if num_devices > 1 else "none"
+  return mode
+
+
+class Runner:
+  """Places state and batches on devices and compiles steps for one parallel mode.
+
+  Args:
+    mode: `auto`, `pmap`, `shard_map` or `none` (see the module docstring).
+    global_batch_size: checked to be divisible by the number of devices.
+  """
+
+  def __init__(self, mode: str, *, global_batch_size: int):
+    self.mode = resolve_mode(mode, jax.device_count())
+    if self.mode == "none":
+      self.devices = jax.local_devices()[:1]
+    elif self.mode == "pmap":
+      self.devices = jax.local_devices()
+    elif self.mode == "shard_map":
+      self.devices = jax.devices()
+    else:
+      raise ConfigError(f"unknown parallel mode {mode!r}")
+    if self.mode == "none" and jax.process_count() > 1:
+      raise ConfigError("parallel='none' runs on one device; several processes need pmap or shard_map")
+    self.num_devices = len(self.devices) if self.mode != "pmap" else jax.device_count()
+    if global_batch_size % self.num_devices:
+      raise ConfigError(
+        f"batch_size {global_batch_size} is not divisible by the {self.num_devices} devices "
+        f"(parallel={self.mode}); pick a multiple of {self.num_devices}"
+      )
+    if self.mode == "pmap":  # Replicas stacked on a leading axis, one per local device.
+      self._stacked = NamedSharding(Mesh(np.array(self.devices), (AXIS,)), P(AXIS))
+    if self.mode == "shard_map":
+      self.mesh = Mesh(np.array(self.devices), (AXIS,))
+      self._replicated = NamedSharding(self.mesh, P())
+      self._split = NamedSharding(self.mesh, P(AXIS))
+
+  @property
+  def axis_name(self) -> str | None:
+    return None if self.mode == "none" else AXIS
+
+  # Placement -----------------------------------------------------------------
+
+  def replicate(self, tree: Any) -> Any:
+    """Puts a host/one-device pytree where the compiled steps expect it."""
+    if self.mode == "none":
+      return jax.device_put(tree, self.devices[0])
+    if self.mode == "pmap":
+      n = len(self.devices)
+      stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
+      return jax.device_put(stacked, self._stacked)
+    return jax.device_put(tree, self._replicated)
+
+  def unreplicate(self, tree: Any) -> Any:
+    """One copy of a replicated pytree, as host NumPy arrays."""
+    if self.mode == "pmap":
+      tree = jax.tree.map(lambda x: x[0], tree)
+    return jax.device_get(tree)
+
+  def shard(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Splits this process's batch over its devices."""
+    if self.mode == "none":
+      return jax.device_put(batch, self.devices[0])
+    if self.mode == "pmap":
+      n = len(self.devices)
+      return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, x), batch)
+
+  def fetch(self, metrics: dict[str, jax.Array]) -> dict[str, float]:
+    """Device metrics (already averaged over devices) as Python floats."""
+    if self.mode == "pmap":
+      metrics = jax.tree.map(lambda x: x[0], metrics)
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+  # Compilation ---------------------------------------------------------------
+
+  def _wrap(self, body: Callable, in_specs, out_specs, donate: bool) -> Callable:
+    donate_argnums = (0,) if donate else ()
+    if self.mode == "none":
+      return jax.jit(body, donate_argnums=donate_argnums)
+    if self.mode == "pmap":
+      in_axes = tuple(0 if spec == P(AXIS) else None for spec in in_specs)
+      in_axes = (0,) + in_axes[1:]  # The replicated state carries a device axis under pmap.
+      return jax.pmap(body, axis_name=AXIS, in_axes=in_axes, donate_argnums=donate_argnums)
+    mapped = jax.shard_map(body, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs)
+    return jax.jit(mapped, donate_argnums=donate_argnums)
+
+  def train_step(self, step_fn: StepFn) -> Callable:
+    """Compiles `step_fn` into `(state, batch, root_key) -> (state, metrics)`."""
+    axis_name = self.axis_name
+
+    def body(state: TrainState, batch, root_key):
+      key = rngs.step_key(root_key, state.step)
+      new_state, metrics = step_fn(state, batch, key, axis_name=axis_name)
+      return new_state.replace(step=state.step + 1), metrics
+
+    return self._wrap(body, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), donate=True)
+
+  def eval_step(self, eval_fn: EvalFn) -> Callable:
+    """Compiles `eval_fn(state, batch) -> per-batch sums` into sums over all devices."""
+    axis_name = self.axis_name
+
+    def body(state: TrainState, batch):
+      sums = eval_fn(state, batch)
+      sums["num_examples"] = jnp.sum(batch["mask"])
+      return psum(sums, axis_name)
+
+    return self._wrap(body, in_specs=(P(), P(AXIS)), out_specs=P(), donate=False)
+
+
+def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Sum of per-example `values` over the examples where `mask` is 1, in float32."""
+  return jnp.sum(values.astype(jnp.float32) * mask)
+
+
+__all__ = ["AXIS", "Runner", "masked_sum", "pmean", "psum", "resolve_mode"]

@@ -1,0 +1,98 @@
+"""What a run leaves in its workdir: metrics.jsonl, TensorBoard events, PNG grids.
+
+Only process 0 writes. Each line of `metrics.jsonl` is one JSON object with
+`step` and metrics named `<split>/<name>` (`train/loss`, `test/mse`, ...);
+train values are means over the steps since the previous line, and each line
+says over how many steps (`train/num_steps`) or examples (`test/num_examples`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+
+class MetricWriter:
+  """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard event files."""
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self.workdir = pathlib.Path(workdir)
+    self.active = jax.process_index() == 0
+    self._tb = None
+    if self.active:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+      self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close().
+
+  def write(self, step: int, metrics: Mapping[str, float | int]) -> None:
+    if not self.active:
+      return
+    self._jsonl.write(json.dumps({"step": int(step), **metrics}) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      if isinstance(value, int | float) and not isinstance(value, bool):
+        self._tb.add_scalar(name, value, step)
+
+  def write_image(self, step: int, name: str, grid: np.ndarray) -> pathlib.Path | None:
+    """Saves a uint8 (H, W, 3) grid as `images/<name>_step_<step>.png` and in TensorBoard."""
+    if not self.active:
+      return None
+    path = self.workdir / "images" / f"{name}_step_{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    self._tb.add_image(name, grid, step, dataformats="HWC")
+    return path
+
+  def close(self) -> None:
+    if self.active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _to_rgb_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+  lo, hi = value_range
+  x = np.clip((np.asarray(images, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
+  elif x.shape[-1] != 3:
+    x = np.repeat(x.mean(-1, keepdims=True), 3, axis=-1)  # Show other depths as intensity.
+  return np.round(x * 255).astype(np.uint8)
+
+
+def image_grid(
+  rows: Sequence[np.ndarray],
+  *,
+  value_range: tuple[float, float] = (0.0, 1.0),
+  min_size: int = 32,
+  pad: int = 2,
+) -> np.ndarray:
+  """Lays out one row per kind (e.g. inputs above outputs), examples left to right.
+
+  Args:
+    rows: arrays (N, H, W, C) with the same N; sizes and channels may differ
+      (one channel is shown as grey, three as RGB).
+    value_range: the range the values are in (mapped to black..white).
+    min_size: small images are enlarged (nearest neighbour) to at least this side.
+    pad: white pixels between cells.
+
+  Returns:
+    A uint8 (len(rows)·cell, N·cell, 3) image.
+  """
+  height = max(r.shape[1] for r in rows)
+  scale = max(1, -(-min_size // height))
+  cells = [_to_rgb_uint8(r, value_range).repeat(scale, axis=1).repeat(scale, axis=2) for r in rows]
+  cell_h = max(c.shape[1] for c in cells)
+  cell_w = max(c.shape[2] for c in cells)
+  n = len(rows[0])
+  grid = np.full((len(cells) * (cell_h + pad) + pad, n * (cell_w + pad) + pad, 3), 255, np.uint8)
+  for i, row in enumerate(cells):
+    for j in range(n):
+      y, x = pad + i * (cell_h + pad), pad + j * (cell_w + pad)
+      grid[y : y + row.shape[1], x : x + row.shape[2]] = row[j]
+  return grid
