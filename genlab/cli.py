@@ -21,7 +21,9 @@ EXIT_USER_ERROR = 2
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="genlab", description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
-  train = sub.add_parser("train", help="train an experiment (resumes from the workdir's checkpoints)")
+  train = sub.add_parser(
+    "train", help="train an experiment (resumes from the workdir's checkpoints)"
+  )
   train.add_argument("--config", required=True, help="experiment file defining get_config()")
   train.add_argument("--workdir", required=True, help="where metrics, images and checkpoints go")
   evaluate = sub.add_parser("eval", help="evaluate a workdir's latest checkpoint on the test split")

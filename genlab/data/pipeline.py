@@ -72,7 +72,9 @@ class Batcher:
         f"batch_size {global_batch_size} exceeds the {self.num_examples} training examples"
       )
     if global_batch_size % process_count:
-      raise DataError(f"batch_size {global_batch_size} is not divisible by {process_count} processes")
+      raise DataError(
+        f"batch_size {global_batch_size} is not divisible by {process_count} processes"
+      )
     self.split = split
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
@@ -106,7 +108,9 @@ class Batcher:
   def iterate(self, start_step: int, end_step: int, prefetch: int = 2) -> Iterator[Batch]:
     """Yields the batches of steps `start_step .. end_step - 1`, built ahead on a thread."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-      pending = [pool.submit(self.batch, s) for s in range(start_step, min(end_step, start_step + prefetch))]
+      pending = [
+        pool.submit(self.batch, s) for s in range(start_step, min(end_step, start_step + prefetch))
+      ]
       for step in range(start_step, end_step):
         batch = pending.pop(0).result()
         if step + prefetch < end_step:

@@ -38,7 +38,9 @@ class Autoencoder(Family):
     if name not in MODELS:
       raise ConfigError(f"unknown autoencoder model {name!r}; choose one of {sorted(MODELS)}")
     if config.loss not in losses.RECONSTRUCTION_LOSSES:
-      raise ConfigError(f"config.loss={config.loss!r}; choose one of {losses.RECONSTRUCTION_LOSSES}")
+      raise ConfigError(
+        f"config.loss={config.loss!r}; choose one of {losses.RECONSTRUCTION_LOSSES}"
+      )
     try:
       self.model = MODELS[name](output_shape=dataset.target_shape, **model_config)
     except TypeError as e:

@@ -123,7 +123,9 @@ class ConvDecoder(nn.Module):
     for i in reversed(range(n)):
       out = self.features[i - 1] if i > 0 else channels
       k, s = kernels[i], strides[i]
-      x = nn.ConvTranspose(out, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"deconv_{i}")(x)
+      x = nn.ConvTranspose(
+        out, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"deconv_{i}"
+      )(x)
       h, w = sizes[i]
       x = x[:, :h, :w, :]
       if i > 0:

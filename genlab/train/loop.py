@@ -115,7 +115,9 @@ def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -
   if not writer.active or s.config.num_images <= 0:
     return
   batch = next(
-    eval_batches(s.dataset.test, global_batch_size=s.config.num_images, value_range=s.family.value_range)
+    eval_batches(
+      s.dataset.test, global_batch_size=s.config.num_images, value_range=s.family.value_range
+    )
   )
   for name, rows in s.family.image_rows(state, batch).items():
     n = int(batch["mask"].sum())
@@ -146,7 +148,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config_lib.validate(config)
   check_workdir(workdir)
   s = setup(config)
-  ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every)
+  ckpt = Checkpointer(
+    workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every
+  )
   state = s.initial_state
   start = ckpt.latest_step()
   if start is not None:
@@ -177,24 +181,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   pending: list[dict[str, Any]] = []
   tick, tick_step = time.perf_counter(), start
   progress = tqdm.tqdm(
-    total=config.num_steps, initial=start, unit="step", disable=not sys.stderr.isatty() or jax.process_index() != 0
+    total=config.num_steps,
+    initial=start,
+    unit="step",
+    disable=not sys.stderr.isatty() or jax.process_index() != 0,
   )
   try:
     for step, batch in enumerate(batcher.iterate(start, config.num_steps), start=start + 1):
       state, metrics = train_step(state, s.runner.shard(batch), s.root_key)
       pending.append(metrics)
       progress.update(1)
+      if step == start + 1:  # Compilation happens here; keep it out of examples/s.
+        jax.block_until_ready(metrics)
+        first_step_s = time.perf_counter() - tick
+        log(f"first step (compilation included) took {first_step_s:.1f}s")
+        tick, tick_step = time.perf_counter(), step
       last = step == config.num_steps
+      paused = time.perf_counter()
       if step % config.log_every == 0 or last:
-        means = {k: float(np.mean(v)) for k, v in _stack_metrics(s.runner, pending).items()}
-        elapsed = time.perf_counter() - tick
-        rate = (step - tick_step) * config.batch_size / elapsed
+        stacked = _stack_metrics(s.runner, pending)
+        means = {k: float(np.mean(v)) for k, v in stacked.items()}
+        elapsed = paused - tick
+        rate = (
+          (step - tick_step) * config.batch_size / elapsed if step > tick_step else float("nan")
+        )
         line = {f"train/{k}": v for k, v in means.items()}
         line.update({"train/num_steps": len(pending), "train/examples_per_s": rate})
         writer.write(step, line)
         progress.set_postfix(loss=f"{means['loss']:.4g}", ex_per_s=f"{rate:.0f}")
-        log(f"step {step}: train loss {means['loss']:.5g} (mean of {len(pending)} steps), {rate:.0f} examples/s")
-        pending, tick, tick_step = [], time.perf_counter(), step
+        log(
+          f"step {step}: train loss {means['loss']:.5g} (mean of {len(pending)} steps), "
+          f"{rate:.0f} examples/s"
+        )
+        pending, tick_step = [], step
+        paused = time.perf_counter()
       if step % config.eval_every == 0 or last:
         test_metrics = evaluate(s, eval_step, state)
         writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
@@ -203,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         write_images(s, writer, step, s.runner.unreplicate(state))
       if step % config.checkpoint_every == 0 or last:
         ckpt.save(step, s.runner.unreplicate(state), force=last)
+      tick = time.perf_counter() if step == tick_step else tick + (time.perf_counter() - paused)
   finally:
     progress.close()
     ckpt.close()
@@ -230,7 +251,9 @@ def evaluate_workdir(workdir: str | pathlib.Path) -> dict[str, Any]:
     raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a genlab workdir?")
   config = config_lib.from_json(config_path.read_text())
   s = setup(config)
-  ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every)
+  ckpt = Checkpointer(
+    workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every
+  )
   step = ckpt.latest_step()
   if step is None:
     raise WorkdirError(f"{workdir} has no checkpoint to evaluate")

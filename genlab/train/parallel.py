@@ -72,7 +72,9 @@ class Runner:
     else:
       raise ConfigError(f"unknown parallel mode {mode!r}")
     if self.mode == "none" and jax.process_count() > 1:
-      raise ConfigError("parallel='none' runs on one device; several processes need pmap or shard_map")
+      raise ConfigError(
+        "parallel='none' runs on one device; several processes need pmap or shard_map"
+      )
     self.num_devices = len(self.devices) if self.mode != "pmap" else jax.device_count()
     if global_batch_size % self.num_devices:
       raise ConfigError(
@@ -133,7 +135,12 @@ class Runner:
       in_axes = tuple(0 if spec == P(AXIS) else None for spec in in_specs)
       in_axes = (0,) + in_axes[1:]  # The replicated state carries a device axis under pmap.
       return jax.pmap(body, axis_name=AXIS, in_axes=in_axes, donate_argnums=donate_argnums)
-    mapped = jax.shard_map(body, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs)
+    # check_vma=False gives the body pmap's semantics. With it on, the gradient of
+    # replicated (device-invariant) params through a per-device loss is summed over
+    # devices by JAX itself, and the body's own `pmean` would then see D× the mean.
+    mapped = jax.shard_map(
+      body, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+    )
     return jax.jit(mapped, donate_argnums=donate_argnums)
 
   def train_step(self, step_fn: StepFn) -> Callable:

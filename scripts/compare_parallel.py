@@ -1,0 +1,77 @@
+"""Trains one config on 1 device and on N (fake CPU) devices, and compares the losses.
+
+    python scripts/compare_parallel.py --devices 4 --steps 20 \
+        --config experiments/conv_ae_digits.py [--config.FIELD=VALUE ...]
+
+Runs `parallel=none` (one device), `pmap` and `shard_map` over the same global
+batches for `--steps` steps, logging the train loss at every step, and prints
+one JSON line per parallel mode: the per-step losses, the largest relative
+difference from the 1-device losses, and the largest absolute difference of the
+final parameters. On a machine without accelerators the devices are faked with
+XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before JAX starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--devices", type=int, default=4)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--config", default="experiments/conv_ae_digits.py")
+  parser.add_argument("--modes", default="pmap,shard_map")
+  args, overrides = parser.parse_known_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+  )
+
+  import jax
+  import numpy as np
+
+  from genlab import config as config_lib
+  from genlab.train.loop import train_and_evaluate
+
+  def run(mode: str, workdir: str):
+    config = config_lib.load_experiment(args.config)
+    config_lib.apply_overrides(config, overrides)
+    config.update(parallel=mode, num_steps=args.steps, log_every=1)
+    config.update(eval_every=args.steps, image_every=args.steps, checkpoint_every=args.steps)
+    result = train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      lines = [json.loads(line) for line in f]
+    losses = [line["train/loss"] for line in lines if "train/loss" in line]
+    return np.array(losses), result.state.params
+
+  with tempfile.TemporaryDirectory() as tmp:
+    reference, reference_params = run("none", os.path.join(tmp, "none"))
+    print(json.dumps({"mode": "none", "devices": 1, "losses": reference.tolist()}))
+    for mode in args.modes.split(","):
+      losses, params = run(mode, os.path.join(tmp, mode))
+      rel = np.abs(losses - reference) / np.abs(reference)
+      param_diff = max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params), strict=True)
+      )
+      print(
+        json.dumps(
+          {
+            "mode": mode,
+            "devices": jax.device_count(),
+            "steps": args.steps,
+            "losses": losses.tolist(),
+            "max_rel_loss_diff_vs_1_device": float(rel.max()),
+            "max_abs_param_diff_vs_1_device": param_diff,
+          }
+        )
+      )
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

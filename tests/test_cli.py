@@ -1,0 +1,103 @@
+"""The `genlab` command as a user meets it: real runs, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import EXPERIMENTS
+
+MAIN_EXPERIMENT = str(EXPERIMENTS / "conv_ae_digits.py")
+
+
+def genlab(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  exe = shutil.which("genlab") or os.path.join(os.path.dirname(sys.executable), "genlab")
+  return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("genlab: error:")]
+  assert len(lines) == 1, proc.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+
+
+def test_main_experiment_beats_the_readme_bar_and_resumes(data_dir, tmp_path):
+  """The README's main job: test MSE ≤ 0.3 × the mean-image baseline; then a resume."""
+  workdir = str(tmp_path / "run")
+  dd = f"--config.data.data_dir={data_dir}"
+  proc = genlab("train", "--config", MAIN_EXPERIMENT, "--workdir", workdir, dd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = genlab("eval", "--workdir", workdir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((tmp_path / "run" / "eval.json").read_text())
+  assert report["checkpoint_step"] == 2000 and report["num_examples"] == 300
+  assert report["metrics"]["mse"] <= 0.3 * report["metrics"]["mse_mean_baseline"], report
+
+  proc = genlab(
+    "train", "--config", MAIN_EXPERIMENT, "--workdir", workdir, dd, "--config.num_steps=2100"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from the checkpoint of step 2000" in proc.stdout
+  steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+  assert max(steps) == 2100 and steps.count(2100) >= 1
+
+
+@pytest.mark.parametrize(
+  "override, needles",
+  [
+    ("--config.num_stepz=3", ("num_stepz", "did you mean --config.num_steps")),
+    ("--config.model.latnt_dim=3", ("model.latnt_dim", "model.latent_dim")),
+    ("--config.batch_size=big", ("batch_size",)),
+    ("--config.dataset=no_such_dataset", ("unknown dataset 'no_such_dataset'",)),
+    ("--config.parallel=everywhere", ("parallel",)),
+  ],
+)
+def test_bad_overrides_end_with_one_line(override, needles, data_dir, tmp_path):
+  proc = genlab(
+    "train",
+    "--config",
+    MAIN_EXPERIMENT,
+    "--workdir",
+    str(tmp_path / "w"),
+    f"--config.data.data_dir={data_dir}",
+    override,
+  )
+  assert_one_line_error(proc, *needles)
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_npz_with_missing_keys_ends_with_one_line(tmp_path):
+  path = tmp_path / "bad.npz"
+  np.savez(path, x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.zeros(4, np.int64))
+  proc = genlab(
+    "train",
+    "--config",
+    MAIN_EXPERIMENT,
+    "--workdir",
+    str(tmp_path / "w"),
+    f"--config.dataset={path}",
+  )
+  assert_one_line_error(proc, "x_test", str(path))
+
+
+def test_unwritable_workdir_is_refused_before_training(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  proc = genlab("train", "--config", MAIN_EXPERIMENT, "--workdir", str(blocker / "run"))
+  assert_one_line_error(proc, "cannot write to workdir")
+
+
+def test_missing_experiment_file_and_empty_workdir(tmp_path):
+  assert_one_line_error(
+    genlab("train", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)),
+    "experiment file not found",
+  )
+  assert_one_line_error(genlab("eval", "--workdir", str(tmp_path)), "no config.json")
