@@ -113,29 +113,40 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None
   *parents, leaf = dotted.split(".")
   node = config
   for i, name in enumerate(parents):
-    child = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    child = node.get(name)
     if not isinstance(child, ml_collections.ConfigDict):
+      if name in node:
+        raise ConfigError(
+          f"--config.{dotted}: {'.'.join(parents[: i + 1])} is a value, not a group"
+        )
       _raise_unknown(config, ".".join(parents[: i + 1]))
     node = child
   if leaf not in node:
     _raise_unknown(config, dotted)
-  old = node[leaf]
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ConfigError(f"--config.{dotted} is a group of fields; set one of them")
+  # The declared type: a placeholder field (None for now) still knows it.
+  field_type = node.get_type(leaf)
   value = _parse_value(text)
-  if isinstance(old, str) and not isinstance(value, str):
-    value = text  # `--config.dataset=123` on a string field means the string "123".
-  elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-    value = float(value)
-  elif isinstance(old, tuple) and isinstance(value, list):
-    value = tuple(value)
-  elif isinstance(old, tuple) and not isinstance(value, tuple):
-    value = (value,)
-  elif isinstance(old, bool) and not isinstance(value, bool):
+  if field_type is type(None):  # An untyped None: take the literal as it is.
+    pass
+  elif issubclass(field_type, str) and not isinstance(value, str):
+    value = text  # `--config.data.data_dir=2024` on a string field means the string "2024".
+  elif field_type is bool and not isinstance(value, bool):
     raise ConfigError(f"--config.{dotted} expects True or False, got {text!r}")
+  elif field_type is not bool and isinstance(value, bool):
+    raise ConfigError(f"--config.{dotted} expects {field_type.__name__}, got the bool {text}")
+  elif field_type is float and isinstance(value, int):
+    value = float(value)
+  elif field_type is tuple and isinstance(value, list):
+    value = tuple(value)
+  elif field_type is tuple and not isinstance(value, tuple):
+    value = (value,)
   try:
     node[leaf] = value
   except (TypeError, ValueError) as e:
     raise ConfigError(
-      f"--config.{dotted}={text}: expected {type(old).__name__}, got {type(value).__name__}"
+      f"--config.{dotted}={text}: expected {field_type.__name__}, got {type(value).__name__}"
     ) from e
 
 

@@ -14,6 +14,7 @@ the input (image → map).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -28,11 +29,13 @@ IntOrSeq = int | Sequence[int]
 
 
 def activation_fn(name: str):
-  """Resolves an activation by its name in `flax.linen` (`relu`, `gelu`, `silu`, ...)."""
+  """Resolves an activation function by its name in `flax.linen.activation`
+  (`relu`, `gelu`, `silu`, `sigmoid`, `tanh`, ...), or `none` for the identity."""
   if name in ("none", "identity", "linear"):
     return lambda x: x
-  fn = getattr(nn, name, None)
-  if not callable(fn):
+  fn = getattr(nn.activation, name, None)
+  # The namespace also holds layer classes (PReLU) and re-exported modules: refuse them.
+  if not callable(fn) or inspect.isclass(fn) or inspect.ismodule(fn):
     raise ConfigError(f"unknown activation {name!r}; use a flax.linen function such as 'relu'")
   return fn
 
@@ -120,6 +123,12 @@ class ConvDecoder(nn.Module):
       h, w = sizes[-1]
       x = nn.Dense(h * w * self.features[-1], dtype=self.dtype, name="project")(z)
       x = act(x.reshape(z.shape[0], h, w, self.features[-1]))
+    elif tuple(z.shape[1:3]) != sizes[-1]:
+      raise ConfigError(
+        f"a {z.shape[1]}×{z.shape[2]} spatial code cannot decode to {tuple(self.output_shape)} "
+        f"through strides {strides} (it needs {sizes[-1][0]}×{sizes[-1][1]}); set latent_dim "
+        "to decode through a vector code"
+      )
     for i in reversed(range(n)):
       out = self.features[i - 1] if i > 0 else channels
       k, s = kernels[i], strides[i]

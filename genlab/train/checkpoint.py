@@ -36,7 +36,11 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves `state` (host arrays) at `step` if the interval says so or `force`."""
+    """Saves `state` (host arrays) at `step` if orbax's policy says so or `force`.
+
+    Orbax saves when `step % every == 0`, and also the first step this manager
+    is given; the loop calls `save` only at multiples of `every` and at the end.
+    """
     return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def restore(self, target: Any, step: int | None = None) -> Any:

@@ -15,6 +15,7 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -125,6 +126,27 @@ def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -
     writer.write_image(step, name, grid)
 
 
+class TrainTimer:
+  """Wall time since `reset()`, leaving out the blocks run under `paused()`."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self) -> None:
+    self._start, self._left_out = time.perf_counter(), 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    begin = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._left_out += time.perf_counter() - begin
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self._start - self._left_out
+
+
 @dataclasses.dataclass
 class RunResult:
   state: TrainState  # Host copy of the final state.
@@ -179,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   state = s.runner.replicate(state)
   test_metrics: dict[str, float] = {}
   pending: list[dict[str, Any]] = []
-  tick, tick_step = time.perf_counter(), start
+  timer, timed_steps = TrainTimer(), 0
   progress = tqdm.tqdm(
     total=config.num_steps,
     initial=start,
@@ -193,18 +215,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       progress.update(1)
       if step == start + 1:  # Compilation happens here; keep it out of examples/s.
         jax.block_until_ready(metrics)
-        first_step_s = time.perf_counter() - tick
-        log(f"first step (compilation included) took {first_step_s:.1f}s")
-        tick, tick_step = time.perf_counter(), step
+        log(f"first step (compilation included) took {timer.elapsed():.1f}s")
+        timer.reset()
+      else:
+        timed_steps += 1
       last = step == config.num_steps
-      paused = time.perf_counter()
       if step % config.log_every == 0 or last:
-        stacked = _stack_metrics(s.runner, pending)
-        means = {k: float(np.mean(v)) for k, v in stacked.items()}
-        elapsed = paused - tick
-        rate = (
-          (step - tick_step) * config.batch_size / elapsed if step > tick_step else float("nan")
-        )
+        means = {k: float(np.mean(v)) for k, v in _stack_metrics(s.runner, pending).items()}
+        rate = timed_steps * config.batch_size / timer.elapsed() if timed_steps else float("nan")
         line = {f"train/{k}": v for k, v in means.items()}
         line.update({"train/num_steps": len(pending), "train/examples_per_s": rate})
         writer.write(step, line)
@@ -213,17 +231,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           f"step {step}: train loss {means['loss']:.5g} (mean of {len(pending)} steps), "
           f"{rate:.0f} examples/s"
         )
-        pending, tick_step = [], step
-        paused = time.perf_counter()
-      if step % config.eval_every == 0 or last:
-        test_metrics = evaluate(s, eval_step, state)
-        writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
-        log(f"step {step}: test " + ", ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
-      if step % config.image_every == 0 or last:
-        write_images(s, writer, step, s.runner.unreplicate(state))
-      if step % config.checkpoint_every == 0 or last:
-        ckpt.save(step, s.runner.unreplicate(state), force=last)
-      tick = time.perf_counter() if step == tick_step else tick + (time.perf_counter() - paused)
+        pending, timed_steps = [], 0
+        timer.reset()
+      with timer.paused():
+        if step % config.eval_every == 0 or last:
+          test_metrics = evaluate(s, eval_step, state)
+          writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
+          log(f"step {step}: test " + ", ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
+        if step % config.image_every == 0 or last:
+          write_images(s, writer, step, s.runner.unreplicate(state))
+        if step % config.checkpoint_every == 0 or last:
+          ckpt.save(step, s.runner.unreplicate(state), force=last)
   finally:
     progress.close()
     ckpt.close()
