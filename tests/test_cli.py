@@ -20,6 +20,11 @@ def genlab(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
   return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def train_main(workdir, *overrides: str) -> subprocess.CompletedProcess:
+  """`genlab train` of the README's main experiment in `workdir`."""
+  return genlab("train", "--config", MAIN_EXPERIMENT, "--workdir", str(workdir), *overrides)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -33,7 +38,7 @@ def test_main_experiment_beats_the_readme_bar_and_resumes(data_dir, tmp_path):
   """The README's main job: test MSE ≤ 0.3 × the mean-image baseline; then a resume."""
   workdir = str(tmp_path / "run")
   dd = f"--config.data.data_dir={data_dir}"
-  proc = genlab("train", "--config", MAIN_EXPERIMENT, "--workdir", workdir, dd)
+  proc = train_main(workdir, dd)
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = genlab("eval", "--workdir", workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -41,9 +46,7 @@ def test_main_experiment_beats_the_readme_bar_and_resumes(data_dir, tmp_path):
   assert report["checkpoint_step"] == 2000 and report["num_examples"] == 300
   assert report["metrics"]["mse"] <= 0.3 * report["metrics"]["mse_mean_baseline"], report
 
-  proc = genlab(
-    "train", "--config", MAIN_EXPERIMENT, "--workdir", workdir, dd, "--config.num_steps=2100"
-  )
+  proc = train_main(workdir, dd, "--config.num_steps=2100")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming from the checkpoint of step 2000" in proc.stdout
   steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -61,15 +64,7 @@ def test_main_experiment_beats_the_readme_bar_and_resumes(data_dir, tmp_path):
   ],
 )
 def test_bad_overrides_end_with_one_line(override, needles, data_dir, tmp_path):
-  proc = genlab(
-    "train",
-    "--config",
-    MAIN_EXPERIMENT,
-    "--workdir",
-    str(tmp_path / "w"),
-    f"--config.data.data_dir={data_dir}",
-    override,
-  )
+  proc = train_main(tmp_path / "w", f"--config.data.data_dir={data_dir}", override)
   assert_one_line_error(proc, *needles)
   assert not (tmp_path / "w" / "checkpoints").exists()
 
@@ -77,21 +72,14 @@ def test_bad_overrides_end_with_one_line(override, needles, data_dir, tmp_path):
 def test_npz_with_missing_keys_ends_with_one_line(tmp_path):
   path = tmp_path / "bad.npz"
   np.savez(path, x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.zeros(4, np.int64))
-  proc = genlab(
-    "train",
-    "--config",
-    MAIN_EXPERIMENT,
-    "--workdir",
-    str(tmp_path / "w"),
-    f"--config.dataset={path}",
-  )
+  proc = train_main(tmp_path / "w", f"--config.dataset={path}")
   assert_one_line_error(proc, "x_test", str(path))
 
 
 def test_unwritable_workdir_is_refused_before_training(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  proc = genlab("train", "--config", MAIN_EXPERIMENT, "--workdir", str(blocker / "run"))
+  proc = train_main(blocker / "run")
   assert_one_line_error(proc, "cannot write to workdir")
 
 
