@@ -3,17 +3,26 @@
     genlab train --config experiments/NAME.py --workdir DIR [--config.FIELD=VALUE ...]
     genlab eval --workdir DIR
 
-Mistakes in the input (a misspelt field, an unknown dataset, a bad `.npz`, an
-unwritable workdir) end with one line `genlab: error: ...` and exit status 2.
+Exit status: 0 done; 2 bad input (a misspelt field, an unknown dataset, a bad
+`.npz`, an unwritable workdir, a config that differs from the one a workdir was
+trained with), one line `genlab: error: ...`; 3 a NaN/Inf stopped training; 75
+pre-empted by SIGTERM/SIGINT after saving a checkpoint (run the same command
+again to resume).
+
+Several processes (multi-host): pass `--coordinator_address HOST:PORT
+--num_processes N --process_id I` (or set JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), or `--distributed` to let JAX detect them
+(SLURM, Open MPI, Kubernetes, Cloud TPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, TrainingStopped
 
 EXIT_USER_ERROR = 2
 
@@ -26,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
   )
   train.add_argument("--config", required=True, help="experiment file defining get_config()")
   train.add_argument("--workdir", required=True, help="where metrics, images and checkpoints go")
+  group = train.add_argument_group("several processes (jax.distributed)")
+  group.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
+  group.add_argument("--num_processes", type=int, help="how many processes take part")
+  group.add_argument("--process_id", type=int, help="this process's index, 0..num_processes-1")
+  group.add_argument(
+    "--distributed", action="store_true", help="let JAX detect the processes (SLURM, MPI, TPU)"
+  )
   evaluate = sub.add_parser("eval", help="evaluate a workdir's latest checkpoint on the test split")
   evaluate.add_argument("--workdir", required=True)
   return parser
@@ -45,6 +61,7 @@ def run(argv: list[str]) -> int:
   from genlab.train import loop
 
   if parsed.command == "train":
+    initialize_distributed(parsed)
     config = config_lib.load_experiment(parsed.config)
     config_lib.apply_overrides(config, overrides)
     result = loop.train_and_evaluate(config, parsed.workdir)
@@ -55,6 +72,44 @@ def run(argv: list[str]) -> int:
   report = loop.evaluate_workdir(parsed.workdir)
   print(json.dumps(report, indent=2))
   return 0
+
+
+def initialize_distributed(parsed: argparse.Namespace) -> bool:
+  """Starts `jax.distributed` when flags, environment or `--distributed` ask for it.
+
+  Flags win over JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID;
+  what is still unset JAX auto-detects from the cluster environment.
+
+  Returns:
+    Whether it was initialised.
+  """
+  import jax
+
+  address = parsed.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  num = parsed.num_processes
+  pid = parsed.process_id
+  try:
+    num = num if num is not None else _int_env("JAX_NUM_PROCESSES")
+    pid = pid if pid is not None else _int_env("JAX_PROCESS_ID")
+  except ValueError as e:
+    raise GenlabError(str(e)) from None
+  if not (parsed.distributed or address or num is not None or pid is not None):
+    return False
+  try:
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+  except (ValueError, TypeError) as e:
+    raise GenlabError(f"cannot start jax.distributed: {e}") from None
+  return True
+
+
+def _int_env(name: str) -> int | None:
+  value = os.environ.get(name)
+  if value is None or value == "":
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{name}={value!r} is not an integer") from None
 
 
 def _quiet_libraries() -> None:
@@ -73,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
   except GenlabError as e:
     print(f"genlab: error: {e}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
+  except TrainingStopped as e:
+    print(f"genlab: stopped: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

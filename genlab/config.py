@@ -22,6 +22,22 @@ import ml_collections
 from genlab.errors import ConfigError
 
 REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "parallel", "family")
+# Fields a resumed run may change: none of them alters what a step computes.
+SAFE_ON_RESUME = (
+  "num_steps",
+  "parallel",  # Results do not depend on the device count (tested to 1e-7, not bit-exact).
+  "eval_batch_size",
+  "log_every",
+  "eval_every",
+  "image_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "num_images",
+  "on_nonfinite",
+  "on_unusable_checkpoints",
+  "preemption_check_every",
+  "data.data_dir",
+)
 PARALLEL_MODES = ("auto", "pmap", "shard_map", "none")
 
 
@@ -51,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.parallel = "auto"  # auto | pmap | shard_map | none.
   config.model = ml_collections.ConfigDict({"name": "conv_ae"})
   config.loss = "mse"
+  config.corruption = ""  # Denoising input noise, e.g. "gaussian:0.5" (genlab.corruptions).
   config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3})
   config.log_every = 100
   config.eval_every = 500
@@ -58,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 500
   config.keep_checkpoints = 3
   config.num_images = 8  # Test examples shown in each PNG grid.
+  # Reliability (README, "What survives what").
+  config.on_nonfinite = "stop"  # stop | skip: what a NaN/Inf loss or gradient does.
+  config.on_unusable_checkpoints = "fail"  # fail | restart: when no checkpoint can be restored.
+  config.preemption_check_every = 1  # Steps between the processes' agreement on a stop signal.
   return config
 
 
@@ -176,9 +197,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ConfigError(f"config.{name} must be a positive integer, got {value!r}")
-  for name in ("log_every", "eval_every", "checkpoint_every", "image_every", "keep_checkpoints"):
+  for name, choices in (
+    ("on_nonfinite", ("stop", "skip")),
+    ("on_unusable_checkpoints", ("fail", "restart")),
+  ):
+    if name in config and config[name] not in choices:
+      raise ConfigError(f"config.{name}={config[name]!r}; choose one of {choices}")
+  periods = ("log_every", "eval_every", "checkpoint_every", "image_every", "keep_checkpoints")
+  for name in periods + ("preemption_check_every",):
     if name in config and (not isinstance(config[name], int) or config[name] < 1):
       raise ConfigError(f"config.{name} must be a positive integer, got {config[name]!r}")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a run whose config differs from the saved one in an unsafe field.
+
+  Raises:
+    ConfigError: listing every differing field outside `SAFE_ON_RESUME`, with
+      its saved and its new value.
+  """
+  old = _flatten(json.loads(to_json(saved)))
+  new = _flatten(json.loads(to_json(config)))
+  differing = [
+    f"{key} (saved {old.get(key, '<absent>')!r}, now {new.get(key, '<absent>')!r})"
+    for key in sorted(set(old) | set(new))
+    if key not in SAFE_ON_RESUME and old.get(key) != new.get(key)
+  ]
+  if differing:
+    raise ConfigError(
+      "the workdir's checkpoints were trained with another config; these fields differ: "
+      + "; ".join(differing)
+      + ". Use a new workdir, or the saved values (fields a resume may change: "
+      + ", ".join(SAFE_ON_RESUME)
+      + ")"
+    )
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

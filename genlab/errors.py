@@ -20,3 +20,28 @@ class DataError(GenlabError):
 
 class WorkdirError(GenlabError):
   """The workdir cannot be used (not writable, no checkpoint to evaluate, ...)."""
+
+
+class TrainingStopped(Exception):
+  """Training ended early on purpose; `exit_code` is what `genlab train` exits with."""
+
+  exit_code = 1
+
+
+class Preempted(TrainingStopped):
+  """SIGTERM or SIGINT: a checkpoint of the current step was saved. Run again to resume.
+
+  Exit status 75 (EX_TEMPFAIL: a temporary failure, try again), so a job script
+  or a scheduler can requeue on it.
+  """
+
+  exit_code = 75
+
+
+class NonFiniteError(TrainingStopped):
+  """A NaN or Inf loss or gradient with `on_nonfinite='stop'`; nothing was saved after it.
+
+  Exit status 3.
+  """
+
+  exit_code = 3

@@ -4,6 +4,13 @@ The model maps `batch['image']` to `batch['target']` when the dataset has
 targets (image → map) and back to `batch['image']` otherwise. The loss is the
 per-example MSE (or Bernoulli cross-entropy from logits, `config.loss='bce'`),
 averaged over the global batch.
+
+With `config.corruption` (e.g. `gaussian:0.5`, see `genlab.corruptions`) the
+model sees a corrupted input and is trained against the clean one: a denoising
+autoencoder. The noise of each example comes from its own key,
+`example_keys(stream_key(step_key, 'corruption'), batch['index'])`. Evaluation
+corrupts the test inputs the same way from a fixed key, so test metrics are
+comparable across steps.
 """
 
 from __future__ import annotations
@@ -12,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genlab import losses
+from genlab import corruptions, losses
 from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Metrics
 from genlab.models import ConvAutoencoder
 from genlab.train.parallel import masked_sum, pmean
+from genlab.train.rngs import example_keys, stream_key
 from genlab.train.state import TrainState, make_optimizer, optimization_metrics
 
 MODELS = {"conv_ae": ConvAutoencoder}
@@ -46,14 +54,24 @@ class Autoencoder(Family):
     except TypeError as e:
       raise ConfigError(f"config.model: {e}") from e
     self.tx = make_optimizer(config.optimizer)
+    self.corrupt = corruptions.parse(config.get("corruption", ""), value_range=self.value_range)
+    # Test inputs are corrupted from this fixed key: the same noise at every evaluation.
+    self.eval_key = stream_key(jax.random.key(config.seed), "eval_corruption")
     self._predict = jax.jit(lambda params, x: self.model.apply({"params": params}, x)[0])
 
   def init_state(self, key, batch) -> TrainState:
     params = self.model.init(key, jnp.asarray(batch["image"][:1]))["params"]
     return TrainState.create(params={"model": params}, tx={"model": self.tx})
 
-  def per_example_loss(self, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    output, aux = self.model.apply({"params": params}, batch["image"])
+  def model_input(self, batch, key: jax.Array) -> jax.Array:
+    """The (per-example corrupted, if configured) input the model sees."""
+    if self.corrupt is None:
+      return batch["image"]
+    keys = example_keys(stream_key(key, "corruption"), batch["index"])
+    return jax.vmap(self.corrupt)(keys, batch["image"])
+
+  def per_example_loss(self, params, batch, key) -> tuple[jax.Array, dict[str, jax.Array]]:
+    output, aux = self.model.apply({"params": params}, self.model_input(batch, key))
     target = target_of(batch)
     mse = losses.mean_squared_error(output, target)
     if self.config.loss == "bce":
@@ -63,10 +81,8 @@ class Autoencoder(Family):
     return loss, {"mse": mse}
 
   def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
-    del key  # A plain autoencoder's step is deterministic.
-
     def loss_fn(params):
-      loss, parts = self.per_example_loss(params, batch)
+      loss, parts = self.per_example_loss(params, batch, key)
       return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
@@ -76,17 +92,19 @@ class Autoencoder(Family):
     return state.apply_gradients({"model": grads}), metrics
 
   def eval_step(self, state, batch) -> Metrics:
-    loss, parts = self.per_example_loss(state.params["model"], batch)
+    loss, parts = self.per_example_loss(state.params["model"], batch, self.eval_key)
     mask = batch["mask"]
     return {"loss": masked_sum(loss, mask), **{k: masked_sum(v, mask) for k, v in parts.items()}}
 
   def image_rows(self, state, batch):
-    output = self._predict(state.params["model"], batch["image"])
-    rows = [batch["image"]]
+    model_input = np.asarray(self.model_input(batch, self.eval_key))
+    output = self._predict(state.params["model"], model_input)
+    rows = [model_input] if self.corrupt is None else [model_input, batch["image"]]
     if "target" in batch:
       rows.append(batch["target"])
     rows.append(np.asarray(output))
-    return {"reconstruction" if "target" not in batch else "prediction": rows}
+    name = "prediction" if "target" in batch else "reconstruction"
+    return {"denoising" if self.corrupt is not None else name: rows}
 
   def reference_metrics(self):
     """MSE on the test split of always predicting the mean training target."""

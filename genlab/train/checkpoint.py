@@ -10,8 +10,11 @@ seed, so restoring the step restores them too.
 from __future__ import annotations
 
 import pathlib
+import shutil
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -48,9 +51,59 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
+  def find_usable(self, target: Any) -> tuple[Any, int | None, list[tuple[int, str]]]:
+    """Restores the newest checkpoint that reads back whole and finite.
+
+    Returns:
+      `(state, step, unusable)`: the restored state and its step (`None, None`
+      if no checkpoint is usable), and `(step, reason)` for each newer one that
+      was not. Nothing is moved or deleted: see `set_aside`.
+    """
+    unusable = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state = self.restore(target, step)
+        _check_restored(state, target)
+        return state, step, unusable
+      # Orbax and tensorstore report damaged files with many exception types.
+      except Exception as e:  # noqa: BLE001
+        reason = (
+          f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        )
+        unusable.append((step, reason))
+    return None, None, unusable
+
+  def set_aside(self, steps: list[int]) -> pathlib.Path:
+    """Moves the checkpoints of `steps` to `checkpoints_unusable/` (kept, not deleted),
+    so that training can save those step numbers again."""
+    aside = self.directory.parent / "checkpoints_unusable"
+    if jax.process_index() == 0:
+      aside.mkdir(exist_ok=True)
+      for step in steps:
+        destination = aside / str(step)
+        if destination.exists():
+          shutil.rmtree(destination)
+        shutil.move(str(self.directory / str(step)), destination)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("genlab_set_aside_checkpoints")
+    self._manager.reload()
+    return aside
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _check_restored(state: Any, target: Any) -> None:
+  """Raises if a restored state's leaves differ in shape from the target's or are not finite."""
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(target), strict=True):
+    if np.shape(got) != np.shape(want):
+      raise ValueError(f"restored shape {np.shape(got)} differs from {np.shape(want)}")
+    got = np.asarray(got)
+    if np.issubdtype(got.dtype, np.floating) and not np.all(np.isfinite(got)):
+      raise ValueError("restored values are not finite")

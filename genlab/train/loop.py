@@ -11,6 +11,12 @@ then, from the latest checkpoint in `workdir` if there is one:
 
 Because the batch and the key of a step are functions of (seed, step), a run
 resumed from a checkpoint continues exactly as if it had never stopped.
+
+What survives what (README, "What survives what"): SIGTERM/SIGINT save the
+current step and exit 75; a NaN/Inf stops before anything is saved after it
+(or the step is skipped, `on_nonfinite='skip'`); a damaged newest checkpoint is
+set aside and the previous one used; a resume with a config that changes what a
+step computes is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 import time
@@ -30,11 +37,12 @@ import tqdm
 
 from genlab import config as config_lib
 from genlab.data import Batcher, Dataset, eval_batches, load_dataset
-from genlab.errors import WorkdirError
+from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
 from genlab.families import Family, get_family
 from genlab.train import rngs
 from genlab.train.checkpoint import Checkpointer
 from genlab.train.parallel import Runner
+from genlab.train.preemption import StopSignals
 from genlab.train.state import TrainState
 from genlab.train.writers import MetricWriter, image_grid
 
@@ -46,6 +54,12 @@ def log(message: str) -> None:
   """Prints on process 0 only, without breaking a progress bar."""
   if jax.process_index() == 0:
     tqdm.tqdm.write(message, file=sys.stdout)
+
+
+def warn(message: str) -> None:
+  """A warning on stderr, from process 0 only."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(f"genlab: warning: {message}", file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -74,7 +88,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   runner = Runner(config.parallel, global_batch_size=config.batch_size)
   root_key = rngs.root_key(config.seed)
   example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
-  state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
+  try:
+    state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
+  except (TypeError, ValueError) as e:  # Flax reports shape mismatches this way.
+    raise ConfigError(
+      f"model {config.model.name!r} cannot take {dataset.name}'s images of shape "
+      f"{dataset.image_shape} (target {dataset.target_shape}): {str(e).splitlines()[0][:300]}"
+    ) from e
   return Setup(config, dataset, family, runner, root_key, jax.device_get(state))
 
 
@@ -169,18 +189,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
   check_workdir(workdir)
+  ckpt_dir = workdir / "checkpoints"
+  saved_config = workdir / CONFIG_FILE
+  if saved_config.is_file() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+    config_lib.check_resumable(config_lib.from_json(saved_config.read_text()), config)
   s = setup(config)
-  ckpt = Checkpointer(
-    workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every
-  )
-  state = s.initial_state
-  start = ckpt.latest_step()
-  if start is not None:
-    state = ckpt.restore(state, start)
-    log(f"resuming from the checkpoint of step {start} in {ckpt.directory}")
+  ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
+  try:
+    state = _restore_or_start(config, ckpt, s.initial_state)
+  except BaseException:
+    ckpt.close()
+    raise
   start = int(state.step)
   if jax.process_index() == 0:
-    (workdir / CONFIG_FILE).write_text(config_lib.to_json(config))
+    saved_config.write_text(config_lib.to_json(config))
 
   batcher = Batcher(
     s.dataset.train,
@@ -196,52 +218,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   log(
     f"genlab: family={config.family} model={config.model.name} dataset={config.dataset} "
     f"train={batcher.num_examples} test={len(s.dataset.test['image'])} batch={config.batch_size} "
-    f"devices={s.runner.num_devices} parallel={s.runner.mode} steps {start}->{config.num_steps}"
+    f"devices={s.runner.num_devices} processes={jax.process_count()} parallel={s.runner.mode} "
+    f"steps {start}->{config.num_steps}"
   )
   state = s.runner.replicate(state)
   test_metrics: dict[str, float] = {}
-  pending: list[dict[str, Any]] = []
-  timer, timed_steps = TrainTimer(), 0
+  metrics_log = MetricsLog(s.runner, config, ckpt)
+  timer = TrainTimer()
   progress = tqdm.tqdm(
     total=config.num_steps,
     initial=start,
     unit="step",
     disable=not sys.stderr.isatty() or jax.process_index() != 0,
   )
+  signals = StopSignals(every=config.preemption_check_every)
   try:
-    for step, batch in enumerate(batcher.iterate(start, config.num_steps), start=start + 1):
-      state, metrics = train_step(state, s.runner.shard(batch), s.root_key)
-      pending.append(metrics)
-      progress.update(1)
-      if step == start + 1:  # Compilation happens here; keep it out of examples/s.
-        jax.block_until_ready(metrics)
-        log(f"first step (compilation included) took {timer.elapsed():.1f}s")
-        timer.reset()
-      else:
-        timed_steps += 1
-      last = step == config.num_steps
-      if step % config.log_every == 0 or last:
-        means = {k: float(np.mean(v)) for k, v in _stack_metrics(s.runner, pending).items()}
-        rate = timed_steps * config.batch_size / timer.elapsed() if timed_steps else float("nan")
-        line = {f"train/{k}": v for k, v in means.items()}
-        line.update({"train/num_steps": len(pending), "train/examples_per_s": rate})
-        writer.write(step, line)
-        progress.set_postfix(loss=f"{means['loss']:.4g}", ex_per_s=f"{rate:.0f}")
-        log(
-          f"step {step}: train loss {means['loss']:.5g} (mean of {len(pending)} steps), "
-          f"{rate:.0f} examples/s"
-        )
-        pending, timed_steps = [], 0
-        timer.reset()
-      with timer.paused():
-        if step % config.eval_every == 0 or last:
-          test_metrics = evaluate(s, eval_step, state)
-          writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
-          log(f"step {step}: test " + ", ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
-        if step % config.image_every == 0 or last:
-          write_images(s, writer, step, s.runner.unreplicate(state))
-        if step % config.checkpoint_every == 0 or last:
-          ckpt.save(step, s.runner.unreplicate(state), force=last)
+    with signals:
+      for step, batch in enumerate(batcher.iterate(start, config.num_steps), start=start + 1):
+        state, metrics = train_step(state, s.runner.shard(batch), s.root_key)
+        metrics_log.add(step, metrics)
+        progress.update(1)
+        if step == start + 1:  # Compilation happens here; keep it out of examples/s.
+          jax.block_until_ready(metrics)
+          log(f"first step (compilation included) took {timer.elapsed():.1f}s")
+          timer.reset()
+          metrics_log.timed_steps = 0
+        last = step == config.num_steps
+        if step % config.log_every == 0 or last:
+          means, rate = metrics_log.write(step, writer, timer.elapsed())
+          progress.set_postfix(loss=f"{means.get('loss', math.nan):.4g}", ex_per_s=f"{rate:.0f}")
+          timer.reset()
+        with timer.paused():
+          if step % config.eval_every == 0 or last:
+            test_metrics = evaluate(s, eval_step, state)
+            writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
+            log(f"step {step}: test " + ", ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
+          if step % config.image_every == 0 or last:
+            write_images(s, writer, step, s.runner.unreplicate(state))
+          if step % config.checkpoint_every == 0 or last:
+            metrics_log.drain()  # Raises first if a non-finite step is pending ('stop').
+            ckpt.save(step, s.runner.unreplicate(state), force=last)
+          if not last and signals.should_stop(step):
+            metrics_log.drain()
+            if ckpt.latest_step() != step:
+              ckpt.save(step, s.runner.unreplicate(state), force=True)
+            ckpt.wait()
+            raise Preempted(
+              f"{signals.received or 'a stop signal on another process'} at step {step}: "
+              f"saved the checkpoint of step {step} in {ckpt.directory}; "
+              "run the same command again to resume"
+            )
   finally:
     progress.close()
     ckpt.close()
@@ -250,9 +276,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
 
 
-def _stack_metrics(runner: Runner, pending: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
-  fetched = [runner.fetch(m) for m in pending]
-  return {k: np.array([m[k] for m in fetched]) for k in fetched[0]}
+def _restore_or_start(config, ckpt: Checkpointer, initial_state: TrainState) -> TrainState:
+  """The newest usable checkpoint's state; damaged newer ones are set aside, with a warning.
+
+  Raises:
+    WorkdirError: checkpoints exist but none is usable, and
+      `on_unusable_checkpoints` is not 'restart'.
+  """
+  if not ckpt.all_steps():
+    return initial_state
+  state, step, unusable = ckpt.find_usable(initial_state)
+  for bad_step, reason in unusable:
+    warn(f"the checkpoint of step {bad_step} in {ckpt.directory} is unusable ({reason})")
+  if state is None:
+    listing = ", ".join(str(st) for st, _ in unusable)
+    if config.on_unusable_checkpoints != "restart":
+      raise WorkdirError(
+        f"none of the checkpoints in {ckpt.directory} (steps {listing}) can be restored, and "
+        "genlab does not start over silently: they are left in place; move them away, or pass "
+        "--config.on_unusable_checkpoints=restart to set them aside and train from step 0"
+      )
+    aside = ckpt.set_aside([st for st, _ in unusable])
+    warn(f"starting over from step 0 as asked; unusable checkpoints moved to {aside}")
+    return initial_state
+  if unusable:
+    aside = ckpt.set_aside([st for st, _ in unusable])
+    warn(f"fell back to the checkpoint of step {step}; unusable ones moved to {aside}")
+  log(f"resuming from the checkpoint of step {step} in {ckpt.directory}")
+  return state
+
+
+class MetricsLog:
+  """Train metrics between two log lines: fetched lazily, checked for non-finite steps."""
+
+  def __init__(self, runner: Runner, config, ckpt: Checkpointer):
+    self.runner, self.config, self.ckpt = runner, config, ckpt
+    self.on_device: list[tuple[int, dict[str, jax.Array]]] = []
+    self.on_host: list[tuple[int, dict[str, float]]] = []
+    self.timed_steps = 0
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.on_device.append((step, metrics))
+    self.timed_steps += 1
+
+  def drain(self) -> None:
+    """Fetches the pending device metrics; stops on a non-finite step ('stop')."""
+    fetched = [(step, self.runner.fetch(m)) for step, m in self.on_device]
+    self.on_device = []
+    self.on_host.extend(fetched)
+    bad = [(step, m) for step, m in fetched if m["nonfinite"]]
+    if bad and self.config.on_nonfinite == "stop":
+      step, m = bad[0]
+      names = [f"{k}={v}" for k, v in m.items() if k != "nonfinite" and not math.isfinite(v)]
+      raise NonFiniteError(
+        f"step {step}: non-finite {', '.join(names) or 'metrics'}; training stopped and nothing "
+        f"was saved after it (latest checkpoint: step {self.ckpt.latest_step()}); "
+        "--config.on_nonfinite=skip skips such steps instead"
+      )
+
+  def write(
+    self, step: int, writer: MetricWriter, elapsed: float
+  ) -> tuple[dict[str, float], float]:
+    """Writes the mean of the finite steps since the last line; returns (means, examples/s)."""
+    self.drain()
+    good = [m for _, m in self.on_host if not m["nonfinite"]]
+    keys = [k for k in self.on_host[0][1] if k != "nonfinite"]
+    means = {k: float(np.mean([m[k] for m in good])) if good else math.nan for k in keys}
+    skipped = len(self.on_host) - len(good)
+    rate = self.timed_steps * self.config.batch_size / elapsed if self.timed_steps else math.nan
+    line = {f"train/{k}": v for k, v in means.items()}
+    line.update(
+      {
+        "train/num_steps": len(self.on_host),
+        "train/nonfinite_steps": skipped,
+        "train/examples_per_s": rate,
+      }
+    )
+    writer.write(step, line)
+    note = f", {skipped} non-finite steps skipped" if skipped else ""
+    log(
+      f"step {step}: train loss {means.get('loss', math.nan):.5g} "
+      f"(mean of {len(good)} steps{note}), {rate:.0f} examples/s"
+    )
+    self.on_host, self.timed_steps = [], 0
+    return means, rate
 
 
 def evaluate_workdir(workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -272,11 +379,16 @@ def evaluate_workdir(workdir: str | pathlib.Path) -> dict[str, Any]:
   ckpt = Checkpointer(
     workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every
   )
-  step = ckpt.latest_step()
-  if step is None:
+  if not ckpt.all_steps():
+    ckpt.close()
     raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
-  state = s.runner.replicate(ckpt.restore(s.initial_state, step))
+  restored, step, unusable = ckpt.find_usable(s.initial_state)
   ckpt.close()
+  for bad_step, reason in unusable:
+    warn(f"the checkpoint of step {bad_step} is unusable ({reason}); evaluating an older one")
+  if restored is None:
+    raise WorkdirError(f"none of the checkpoints in {workdir / 'checkpoints'} can be restored")
+  state = s.runner.replicate(restored)
   metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
   num_examples = metrics.pop("num_examples")
   metrics.update(s.family.reference_metrics())

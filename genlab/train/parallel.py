@@ -105,10 +105,19 @@ class Runner:
     return jax.device_put(tree, self._replicated)
 
   def unreplicate(self, tree: Any) -> Any:
-    """One copy of a replicated pytree, as host NumPy arrays."""
-    if self.mode == "pmap":
-      tree = jax.tree.map(lambda x: x[0], tree)
-    return jax.device_get(tree)
+    """One copy of a replicated pytree, as host NumPy arrays.
+
+    Reads this process's first shard, so it works when the global array spans
+    devices of other processes too.
+    """
+
+    def first_copy(x):
+      shard = np.asarray(x.addressable_data(0))
+      if self.mode == "pmap" and shard.shape != x.shape[1:]:
+        shard = shard[0]  # The shard kept the stacked axis, with size 1.
+      return shard
+
+    return jax.tree.map(first_copy, tree)
 
   def shard(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Splits this process's batch over its devices."""
@@ -121,9 +130,7 @@ class Runner:
 
   def fetch(self, metrics: dict[str, jax.Array]) -> dict[str, float]:
     """Device metrics (already averaged over devices) as Python floats."""
-    if self.mode == "pmap":
-      metrics = jax.tree.map(lambda x: x[0], metrics)
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v.reshape(-1)[0]) for k, v in self.unreplicate(metrics).items()}
 
   # Compilation ---------------------------------------------------------------
 
@@ -150,6 +157,13 @@ class Runner:
     def body(state: TrainState, batch, root_key):
       key = rngs.step_key(root_key, state.step)
       new_state, metrics = step_fn(state, batch, key, axis_name=axis_name)
+      # A NaN/Inf in any metric (loss, grad norm, ...) discards the update, on
+      # every device alike; the loop then stops or counts it (`on_nonfinite`).
+      finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
+      if axis_name is not None:
+        finite = jax.lax.pmin(finite, axis_name)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      metrics = {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
       return new_state.replace(step=state.step + 1), metrics
 
     return self._wrap(body, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), donate=True)
