@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import zlib
 from typing import Any
 
@@ -76,6 +77,7 @@ class Checkpointer:
       if no checkpoint is usable), and `(step, reason)` for each newer one that
       was not. Nothing is moved or deleted: see `set_aside`.
     """
+    _drop_closed_loop_reports()
     unusable = []
     for step in sorted(self.all_steps(), reverse=True):
       reason = self.damage(step)
@@ -155,6 +157,30 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self._manager.close()
+
+
+def _drop_closed_loop_reports() -> None:
+  """Silences the reports of reads that complete after a failed restore.
+
+  When one array of an unrecorded damaged checkpoint fails to read, orbax closes
+  its event loop while tensorstore completes the other reads; each completion
+  then raises "Event loop is closed" in a tensorstore thread and is reported
+  through `sys.unraisablehook` — dozens of tracebacks about nothing. This hook
+  drops exactly those and passes everything else on.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "genlab_filter", False):
+    return
+
+  def hook(report):
+    if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == (
+      "Event loop is closed"
+    ):
+      return
+    previous(report)
+
+  hook.genlab_filter = True
+  sys.unraisablehook = hook
 
 
 def _crc32(path: pathlib.Path) -> int:

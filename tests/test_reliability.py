@@ -1,0 +1,120 @@
+"""What survives what, in-process: NaN/Inf, config drift on resume, damaged checkpoints."""
+
+from __future__ import annotations
+
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import restore_latest
+from genlab import families
+from genlab.errors import ConfigError, NonFiniteError, WorkdirError
+from genlab.train.loop import train_and_evaluate
+
+
+class NaNAtStep7(families.Autoencoder):
+  """An autoencoder whose input turns to NaN at the step that starts from step 7."""
+
+  def train_step(self, state, batch, key, *, axis_name):
+    poisoned = jnp.where(state.step == 7, jnp.nan, batch["image"])
+    return super().train_step(state, {**batch, "image": poisoned}, key, axis_name=axis_name)
+
+
+@pytest.fixture
+def nan_family(monkeypatch):
+  monkeypatch.setitem(families.FAMILIES, "nan_at_7", NaNAtStep7)
+  return "nan_at_7"
+
+
+def _lines(workdir):
+  import json
+
+  return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+
+
+def test_nan_stops_training_naming_step_and_metric_and_keeps_last_good_checkpoint(
+  nan_family, test_config, tmp_path
+):
+  config = test_config(family=nan_family, num_steps=20, log_every=10, checkpoint_every=5)
+  with pytest.raises(NonFiniteError, match=r"step 8: non-finite .*loss=nan") as info:
+    train_and_evaluate(config, tmp_path / "run")
+  assert "latest checkpoint: step 5" in str(info.value)
+  step, state = restore_latest(tmp_path / "run")
+  assert step == 5
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+  # Step 5 is the same as in a run that never saw a NaN.
+  clean = train_and_evaluate(test_config(num_steps=5, checkpoint_every=5), tmp_path / "clean")
+  chex.assert_trees_all_equal(state.params, clean.state.params)
+
+
+def test_nan_step_is_skipped_and_counted_when_asked(nan_family, test_config, tmp_path):
+  config = test_config(family=nan_family, num_steps=20, log_every=10, on_nonfinite="skip")
+  result = train_and_evaluate(config, tmp_path)
+  assert result.step == 20
+  train_lines = [m for m in _lines(tmp_path) if "train/loss" in m]
+  assert [m["train/nonfinite_steps"] for m in train_lines] == [1, 0]
+  assert train_lines[0]["train/num_steps"] == 10 and np.isfinite(train_lines[0]["train/loss"])
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(result.state.params))
+
+
+def test_resume_with_a_different_model_or_optimizer_is_refused(test_config, tmp_path):
+  train_and_evaluate(test_config(num_steps=10), tmp_path)
+  saved = (tmp_path / "config.json").read_bytes()
+  changed = test_config(num_steps=20, **{"model.latent_dim": 4, "optimizer.learning_rate": 0.1})
+  with pytest.raises(ConfigError) as info:
+    train_and_evaluate(changed, tmp_path)
+  message = str(info.value)
+  assert "model.latent_dim (saved 8, now 4)" in message
+  assert "optimizer.learning_rate (saved 0.001, now 0.1)" in message
+  assert "num_steps" not in message.split("fields a resume may change")[0]
+  assert (tmp_path / "config.json").read_bytes() == saved  # Nothing overwritten.
+  # Periods and the step budget may change.
+  safe = test_config(num_steps=20, log_every=2, eval_every=20, checkpoint_every=20)
+  assert train_and_evaluate(safe, tmp_path).step == 20
+
+
+def _damage(step_dir: pathlib.Path, *, drop_record: bool = False) -> None:
+  if drop_record:
+    (step_dir / "genlab_integrity.json").unlink()
+  for f in step_dir.rglob("*"):
+    if f.is_file() and "ocdbt.process_0" in str(f) and f.parent.name == "d":
+      with open(f, "r+b") as handle:
+        handle.truncate(10)
+
+
+@pytest.mark.parametrize("drop_record", [False, True], ids=["recorded", "unrecorded"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+  drop_record, test_config, tmp_path, capsys
+):
+  straight = train_and_evaluate(test_config(num_steps=20, checkpoint_every=5), tmp_path / "ref")
+  run = tmp_path / "run"
+  train_and_evaluate(test_config(num_steps=15, checkpoint_every=5), run)
+  _damage(run / "checkpoints" / "15", drop_record=drop_record)
+  capsys.readouterr()
+  resumed = train_and_evaluate(test_config(num_steps=20, checkpoint_every=5), run)
+  err = capsys.readouterr().err
+  assert "the checkpoint of step 15" in err and "unusable" in err
+  assert "fell back to the checkpoint of step 10" in err
+  assert (run / "checkpoints_unusable" / "15").is_dir()  # Kept for inspection, not deleted.
+  chex.assert_trees_all_equal(resumed.state.params, straight.state.params)
+
+
+def test_no_usable_checkpoint_refuses_to_start_over_unless_asked(test_config, tmp_path, capsys):
+  train_and_evaluate(test_config(num_steps=10, checkpoint_every=5), tmp_path)
+  for step in ("5", "10"):
+    _damage(tmp_path / "checkpoints" / step)
+  with pytest.raises(WorkdirError, match="none of the checkpoints .* can be restored"):
+    train_and_evaluate(test_config(num_steps=20, checkpoint_every=5), tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
+    "10",
+    "5",
+  ]
+  restart = test_config(num_steps=20, checkpoint_every=5, on_unusable_checkpoints="restart")
+  capsys.readouterr()
+  assert train_and_evaluate(restart, tmp_path).step == 20
+  assert "starting over from step 0" in capsys.readouterr().err
+  assert sorted(p.name for p in (tmp_path / "checkpoints_unusable").iterdir()) == ["10", "5"]
