@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, genlab_command
 
 MAIN_EXPERIMENT = str(EXPERIMENTS / "conv_ae_digits.py")
 
@@ -89,3 +89,85 @@ def test_missing_experiment_file_and_empty_workdir(tmp_path):
     "experiment file not found",
   )
   assert_one_line_error(genlab("eval", "--workdir", str(tmp_path)), "no config.json")
+
+
+@pytest.mark.parametrize(
+  "arrays, needle",
+  [
+    ({"x_train": np.zeros((8, 8, 8), bool), "x_test": np.zeros((4, 8, 8), bool)}, "dtype bool"),
+    (
+      {"x_train": np.full((8, 8, 8), np.nan, np.float32), "x_test": np.zeros((4, 8, 8))},
+      "NaN or Inf",
+    ),
+    ({"x_train": np.zeros((8, 64)), "x_test": np.zeros((4, 64))}, "expected (N, H, W)"),
+    (
+      {
+        "x_train": np.zeros((8, 8, 8), np.uint8),
+        "x_test": np.zeros((4, 8, 8), np.uint8),
+        "y_train": np.zeros(8, np.float32),
+        "y_test": np.zeros(4, np.float32),
+      },
+      "labels have dtype float32",
+    ),
+  ],
+  ids=["bool-images", "nan-values", "flat-vectors", "float-labels"],
+)
+def test_bad_npz_ends_with_one_line_and_overwrites_nothing(arrays, needle, tmp_path):
+  # A run on a good .npz, then the same path holds a bad one: the resume must
+  # refuse it before touching the workdir.
+  workdir, path = tmp_path / "run", tmp_path / "data.npz"
+  good = np.random.default_rng(0).integers(0, 256, (96, 8, 8), dtype=np.uint8)
+  np.savez(path, x_train=good[:64], x_test=good[64:])
+  overrides = [f"--config.dataset={path}", "--config.num_steps=10", "--config.checkpoint_every=5"]
+  assert train_main(workdir, *overrides).returncode == 0
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  np.savez(path, **arrays)
+  proc = train_main(workdir, *overrides[:1], "--config.num_steps=20")
+  assert_one_line_error(proc, needle)
+  after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  assert after == before
+
+
+def test_image_shape_the_model_cannot_take_ends_with_one_line(tmp_path):
+  # With no vector code, an 8×8 input keeps a 2×2 map that cannot grow to a 16×16 target.
+  x = np.zeros((8, 8, 8), np.uint8)
+  path = tmp_path / "maps.npz"
+  np.savez(
+    path,
+    x_train=x,
+    x_test=x[:4],
+    target_train=np.zeros((8, 16, 16)),
+    target_test=np.zeros((4, 16, 16)),
+  )
+  proc = train_main(tmp_path / "w", f"--config.dataset={path}", "--config.model.latent_dim=None")
+  assert_one_line_error(proc, "cannot take", "(8, 8, 1)")
+
+
+def test_batch_not_divisible_by_devices_ends_with_one_line(data_dir, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [
+      genlab_command(),
+      "train",
+      "--config",
+      MAIN_EXPERIMENT,
+      "--workdir",
+      str(tmp_path / "w"),
+      f"--config.data.data_dir={data_dir}",
+      "--config.batch_size=30",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert_one_line_error(proc, "batch_size 30 is not divisible by the 4 devices")
+
+
+def test_config_drift_on_resume_ends_with_one_line_naming_the_fields(data_dir, tmp_path):
+  dd = f"--config.data.data_dir={data_dir}"
+  assert train_main(tmp_path, dd, "--config.num_steps=10").returncode == 0
+  proc = train_main(
+    tmp_path, dd, "--config.num_steps=20", "--config.model.latent_dim=4", "--config.batch_size=32"
+  )
+  assert_one_line_error(proc, "model.latent_dim (saved 16, now 4)", "batch_size (saved 64, now 32)")

@@ -90,7 +90,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
   try:
     state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
-  except (TypeError, ValueError) as e:  # Flax reports shape mismatches this way.
+  except (TypeError, ValueError, ConfigError) as e:  # Flax reports shape mismatches so.
     raise ConfigError(
       f"model {config.model.name!r} cannot take {dataset.name}'s images of shape "
       f"{dataset.image_shape} (target {dataset.target_shape}): {str(e).splitlines()[0][:300]}"
