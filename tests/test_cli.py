@@ -171,3 +171,36 @@ def test_config_drift_on_resume_ends_with_one_line_naming_the_fields(data_dir, t
     tmp_path, dd, "--config.num_steps=20", "--config.model.latent_dim=4", "--config.batch_size=32"
   )
   assert_one_line_error(proc, "model.latent_dim (saved 16, now 4)", "batch_size (saved 64, now 32)")
+
+
+def _parsed(*argv):
+  from genlab import cli
+
+  return cli._parser().parse_args(["train", "--config", "c.py", "--workdir", "w", *argv])
+
+
+def test_distributed_start_reads_flags_then_environment(monkeypatch):
+  import jax
+
+  from genlab import cli
+
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  assert cli.initialize_distributed(_parsed()) is False  # Nothing asked: one process.
+  assert calls == []
+
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  assert cli.initialize_distributed(_parsed("--process_id", "1")) is True
+  assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 1}
+
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "four")
+  with pytest.raises(cli.GenlabError, match="JAX_NUM_PROCESSES='four' is not an integer"):
+    cli.initialize_distributed(_parsed())
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name)
+  assert cli.initialize_distributed(_parsed("--distributed")) is True  # JAX auto-detects.
+  assert calls[-1] == {"coordinator_address": None, "num_processes": None, "process_id": None}
