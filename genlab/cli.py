@@ -1,7 +1,8 @@
 """The `genlab` command.
 
     genlab train --config experiments/NAME.py --workdir DIR [--config.FIELD=VALUE ...]
-    genlab eval --workdir DIR
+    genlab eval --workdir DIR [--config.vae.nll_k=K ...]
+    genlab sample --workdir DIR --num 64 --out FILE.png
 
 Exit status: 0 done; 2 bad input (a misspelt field, an unknown dataset, a bad
 `.npz`, an unwritable workdir, a config that differs from the one a workdir was
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
   )
   evaluate = sub.add_parser("eval", help="evaluate a workdir's latest checkpoint on the test split")
   evaluate.add_argument("--workdir", required=True)
+  sample = sub.add_parser("sample", help="draw samples from a workdir's model into a PNG grid")
+  sample.add_argument("--workdir", required=True)
+  sample.add_argument("--num", type=int, default=64, help="how many samples")
+  sample.add_argument("--out", required=True, help="the PNG file to write")
+  sample.add_argument("--seed", type=int, default=0, help="seeds the samples' keys")
   return parser
 
 
@@ -67,10 +73,11 @@ def run(argv: list[str]) -> int:
     result = loop.train_and_evaluate(config, parsed.workdir)
     loop.log(f"done: step {result.step}, workdir {result.workdir}")
     return 0
-  if overrides:
-    raise GenlabError("genlab eval takes no --config. overrides; it uses the workdir's config.json")
-  report = loop.evaluate_workdir(parsed.workdir)
-  print(json.dumps(report, indent=2))
+  if parsed.command == "sample":
+    loop.sample_workdir(parsed.workdir, num=parsed.num, out=parsed.out, seed=parsed.seed)
+    return 0
+  report = loop.evaluate_workdir(parsed.workdir, overrides)
+  print(json.dumps(report, indent=2, ensure_ascii=False))
   return 0
 
 

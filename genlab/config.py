@@ -25,6 +25,7 @@ REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "paral
 # Fields a resumed run may change: none of them alters what a step computes.
 SAFE_ON_RESUME = (
   "num_steps",
+  "num_epochs",
   "parallel",  # Results do not depend on the device count (tested to 1e-7, not bit-exact).
   "eval_batch_size",
   "log_every",
@@ -64,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.batch_size = 64  # Global: summed over processes and devices.
   config.eval_batch_size = placeholder(int)  # None: batch_size.
   config.num_steps = 1000
+  config.num_epochs = placeholder(int)  # If set: num_steps = num_epochs · ⌊train examples / batch⌋.
   config.parallel = "auto"  # auto | pmap | shard_map | none.
   config.model = ml_collections.ConfigDict({"name": "conv_ae"})
   config.loss = "mse"
@@ -80,6 +82,20 @@ def base_config() -> ml_collections.ConfigDict:
   config.on_unusable_checkpoints = "fail"  # fail | restart: when no checkpoint can be restored.
   config.preemption_check_every = 1  # Steps between the processes' agreement on a stop signal.
   return config
+
+
+def vae_options(**overrides) -> ml_collections.ConfigDict:
+  """`config.vae` of the VAE family (genlab.families.vae), with its defaults."""
+  options = ml_collections.ConfigDict(
+    {
+      "beta": 1.0,  # Weight of the KL term.
+      "kl_warmup_steps": 0,  # β ramps linearly from 0 over these steps (0: no warm-up).
+      "binarize": "none",  # none | dynamic (a fresh Bernoulli draw of x at every step).
+      "nll_k": 5000,  # Importance samples per test example for `nll` in `genlab eval`.
+    }
+  )
+  options.update(overrides)
+  return options
 
 
 def load_experiment(path: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -28,3 +28,32 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.A
 
 
 RECONSTRUCTION_LOSSES = ("mse", "bce")
+
+
+# Variational autoencoders: log-densities summed over all non-batch axes, per example.
+
+LOG_2PI = float(jnp.log(2.0 * jnp.pi))
+
+
+def _sum_per_example(values: jax.Array) -> jax.Array:
+  return jnp.sum(values.reshape(values.shape[0], -1).astype(jnp.float32), axis=1)
+
+
+def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) ‖ N(0, I)) per example, in closed form, summed over dimensions."""
+  return _sum_per_example(kl_to_standard_normal_per_dim(mean, logvar))
+
+
+def kl_to_standard_normal_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """The same KL, one value per latent dimension: ½(μ² + σ² − log σ² − 1)."""
+  return 0.5 * (jnp.square(mean) + jnp.exp(logvar) - logvar - 1.0)
+
+
+def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
+  """log p(x | logits) of independent Bernoullis, summed per example (x in [0, 1])."""
+  return -_sum_per_example(optax.losses.sigmoid_binary_cross_entropy(logits, x))
+
+
+def gaussian_log_density(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """log N(x; mean, diag(exp(logvar))), summed per example (broadcasting mean/logvar)."""
+  return _sum_per_example(-0.5 * (LOG_2PI + logvar + jnp.square(x - mean) * jnp.exp(-logvar)))

@@ -14,17 +14,20 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import REPO, run_python
 
 
-def test_pmap_and_shard_map_match_one_device_for_20_steps(data_dir):
+@pytest.mark.parametrize("experiment", ["conv_ae_digits.py", "vae_digits.py"])
+def test_pmap_and_shard_map_match_one_device_for_20_steps(experiment, data_dir):
+  # vae_digits draws z and a binarization per example: keys must not depend on devices.
   proc = subprocess.run(
     [
       sys.executable,
       str(REPO / "scripts" / "compare_parallel.py"),
       "--devices=4",
       "--steps=20",
-      f"--config={REPO / 'experiments' / 'conv_ae_digits.py'}",
+      f"--config={REPO / 'experiments' / experiment}",
       f"--config.data.data_dir={data_dir}",
     ],
     capture_output=True,

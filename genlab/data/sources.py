@@ -10,6 +10,8 @@
 
 Every split is a dict of arrays: `image` (N, H, W, C), optional `label` (N,)
 and optional `target` (N, H', W', C') for tasks whose output is not the input.
+Integer pixels are 0..255 everywhere downstream: TFDS datasets that store
+another range (`binarized_mnist` stores 0/1) are rescaled to it on loading.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from genlab.errors import DataError
 
 Split = dict[str, np.ndarray]
 SPLITS = ("train", "test")
+# TFDS datasets whose integer pixels do not span 0..255: the value of white.
+TFDS_INTEGER_MAX = {"binarized_mnist": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,5 +224,8 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None, keys: dict) ->
   split_arrays = {role: np.stack([r[key] for r in records]) for role, key in wanted.items()}
   for role in ("image", "target"):
     if role in split_arrays:
-      split_arrays[role] = _as_images(split_arrays[role], f"{name}/{split} {keys[role]}")
+      array = _as_images(split_arrays[role], f"{name}/{split} {keys[role]}")
+      if name in TFDS_INTEGER_MAX and np.issubdtype(array.dtype, np.integer):
+        array = (array.astype(np.uint16) * 255 // TFDS_INTEGER_MAX[name]).astype(np.uint8)
+      split_arrays[role] = array
   return split_arrays

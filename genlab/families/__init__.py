@@ -3,8 +3,9 @@
 from genlab.errors import ConfigError
 from genlab.families.autoencoder import Autoencoder
 from genlab.families.base import Family
+from genlab.families.vae import VariationalAutoencoder
 
-FAMILIES: dict[str, type[Family]] = {"autoencoder": Autoencoder}
+FAMILIES: dict[str, type[Family]] = {"autoencoder": Autoencoder, "vae": VariationalAutoencoder}
 
 
 def get_family(name: str) -> type[Family]:
@@ -14,4 +15,4 @@ def get_family(name: str) -> type[Family]:
   return FAMILIES[name]
 
 
-__all__ = ["FAMILIES", "Autoencoder", "Family", "get_family"]
+__all__ = ["FAMILIES", "Autoencoder", "Family", "VariationalAutoencoder", "get_family"]

@@ -106,6 +106,16 @@ class Autoencoder(Family):
     name = "prediction" if "target" in batch else "reconstruction"
     return {"denoising" if self.corrupt is not None else name: rows}
 
+  def definitions(self):
+    return {
+      "mse": "mean over test examples of the per-example mean squared error over pixels",
+      "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
+      "loss": f"the training loss ({self.config.loss}) on the test split",
+    }
+
+  def protocol(self):
+    return {"corruption": self.config.get("corruption", "") or "none"}
+
   def reference_metrics(self):
     """MSE on the test split of always predicting the mean training target."""
     train = self.dataset.train.get("target", self.dataset.train["image"])

@@ -57,3 +57,29 @@ class Family(abc.ABC):
   def reference_metrics(self) -> dict[str, Any]:
     """Metrics of trivial baselines on the test split, for `genlab eval`."""
     return {}
+
+  def summarize(self, means: dict[str, Any]) -> dict[str, Any]:
+    """Turns the per-example means of `eval_step`'s sums into the reported metrics."""
+    return means
+
+  # Set to a function like `eval_step` for metrics too costly for periodic eval
+  # (the VAE's importance-sampled NLL); `genlab eval` runs it too.
+  final_eval_step = None
+
+  def extra_images(self, state: TrainState, step: int) -> dict[str, np.ndarray]:
+    """Further views (uint8 RGB images) written beside the grids of `image_rows`."""
+    return {}
+
+  def sample(self, state: TrainState, key: jax.Array, num: int) -> np.ndarray:
+    """`num` generated examples (N, H, W, C) in the data's value range, for `genlab sample`."""
+    from genlab.errors import GenlabError
+
+    raise GenlabError(f"the {type(self).__name__} family does not generate samples")
+
+  def protocol(self) -> dict[str, Any]:
+    """Settings that say how the family's eval numbers were obtained (for eval.json)."""
+    return {}
+
+  def definitions(self) -> dict[str, str]:
+    """What each reported metric is, in words (for eval.json)."""
+    return {}

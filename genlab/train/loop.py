@@ -84,6 +84,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     label_key=config.data.label_key,
     target_key=config.data.target_key,
   )
+  if config.get("num_epochs"):
+    config.num_steps = config.num_epochs * (len(dataset.train["image"]) // config.batch_size)
   family = get_family(config.family)(config, dataset)
   runner = Runner(config.parallel, global_batch_size=config.batch_size)
   root_key = rngs.root_key(config.seed)
@@ -109,11 +111,12 @@ def check_workdir(workdir: pathlib.Path) -> None:
     raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
 
 
-def evaluate(s: Setup, eval_step, state, split: str = "test") -> dict[str, float]:
-  """Means of the family's eval sums over every example of `split`.
+def evaluate(s: Setup, eval_step, state, split: str = "test") -> dict[str, Any]:
+  """The family's summary of its eval sums over every example of `split`.
 
   Returns:
-    `{name: mean}` plus `num_examples`, the number of examples averaged over.
+    The metrics (see `Family.summarize`) plus `num_examples`, the number of
+    examples averaged over.
   """
   totals = None
   batches = eval_batches(
@@ -128,11 +131,18 @@ def evaluate(s: Setup, eval_step, state, split: str = "test") -> dict[str, float
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
   totals = s.runner.fetch(totals)
   n = totals.pop("num_examples")
-  return {**{k: v / n for k, v in totals.items()}, "num_examples": int(round(n))}
+  means = s.family.summarize({k: v / n for k, v in totals.items()})
+  return {**means, "num_examples": int(round(n))}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+  """`name value` pairs of the scalar metrics, for a log line."""
+  return ", ".join(f"{k} {v:.5g}" for k, v in metrics.items() if isinstance(v, int | float))
 
 
 def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -> None:
-  """Grids of the first `num_images` test examples (the same ones at every step)."""
+  """Grids of the first `num_images` test examples (the same ones at every step), and the
+  family's other views."""
   if not writer.active or s.config.num_images <= 0:
     return
   batch = next(
@@ -144,6 +154,8 @@ def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -
     n = int(batch["mask"].sum())
     grid = image_grid([r[:n] for r in rows], value_range=s.family.value_range)
     writer.write_image(step, name, grid)
+  for name, image in s.family.extra_images(state, step).items():
+    writer.write_image(step, name, image)
 
 
 class TrainTimer:
@@ -252,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           if step % config.eval_every == 0 or last:
             test_metrics = evaluate(s, eval_step, state)
             writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
-            log(f"step {step}: test " + ", ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
+            log(f"step {step}: test {format_metrics(test_metrics)}")
           if step % config.image_every == 0 or last:
             write_images(s, writer, step, s.runner.unreplicate(state))
           if step % config.checkpoint_every == 0 or last:
@@ -362,34 +374,64 @@ class MetricsLog:
     return means, rate
 
 
-def evaluate_workdir(workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Restores the latest checkpoint of `workdir`, evaluates it on the test split,
-  and writes `<workdir>/eval.json`.
+# Fields `genlab eval` / `genlab sample` may override: they change how, not what, is evaluated.
+EVAL_OVERRIDES = ("eval_batch_size", "parallel", "vae.nll_k")
 
-  Returns:
-    The report: the protocol (dataset, split, examples, checkpoint step, value
-    range) and the metrics, including the family's reference baselines.
+
+def restore_workdir(
+  workdir: str | pathlib.Path, overrides: list[str] = ()
+) -> tuple[Setup, TrainState, int]:
+  """The setup of a trained workdir and its newest usable checkpoint (host arrays).
+
+  Args:
+    workdir: a genlab workdir.
+    overrides: `--config.FIELD=VALUE` strings, for the fields in `EVAL_OVERRIDES`.
   """
   workdir = pathlib.Path(workdir)
   config_path = workdir / CONFIG_FILE
   if not config_path.is_file():
     raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a genlab workdir?")
   config = config_lib.from_json(config_path.read_text())
+  for item in overrides:
+    field = item.removeprefix("--config.").split("=", 1)[0]
+    if field not in EVAL_OVERRIDES:
+      raise ConfigError(
+        f"{item}: evaluation may override only {', '.join(EVAL_OVERRIDES)}; the rest comes "
+        f"from {config_path}"
+      )
+  config_lib.apply_overrides(config, list(overrides))
   s = setup(config)
-  ckpt = Checkpointer(
-    workdir / "checkpoints", keep=config.keep_checkpoints, every=config.checkpoint_every
-  )
-  if not ckpt.all_steps():
+  ckpt = Checkpointer(workdir / "checkpoints")
+  try:
+    if not ckpt.all_steps():
+      raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
+    restored, step, unusable = ckpt.find_usable(s.initial_state)
+  finally:
     ckpt.close()
-    raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
-  restored, step, unusable = ckpt.find_usable(s.initial_state)
-  ckpt.close()
   for bad_step, reason in unusable:
-    warn(f"the checkpoint of step {bad_step} is unusable ({reason}); evaluating an older one")
+    warn(f"the checkpoint of step {bad_step} is unusable ({reason}); using an older one")
   if restored is None:
     raise WorkdirError(f"none of the checkpoints in {workdir / 'checkpoints'} can be restored")
+  return s, restored, step
+
+
+def evaluate_workdir(workdir: str | pathlib.Path, overrides: list[str] = ()) -> dict[str, Any]:
+  """Restores the latest checkpoint of `workdir`, evaluates it on the test split,
+  and writes `<workdir>/eval.json`.
+
+  Returns:
+    The report: the protocol (dataset, split, examples, checkpoint step, seed,
+    value range, the family's own settings), the metrics, including the
+    family's reference baselines, and their definitions.
+  """
+  s, restored, step = restore_workdir(workdir, overrides)
+  config = s.config
   state = s.runner.replicate(restored)
   metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
+  if s.family.final_eval_step is not None:
+    final = evaluate(s, s.runner.eval_step(s.family.final_eval_step), state)
+    final.pop("num_examples")
+    metrics.update(final)
   num_examples = metrics.pop("num_examples")
   metrics.update(s.family.reference_metrics())
   if "mse" in metrics and "mse_mean_baseline" in metrics:
@@ -399,13 +441,36 @@ def evaluate_workdir(workdir: str | pathlib.Path) -> dict[str, Any]:
     "split": "test",
     "num_examples": num_examples,
     "checkpoint_step": int(step),
+    "seed": config.seed,
     "value_range": list(s.family.value_range),
+    "protocol": s.family.protocol(),
     "metrics": metrics,
-    "definitions": {
-      "mse": "mean over test examples of the per-example mean squared error over pixels",
-      "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
-    },
+    "definitions": s.family.definitions(),
   }
   if jax.process_index() == 0:
-    (workdir / EVAL_FILE).write_text(json.dumps(report, indent=2))
+    (pathlib.Path(workdir) / EVAL_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False))
   return report
+
+
+def sample_workdir(
+  workdir: str | pathlib.Path, *, num: int, out: str | pathlib.Path, seed: int = 0
+) -> pathlib.Path:
+  """Draws `num` samples from a trained workdir's model and saves them as a PNG grid."""
+  from PIL import Image
+
+  s, state, step = restore_workdir(workdir)
+  if num < 1:
+    raise ConfigError(f"--num must be positive, got {num}")
+  samples = s.family.sample(state, rngs.stream_key(rngs.root_key(seed), "sample"), num)
+  columns = math.ceil(math.sqrt(num))
+  padded = np.concatenate(
+    [samples, np.full((-num % columns, *samples.shape[1:]), s.family.value_range[1])]
+  )
+  grid = image_grid(
+    list(padded.reshape(-1, columns, *samples.shape[1:])), value_range=s.family.value_range
+  )
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(grid).save(out)
+  log(f"{num} samples of the checkpoint of step {step} (sampling seed {seed}) written to {out}")
+  return out

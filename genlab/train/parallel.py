@@ -128,9 +128,9 @@ class Runner:
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, x), batch)
 
-  def fetch(self, metrics: dict[str, jax.Array]) -> dict[str, float]:
-    """Device metrics (already averaged over devices) as Python floats."""
-    return {k: float(v.reshape(-1)[0]) for k, v in self.unreplicate(metrics).items()}
+  def fetch(self, metrics: dict[str, jax.Array]) -> dict[str, Any]:
+    """Device metrics (already reduced over devices): floats, or arrays for vector metrics."""
+    return {k: float(v) if v.size == 1 else v for k, v in self.unreplicate(metrics).items()}
 
   # Compilation ---------------------------------------------------------------
 

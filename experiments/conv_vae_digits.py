@@ -1,0 +1,39 @@
+"""Convolutional VAE on the embedded `digits`, dynamically binarized.
+
+    genlab train --config experiments/conv_vae_digits.py --workdir runs/conv_vae_digits
+    genlab eval --workdir runs/conv_vae_digits
+
+Model: the core's conv stacks: 8×8×1 → Conv(32, 3×3, s2) → Conv(64, 3×3, s2) →
+Dense(2·8) = (μ, log σ²); z ∈ R⁸ → Dense(2·2·64) → ConvTranspose(32, s2) →
+ConvTranspose(1, s2) → Bernoulli logits. Adam 1e-3, batch 64, 6,000 steps.
+Writes the same views as vae_digits.py.
+
+What to expect (measured on 2 CPU cores, seed 0; see the README): test
+neg_elbo ≈ 25 nats and nll ≈ 23 nats.
+"""
+
+from genlab.config import base_config, vae_options
+
+
+def get_config():
+  config = base_config()
+  config.family = "vae"
+  config.dataset = "digits"
+  config.batch_size = 64
+  config.num_steps = 6000
+  config.model.update(
+    name="vae",
+    architecture="conv",
+    features=(32, 64),
+    kernel_size=3,
+    strides=2,
+    latent_dim=8,
+    likelihood="bernoulli",
+  )
+  config.vae = vae_options(binarize="dynamic", nll_k=5000)
+  config.optimizer.learning_rate = 1e-3
+  config.log_every = 200
+  config.eval_every = 1000
+  config.image_every = 2000
+  config.checkpoint_every = 1000
+  return config

@@ -1,0 +1,40 @@
+"""MLP VAE on the embedded `digits` (1,497 train / 300 test 8×8 images), dynamically binarized.
+
+    genlab train --config experiments/vae_digits.py --workdir runs/vae_digits
+    genlab eval --workdir runs/vae_digits          # neg_elbo, kl, nll (k = 5,000), active units
+    genlab sample --workdir runs/vae_digits --num 64 --out runs/vae_digits/samples.png
+
+Model: 64 → Dense(256) → ReLU → (μ, log σ²) ∈ R⁸ → z → Dense(256) → ReLU →
+Dense(64) Bernoulli logits. x is a fresh Bernoulli draw of the grey digit at
+every step (dynamic binarization); the test images are binarized once, from a
+fixed key. Adam 1e-3, batch 64, 6,000 steps (~257 epochs).
+
+Views written to images/ at every image step: reconstructions, 64 samples from
+the prior, linear and spherical interpolations between test digits, and the
+latent cloud (posterior means of the test set, first two principal axes,
+coloured by label).
+
+What to expect (measured on 2 CPU cores, seed 0; see the README): test
+neg_elbo ≈ 24.5 nats and nll ≈ 22.5 nats (nll ≤ neg_elbo, as it must be), with
+8 of 8 units active.
+"""
+
+from genlab.config import base_config, vae_options
+
+
+def get_config():
+  config = base_config()
+  config.family = "vae"
+  config.dataset = "digits"
+  config.batch_size = 64
+  config.num_steps = 6000
+  config.model.update(
+    name="vae", architecture="mlp", hidden=(256,), latent_dim=8, likelihood="bernoulli"
+  )
+  config.vae = vae_options(binarize="dynamic", nll_k=5000)
+  config.optimizer.learning_rate = 1e-3
+  config.log_every = 200
+  config.eval_every = 1000
+  config.image_every = 2000
+  config.checkpoint_every = 1000
+  return config

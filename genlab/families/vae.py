@@ -1,0 +1,329 @@
+"""Variational autoencoders on the shared trainer.
+
+Train step (keyed, per example): x is the batch image, or with
+`vae.binarize='dynamic'` a Bernoulli draw from it; ε for z = μ + σ·ε comes from
+`example_keys(stream_key(key, 'z'), batch['index'])`, so an example's sample
+does not depend on the device count. The loss is the batch mean of
+
+    −log p(x|z) + β_t · KL(q(z|x) ‖ N(0, I)),   β_t = β · min(1, step / kl_warmup_steps),
+
+with the KL in closed form. `neg_elbo` (β = 1), `reconstruction` (−log p(x|z))
+and `kl` are reported separately, in nats per example.
+
+Evaluation (test split, fixed keys so numbers are comparable across steps):
+`neg_elbo`, `reconstruction`, `kl` (one z per example), `kl_per_dim`, and
+`active_units` (dimensions d with Var_x(E_q[z_d|x]) > 0.01, Burda et al. 2016).
+`genlab eval` adds `nll`: the importance-sampled negative log-likelihood
+
+    −log p(x) ≈ −log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x),   z_i ~ q(z|x),
+
+with k = `vae.nll_k` samples (5,000 by default), computed on device: a scan
+over chunks of samples, vectorised over examples and samples, with a running
+log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genlab import losses
+from genlab.errors import ConfigError
+from genlab.families.base import Family, Metrics
+from genlab.models.vae import VAE, reparameterize
+from genlab.train.parallel import masked_sum, pmean
+from genlab.train.rngs import example_keys, stream_key
+from genlab.train.state import TrainState, make_optimizer, optimization_metrics
+from genlab.train.writers import image_grid
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+NLL_ROWS_PER_CHUNK = 8192  # Decoder rows (examples × samples) per scan step.
+
+
+class VariationalAutoencoder(Family):
+  """A VAE with one optimizer; see the module docstring for the objective and metrics."""
+
+  def __init__(self, config, dataset):
+    super().__init__(config, dataset)
+    model_config = config.model.to_dict()
+    if model_config.pop("name") != "vae":
+      raise ConfigError("family 'vae' needs config.model.name='vae'")
+    try:
+      self.model = VAE(output_shape=dataset.image_shape, **model_config)
+    except TypeError as e:
+      raise ConfigError(f"config.model: {e}") from e
+    options = config.vae
+    if options.binarize not in ("none", "dynamic"):
+      raise ConfigError("config.vae.binarize must be 'none' or 'dynamic'")
+    if self.model.likelihood == "bernoulli" and self.value_range != (0.0, 1.0):
+      raise ConfigError(
+        "a Bernoulli decoder needs data in [0, 1]: set config.data.range=(0.0, 1.0)"
+      )
+    self.options = options
+    self.tx = make_optimizer(config.optimizer)
+    self.eval_key = stream_key(jax.random.key(config.seed), "vae_eval")
+
+  # Pieces ---------------------------------------------------------------------
+
+  def observe(self, batch, key: jax.Array) -> jax.Array:
+    """The x the model is trained on: the image, or a per-example binarization of it."""
+    if self.options.binarize == "none":
+      return batch["image"]
+    keys = example_keys(stream_key(key, "binarize"), batch["index"])
+    draw = jax.vmap(lambda k, p: jax.random.bernoulli(k, p).astype(p.dtype))
+    return draw(keys, batch["image"])
+
+  def log_likelihood(self, decoded: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    """log p(x|z) per example (nats)."""
+    if "logits" in decoded:
+      return losses.bernoulli_log_likelihood(decoded["logits"], x)
+    return losses.gaussian_log_density(x, decoded["mean"], decoded["logvar"])
+
+  def elbo_terms(self, params, batch, key):
+    x = self.observe(batch, key)
+    keys = example_keys(stream_key(key, "z"), batch["index"])
+    decoded, aux = self.model.apply({"params": params}, x, keys)
+    reconstruction = -self.log_likelihood(decoded, x)
+    kl_per_dim = losses.kl_to_standard_normal_per_dim(aux["mean"], aux["logvar"])
+    return reconstruction, kl_per_dim, aux
+
+  def beta(self, step: jax.Array) -> jax.Array:
+    warmup = self.options.kl_warmup_steps
+    ramp = jnp.minimum(1.0, step.astype(jnp.float32) / warmup) if warmup else 1.0
+    return self.options.beta * ramp
+
+  # Family interface -------------------------------------------------------------
+
+  def init_state(self, key, batch) -> TrainState:
+    x = jnp.asarray(batch["image"][:1])
+    params = self.model.init(key, x, jax.random.split(key, 1))["params"]
+    return TrainState.create(params={"model": params}, tx={"model": self.tx})
+
+  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
+    beta = self.beta(state.step)
+
+    def loss_fn(params):
+      reconstruction, kl_per_dim, _ = self.elbo_terms(params, batch, key)
+      kl = jnp.sum(kl_per_dim, axis=1)
+      parts = {"reconstruction": reconstruction.mean(), "kl": kl.mean()}
+      parts["neg_elbo"] = parts["reconstruction"] + parts["kl"]
+      return jnp.mean(reconstruction + beta * kl), parts
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
+    grads = pmean(grads, axis_name)
+    metrics = pmean({"loss": loss, **parts}, axis_name)
+    metrics.update(optimization_metrics(grads, state.params["model"]), beta=beta)
+    return state.apply_gradients({"model": grads}), metrics
+
+  def eval_step(self, state, batch) -> Metrics:
+    reconstruction, kl_per_dim, aux = self.elbo_terms(state.params["model"], batch, self.eval_key)
+    mask = batch["mask"]
+    kl = jnp.sum(kl_per_dim, axis=1)
+    return {
+      "neg_elbo": masked_sum(reconstruction + kl, mask),
+      "reconstruction": masked_sum(reconstruction, mask),
+      "kl": masked_sum(kl, mask),
+      "kl_per_dim": jnp.sum(kl_per_dim * mask[:, None], axis=0),
+      "posterior_mean": jnp.sum(aux["mean"] * mask[:, None], axis=0),
+      "posterior_mean_sq": jnp.sum(jnp.square(aux["mean"]) * mask[:, None], axis=0),
+    }
+
+  def summarize(self, means):
+    means = dict(means)
+    if "posterior_mean" in means:  # The periodic eval's sums (not the final NLL's).
+      mean = np.asarray(means.pop("posterior_mean"))
+      variance = np.asarray(means.pop("posterior_mean_sq")) - np.square(mean)
+      means["active_units"] = int(np.sum(variance > ACTIVE_UNIT_THRESHOLD))
+      means["kl_per_dim"] = [round(float(v), 5) for v in np.atleast_1d(means["kl_per_dim"])]
+    return means
+
+  def final_eval_step(self, state, batch) -> Metrics:
+    """Masked sum of the importance-sampled NLL with `vae.nll_k` samples per example."""
+    x = self.observe(batch, self.eval_key)
+    keys = example_keys(stream_key(self.eval_key, "nll"), batch["index"])
+    nll = importance_sampled_nll(
+      self.model,
+      state.params["model"],
+      x,
+      keys,
+      num_samples=self.options.nll_k,
+      log_likelihood=self.log_likelihood,
+    )
+    return {"nll": masked_sum(nll, batch["mask"])}
+
+  def protocol(self):
+    return {
+      "nll_k": self.options.nll_k,
+      "binarize": self.options.binarize,
+      "z_samples_for_elbo": 1,
+      "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+    }
+
+  def definitions(self):
+    return {
+      "neg_elbo": "mean over test examples of −log p(x|z) + KL(q(z|x) ‖ N(0, I)), one z each, nats",
+      "reconstruction": "mean over test examples of −log p(x|z), one z ~ q(z|x) each, nats",
+      "kl": "mean over test examples of the closed-form KL(q(z|x) ‖ N(0, I)), nats",
+      "nll": "mean over test examples of the importance-sampled −log p(x), nll_k samples from "
+      "q(z|x) each, nats",
+      "kl_per_dim": "mean KL of each latent dimension",
+      "active_units": "latent dimensions with Var over test x of E_q[z_d|x] > 0.01",
+    }
+
+  # Views --------------------------------------------------------------------
+
+  def image_rows(self, state, batch):
+    params = state.params["model"]
+    x = np.asarray(self.observe(batch, self.eval_key))
+    mean, _ = self.model.apply({"params": params}, x, method=VAE.encode)
+    return {"reconstruction": [x, np.asarray(self._mean_image(params, mean))]}
+
+  def _mean_image(self, params, z):
+    decoded = self.model.apply({"params": params}, z, method=VAE.decode)
+    return self.model.mean_image(decoded)
+
+  def sample(self, state, key: jax.Array, num: int) -> np.ndarray:
+    """E[x|z] for `num` draws z ~ N(0, I) from `key`."""
+    z = jax.random.normal(key, (num, self.model.latent_dim))
+    return np.asarray(self._mean_image(state.params["model"], z))
+
+  def extra_images(self, state, step: int) -> dict[str, np.ndarray]:
+    params = state.params["model"]
+    views = {}
+    samples = self.sample(state, stream_key(self.eval_key, "prior_samples"), 64)
+    views["samples"] = image_grid(
+      list(samples.reshape(8, 8, *samples.shape[1:])), value_range=self.value_range
+    )
+    test = self.dataset.test
+    pairs = min(4, len(test["image"]) // 2)
+    if pairs:
+      from genlab.data import scale_values
+
+      x = scale_values(test["image"][: 2 * pairs], self.value_range)
+      mean, _ = self.model.apply({"params": params}, x, method=VAE.encode)
+      starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
+      t = np.linspace(0.0, 1.0, 8)
+      for name, path in (("interpolation_linear", lerp), ("interpolation_spherical", slerp)):
+        z = np.stack([path(a, b, t) for a, b in zip(starts, ends, strict=True)])  # (pairs, 8, K)
+        images = np.asarray(self._mean_image(params, z.reshape(-1, z.shape[-1])))
+        views[name] = image_grid(
+          list(images.reshape(pairs, 8, *images.shape[1:])), value_range=self.value_range
+        )
+    views["latent_cloud"] = self.latent_cloud(params, step)
+    return views
+
+  def latent_cloud(self, params, step: int) -> np.ndarray:
+    """Posterior means of the test split in 2-D (first two principal axes when K > 2)."""
+    import matplotlib
+
+    from genlab.data import scale_values
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    x = scale_values(self.dataset.test["image"][:2000], self.value_range)
+    mean = np.concatenate(
+      [
+        np.asarray(self.model.apply({"params": params}, x[i : i + 500], method=VAE.encode)[0])
+        for i in range(0, len(x), 500)
+      ]
+    )
+    if mean.shape[1] > 2:
+      centred = mean - mean.mean(axis=0)
+      _, _, vt = np.linalg.svd(centred, full_matrices=False)
+      points, axes = centred @ vt[:2].T, ("principal axis 1", "principal axis 2")
+    else:
+      points, axes = np.pad(mean, ((0, 0), (0, 2 - mean.shape[1]))), ("z1", "z2")
+    labels = self.dataset.test.get("label")
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    scatter = ax.scatter(
+      points[:, 0],
+      points[:, 1],
+      s=6,
+      c=labels[: len(points)] if labels is not None else None,
+      cmap="tab10",
+    )
+    if labels is not None:
+      fig.colorbar(scatter, ax=ax, label="label")
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"E[z|x], {len(points)} test images, step {step}")
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """Points (1−t)·a + t·b."""
+  return (1.0 - t)[:, None] * a + t[:, None] * b
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """Spherical interpolation (on the great circle through a and b; linear if they are parallel)."""
+  cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)
+  omega = np.arccos(np.clip(cos, -1.0, 1.0))
+  if omega < 1e-6:
+    return lerp(a, b, t)
+  return (np.sin((1.0 - t) * omega)[:, None] * a + np.sin(t * omega)[:, None] * b) / np.sin(omega)
+
+
+def importance_sampled_nll(
+  model: VAE, params, x, keys, *, num_samples: int, log_likelihood
+) -> jax.Array:
+  """−log p(x) per example by importance sampling from q(z|x) (see the module docstring).
+
+  Args:
+    model: the VAE.
+    params: its parameters.
+    x: a batch (B, H, W, C).
+    keys: one key per example; sample chunk i of example b uses fold_in(keys[b], i).
+    num_samples: k.
+    log_likelihood: `(decoded, x) -> log p(x|z)` per row.
+
+  Returns:
+    (B,) estimates of −log p(x), in nats.
+  """
+  batch = x.shape[0]
+  chunk = _chunk_size(num_samples, max(1, NLL_ROWS_PER_CHUNK // batch))
+  mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
+  latent = mean.shape[1]
+
+  def log_weights(i):
+    eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), (chunk, latent)))(keys)
+    z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps  # (B, chunk, K)
+    decoded = model.apply({"params": params}, z.reshape(batch * chunk, latent), method=VAE.decode)
+    x_rep = jnp.broadcast_to(x[:, None], (batch, chunk, *x.shape[1:])).reshape(
+      batch * chunk, *x.shape[1:]
+    )
+    log_px = log_likelihood(decoded, x_rep).reshape(batch, chunk)
+    log_pz = -0.5 * jnp.sum(jnp.square(z) + losses.LOG_2PI, axis=-1)
+    log_qz = -0.5 * jnp.sum(jnp.square(eps) + logvar[:, None] + losses.LOG_2PI, axis=-1)
+    return log_px + log_pz - log_qz
+
+  def body(carry, i):
+    running_max, running_sum = carry
+    lw = log_weights(i)
+    new_max = jnp.maximum(running_max, lw.max(axis=1))
+    new_sum = running_sum * jnp.exp(running_max - new_max) + jnp.exp(lw - new_max[:, None]).sum(
+      axis=1
+    )
+    return (new_max, new_sum), None
+
+  init = (jnp.full((batch,), -jnp.inf), jnp.zeros((batch,)))
+  (running_max, running_sum), _ = jax.lax.scan(body, init, jnp.arange(num_samples // chunk))
+  return -(running_max + jnp.log(running_sum) - jnp.log(float(num_samples)))
+
+
+def _chunk_size(k: int, limit: int) -> int:
+  """The largest divisor of k that is at most `limit` (so chunks tile k exactly)."""
+  for size in range(min(k, limit), 0, -1):
+    if k % size == 0:
+      return size
+  return 1
+
+
+__all__ = ["VariationalAutoencoder", "importance_sampled_nll", "lerp", "reparameterize", "slerp"]

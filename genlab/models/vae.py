@@ -1,0 +1,138 @@
+"""Variational autoencoder: q(z|x) = N(μ(x), diag σ²(x)), p(z) = N(0, I), p(x|z) from a decoder.
+
+The encoder returns μ and log σ² of a `latent_dim`-dimensional diagonal
+gaussian; `reparameterize(key, mean, logvar)` draws z = μ + σ·ε with ε ~ N(0, I)
+from an explicit key, so gradients reach μ and σ; the decoder returns the
+parameters of p(x|z): Bernoulli logits, or a Gaussian mean (and, with
+`gaussian_variance='learned'`, a per-pixel log-variance).
+
+Encoders and decoders are an MLP (the flax example's 784-500-20 is
+`hidden=(500,)`) or the core's conv stacks (`ConvEncoder`, `ConvDecoder`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genlab.errors import ConfigError
+from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """z = mean + exp(logvar / 2) · ε with ε ~ N(0, I) from `key`; differentiable in mean, logvar."""
+  eps = jax.random.normal(key, mean.shape, mean.dtype)
+  return mean + jnp.exp(0.5 * logvar) * eps
+
+
+class MLP(nn.Module):
+  """Dense layers with an activation between them (none after the last)."""
+
+  features: Sequence[int]
+  activation: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = activation_fn(self.activation)
+    for i, f in enumerate(self.features):
+      x = nn.Dense(f, dtype=self.dtype, name=f"dense_{i}")(x)
+      if i < len(self.features) - 1:
+        x = act(x)
+    return x
+
+
+class VAE(nn.Module):
+  """Encoder → (μ, log σ²) → z → decoder → parameters of p(x|z).
+
+  Attributes:
+    output_shape: (H, W, C) of x.
+    latent_dim: K, the dimension of z.
+    architecture: `mlp` or `conv`.
+    hidden: MLP hidden sizes (encoder; the decoder mirrors them).
+    features, kernel_size, strides: conv stacks (see `ConvEncoder`).
+    activation: hidden activation.
+    likelihood: `bernoulli` (logits) or `gaussian`.
+    gaussian_variance: `fixed` (σ = `gaussian_sigma`) or `learned` (per pixel).
+    gaussian_sigma: the fixed decoder standard deviation.
+  """
+
+  output_shape: Sequence[int]
+  latent_dim: int = 20
+  architecture: str = "mlp"
+  hidden: Sequence[int] = (500,)
+  features: Sequence[int] = (32, 64)
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 2
+  activation: str = "relu"
+  likelihood: str = "bernoulli"
+  gaussian_variance: str = "fixed"
+  gaussian_sigma: float = 0.1
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.likelihood not in LIKELIHOODS:
+      raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {LIKELIHOODS}")
+    if self.gaussian_variance not in ("fixed", "learned"):
+      raise ConfigError("gaussian_variance must be 'fixed' or 'learned'")
+    *_, channels = self.output_shape
+    out_channels = channels * (2 if self.decodes_logvar else 1)
+    if self.architecture == "mlp":
+      self.encoder = MLP((*self.hidden, 2 * self.latent_dim), self.activation, self.dtype)
+      size = math.prod(self.output_shape[:-1]) * out_channels
+      self.decoder = MLP((*reversed(self.hidden), size), self.activation, self.dtype)
+    elif self.architecture == "conv":
+      conv = dict(
+        features=tuple(self.features),
+        kernel_size=self.kernel_size,
+        strides=self.strides,
+        activation=self.activation,
+        dtype=self.dtype,
+      )
+      self.encoder = ConvEncoder(latent_dim=2 * self.latent_dim, **conv)
+      self.decoder = ConvDecoder(output_shape=(*self.output_shape[:-1], out_channels), **conv)
+    else:
+      raise ConfigError(f"unknown VAE architecture {self.architecture!r}; choose mlp or conv")
+
+  @property
+  def decodes_logvar(self) -> bool:
+    return self.likelihood == "gaussian" and self.gaussian_variance == "learned"
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(μ, log σ²) of q(z|x), each (batch, latent_dim)."""
+    if self.architecture == "mlp":
+      x = x.reshape(x.shape[0], -1)
+    h = self.encoder(x).astype(jnp.float32)
+    return h[:, : self.latent_dim], h[:, self.latent_dim :]
+
+  def decode(self, z: jax.Array) -> dict[str, jax.Array]:
+    """Parameters of p(x|z): {'logits'} (Bernoulli) or {'mean', 'logvar'} (Gaussian)."""
+    h = self.decoder(z).astype(jnp.float32)
+    *size, channels = self.output_shape
+    h = h.reshape(z.shape[0], *size, -1)
+    if self.likelihood == "bernoulli":
+      return {"logits": h}
+    if self.decodes_logvar:
+      # Bounded below so a pixel that is always 0 cannot drive the density to infinity.
+      return {"mean": h[..., :channels], "logvar": -7.0 + nn.softplus(h[..., channels:] + 7.0)}
+    return {"mean": h, "logvar": jnp.full_like(h, 2.0 * math.log(self.gaussian_sigma))}
+
+  def mean_image(self, decoded: dict[str, jax.Array]) -> jax.Array:
+    """E[x|z]: sigmoid(logits), or the Gaussian mean."""
+    return nn.sigmoid(decoded["logits"]) if "logits" in decoded else decoded["mean"]
+
+  def __call__(
+    self, x: jax.Array, key: jax.Array
+  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Returns (decoded, aux): p(x|z)'s parameters for one z ~ q(z|x) per example, and
+    aux with `mean`, `logvar`, `z`. `key` is one key per example (shape (batch,))."""
+    mean, logvar = self.encode(x)
+    z = jax.vmap(reparameterize)(key, mean, logvar)
+    return self.decode(z), {"mean": mean, "logvar": logvar, "z": z}

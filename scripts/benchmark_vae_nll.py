@@ -1,0 +1,104 @@
+"""Times `genlab eval` of a 784-500-20 VAE: the importance-sampled NLL, k = 5,000, 1,000 images.
+
+    python scripts/benchmark_vae_nll.py [--k 5000] [--num_test 1000] [--train_steps 200]
+
+Builds 28×28 digits offline (scikit-learn's 8×8 digits, bilinearly enlarged),
+trains experiments/vae_mnist.py on them for a few steps (the timing does not
+depend on how trained the model is), then runs the whole `genlab eval`
+(start-up, restore, ELBO pass, NLL pass) and prints one JSON line with the
+wall time and the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def make_digits28(path: pathlib.Path, num_test: int) -> None:
+  from PIL import Image
+  from sklearn.datasets import load_digits
+
+  digits = load_digits()
+  images = np.stack(
+    [
+      np.asarray(Image.fromarray(np.uint8(x * 255 / 16)).resize((28, 28), Image.BILINEAR))
+      for x in digits.images
+    ]
+  )
+  order = np.random.default_rng(0).permutation(len(images))
+  images, labels = images[order], digits.target[order]
+  n_train = len(images) - num_test
+  np.savez(
+    path,
+    x_train=images[:n_train],
+    y_train=labels[:n_train],
+    x_test=images[n_train:],
+    y_test=labels[n_train:],
+  )
+
+
+def main(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--k", type=int, default=5000)
+  parser.add_argument("--num_test", type=int, default=1000)
+  parser.add_argument("--train_steps", type=int, default=200)
+  args = parser.parse_args(argv)
+  genlab = [sys.executable, "-m", "genlab"]
+  with tempfile.TemporaryDirectory() as tmp:
+    data, workdir = pathlib.Path(tmp) / "digits28.npz", pathlib.Path(tmp) / "run"
+    make_digits28(data, args.num_test)
+    subprocess.run(
+      genlab
+      + [
+        "train",
+        "--config",
+        str(REPO / "experiments" / "vae_mnist.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.dataset={data}",
+        "--config.num_epochs=None",
+        f"--config.num_steps={args.train_steps}",
+        f"--config.eval_every={args.train_steps}",
+      ],
+      check=True,
+      capture_output=True,
+    )
+    start = time.perf_counter()
+    subprocess.run(
+      genlab + ["eval", "--workdir", str(workdir), f"--config.vae.nll_k={args.k}"],
+      check=True,
+      capture_output=True,
+    )
+    seconds = time.perf_counter() - start
+    report = json.loads((workdir / "eval.json").read_text())
+  print(
+    json.dumps(
+      {
+        "what": "genlab eval wall time (start-up + ELBO pass + importance-sampled NLL)",
+        "model": "784-500-20 MLP VAE, Bernoulli decoder (experiments/vae_mnist.py)",
+        "nll_k": report["protocol"]["nll_k"],
+        "num_test_images": report["num_examples"],
+        "image_shape": [28, 28, 1],
+        "eval_batch_size": 500,
+        "seconds": round(seconds, 1),
+        "cpu_count": os.cpu_count(),
+        "nll": report["metrics"]["nll"],
+        "neg_elbo": report["metrics"]["neg_elbo"],
+      }
+    )
+  )
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,189 @@
+"""Variational autoencoders: KL, reparameterization, importance-sampled NLL (incl. exact PPCA)."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genlab import losses
+from genlab.families.vae import importance_sampled_nll, lerp, slerp
+from genlab.models.vae import VAE, reparameterize
+
+
+def numpy_kl(mean, logvar):
+  return 0.5 * np.sum(mean**2 + np.exp(logvar) - logvar - 1.0, axis=1)
+
+
+def test_kl_matches_numpy_under_jit():
+  rng = np.random.default_rng(0)
+  mean, logvar = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+  got = jax.jit(losses.kl_to_standard_normal)(mean, logvar)
+  chex.assert_shape(got, (5,))
+  np.testing.assert_allclose(got, numpy_kl(mean, logvar), rtol=1e-5)
+  per_dim = losses.kl_to_standard_normal_per_dim(mean, logvar)
+  np.testing.assert_allclose(per_dim.sum(axis=1), got, rtol=1e-5)
+
+
+def test_kl_matches_a_monte_carlo_estimate():
+  mean, logvar = jnp.array([[0.7, -1.2, 0.1]]), jnp.array([[-0.5, 0.3, -2.0]])
+  z = reparameterize(
+    jax.random.key(1), jnp.broadcast_to(mean, (400_000, 3)), jnp.broadcast_to(logvar, (400_000, 3))
+  )
+  log_q = losses.gaussian_log_density(z, mean, logvar)
+  log_p = losses.gaussian_log_density(z, 0.0, 0.0)
+  samples = np.asarray(log_q - log_p)
+  standard_error = samples.std() / np.sqrt(len(samples))
+  exact = float(losses.kl_to_standard_normal(mean, logvar)[0])
+  assert abs(samples.mean() - exact) < 4 * standard_error, (samples.mean(), exact, standard_error)
+
+
+def test_reparameterize_has_the_right_moments_and_gradients():
+  mean, logvar = jnp.array([1.5, -0.5]), jnp.array([0.4, -1.0])
+  z = jax.vmap(lambda k: reparameterize(k, mean, logvar))(
+    jax.random.split(jax.random.key(0), 200_000)
+  )
+  np.testing.assert_allclose(z.mean(axis=0), mean, atol=0.01)
+  np.testing.assert_allclose(z.var(axis=0), np.exp(logvar), rtol=0.02)
+  key = jax.random.key(3)
+  eps = jax.random.normal(key, mean.shape)
+  grad_mean, grad_logvar = jax.grad(
+    lambda m, lv: jnp.sum(reparameterize(key, m, lv)), argnums=(0, 1)
+  )(mean, logvar)
+  np.testing.assert_allclose(grad_mean, np.ones(2), rtol=1e-6)
+  np.testing.assert_allclose(grad_logvar, 0.5 * np.exp(0.5 * logvar) * eps, rtol=1e-5)
+  # Same key, same draw; another key, another draw.
+  chex.assert_trees_all_equal(reparameterize(key, mean, logvar), reparameterize(key, mean, logvar))
+  assert not np.allclose(
+    reparameterize(key, mean, logvar), reparameterize(jax.random.key(4), mean, logvar)
+  )
+
+
+def test_interpolations_start_and_end_at_the_endpoints():
+  a, b, t = np.array([1.0, 0.0]), np.array([0.0, 2.0]), np.linspace(0, 1, 5)
+  for path in (lerp, slerp):
+    points = path(a, b, t)
+    np.testing.assert_allclose(points[0], a, atol=1e-9)
+    np.testing.assert_allclose(points[-1], b, atol=1e-9)
+  # Spherical: the norm moves smoothly between |a| and |b| along the arc, not through the chord.
+  mid = slerp(np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.5]))[0]
+  np.testing.assert_allclose(np.linalg.norm(mid), 1.0, rtol=1e-9)
+
+
+def test_importance_sampled_nll_matches_the_exact_likelihood_of_probabilistic_pca():
+  """A linear Gaussian VAE is probabilistic PCA: p(x) = N(b, A Aᵀ + σ² I) exactly."""
+  D, K, sigma = 12, 3, 0.5
+  rng = np.random.default_rng(0)
+  A, b = rng.normal(size=(D, K)), rng.normal(size=D)
+  model = VAE(
+    output_shape=(D, 1, 1),
+    latent_dim=K,
+    hidden=(),
+    likelihood="gaussian",
+    gaussian_variance="fixed",
+    gaussian_sigma=sigma,
+  )
+  # The exact posterior is N(M⁻¹Aᵀ(x − b), σ²M⁻¹) with M = AᵀA + σ²I; the encoder gets
+  # its mean and the diagonal of its covariance, so q is close to, not equal to, p(z|x).
+  M_inv = np.linalg.inv(A.T @ A + sigma**2 * np.eye(K))
+  encoder = {
+    "kernel": np.concatenate([A @ M_inv, np.zeros((D, K))], axis=1),
+    "bias": np.concatenate([-b @ A @ M_inv, np.log(np.diag(sigma**2 * M_inv))]),
+  }
+  params = {"encoder": {"dense_0": encoder}, "decoder": {"dense_0": {"kernel": A.T, "bias": b}}}
+  params = jax.tree.map(jnp.float32, params)
+  x = rng.multivariate_normal(b, A @ A.T + sigma**2 * np.eye(D), size=16)
+  nll = importance_sampled_nll(
+    model,
+    params,
+    jnp.float32(x.reshape(16, D, 1, 1)),
+    jax.random.split(jax.random.key(0), 16),
+    num_samples=5000,
+    log_likelihood=lambda d, xs: losses.gaussian_log_density(xs, d["mean"], d["logvar"]),
+  )
+  cov = A @ A.T + sigma**2 * np.eye(D)
+  _, logdet = np.linalg.slogdet(cov)
+  centred = x - b
+  exact = 0.5 * (
+    D * np.log(2 * np.pi) + logdet + np.sum(centred @ np.linalg.inv(cov) * centred, axis=1)
+  )
+  np.testing.assert_allclose(np.asarray(nll), exact, atol=0.1)
+  assert abs(float(nll.mean()) - exact.mean()) < 0.1
+
+
+@pytest.fixture(scope="module")
+def trained_vae_workdir(tmp_path_factory, data_dir):
+  """vae_digits, shortened: 1,500 steps, a smaller net; nll with k = 500."""
+  from conftest import EXPERIMENTS
+
+  from genlab import config as config_lib
+  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+
+  config = config_lib.load_experiment(EXPERIMENTS / "vae_digits.py")
+  config.data.data_dir = data_dir
+  config.update(
+    num_steps=1500, log_every=500, eval_every=1500, image_every=1500, checkpoint_every=1500
+  )
+  config.model.hidden = (64,)
+  config.vae.nll_k = 500
+  workdir = tmp_path_factory.mktemp("vae")
+  train_and_evaluate(config, workdir)
+  evaluate_workdir(workdir)
+  return workdir
+
+
+def test_trained_vae_reports_an_nll_below_its_neg_elbo_and_writes_every_view(trained_vae_workdir):
+  report = json.loads((trained_vae_workdir / "eval.json").read_text())
+  metrics = report["metrics"]
+  assert report["protocol"]["nll_k"] == 500 and report["num_examples"] == 300
+  assert metrics["nll"] <= metrics["neg_elbo"]
+  np.testing.assert_allclose(
+    metrics["neg_elbo"], metrics["reconstruction"] + metrics["kl"], rtol=1e-5
+  )
+  np.testing.assert_allclose(sum(metrics["kl_per_dim"]), metrics["kl"], rtol=1e-3)
+  assert 1 <= metrics["active_units"] <= 8
+  # Better than a model that ignores z and predicts each pixel's frequency.
+  assert metrics["neg_elbo"] < 35.0
+  names = {p.name.rsplit("_step_", 1)[0] for p in (trained_vae_workdir / "images").iterdir()}
+  assert names == {
+    "reconstruction",
+    "samples",
+    "interpolation_linear",
+    "interpolation_spherical",
+    "latent_cloud",
+  }
+
+
+def test_genlab_sample_writes_a_grid(trained_vae_workdir, tmp_path):
+  from PIL import Image
+
+  from genlab.train.loop import sample_workdir
+
+  out = sample_workdir(trained_vae_workdir, num=10, out=tmp_path / "s.png", seed=3)
+  image = np.asarray(Image.open(out))
+  assert image.ndim == 3 and image.shape[2] == 3
+  # 10 samples on a 4-wide grid: 3 rows of 32-pixel cells (8×8 enlarged) with 2-pixel gaps.
+  assert image.shape[:2] == (3 * 34 + 2, 4 * 34 + 2)
+
+
+def test_kl_warmup_and_dynamic_binarization(test_config, data_dir):
+  from genlab.config import vae_options
+  from genlab.data import Batcher
+  from genlab.train.loop import setup
+
+  config = test_config(family="vae")
+  config.model = config.model.__class__({"name": "vae", "hidden": (16,), "latent_dim": 2})
+  config.vae = vae_options(beta=2.0, kl_warmup_steps=100, binarize="dynamic")
+  s = setup(config)
+  assert float(s.family.beta(jnp.int32(0))) == 0.0
+  assert float(s.family.beta(jnp.int32(50))) == pytest.approx(1.0)
+  assert float(s.family.beta(jnp.int32(500))) == pytest.approx(2.0)
+  batch = jax.tree.map(jnp.asarray, Batcher(s.dataset.train, global_batch_size=16, seed=0).batch(0))
+  first = s.family.observe(batch, jax.random.key(0))
+  assert set(np.unique(np.asarray(first))) <= {0.0, 1.0}
+  chex.assert_trees_all_equal(first, s.family.observe(batch, jax.random.key(0)))
+  assert not np.array_equal(first, s.family.observe(batch, jax.random.key(1)))
