@@ -7,6 +7,8 @@ elementwise parts come from optax.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -32,7 +34,7 @@ RECONSTRUCTION_LOSSES = ("mse", "bce")
 
 # Variational autoencoders: log-densities summed over all non-batch axes, per example.
 
-LOG_2PI = float(jnp.log(2.0 * jnp.pi))
+LOG_2PI = math.log(2.0 * math.pi)  # Plain Python: importing genlab must not start a backend.
 
 
 def _sum_per_example(values: jax.Array) -> jax.Array:

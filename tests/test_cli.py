@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from conftest import EXPERIMENTS, genlab_command
 
 MAIN_EXPERIMENT = str(EXPERIMENTS / "conv_ae_digits.py")

@@ -17,6 +17,7 @@ import time
 
 import chex
 import pytest
+
 from conftest import EXPERIMENTS, free_port, genlab_command, restore_latest
 
 EXIT_PREEMPTED = 75

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import restore_latest
 
+from conftest import restore_latest
 from genlab import families
 from genlab.errors import ConfigError, NonFiniteError, WorkdirError
 from genlab.train.loop import train_and_evaluate

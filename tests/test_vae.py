@@ -119,7 +119,6 @@ def test_importance_sampled_nll_matches_the_exact_likelihood_of_probabilistic_pc
 def trained_vae_workdir(tmp_path_factory, data_dir):
   """vae_digits, shortened: 1,500 steps, a smaller net; nll with k = 500."""
   from conftest import EXPERIMENTS
-
   from genlab import config as config_lib
   from genlab.train.loop import evaluate_workdir, train_and_evaluate
 
@@ -187,3 +186,23 @@ def test_kl_warmup_and_dynamic_binarization(test_config, data_dir):
   assert set(np.unique(np.asarray(first))) <= {0.0, 1.0}
   chex.assert_trees_all_equal(first, s.family.observe(batch, jax.random.key(0)))
   assert not np.array_equal(first, s.family.observe(batch, jax.random.key(1)))
+
+
+def test_vae_mnist_experiment_runs_on_mock_binarized_mnist(tmp_path):
+  """The flax-example experiment through TFDS by name (mocked: no network here)."""
+  import tensorflow_datasets as tfds
+
+  from conftest import EXPERIMENTS
+  from genlab import config as config_lib
+  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+
+  config = config_lib.load_experiment(EXPERIMENTS / "vae_mnist.py")
+  config.update(num_epochs=2, eval_batch_size=32, eval_every=1000, image_every=1000)
+  config.vae.nll_k = 20
+  with tfds.testing.mock_data(num_examples=256):
+    result = train_and_evaluate(config, tmp_path)
+    report = evaluate_workdir(tmp_path)
+  assert result.step == 2 * (256 // 128)  # num_epochs sets the step budget.
+  assert report["dataset"] == "binarized_mnist" and report["num_examples"] == 256
+  assert report["metrics"]["nll"] <= report["metrics"]["neg_elbo"] + 1.0
+  assert len(report["metrics"]["kl_per_dim"]) == 20

@@ -226,6 +226,7 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None, keys: dict) ->
     if role in split_arrays:
       array = _as_images(split_arrays[role], f"{name}/{split} {keys[role]}")
       if name in TFDS_INTEGER_MAX and np.issubdtype(array.dtype, np.integer):
-        array = (array.astype(np.uint16) * 255 // TFDS_INTEGER_MAX[name]).astype(np.uint8)
+        top = TFDS_INTEGER_MAX[name]
+        array = (np.clip(array, 0, top).astype(np.uint16) * 255 // top).astype(np.uint8)
       split_arrays[role] = array
   return split_arrays

@@ -240,14 +240,10 @@ class VariationalAutoencoder(Family):
       points, axes = np.pad(mean, ((0, 0), (0, 2 - mean.shape[1]))), ("z1", "z2")
     labels = self.dataset.test.get("label")
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    scatter = ax.scatter(
-      points[:, 0],
-      points[:, 1],
-      s=6,
-      c=labels[: len(points)] if labels is not None else None,
-      cmap="tab10",
-    )
-    if labels is not None:
+    if labels is None:
+      ax.scatter(points[:, 0], points[:, 1], s=6)
+    else:
+      scatter = ax.scatter(points[:, 0], points[:, 1], s=6, c=labels[: len(points)], cmap="tab10")
       fig.colorbar(scatter, ax=ax, label="label")
     ax.set(xlabel=axes[0], ylabel=axes[1], title=f"E[z|x], {len(points)} test images, step {step}")
     buffer = io.BytesIO()
