@@ -34,6 +34,7 @@ SAFE_ON_RESUME = (
   "checkpoint_every",
   "keep_checkpoints",
   "num_images",
+  "eval_at_start",
   "on_nonfinite",
   "on_unusable_checkpoints",
   "preemption_check_every",
@@ -77,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 500
   config.keep_checkpoints = 3
   config.num_images = 8  # Test examples shown in each PNG grid.
+  config.eval_at_start = False  # Also evaluate before the first step of a fresh run.
   # Reliability (README, "What survives what").
   config.on_nonfinite = "stop"  # stop | skip: what a NaN/Inf loss or gradient does.
   config.on_unusable_checkpoints = "fail"  # fail | restart: when no checkpoint can be restored.
@@ -92,6 +94,21 @@ def vae_options(**overrides) -> ml_collections.ConfigDict:
       "kl_warmup_steps": 0,  # β ramps linearly from 0 over these steps (0: no warm-up).
       "binarize": "none",  # none | dynamic (a fresh Bernoulli draw of x at every step).
       "nll_k": 5000,  # Importance samples per test example for `nll` in `genlab eval`.
+    }
+  )
+  options.update(overrides)
+  return options
+
+
+def gan_options(**overrides) -> ml_collections.ConfigDict:
+  """`config.gan` of the GAN family (genlab.families.gan), with its defaults."""
+  options = ml_collections.ConfigDict(
+    {
+      "generator_loss": "non_saturating",  # non_saturating | minimax | hinge.
+      "n_disc": 1,  # Discriminator steps per generator step.
+      "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
+      "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
+      "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
     }
   )
   options.update(overrides)

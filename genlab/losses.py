@@ -59,3 +59,38 @@ def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
 def gaussian_log_density(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """log N(x; mean, diag(exp(logvar))), summed per example (broadcasting mean/logvar)."""
   return _sum_per_example(-0.5 * (LOG_2PI + logvar + jnp.square(x - mean) * jnp.exp(-logvar)))
+
+
+# GANs, from discriminator logits ℓ (D = sigmoid(ℓ) is P(real)); numerically stable forms:
+# log D = −softplus(−ℓ), log(1 − D) = −softplus(ℓ).
+
+GENERATOR_LOSSES = ("non_saturating", "minimax", "hinge")
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """−[log D(x) + log(1 − D(G(z)))] per pair: minimising it maximises the minimax objective."""
+  return jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
+
+
+def discriminator_hinge_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """max(0, 1 − ℓ_real) + max(0, 1 + ℓ_fake) per pair (Lim & Ye 2017; SNGAN)."""
+  return jax.nn.relu(1.0 - real_logits) + jax.nn.relu(1.0 + fake_logits)
+
+
+def generator_loss(fake_logits: jax.Array, *, kind: str = "non_saturating") -> jax.Array:
+  """The generator's loss per fake example.
+
+  Args:
+    fake_logits: D's logits on G(z).
+    kind: `minimax`: log(1 − D(G(z))), the original objective's term (its gradient
+      vanishes while D confidently rejects fakes, early in training);
+      `non_saturating`: −log D(G(z)), the same fixed point with strong gradients
+      when D wins (Goodfellow et al. 2014, the default); `hinge`: −ℓ.
+  """
+  if kind == "non_saturating":
+    return jax.nn.softplus(-fake_logits)
+  if kind == "minimax":
+    return -jax.nn.softplus(fake_logits)
+  if kind == "hinge":
+    return -fake_logits
+  raise ValueError(f"unknown generator loss {kind!r}; choose one of {GENERATOR_LOSSES}")

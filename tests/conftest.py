@@ -24,6 +24,8 @@ def pytest_configure(config):
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  # GAN metrics' feature classifiers: trained once per test session, not in ~/.cache.
+  os.environ.setdefault("GENLAB_CACHE_DIR", tempfile.mkdtemp(prefix="genlab-tests-cache-"))
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

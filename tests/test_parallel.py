@@ -19,9 +19,10 @@ import pytest
 from conftest import REPO, run_python
 
 
-@pytest.mark.parametrize("experiment", ["conv_ae_digits.py", "vae_digits.py"])
+@pytest.mark.parametrize("experiment", ["conv_ae_digits.py", "vae_digits.py", "gan_digits.py"])
 def test_pmap_and_shard_map_match_one_device_for_20_steps(experiment, data_dir):
-  # vae_digits draws z and a binarization per example: keys must not depend on devices.
+  # vae_digits and gan_digits draw per-example noise: keys must not depend on devices;
+  # gan_digits also updates two networks with two optimizers per step.
   proc = subprocess.run(
     [
       sys.executable,

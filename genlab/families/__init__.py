@@ -3,9 +3,16 @@
 from genlab.errors import ConfigError
 from genlab.families.autoencoder import Autoencoder
 from genlab.families.base import Family
+from genlab.families.classifier import Classifier
+from genlab.families.gan import GAN
 from genlab.families.vae import VariationalAutoencoder
 
-FAMILIES: dict[str, type[Family]] = {"autoencoder": Autoencoder, "vae": VariationalAutoencoder}
+FAMILIES: dict[str, type[Family]] = {
+  "autoencoder": Autoencoder,
+  "vae": VariationalAutoencoder,
+  "gan": GAN,
+  "classifier": Classifier,
+}
 
 
 def get_family(name: str) -> type[Family]:
@@ -15,4 +22,12 @@ def get_family(name: str) -> type[Family]:
   return FAMILIES[name]
 
 
-__all__ = ["FAMILIES", "Autoencoder", "Family", "VariationalAutoencoder", "get_family"]
+__all__ = [
+  "FAMILIES",
+  "GAN",
+  "Autoencoder",
+  "Classifier",
+  "Family",
+  "VariationalAutoencoder",
+  "get_family",
+]

@@ -66,6 +66,10 @@ class Family(abc.ABC):
   # (the VAE's importance-sampled NLL); `genlab eval` runs it too.
   final_eval_step = None
 
+  def distribution_metrics(self, state: TrainState) -> dict[str, Any]:
+    """Metrics of the model as a whole (e.g. a GAN's Fréchet distance), added to every eval."""
+    return {}
+
   def extra_images(self, state: TrainState, step: int) -> dict[str, np.ndarray]:
     """Further views (uint8 RGB images) written beside the grids of `image_rows`."""
     return {}

@@ -111,7 +111,9 @@ def check_workdir(workdir: pathlib.Path) -> None:
     raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
 
 
-def evaluate(s: Setup, eval_step, state, split: str = "test") -> dict[str, Any]:
+def evaluate(
+  s: Setup, eval_step, state, split: str = "test", *, include_distribution: bool = True
+) -> dict[str, Any]:
   """The family's summary of its eval sums over every example of `split`.
 
   Returns:
@@ -132,6 +134,8 @@ def evaluate(s: Setup, eval_step, state, split: str = "test") -> dict[str, Any]:
   totals = s.runner.fetch(totals)
   n = totals.pop("num_examples")
   means = s.family.summarize({k: v / n for k, v in totals.items()})
+  if split == "test" and include_distribution:
+    means.update(s.family.distribution_metrics(s.runner.unreplicate(state)))
   return {**means, "num_examples": int(round(n))}
 
 
@@ -243,6 +247,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     unit="step",
     disable=not sys.stderr.isatty() or jax.process_index() != 0,
   )
+  if start == 0 and config.eval_at_start:
+    test_metrics = evaluate(s, eval_step, state)
+    writer.write(0, {f"test/{k}": v for k, v in test_metrics.items()})
+    log(f"step 0: test {format_metrics(test_metrics)}")
+    write_images(s, writer, 0, s.runner.unreplicate(state))
   signals = StopSignals(every=config.preemption_check_every)
   try:
     with signals:
@@ -429,7 +438,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, overrides: list[str] = ()) -> 
   state = s.runner.replicate(restored)
   metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
   if s.family.final_eval_step is not None:
-    final = evaluate(s, s.runner.eval_step(s.family.final_eval_step), state)
+    final_step = s.runner.eval_step(s.family.final_eval_step)
+    final = evaluate(s, final_step, state, include_distribution=False)
     final.pop("num_examples")
     metrics.update(final)
   num_examples = metrics.pop("num_examples")

@@ -1,0 +1,80 @@
+"""A labelled-image classifier, trained by the shared loop: the feature network of GAN metrics.
+
+Conv stack (the core's `ConvEncoder`) → Dense(`feature_dim`) → ReLU = the
+features → Dense(num_classes) = the logits. Trained with cross-entropy on the
+train split's labels; evaluated by test `accuracy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from genlab.errors import ConfigError, DataError
+from genlab.families.base import Family, Metrics
+from genlab.models.conv_ae import ConvEncoder
+from genlab.train.parallel import masked_sum, pmean
+from genlab.train.state import TrainState, make_optimizer, optimization_metrics
+
+
+class ImageClassifier(nn.Module):
+  """Images → (logits, features)."""
+
+  num_classes: int
+  features: Sequence[int] = (32, 64)
+  feature_dim: int = 128
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = ConvEncoder(features=tuple(self.features), kernel_size=3, strides=2, latent_dim=None)(x)
+    h = nn.relu(nn.Dense(self.feature_dim, name="features")(h.reshape(h.shape[0], -1)))
+    return nn.Dense(self.num_classes, name="logits")(h), h
+
+
+class Classifier(Family):
+  """Cross-entropy classification of `batch['image']` into `batch['label']`."""
+
+  def __init__(self, config, dataset):
+    super().__init__(config, dataset)
+    if "label" not in dataset.train:
+      raise DataError(f"{dataset.name} has no labels: a classifier cannot be trained on it")
+    model_config = config.model.to_dict()
+    if model_config.pop("name") != "classifier":
+      raise ConfigError("family 'classifier' needs config.model.name='classifier'")
+    self.num_classes = int(max(dataset.train["label"].max(), dataset.test["label"].max())) + 1
+    self.model = ImageClassifier(num_classes=self.num_classes, **model_config)
+    self.tx = make_optimizer(config.optimizer)
+
+  def init_state(self, key, batch) -> TrainState:
+    params = self.model.init(key, jnp.asarray(batch["image"][:1]))["params"]
+    return TrainState.create(params={"model": params}, tx={"model": self.tx})
+
+  def _per_example(self, params, batch):
+    logits, _ = self.model.apply({"params": params}, batch["image"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
+    return loss, correct
+
+  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
+    del key
+
+    def loss_fn(params):
+      loss, correct = self._per_example(params, batch)
+      return loss.mean(), correct.mean()
+
+    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
+    grads = pmean(grads, axis_name)
+    metrics = pmean({"loss": loss, "accuracy": accuracy}, axis_name)
+    metrics.update(optimization_metrics(grads, state.params["model"]))
+    return state.apply_gradients({"model": grads}), metrics
+
+  def eval_step(self, state, batch) -> Metrics:
+    loss, correct = self._per_example(state.params["model"], batch)
+    return {"loss": masked_sum(loss, batch["mask"]), "accuracy": masked_sum(correct, batch["mask"])}
+
+  def definitions(self):
+    return {"accuracy": "fraction of test images whose most probable class is their label"}

@@ -1,0 +1,112 @@
+"""The feature network of GAN metrics: a classifier genlab trains once per dataset and caches.
+
+`feature_network(dataset, ...)` returns a classifier trained (by the shared
+trainer, `family='classifier'`) on the dataset's labelled train split, cached
+in `$GENLAB_CACHE_DIR/feature_nets/<dataset>-<hash>/` (default
+`~/.cache/genlab`), where `<hash>` covers the classifier's config and the train
+images' bytes. Its test accuracy and hash go beside every number computed in
+its feature space, so a Fréchet distance is never quoted without its network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from genlab.data import Dataset
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("GENLAB_CACHE_DIR", "~/.cache/genlab")).expanduser()
+
+
+@dataclasses.dataclass
+class FeatureNet:
+  """A trained classifier: `apply(x) -> (probabilities, features)` on batches in the data range."""
+
+  apply: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  test_accuracy: float
+  hash: str
+  workdir: pathlib.Path
+
+  def __call__(self, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    parts = [self.apply(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate([p for p, _ in parts]), np.concatenate([f for _, f in parts])
+
+  def protocol(self) -> dict:
+    return {
+      "feature_network": f"genlab classifier {self.hash} (penultimate layer, 128-d)",
+      "feature_network_test_accuracy": round(self.test_accuracy, 4),
+      "feature_network_dir": str(self.workdir),
+    }
+
+
+def classifier_config(dataset: Dataset, data_config, steps: int) -> ml_collections.ConfigDict:
+  from genlab.config import base_config
+
+  config = base_config()
+  config.family = "classifier"
+  config.dataset = dataset.name
+  config.data = data_config
+  config.batch_size = min(128, len(dataset.train["image"]) // 2)
+  config.num_steps = steps
+  config.parallel = "auto"
+  config.model = ml_collections.ConfigDict(
+    {"name": "classifier", "features": (32, 64), "feature_dim": 128}
+  )
+  config.optimizer.learning_rate = 1e-3
+  config.update(
+    log_every=500,
+    eval_every=steps,
+    image_every=steps,
+    checkpoint_every=steps,
+    num_images=0,
+    keep_checkpoints=1,
+  )
+  return config
+
+
+def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> FeatureNet:
+  """The cached classifier of `dataset` (trained now if absent; a file lock guards the cache)."""
+  from genlab.data.sources import _file_lock
+  from genlab.train.loop import evaluate_workdir, log, restore_workdir, train_and_evaluate
+
+  config = classifier_config(dataset, data_config, steps)
+  digest = hashlib.sha256()
+  portable = {k: v for k, v in config.to_dict().items() if k != "data"}
+  portable["data_range"] = list(data_config.range)
+  digest.update(json.dumps(portable, sort_keys=True, default=str).encode())
+  for key in sorted(dataset.train):
+    digest.update(np.ascontiguousarray(dataset.train[key]).tobytes())
+  short = digest.hexdigest()[:12]
+  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", pathlib.Path(dataset.name).stem)
+  workdir = cache_dir() / "feature_nets" / f"{name}-{short}"
+  with _file_lock(workdir.parent / f".{name}-{short}.lock"):
+    if not (workdir / "eval.json").is_file():
+      log(f"training the feature classifier of {dataset.name} for GAN metrics, once: {workdir}")
+      train_and_evaluate(config, workdir)
+      evaluate_workdir(workdir)
+  report = json.loads((workdir / "eval.json").read_text())
+  s, state, _ = restore_workdir(workdir)
+  model, params = s.family.model, state.params["model"]
+
+  @jax.jit
+  def apply(x):
+    logits, features = model.apply({"params": params}, x)
+    return jax.nn.softmax(logits), features
+
+  return FeatureNet(
+    apply=lambda x: tuple(np.asarray(a) for a in apply(x)),
+    test_accuracy=float(report["metrics"]["accuracy"]),
+    hash=short,
+    workdir=workdir,
+  )

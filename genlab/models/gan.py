@@ -1,0 +1,97 @@
+"""GAN generators and discriminators: MLP, and DCGAN-style on the core's conv stacks.
+
+* `Generator`: z → image in [-1, 1] (tanh) or [0, 1] (sigmoid). `mlp`: Dense
+  layers; `dcgan`: `ConvDecoder` — Dense → reshape → ConvTranspose stack, each
+  stage cropped to the image's size.
+* `Discriminator`: image → one logit per example, a binary classifier whose
+  sigmoid is P(real). `mlp`: Dense layers; `dcgan`: `ConvEncoder` — a strided
+  Conv stack → Dense(1). Leaky ReLU by default.
+(No batch normalisation: both networks stay pure functions of their params.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genlab.errors import ConfigError
+from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn
+from genlab.models.vae import MLP
+
+ARCHITECTURES = ("mlp", "dcgan")
+
+
+class Generator(nn.Module):
+  """z (batch, latent_dim) → images (batch, *output_shape).
+
+  Attributes:
+    output_shape: (H, W, C).
+    architecture: `mlp` or `dcgan`.
+    hidden: MLP hidden sizes.
+    features: DCGAN channels in encoder order (the last is the first feature map's depth).
+    kernel_size, strides: DCGAN transposed-convolution stages.
+    activation: hidden activation.
+    output_activation: `tanh` for data in [-1, 1], `sigmoid` for [0, 1].
+  """
+
+  output_shape: Sequence[int]
+  architecture: str = "dcgan"
+  hidden: Sequence[int] = (256, 256)
+  features: Sequence[int] = (64, 128)
+  kernel_size: int | Sequence[int] = 4
+  strides: int | Sequence[int] = 2
+  activation: str = "relu"
+  output_activation: str = "tanh"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    if self.architecture == "mlp":
+      h = MLP((*self.hidden, math.prod(self.output_shape)), self.activation, self.dtype)(z)
+      h = h.reshape(z.shape[0], *self.output_shape)
+    elif self.architecture == "dcgan":
+      h = ConvDecoder(
+        output_shape=tuple(self.output_shape),
+        features=tuple(self.features),
+        kernel_size=self.kernel_size,
+        strides=self.strides,
+        activation=self.activation,
+        dtype=self.dtype,
+      )(z)
+    else:
+      raise ConfigError(f"unknown GAN architecture {self.architecture!r}; choose {ARCHITECTURES}")
+    return activation_fn(self.output_activation)(h.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  """Images → one logit per example (sigmoid: P(real))."""
+
+  architecture: str = "dcgan"
+  hidden: Sequence[int] = (256, 256)
+  features: Sequence[int] = (64, 128)
+  kernel_size: int | Sequence[int] = 4
+  strides: int | Sequence[int] = 2
+  activation: str = "leaky_relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.architecture == "mlp":
+      logit = MLP((*self.hidden, 1), self.activation, self.dtype)(x.reshape(x.shape[0], -1))
+    elif self.architecture == "dcgan":
+      logit = ConvEncoder(
+        features=tuple(self.features),
+        kernel_size=self.kernel_size,
+        strides=self.strides,
+        latent_dim=1,
+        activation=self.activation,
+        dtype=self.dtype,
+      )(x)
+    else:
+      raise ConfigError(f"unknown GAN architecture {self.architecture!r}; choose {ARCHITECTURES}")
+    return logit[:, 0].astype(jnp.float32)

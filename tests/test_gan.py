@@ -1,0 +1,197 @@
+"""GANs: losses against NumPy, the two keyed steps, Fréchet distance, and the digits experiment."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genlab import losses, metrics
+
+
+def np_softplus(x):
+  return np.logaddexp(0.0, x)
+
+
+LOGITS = np.array([-30.0, -3.0, -0.5, 0.0, 0.7, 4.0, 30.0], np.float32)
+
+
+def test_discriminator_loss_matches_numpy():
+  real, fake = LOGITS, LOGITS[::-1].copy()
+  got = jax.jit(losses.discriminator_loss)(real, fake)
+  # −[log D(x) + log(1 − D(G(z)))], from probabilities where float64 holds them exactly ...
+  moderate = np.abs(real) <= 5
+  d_real, d_fake = (
+    1 / (1 + np.exp(-real.astype(np.float64))),
+    1 / (1 + np.exp(-fake.astype(np.float64))),
+  )
+  naive = -(np.log(d_real) + np.log1p(-d_fake))
+  np.testing.assert_allclose(got[moderate], naive[moderate], rtol=1e-5)
+  # ... and from logits with NumPy's logaddexp everywhere (±30 included).
+  np.testing.assert_allclose(got, np_softplus(-real) + np_softplus(fake), rtol=1e-6)
+  hinge = np.maximum(0, 1 - real) + np.maximum(0, 1 + fake)
+  np.testing.assert_allclose(losses.discriminator_hinge_loss(real, fake), hinge, rtol=1e-6)
+
+
+def test_generator_losses_match_numpy_saturating_and_not():
+  d = 1 / (1 + np.exp(-LOGITS.astype(np.float64)))
+  moderate = np.abs(LOGITS) <= 5
+  minimax = jax.jit(lambda x: losses.generator_loss(x, kind="minimax"))(LOGITS)
+  np.testing.assert_allclose(minimax[moderate], np.log1p(-d)[moderate], rtol=1e-5)  # log(1 − D)
+  np.testing.assert_allclose(minimax, -np_softplus(LOGITS), rtol=1e-6)
+  non_saturating = losses.generator_loss(LOGITS)  # The default.
+  np.testing.assert_allclose(non_saturating[moderate], -np.log(d)[moderate], rtol=1e-5)  # −log D
+  np.testing.assert_allclose(non_saturating, np_softplus(-LOGITS), rtol=1e-6)
+  np.testing.assert_allclose(losses.generator_loss(LOGITS, kind="hinge"), -LOGITS)
+  # Why non-saturating is the default: when D rejects fakes (logit −30), the minimax gradient
+  # vanishes while the non-saturating one does not.
+  grad_mm = jax.grad(lambda x: losses.generator_loss(x, kind="minimax"))(-30.0)
+  grad_ns = jax.grad(lambda x: losses.generator_loss(x))(-30.0)
+  assert abs(grad_mm) < 1e-12 and abs(grad_ns) > 0.99
+  assert all(np.isfinite(np.asarray(losses.discriminator_loss(LOGITS * 100, LOGITS * 100))))
+
+
+@pytest.fixture(scope="module")
+def gan(data_dir):
+  from conftest import EXPERIMENTS
+  from genlab import config as config_lib
+  from genlab.data import Batcher
+  from genlab.train.loop import setup
+
+  config = config_lib.load_experiment(EXPERIMENTS / "gan_digits.py")
+  config.data.data_dir = data_dir
+  config.model.generator.hidden = (32,)
+  config.model.discriminator.hidden = (32,)
+  s = setup(config)
+  batch = Batcher(s.dataset.train, global_batch_size=16, seed=0, value_range=(-1.0, 1.0)).batch(0)
+  return s, jax.tree.map(jnp.asarray, batch)
+
+
+def test_each_step_updates_only_its_own_network(gan):
+  s, batch = gan
+  state = s.initial_state
+  after_d, m = jax.jit(lambda st, b, k: s.family.discriminator_step(st, b, k))(
+    state, batch, jax.random.key(0)
+  )
+  chex.assert_trees_all_equal(after_d.params["generator"], state.params["generator"])
+  chex.assert_trees_all_equal(after_d.opt_state["generator"], state.opt_state["generator"])
+  assert not np.allclose(
+    after_d.params["discriminator"]["MLP_0"]["dense_0"]["kernel"],
+    state.params["discriminator"]["MLP_0"]["dense_0"]["kernel"],
+  )
+  assert 0.0 < float(m["d_real"]) < 1.0 and 0.0 < float(m["d_fake"]) < 1.0
+
+  after_g, _ = jax.jit(lambda st, k, i: s.family.generator_step(st, k, i))(
+    state, jax.random.key(1), batch["index"]
+  )
+  chex.assert_trees_all_equal(after_g.params["discriminator"], state.params["discriminator"])
+  chex.assert_trees_all_equal(after_g.opt_state["discriminator"], state.opt_state["discriminator"])
+  assert not np.allclose(
+    after_g.params["generator"]["MLP_0"]["dense_0"]["kernel"],
+    state.params["generator"]["MLP_0"]["dense_0"]["kernel"],
+  )
+
+
+def test_latents_are_keyed_per_example(gan):
+  s, _ = gan
+  index = jnp.arange(8)
+  z = s.family.latents(jax.random.key(0), index)
+  chex.assert_shape(z, (8, s.family.latent_dim))
+  chex.assert_trees_all_equal(z, s.family.latents(jax.random.key(0), index))
+  assert not np.allclose(z, s.family.latents(jax.random.key(1), index))
+  # Example 5's z does not depend on which other examples share its batch (or device).
+  chex.assert_trees_all_close(s.family.latents(jax.random.key(0), index[4:])[1], z[5])
+
+
+def test_frechet_distance_is_zero_on_itself_and_matches_the_gaussian_closed_form():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6))
+  assert abs(metrics.frechet_distance_of(x, x)) < 1e-8
+  # Diagonal gaussians: ‖μ1 − μ2‖² + Σ (σ1 − σ2)².
+  mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
+  s1, s2 = rng.uniform(0.5, 2, size=4), rng.uniform(0.5, 2, size=4)
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((s1 - s2) ** 2)
+  got = metrics.frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2))
+  np.testing.assert_allclose(got, expected, rtol=1e-9)
+  # Full covariances against scipy's matrix square root.
+  import scipy.linalg
+
+  a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+  c1, c2 = a @ a.T + np.eye(5), b @ b.T + np.eye(5)
+  reference = np.sum((mu1[:1] - mu2[:1]) ** 2) + np.trace(
+    c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real
+  )
+  np.testing.assert_allclose(
+    metrics.frechet_distance(np.r_[mu1[:1], np.zeros(4)], c1, np.r_[mu2[:1], np.zeros(4)], c2),
+    reference,
+    rtol=1e-6,
+  )
+
+
+def test_classifier_score_and_class_entropy_extremes():
+  balanced = np.eye(10)[np.arange(1000) % 10]
+  np.testing.assert_allclose(metrics.classifier_score(balanced), 10.0, rtol=1e-6)
+  np.testing.assert_allclose(metrics.class_histogram_entropy(balanced), np.log(10), rtol=1e-9)
+  collapsed = np.eye(10)[np.zeros(1000, int)]
+  np.testing.assert_allclose(metrics.classifier_score(collapsed), 1.0, rtol=1e-6)
+  assert metrics.class_histogram_entropy(collapsed) == 0.0
+
+
+def test_dcgan_digits_fd_falls_below_a_quarter_of_its_start(data_dir, tmp_path):
+  """The experiment as shipped: FD at step 0 vs later; then genlab eval and genlab sample."""
+  from test_cli import genlab
+
+  from conftest import EXPERIMENTS
+
+  workdir = tmp_path / "run"
+  proc = genlab(
+    "train",
+    "--config",
+    str(EXPERIMENTS / "dcgan_digits.py"),
+    "--workdir",
+    str(workdir),
+    f"--config.data.data_dir={data_dir}",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+  fd = {m["step"]: m["test/fd"] for m in lines if "test/fd" in m}
+  assert fd[0] > 0 and fd[1500] < 0.25 * fd[0], fd
+  assert len([p for p in (workdir / "images").iterdir() if p.name.startswith("samples_")]) >= 4
+
+  assert genlab("eval", "--workdir", str(workdir)).returncode == 0
+  report = json.loads((workdir / "eval.json").read_text())
+  m, protocol = report["metrics"], report["protocol"]
+  assert {"fd", "fd_floor", "cs", "class_entropy", "d_real", "d_fake"} <= set(m)
+  assert m["fd_floor"] < m["fd"] < 0.25 * fd[0]
+  assert protocol["fd_n_real"] == 1497 and protocol["fd_n_fake"] == 1497
+  assert protocol["feature_network_test_accuracy"] > 0.9
+  assert (
+    genlab(
+      "sample", "--workdir", str(workdir), "--num", "16", "--out", str(tmp_path / "s.png")
+    ).returncode
+    == 0
+  )
+  assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_dcgan_mnist_runs_on_mock_tfds(tmp_path):
+  import tensorflow_datasets as tfds
+
+  from conftest import EXPERIMENTS
+  from genlab import config as config_lib
+  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+
+  config = config_lib.load_experiment(EXPERIMENTS / "dcgan_mnist.py")
+  config.update(
+    num_steps=2, batch_size=16, eval_batch_size=16, eval_every=2, image_every=2, checkpoint_every=2
+  )
+  config.gan.update(fd_n_real=32, feature_net_steps=5)
+  with tfds.testing.mock_data(num_examples=64):
+    train_and_evaluate(config, tmp_path)
+    report = evaluate_workdir(tmp_path)
+  assert report["dataset"] == "mnist" and np.isfinite(report["metrics"]["fd"])
+  assert report["protocol"]["fd_n_real"] == 32
