@@ -41,18 +41,12 @@ class Autoencoder(Family):
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
-    model_config = config.model.to_dict()
-    name = model_config.pop("name")
-    if name not in MODELS:
-      raise ConfigError(f"unknown autoencoder model {name!r}; choose one of {sorted(MODELS)}")
+    name, fields = self.model_fields(*MODELS)
     if config.loss not in losses.RECONSTRUCTION_LOSSES:
       raise ConfigError(
         f"config.loss={config.loss!r}; choose one of {losses.RECONSTRUCTION_LOSSES}"
       )
-    try:
-      self.model = MODELS[name](output_shape=dataset.target_shape, **model_config)
-    except TypeError as e:
-      raise ConfigError(f"config.model: {e}") from e
+    self.model = self.build(MODELS[name], output_shape=dataset.target_shape, **fields)
     self.tx = make_optimizer(config.optimizer)
     self.corrupt = corruptions.parse(config.get("corruption", ""), value_range=self.value_range)
     # Test inputs are corrupted from this fixed key: the same noise at every evaluation.

@@ -34,6 +34,28 @@ class Family(abc.ABC):
     self.dataset = dataset
     self.value_range = tuple(config.data.range)
 
+  def model_fields(self, *names: str) -> tuple[str, dict[str, Any]]:
+    """`config.model` as (name, the other fields), the name checked against `names`."""
+    from genlab.errors import ConfigError
+
+    fields = self.config.model.to_dict()
+    name = fields.pop("name", None)
+    if name not in names:
+      raise ConfigError(
+        f"family {self.config.family!r} takes config.model.name in {names}, got {name!r}"
+      )
+    return name, fields
+
+  @staticmethod
+  def build(module: type, **fields: Any):
+    """`module(**fields)`, a field it does not take reported as a config error."""
+    from genlab.errors import ConfigError
+
+    try:
+      return module(**fields)
+    except TypeError as e:
+      raise ConfigError(f"config.model: {e}") from e
+
   @abc.abstractmethod
   def init_state(self, key: jax.Array, batch: dict[str, np.ndarray]) -> TrainState:
     """A fresh state, shaped by an example batch."""

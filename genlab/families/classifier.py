@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from genlab.errors import ConfigError, DataError
+from genlab.errors import DataError
 from genlab.families.base import Family, Metrics
 from genlab.models.conv_ae import ConvEncoder
 from genlab.train.parallel import masked_sum, pmean
@@ -42,11 +42,9 @@ class Classifier(Family):
     super().__init__(config, dataset)
     if "label" not in dataset.train:
       raise DataError(f"{dataset.name} has no labels: a classifier cannot be trained on it")
-    model_config = config.model.to_dict()
-    if model_config.pop("name") != "classifier":
-      raise ConfigError("family 'classifier' needs config.model.name='classifier'")
+    _, fields = self.model_fields("classifier")
     self.num_classes = int(max(dataset.train["label"].max(), dataset.test["label"].max())) + 1
-    self.model = ImageClassifier(num_classes=self.num_classes, **model_config)
+    self.model = self.build(ImageClassifier, num_classes=self.num_classes, **fields)
     self.tx = make_optimizer(config.optimizer)
 
   def init_state(self, key, batch) -> TrainState:

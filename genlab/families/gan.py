@@ -42,28 +42,20 @@ from genlab.train.rngs import example_keys, stream_key
 from genlab.train.state import TrainState, make_optimizer, optimization_metrics
 from genlab.train.writers import image_grid
 
-PARTS = ("generator", "discriminator")
-
 
 class GAN(Family):
   """Generator and discriminator updated in alternation; see the module docstring."""
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
-    model_config = config.model.to_dict()
-    if model_config.pop("name") != "gan":
-      raise ConfigError("family 'gan' needs config.model.name='gan'")
-    self.latent_dim = model_config.pop("latent_dim")
-    architecture = model_config.pop("architecture")
-    try:
-      self.generator = Generator(
-        output_shape=dataset.image_shape, architecture=architecture, **model_config.pop("generator")
-      )
-      self.discriminator = Discriminator(
-        architecture=architecture, **model_config.pop("discriminator")
-      )
-    except TypeError as e:
-      raise ConfigError(f"config.model: {e}") from e
+    _, fields = self.model_fields("gan")
+    self.latent_dim, architecture = fields["latent_dim"], fields["architecture"]
+    self.generator = self.build(
+      Generator, output_shape=dataset.image_shape, architecture=architecture, **fields["generator"]
+    )
+    self.discriminator = self.build(
+      Discriminator, architecture=architecture, **fields["discriminator"]
+    )
     self.options = config.gan
     if self.options.generator_loss not in losses.GENERATOR_LOSSES:
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")

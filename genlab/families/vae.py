@@ -48,13 +48,8 @@ class VariationalAutoencoder(Family):
 
   def __init__(self, config, dataset):
     super().__init__(config, dataset)
-    model_config = config.model.to_dict()
-    if model_config.pop("name") != "vae":
-      raise ConfigError("family 'vae' needs config.model.name='vae'")
-    try:
-      self.model = VAE(output_shape=dataset.image_shape, **model_config)
-    except TypeError as e:
-      raise ConfigError(f"config.model: {e}") from e
+    _, fields = self.model_fields("vae")
+    self.model = self.build(VAE, output_shape=dataset.image_shape, **fields)
     options = config.vae
     if options.binarize not in ("none", "dynamic"):
       raise ConfigError("config.vae.binarize must be 'none' or 'dynamic'")
