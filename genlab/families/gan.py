@@ -1,7 +1,8 @@
 """GANs on the shared trainer: two networks, two optimizers, two explicit keyed steps.
 
 `train_step` runs `gan.n_disc` calls of `discriminator_step(state, batch, key)`
-then one `generator_step(state, key, index)`. Each draws its z from its own key
+(on the same real batch, each with fresh fakes) then one
+`generator_step(state, key, index)`. Each draws its z from its own key
 stream, per example (`example_keys(stream_key(key, 'z'), index)`), so the
 device count changes nothing; each updates only its own network, with its own
 optimizer (DCGAN defaults: Adam 2e-4, β1 = 0.5).
