@@ -10,6 +10,7 @@ its feature space, so a Fréchet distance is never quoted without its network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -57,7 +58,8 @@ def classifier_config(dataset: Dataset, data_config, steps: int) -> ml_collectio
   config.family = "classifier"
   config.dataset = dataset.name
   config.data = data_config
-  config.batch_size = min(128, len(dataset.train["image"]) // 2)
+  devices = jax.device_count()  # The batch must split evenly over every device.
+  config.batch_size = max(devices, min(128, len(dataset.train["image"]) // 2) // devices * devices)
   config.num_steps = steps
   config.parallel = "auto"
   config.model = ml_collections.ConfigDict(
@@ -90,11 +92,19 @@ def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> Feat
   short = digest.hexdigest()[:12]
   name = re.sub(r"[^A-Za-z0-9_.-]+", "_", pathlib.Path(dataset.name).stem)
   workdir = cache_dir() / "feature_nets" / f"{name}-{short}"
-  with _file_lock(workdir.parent / f".{name}-{short}.lock"):
+  # One process: a file lock keeps concurrent runs (pytest-xdist workers) from training it
+  # twice. Several processes train it together (collectives), so none may wait on a lock;
+  # the cache must then sit on a file system they share, like the workdir.
+  lock = _file_lock(workdir.parent / f".{name}-{short}.lock") if jax.process_count() == 1 else None
+  with lock or contextlib.nullcontext():
     if not (workdir / "eval.json").is_file():
       log(f"training the feature classifier of {dataset.name} for GAN metrics, once: {workdir}")
       train_and_evaluate(config, workdir)
       evaluate_workdir(workdir)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("genlab_feature_net_ready")
   report = json.loads((workdir / "eval.json").read_text())
   s, state, _ = restore_workdir(workdir)
   model, params = s.family.model, state.params["model"]

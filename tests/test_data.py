@@ -389,3 +389,17 @@ def test_eval_batches_process_slices_concatenate_to_global_batch():
   for i, batch in enumerate(whole):
     joined = {k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in batch}
     chex.assert_trees_all_equal(joined, batch)
+
+
+def test_npz_column_labels_are_flattened_and_other_shapes_refused(tmp_path):
+  x = np.zeros((6, 8, 8), np.uint8)
+  good = tmp_path / "column.npz"
+  np.savez(
+    good, x_train=x, x_test=x[:2], y_train=np.arange(6)[:, None], y_test=np.arange(2)[:, None]
+  )
+  dataset = load_dataset(str(good))
+  assert dataset.train["label"].shape == (6,)
+  bad = tmp_path / "onehot.npz"
+  np.savez(bad, x_train=x, x_test=x[:2], y_train=np.eye(6)[:, :3], y_test=np.eye(2))
+  with pytest.raises(DataError, match="expected \\(N,\\) integer labels"):
+    load_dataset(str(bad))

@@ -140,3 +140,8 @@ except ConfigError as e:
 """
   out = run_python(code, devices=4)
   assert "refused:" in out and "not divisible by the 4 devices" in out
+  code = code.replace(
+    'Runner("pmap", global_batch_size=6)', 'Runner("pmap", global_batch_size=8, eval_batch_size=10)'
+  )
+  out = run_python(code, devices=4)
+  assert "refused: eval_batch_size 10 is not divisible by the 4 devices" in out

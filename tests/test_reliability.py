@@ -118,3 +118,24 @@ def test_no_usable_checkpoint_refuses_to_start_over_unless_asked(test_config, tm
   assert train_and_evaluate(restart, tmp_path).step == 20
   assert "starting over from step 0" in capsys.readouterr().err
   assert sorted(p.name for p in (tmp_path / "checkpoints_unusable").iterdir()) == ["10", "5"]
+
+
+def test_eval_noise_belongs_to_the_example_not_to_the_eval_batch(test_config, tmp_path):
+  """A denoising AE's test metrics must not change with eval_batch_size (keys by example row)."""
+  from genlab.train.loop import evaluate_workdir
+
+  train_and_evaluate(test_config(num_steps=10, corruption="gaussian:0.5"), tmp_path)
+  mse = {}
+  for size in (16, 100, 300):
+    report = evaluate_workdir(tmp_path, [f"--config.eval_batch_size={size}"])
+    mse[size] = report["metrics"]["mse"]
+  np.testing.assert_allclose(list(mse.values()), mse[16], rtol=1e-6)
+
+
+def test_a_too_large_batch_is_refused_before_anything_is_written(test_config, tmp_path):
+  from genlab.errors import DataError
+
+  with pytest.raises(DataError, match="batch_size 2000 exceeds the 1497 training examples"):
+    train_and_evaluate(test_config(batch_size=2000), tmp_path / "run")
+  assert not (tmp_path / "run" / "config.json").exists()
+  assert not (tmp_path / "run" / "checkpoints").exists()

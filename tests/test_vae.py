@@ -206,3 +206,20 @@ def test_vae_mnist_experiment_runs_on_mock_binarized_mnist(tmp_path):
   assert report["dataset"] == "binarized_mnist" and report["num_examples"] == 256
   assert report["metrics"]["nll"] <= report["metrics"]["neg_elbo"] + 1.0
   assert len(report["metrics"]["kl_per_dim"]) == 20
+
+
+def test_importance_sampled_nll_does_not_depend_on_batch_or_chunking():
+  """Sample s of an example is keyed by (example key, s): chunk sizes follow the batch size."""
+  model = VAE(output_shape=(4, 4, 1), latent_dim=2, hidden=(8,))
+  x = jax.random.bernoulli(jax.random.key(0), 0.5, (300, 4, 4, 1)).astype(jnp.float32)
+  params = model.init(jax.random.key(1), x[:1], jax.random.split(jax.random.key(2), 1))["params"]
+  keys = jax.random.split(jax.random.key(3), 300)
+
+  def ll(d, xs):
+    return losses.bernoulli_log_likelihood(d["logits"], xs)
+
+  big = importance_sampled_nll(model, params, x, keys, num_samples=200, log_likelihood=ll)
+  small = importance_sampled_nll(
+    model, params, x[:75], keys[:75], num_samples=200, log_likelihood=ll
+  )
+  np.testing.assert_allclose(small, big[:75], rtol=1e-5)

@@ -131,7 +131,9 @@ def eval_batches(
 
   The last batch is padded by repeating row 0; its `mask` is 0 on the padding,
   so metrics summed with the mask count each example exactly once and every
-  batch has the same shape (one compilation).
+  batch has the same shape (one compilation). `index` is each example's row in
+  the split, so evaluation noise keyed on it (a VAE's z, a corruption) belongs to
+  the example, whatever the eval batch size or device count.
   """
   n = len(split["image"]) if max_examples is None else min(max_examples, len(split["image"]))
   local = global_batch_size // process_count
@@ -142,5 +144,5 @@ def eval_batches(
     mine = slice(process_index * local, (process_index + 1) * local)
     batch = _make_batch(split, rows[mine], value_range)
     batch["mask"] = mask[mine]
-    batch["index"] = np.arange(mine.start, mine.stop, dtype=np.int32)
+    batch["index"] = rows[mine].astype(np.int32)
     yield batch

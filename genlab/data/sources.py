@@ -120,7 +120,12 @@ def _load_npz(path: str) -> Dataset:
   for s in SPLITS:
     split = {"image": _as_images(arrays[f"x_{s}"], f"{path}: x_{s}")}
     if f"y_{s}" in arrays:
-      split["label"] = arrays[f"y_{s}"]
+      labels = arrays[f"y_{s}"]
+      if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]  # (N, 1) columns, as some exports write them.
+      if labels.ndim != 1:
+        raise DataError(f"{path}: y_{s} has shape {labels.shape}; expected (N,) integer labels")
+      split["label"] = labels
     if f"target_{s}" in arrays:
       split["target"] = _as_images(arrays[f"target_{s}"], f"{path}: target_{s}")
     splits[s] = split

@@ -88,6 +88,11 @@ class Family(abc.ABC):
   # (the VAE's importance-sampled NLL); `genlab eval` runs it too.
   final_eval_step = None
 
+  def prepare(self) -> None:
+    """One-off work before training or evaluation (a GAN trains its feature network here),
+    run before the trainer takes over SIGTERM/SIGINT."""
+    return
+
   def distribution_metrics(self, state: TrainState) -> dict[str, Any]:
     """Metrics of the model as a whole (e.g. a GAN's Fréchet distance), added to every eval."""
     return {}

@@ -146,6 +146,9 @@ class GAN(Family):
     logits = self.discriminator.apply({"params": state.params["discriminator"]}, batch["image"])
     return {"d_real": masked_sum(jax.nn.sigmoid(logits), batch["mask"])}
 
+  def prepare(self) -> None:
+    self._fd_real()  # Trains the feature network if it is not cached, then its real statistics.
+
   @functools.cached_property
   def feature_net(self):
     from genlab.feature_net import feature_network
@@ -220,7 +223,9 @@ class GAN(Family):
     return {
       "fd": "Fréchet distance between gaussians fitted to feature-network features of train "
       "images and of generated samples (lower is better; compare with fd_floor)",
-      "fd_floor": "the same distance between train and test images: a perfect generator's score",
+      "fd_floor": "the same distance between the fd_n_real train images and the test images "
+      "(sizes in protocol): a reference for a generator that matches the data; when the test "
+      "split is smaller than fd_n_fake its sample-size bias is larger than fd's",
       "cs": "classifier score exp(E_x KL(p(y|x) ‖ p(y))) of the samples (higher: confident and "
       "diverse; at most the number of classes)",
       "class_entropy": "entropy in nats of the samples' predicted-class histogram (log 10 = 2.303 "

@@ -271,7 +271,7 @@ def importance_sampled_nll(
     model: the VAE.
     params: its parameters.
     x: a batch (B, H, W, C).
-    keys: one key per example; sample chunk i of example b uses fold_in(keys[b], i).
+    keys: one key per example; sample s of example b uses fold_in(keys[b], s).
     num_samples: k.
     log_likelihood: `(decoded, x) -> log p(x|z)` per row.
 
@@ -284,7 +284,10 @@ def importance_sampled_nll(
   latent = mean.shape[1]
 
   def log_weights(i):
-    eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), (chunk, latent)))(keys)
+    # Sample s of an example comes from fold_in(its key, s): the chunking changes nothing.
+    sample_ids = i * chunk + jnp.arange(chunk)
+    draw = lambda k, s: jax.random.normal(jax.random.fold_in(k, s), (latent,))  # noqa: E731
+    eps = jax.vmap(lambda k: jax.vmap(lambda s: draw(k, s))(sample_ids))(keys)
     z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps  # (B, chunk, K)
     decoded = model.apply({"params": params}, z.reshape(batch * chunk, latent), method=VAE.decode)
     x_rep = jnp.broadcast_to(x[:, None], (batch, chunk, *x.shape[1:])).reshape(

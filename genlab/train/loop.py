@@ -87,7 +87,11 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   if config.get("num_epochs"):
     config.num_steps = config.num_epochs * (len(dataset.train["image"]) // config.batch_size)
   family = get_family(config.family)(config, dataset)
-  runner = Runner(config.parallel, global_batch_size=config.batch_size)
+  runner = Runner(
+    config.parallel,
+    global_batch_size=config.batch_size,
+    eval_batch_size=config.eval_batch_size or config.batch_size,
+  )
   root_key = rngs.root_key(config.seed)
   example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
   try:
@@ -210,17 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if saved_config.is_file() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
     config_lib.check_resumable(config_lib.from_json(saved_config.read_text()), config)
   s = setup(config)
-  ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
-  try:
-    state = _restore_or_start(config, ckpt, s.initial_state)
-  except BaseException:
-    ckpt.close()
-    raise
-  start = int(state.step)
-  if jax.process_index() == 0:
-    saved_config.write_text(config_lib.to_json(config))
-
-  batcher = Batcher(
+  batcher = Batcher(  # Checks the batch size against the data before anything is written.
     s.dataset.train,
     global_batch_size=config.batch_size,
     seed=config.seed,
@@ -228,30 +222,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     process_count=jax.process_count(),
     value_range=s.family.value_range,
   )
-  train_step = s.runner.train_step(s.family.train_step)
-  eval_step = s.runner.eval_step(s.family.eval_step)
-  writer = MetricWriter(workdir)
-  log(
-    f"genlab: family={config.family} model={config.model.name} dataset={config.dataset} "
-    f"train={batcher.num_examples} test={len(s.dataset.test['image'])} batch={config.batch_size} "
-    f"devices={s.runner.num_devices} processes={jax.process_count()} parallel={s.runner.mode} "
-    f"steps {start}->{config.num_steps}"
-  )
-  state = s.runner.replicate(state)
-  test_metrics: dict[str, float] = {}
-  metrics_log = MetricsLog(s.runner, config, ckpt)
-  timer = TrainTimer()
-  progress = tqdm.tqdm(
-    total=config.num_steps,
-    initial=start,
-    unit="step",
-    disable=not sys.stderr.isatty() or jax.process_index() != 0,
-  )
-  if start == 0 and config.eval_at_start:
-    test_metrics = evaluate(s, eval_step, state)
-    writer.write(0, {f"test/{k}": v for k, v in test_metrics.items()})
-    log(f"step 0: test {format_metrics(test_metrics)}")
-    write_images(s, writer, 0, s.runner.unreplicate(state))
+  ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
+  writer, progress = None, None
+  try:
+    state = _restore_or_start(config, ckpt, s.initial_state)
+    start = int(state.step)
+    # Costly one-off preparation (a GAN's feature network) before signals are taken over.
+    s.family.prepare()
+    if jax.process_index() == 0:
+      saved_config.write_text(config_lib.to_json(config))
+    train_step = s.runner.train_step(s.family.train_step)
+    eval_step = s.runner.eval_step(s.family.eval_step)
+    writer = MetricWriter(workdir)
+    log(
+      f"genlab: family={config.family} model={config.model.name} dataset={config.dataset} "
+      f"train={batcher.num_examples} test={len(s.dataset.test['image'])} "
+      f"batch={config.batch_size} devices={s.runner.num_devices} "
+      f"processes={jax.process_count()} parallel={s.runner.mode} steps {start}->{config.num_steps}"
+    )
+    state = s.runner.replicate(state)
+    test_metrics: dict[str, float] = {}
+    metrics_log = MetricsLog(s.runner, config, ckpt)
+    timer = TrainTimer()
+    progress = tqdm.tqdm(
+      total=config.num_steps,
+      initial=start,
+      unit="step",
+      disable=not sys.stderr.isatty() or jax.process_index() != 0,
+    )
+    if start == 0 and config.eval_at_start:
+      test_metrics = evaluate(s, eval_step, state)
+      writer.write(0, {f"test/{k}": v for k, v in test_metrics.items()})
+      log(f"step 0: test {format_metrics(test_metrics)}")
+      write_images(s, writer, 0, s.runner.unreplicate(state))
+  except BaseException:
+    if progress is not None:
+      progress.close()
+    if writer is not None:
+      writer.close()
+    ckpt.close()
+    raise
   signals = StopSignals(every=config.preemption_check_every)
   try:
     with signals:
@@ -435,6 +445,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, overrides: list[str] = ()) -> 
   """
   s, restored, step = restore_workdir(workdir, overrides)
   config = s.config
+  s.family.prepare()
   state = s.runner.replicate(restored)
   metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
   if s.family.final_eval_step is not None:

@@ -58,10 +58,11 @@ class Runner:
 
   Args:
     mode: `auto`, `pmap`, `shard_map` or `none` (see the module docstring).
-    global_batch_size: checked to be divisible by the number of devices.
+    global_batch_size: checked to be divisible by the number of devices and processes.
+    eval_batch_size: checked the same way, so an evaluation cannot fail mid-run.
   """
 
-  def __init__(self, mode: str, *, global_batch_size: int):
+  def __init__(self, mode: str, *, global_batch_size: int, eval_batch_size: int | None = None):
     self.mode = resolve_mode(mode, jax.device_count())
     if self.mode == "none":
       self.devices = jax.local_devices()[:1]
@@ -76,11 +77,17 @@ class Runner:
         "parallel='none' runs on one device; several processes need pmap or shard_map"
       )
     self.num_devices = len(self.devices) if self.mode != "pmap" else jax.device_count()
-    if global_batch_size % self.num_devices:
-      raise ConfigError(
-        f"batch_size {global_batch_size} is not divisible by the {self.num_devices} devices "
-        f"(parallel={self.mode}); pick a multiple of {self.num_devices}"
-      )
+    sizes = {"batch_size": global_batch_size, "eval_batch_size": eval_batch_size}
+    for name, size in sizes.items():
+      if size is None:
+        continue
+      if size % self.num_devices:
+        raise ConfigError(
+          f"{name} {size} is not divisible by the {self.num_devices} devices "
+          f"(parallel={self.mode}); pick a multiple of {self.num_devices}"
+        )
+      if size % jax.process_count():
+        raise ConfigError(f"{name} {size} is not divisible by {jax.process_count()} processes")
     if self.mode == "pmap":  # Replicas stacked on a leading axis, one per local device.
       self._stacked = NamedSharding(Mesh(np.array(self.devices), (AXIS,)), P(AXIS))
     if self.mode == "shard_map":
