@@ -100,6 +100,22 @@ def vae_options(**overrides) -> ml_collections.ConfigDict:
   return options
 
 
+def sparsity_options(**overrides) -> ml_collections.ConfigDict:
+  """`config.sparsity` of the sparse-autoencoder family, with its defaults."""
+  options = ml_collections.ConfigDict(
+    {
+      "kind": "kl",  # kl (sigmoid codes) | l1 (ReLU codes) | topk (TopK codes).
+      "rho": 0.05,  # Target mean activation of each unit (kl).
+      "beta": 3.0,  # Weight of Σ_j KL(ρ ‖ ρ̂_j) (kl).
+      "l1": 1e-3,  # Weight of the code's L1 norm (l1).
+      "weight_decay": 1e-4,  # λ of λ/2·(‖W_enc‖² + ‖W_dec‖²).
+      "aux_k": 0,  # TopK dead-latent auxiliary loss: not implemented, must stay 0.
+    }
+  )
+  options.update(overrides)
+  return options
+
+
 def gan_options(**overrides) -> ml_collections.ConfigDict:
   """`config.gan` of the GAN family (genlab.families.gan), with its defaults."""
   options = ml_collections.ConfigDict(

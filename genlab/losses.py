@@ -94,3 +94,13 @@ def generator_loss(fake_logits: jax.Array, *, kind: str = "non_saturating") -> j
   if kind == "hinge":
     return -fake_logits
   raise ValueError(f"unknown generator loss {kind!r}; choose one of {GENERATOR_LOSSES}")
+
+
+# Sparse autoencoders.
+
+
+def bernoulli_kl(rho: float, rho_hat: jax.Array, *, eps: float = 1e-6) -> jax.Array:
+  """KL(ρ ‖ ρ̂_j) between Bernoullis, per unit: large when a unit fires far more *or* far
+  less often than the target rate ρ."""
+  rho_hat = jnp.clip(rho_hat, eps, 1.0 - eps)
+  return rho * jnp.log(rho / rho_hat) + (1.0 - rho) * jnp.log((1.0 - rho) / (1.0 - rho_hat))

@@ -19,10 +19,13 @@ import pytest
 from conftest import REPO, run_python
 
 
-@pytest.mark.parametrize("experiment", ["conv_ae_digits.py", "vae_digits.py", "gan_digits.py"])
+@pytest.mark.parametrize(
+  "experiment", ["conv_ae_digits.py", "vae_digits.py", "gan_digits.py", "sparse_ae_patches.py"]
+)
 def test_pmap_and_shard_map_match_one_device_for_20_steps(experiment, data_dir):
   # vae_digits and gan_digits draw per-example noise: keys must not depend on devices;
-  # gan_digits also updates two networks with two optimizers per step.
+  # gan_digits also updates two networks with two optimizers per step; sparse_ae_patches'
+  # KL-ρ penalty depends on ρ̂ over the whole global batch (a collective inside the loss).
   proc = subprocess.run(
     [
       sys.executable,

@@ -5,12 +5,14 @@ from genlab.families.autoencoder import Autoencoder
 from genlab.families.base import Family
 from genlab.families.classifier import Classifier
 from genlab.families.gan import GAN
+from genlab.families.sparse_ae import SparseAutoencoder
 from genlab.families.vae import VariationalAutoencoder
 
 FAMILIES: dict[str, type[Family]] = {
   "autoencoder": Autoencoder,
   "vae": VariationalAutoencoder,
   "gan": GAN,
+  "sparse_autoencoder": SparseAutoencoder,
   "classifier": Classifier,
 }
 
@@ -28,6 +30,7 @@ __all__ = [
   "Autoencoder",
   "Classifier",
   "Family",
+  "SparseAutoencoder",
   "VariationalAutoencoder",
   "get_family",
 ]

@@ -24,11 +24,12 @@ from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Metrics
 from genlab.models import ConvAutoencoder
+from genlab.models.sparse_ae import SparseAutoencoder
 from genlab.train.parallel import masked_sum, pmean
 from genlab.train.rngs import example_keys, stream_key
 from genlab.train.state import TrainState, make_optimizer, optimization_metrics
 
-MODELS = {"conv_ae": ConvAutoencoder}
+MODELS = {"conv_ae": ConvAutoencoder, "sparse_ae": SparseAutoencoder}
 
 
 def target_of(batch) -> jax.Array:
@@ -64,7 +65,8 @@ class Autoencoder(Family):
     keys = example_keys(stream_key(key, "corruption"), batch["index"])
     return jax.vmap(self.corrupt)(keys, batch["image"])
 
-  def per_example_loss(self, params, batch, key) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def per_example_loss(self, params, batch, key) -> tuple[jax.Array, dict, dict]:
+    """(loss, {'mse': ...}, the model's aux) with one value per example."""
     output, aux = self.model.apply({"params": params}, self.model_input(batch, key))
     target = target_of(batch)
     mse = losses.mean_squared_error(output, target)
@@ -72,12 +74,17 @@ class Autoencoder(Family):
       loss = losses.sigmoid_binary_cross_entropy(aux["logits"], target)
     else:
       loss = mse
-    return loss, {"mse": mse}
+    return loss, {"mse": mse}, aux
+
+  def batch_loss(self, params, batch, key, *, axis_name) -> tuple[jax.Array, dict]:
+    """The training objective on this device's part of the batch, and its parts."""
+    del axis_name  # Per-example losses: the mean over the batch is all there is.
+    loss, parts, _ = self.per_example_loss(params, batch, key)
+    return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
 
   def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
     def loss_fn(params):
-      loss, parts = self.per_example_loss(params, batch, key)
-      return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
+      return self.batch_loss(params, batch, key, axis_name=axis_name)
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
     grads = pmean(grads, axis_name)
@@ -86,7 +93,7 @@ class Autoencoder(Family):
     return state.apply_gradients({"model": grads}), metrics
 
   def eval_step(self, state, batch) -> Metrics:
-    loss, parts = self.per_example_loss(state.params["model"], batch, self.eval_key)
+    loss, parts, _ = self.per_example_loss(state.params["model"], batch, self.eval_key)
     mask = batch["mask"]
     return {"loss": masked_sum(loss, mask), **{k: masked_sum(v, mask) for k, v in parts.items()}}
 

@@ -1,0 +1,68 @@
+"""Sparse autoencoder: x → code (sigmoid, ReLU or TopK) → linear decoder → x̂.
+
+One hidden code layer of `code_dim` units between Dense maps, as in Ng's
+sparse-autoencoder notes (sigmoid units with a KL-ρ penalty) and in the TopK
+autoencoders of Gao et al. 2024 (ReLU of the k largest pre-activations, the
+others set to 0). The decoder's weight rows are the learned dictionary
+("filters").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genlab.errors import ConfigError
+from genlab.models.conv_ae import activation_fn
+
+CODES = ("sigmoid", "relu", "topk")
+
+
+def keep_top_k(pre: jax.Array, k: int) -> jax.Array:
+  """ReLU of the k largest entries of each row of `pre`; every other entry 0."""
+  threshold = jax.lax.top_k(pre, k)[0][..., -1:]
+  return jnp.where(pre >= threshold, jax.nn.relu(pre), 0.0)
+
+
+class SparseAutoencoder(nn.Module):
+  """Attributes:
+  output_shape: (H, W, C) of the output.
+  code_dim: number of code units.
+  code: `sigmoid` (KL-ρ), `relu` (L1) or `topk` (k largest kept).
+  k: units kept per example with `code='topk'`.
+  output_activation: applied to the decoder's output (`sigmoid` for [0, 1] data).
+  """
+
+  output_shape: Sequence[int]
+  code_dim: int = 64
+  code: str = "sigmoid"
+  k: int = 8
+  output_activation: str = "sigmoid"
+
+  def setup(self):
+    if self.code not in CODES:
+      raise ConfigError(f"unknown code {self.code!r}; choose one of {CODES}")
+    if self.code == "topk" and not 0 < self.k <= self.code_dim:
+      raise ConfigError(f"k={self.k} must lie in 1..code_dim={self.code_dim}")
+    self.encoder = nn.Dense(self.code_dim, name="encoder")
+    self.decoder = nn.Dense(math.prod(self.output_shape), name="decoder")
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    pre = self.encoder(x.reshape(x.shape[0], -1))
+    if self.code == "sigmoid":
+      return jax.nn.sigmoid(pre)
+    if self.code == "relu":
+      return jax.nn.relu(pre)
+    return keep_top_k(pre, self.k)
+
+  def decode(self, code: jax.Array) -> jax.Array:
+    return self.decoder(code).reshape(code.shape[0], *self.output_shape)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    code = self.encode(x)
+    logits = self.decode(code)
+    return activation_fn(self.output_activation)(logits), {"code": code, "logits": logits}
