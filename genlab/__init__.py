@@ -5,7 +5,7 @@ them under jit, pmap or shard_map, with orbax checkpoints and deterministic,
 resumable data and keys.
 """
 
-from genlab import config, data, families, losses, models, train
+from genlab import config, data, families, image_metrics, losses, metrics, models, train
 from genlab.config import apply_overrides, base_config, load_experiment
 from genlab.data import Batcher, Dataset, load_dataset
 from genlab.errors import ConfigError, DataError, GenlabError, WorkdirError
@@ -37,9 +37,11 @@ __all__ = [
   "example_keys",
   "families",
   "get_family",
+  "image_metrics",
   "load_dataset",
   "load_experiment",
   "losses",
+  "metrics",
   "models",
   "root_key",
   "step_key",

@@ -99,3 +99,22 @@ def test_npz_image_to_map_run(test_config, tmp_path):
   report = evaluate_workdir(tmp_path / "run")
   assert report["num_examples"] == 8
   assert report["metrics"]["mse_mean_baseline"] > 0
+
+
+def test_denoising_run_reports_psnr_of_output_and_of_noisy_input(test_config, tmp_path):
+  config = test_config(
+    num_steps=200,
+    corruption="gaussian:0.5",
+    eval_every=200,
+    image_every=200,
+    checkpoint_every=200,
+    **{"optimizer.learning_rate": 3e-3},
+  )
+  train_and_evaluate(config, tmp_path)
+  report = evaluate_workdir(tmp_path)
+  m = report["metrics"]
+  assert report["protocol"]["corruption"] == "gaussian:0.5"
+  assert 8.0 < m["psnr_noisy"] < 11.0  # σ = 0.5 on [0, 1] digits, clipped: about 9.4 dB.
+  assert m["psnr"] > m["psnr_noisy"]
+  assert "ssim" not in m  # 8×8 digits are smaller than SSIM's 11×11 window.
+  assert (tmp_path / "images" / "denoising_step_000200.png").is_file()

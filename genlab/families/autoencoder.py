@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genlab import corruptions, losses
+from genlab import corruptions, image_metrics, losses
 from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Metrics
@@ -67,14 +67,15 @@ class Autoencoder(Family):
 
   def per_example_loss(self, params, batch, key) -> tuple[jax.Array, dict, dict]:
     """(loss, {'mse': ...}, the model's aux) with one value per example."""
-    output, aux = self.model.apply({"params": params}, self.model_input(batch, key))
+    model_input = self.model_input(batch, key)
+    output, aux = self.model.apply({"params": params}, model_input)
     target = target_of(batch)
     mse = losses.mean_squared_error(output, target)
     if self.config.loss == "bce":
       loss = losses.sigmoid_binary_cross_entropy(aux["logits"], target)
     else:
       loss = mse
-    return loss, {"mse": mse}, aux
+    return loss, {"mse": mse}, {**aux, "output": output, "input": model_input}
 
   def batch_loss(self, params, batch, key, *, axis_name) -> tuple[jax.Array, dict]:
     """The training objective on this device's part of the batch, and its parts."""
@@ -93,9 +94,25 @@ class Autoencoder(Family):
     return state.apply_gradients({"model": grads}), metrics
 
   def eval_step(self, state, batch) -> Metrics:
-    loss, parts, _ = self.per_example_loss(state.params["model"], batch, self.eval_key)
+    loss, parts, aux = self.per_example_loss(state.params["model"], batch, self.eval_key)
+    if self.corrupt is not None:  # Denoising: the output and the noisy input against the clean.
+      parts.update(self.denoising_metrics(aux["output"], aux["input"], batch["image"]))
     mask = batch["mask"]
     return {"loss": masked_sum(loss, mask), **{k: masked_sum(v, mask) for k, v in parts.items()}}
+
+  def denoising_metrics(self, output, noisy, clean) -> dict[str, jax.Array]:
+    """PSNR (and SSIM where the images are at least 11×11, its window) of the output and of
+    the noisy input, against the clean image, with data_range = the value range's width."""
+    lo, hi = self.value_range
+    noisy = jnp.clip(noisy, lo, hi)  # What a viewer of the noisy image sees.
+    out = {
+      "psnr": image_metrics.psnr(output, clean, data_range=hi - lo),
+      "psnr_noisy": image_metrics.psnr(noisy, clean, data_range=hi - lo),
+    }
+    if min(clean.shape[1:3]) >= 11:
+      out["ssim"] = image_metrics.ssim(output, clean, data_range=hi - lo)
+      out["ssim_noisy"] = image_metrics.ssim(noisy, clean, data_range=hi - lo)
+    return out
 
   def image_rows(self, state, batch):
     model_input = np.asarray(self.model_input(batch, self.eval_key))
@@ -112,6 +129,10 @@ class Autoencoder(Family):
       "mse": "mean over test examples of the per-example mean squared error over pixels",
       "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
       "loss": f"the training loss ({self.config.loss}) on the test split",
+      "psnr": "denoising: mean over test images of the PSNR (dB) of the output against the "
+      "clean image, data range = the value range's width",
+      "psnr_noisy": "the same for the corrupted input (clipped to the value range)",
+      "ssim": "denoising, images ≥ 11×11: mean SSIM (Wang et al. 2004, gaussian σ 1.5)",
     }
 
   def protocol(self):
