@@ -99,6 +99,10 @@ def test_npz_image_to_map_run(test_config, tmp_path):
   report = evaluate_workdir(tmp_path / "run")
   assert report["num_examples"] == 8
   assert report["metrics"]["mse_mean_baseline"] > 0
+  # Image → map: the saliency-benchmark metrics come along.
+  m = report["metrics"]
+  assert -1.0 <= m["cc"] <= 1.0 and 0.0 <= m["sim"] <= 1.0 and m["kld"] >= 0.0
+  assert np.isfinite(m["nss"])
 
 
 def test_denoising_run_reports_psnr_of_output_and_of_noisy_input(test_config, tmp_path):

@@ -29,6 +29,7 @@ from genlab.train.parallel import masked_sum, pmean
 from genlab.train.rngs import example_keys, stream_key
 from genlab.train.state import TrainState, make_optimizer, optimization_metrics
 
+NSS_FIXATION_FRACTION = 0.1  # NSS fixations: the target map's top 10% of pixels.
 MODELS = {"conv_ae": ConvAutoencoder, "sparse_ae": SparseAutoencoder}
 
 
@@ -97,8 +98,25 @@ class Autoencoder(Family):
     loss, parts, aux = self.per_example_loss(state.params["model"], batch, self.eval_key)
     if self.corrupt is not None:  # Denoising: the output and the noisy input against the clean.
       parts.update(self.denoising_metrics(aux["output"], aux["input"], batch["image"]))
+    if "target" in batch and batch["target"].shape[-1] == 1:  # Image → map.
+      parts.update(self.map_metrics(aux["output"], batch["target"]))
     mask = batch["mask"]
     return {"loss": masked_sum(loss, mask), **{k: masked_sum(v, mask) for k, v in parts.items()}}
+
+  def map_metrics(self, predicted, target) -> dict[str, jax.Array]:
+    """Saliency-benchmark metrics of predicted maps against target maps (shifted to be
+    non-negative). NSS takes as fixations the target's top 10% of pixels per map."""
+    lo = self.value_range[0]
+    predicted, target = predicted - lo, target - lo
+    flat = target.reshape(target.shape[0], -1)
+    cut = jnp.quantile(flat, 1.0 - NSS_FIXATION_FRACTION, axis=1)
+    fixations = (target >= cut[:, None, None, None]).astype(jnp.float32)
+    return {
+      "cc": image_metrics.saliency_cc(predicted, target),
+      "kld": image_metrics.saliency_kld(predicted, target),
+      "nss": image_metrics.saliency_nss(predicted, fixations),
+      "sim": image_metrics.saliency_sim(predicted, target),
+    }
 
   def denoising_metrics(self, output, noisy, clean) -> dict[str, jax.Array]:
     """PSNR (and SSIM where the images are at least 11×11, its window) of the output and of
@@ -133,6 +151,10 @@ class Autoencoder(Family):
       "clean image, data range = the value range's width",
       "psnr_noisy": "the same for the corrupted input (clipped to the value range)",
       "ssim": "denoising, images ≥ 11×11: mean SSIM (Wang et al. 2004, gaussian σ 1.5)",
+      "cc": "image → map: mean Pearson correlation of predicted and target maps",
+      "kld": "image → map: mean KL(target ‖ prediction) of the sum-normalised maps (nats)",
+      "nss": "image → map: mean standardised prediction at the target's top-10% pixels",
+      "sim": "image → map: mean Σ min(p, t) of the sum-normalised maps",
     }
 
   def protocol(self):
