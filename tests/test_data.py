@@ -403,3 +403,25 @@ def test_npz_column_labels_are_flattened_and_other_shapes_refused(tmp_path):
   np.savez(bad, x_train=x, x_test=x[:2], y_train=np.eye(6)[:, :3], y_test=np.eye(2))
   with pytest.raises(DataError, match="expected \\(N,\\) integer labels"):
     load_dataset(str(bad))
+
+
+def test_photo_datasets_are_built_offline_from_scikit_image(data_dir):
+  from genlab.data.embedded import spectral_residual_saliency
+
+  crops = load_dataset("photo_crops32", data_dir=data_dir, target_key="saliency")
+  assert crops.train["image"].shape == (8 * 600, 32, 32, 1)  # 8 training photographs.
+  assert crops.test["target"].shape == (2 * 600, 32, 32, 1)  # 2 held-out photographs.
+  assert crops.train["image"].dtype == np.uint8 and crops.train["target"].max() == 255
+  # The target is the crop's own spectral-residual saliency map.
+  first = crops.test["image"][0, ..., 0] / 255.0
+  expected = np.round(spectral_residual_saliency(first) * 255)
+  match = [np.abs(t[..., 0].astype(float) - expected).max() <= 2 for t in crops.test["target"]]
+  assert any(match)
+  no_target = load_dataset("photo_crops32", data_dir=data_dir)
+  assert "target" not in no_target.train
+
+  patches = load_dataset("photo_patches8", data_dir=data_dir)
+  x = patches.train["image"]
+  assert x.shape == (20000, 8, 8, 1) and patches.test["image"].shape == (5000, 8, 8, 1)
+  assert x.dtype == np.float32 and x.min() >= 0.1 - 1e-6 and x.max() <= 0.9 + 1e-6
+  np.testing.assert_allclose(x.mean(), 0.5, atol=0.01)  # Per-patch means removed, then mapped.
