@@ -14,24 +14,16 @@ digits, psnr 15.8 dB for the denoised output against psnr_noisy 9.4 dB for the
 noisy input: +6.4 dB.
 """
 
-from genlab.config import base_config
+import pathlib
+
+from genlab.config import load_experiment
 
 
 def get_config():
-  config = base_config()
-  config.dataset = "digits"
-  config.batch_size = 64
+  # conv_ae_digits.py's model and optimizer, trained on noisy inputs.
+  config = load_experiment(pathlib.Path(__file__).with_name("conv_ae_digits.py"))
   config.num_steps = 4000
   config.corruption = "gaussian:0.5"
-  config.model.update(
-    features=(32, 64),
-    kernel_size=3,
-    strides=2,
-    latent_dim=16,
-    activation="relu",
-    output_activation="sigmoid",
-  )
-  config.optimizer.learning_rate = 2e-3
   config.eval_every = 1000
   config.image_every = 2000
   config.checkpoint_every = 1000
