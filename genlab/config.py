@@ -116,6 +116,22 @@ def sparsity_options(**overrides) -> ml_collections.ConfigDict:
   return options
 
 
+def sequence_options(**overrides) -> ml_collections.ConfigDict:
+  """`config.sequence` of the recurrent-autoencoder family, with its defaults."""
+  options = ml_collections.ConfigDict(
+    {
+      # input (autoencoder) | reversed (encoder-decoder: the input backwards) |
+      # target (encoder-decoder: the dataset's `target` sequences).
+      "target": "input",
+      # Labels that mark anomalies: ROC-AUC of the per-sequence error as anomaly score.
+      "anomaly_labels": (),
+      "num_plots": 6,  # Test sequences drawn in the input-vs-output view.
+    }
+  )
+  options.update(overrides)
+  return options
+
+
 def gan_options(**overrides) -> ml_collections.ConfigDict:
   """`config.gan` of the GAN family (genlab.families.gan), with its defaults."""
   options = ml_collections.ConfigDict(

@@ -104,3 +104,45 @@ def bernoulli_kl(rho: float, rho_hat: jax.Array, *, eps: float = 1e-6) -> jax.Ar
   less often than the target rate ρ."""
   rho_hat = jnp.clip(rho_hat, eps, 1.0 - eps)
   return rho * jnp.log(rho / rho_hat) + (1.0 - rho) * jnp.log((1.0 - rho) / (1.0 - rho_hat))
+
+
+# Sequences (B, T, ...) of which only the first `lengths[b]` steps are real: each loss is the
+# mean over a sequence's valid steps (and features), so padding never counts.
+
+
+def step_mask(lengths: jax.Array, max_length: int) -> jax.Array:
+  """(B, T) float mask: 1 on the first `lengths[b]` steps of row b, 0 on the padding."""
+  return (jnp.arange(max_length)[None, :] < lengths[:, None]).astype(jnp.float32)
+
+
+def masked_sequence_mean(values: jax.Array, lengths: jax.Array) -> jax.Array:
+  """Mean of `values` (B, T, ...) over each sequence's valid steps and its other axes."""
+  values = values.reshape(values.shape[0], values.shape[1], -1).astype(jnp.float32)
+  mask = step_mask(lengths, values.shape[1])[..., None]
+  count = jnp.maximum(lengths.astype(jnp.float32), 1.0) * values.shape[2]
+  return jnp.sum(values * mask, axis=(1, 2)) / count
+
+
+def sequence_squared_error(predictions: jax.Array, targets: jax.Array, lengths) -> jax.Array:
+  """Mean squared error per sequence over its valid steps and features."""
+  return masked_sequence_mean(optax.losses.squared_error(predictions, targets), lengths)
+
+
+def sequence_gaussian_nll(mean: jax.Array, logvar: jax.Array, targets: jax.Array, lengths):
+  """−log N(x; mean, exp(logvar)) per sequence, averaged over valid steps and features (nats)."""
+  nll = 0.5 * (LOG_2PI + logvar + jnp.square(targets - mean) * jnp.exp(-logvar))
+  return masked_sequence_mean(nll, lengths)
+
+
+def sequence_cross_entropy(logits: jax.Array, tokens: jax.Array, lengths) -> jax.Array:
+  """Softmax cross-entropy (nats per token) of `logits` (B, T, V) against token ids (B, T)."""
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tokens)
+  return masked_sequence_mean(ce, lengths)
+
+
+def sequence_token_accuracy(logits: jax.Array, tokens: jax.Array, lengths) -> jax.Array:
+  """Fraction of a sequence's valid tokens whose argmax prediction is right."""
+  return masked_sequence_mean(jnp.argmax(logits, axis=-1) == tokens, lengths)
+
+
+SEQUENCE_LOSSES = ("mse", "gaussian_nll", "cross_entropy")

@@ -1,5 +1,7 @@
 """Datasets shipped inside registry packages, registered as TF-free TFDS builders.
 
+Images here; the sequence sets (`genlab.data.sequences`) join `EMBEDDED_BUILDERS` too.
+
 They are prepared (array_record, `tfds.features.Tensor` only, no TensorFlow)
 into the TFDS data dir on first use, then read with `tfds.data_source` like any
 other TFDS dataset. Nothing is downloaded.
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from genlab.data.sequences import SEQUENCE_BUILDERS
 
 DIGITS_TEST_EVERY = 6
 
@@ -214,3 +218,6 @@ class PhotoCrops32(tfds.core.GeneratorBasedBuilder):
 
 
 EMBEDDED_BUILDERS["photo_crops32"] = PhotoCrops32
+
+# The sequence sets (series, text) are embedded the same way.
+EMBEDDED_BUILDERS.update(SEQUENCE_BUILDERS)

@@ -9,9 +9,10 @@ order is a pure function of the step, a checkpoint only needs the step.
 
 Values: integer arrays (images, target maps) are read as 0..255, float arrays
 as 0..1; both are mapped linearly onto `value_range` (default [0, 1]) as
-float32. Labels stay int32. Every batch carries `index`, each example's
-position in the global batch, from which steps derive per-example keys that do
-not depend on how many devices share the batch.
+float32. With `value_range=None` (sequences) values are passed through: floats
+as float32, token ids as int32. Labels and lengths stay int32. Every batch
+carries `index`, each example's position in the global batch, from which steps
+derive per-example keys that do not depend on how many devices share the batch.
 """
 
 from __future__ import annotations
@@ -36,11 +37,19 @@ def scale_values(array: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0
   return np.float32(lo) + x * np.float32(hi - lo)
 
 
+INTEGER_KEYS = ("label", "length")
+
+
 def _make_batch(split: Split, rows: np.ndarray, value_range) -> Batch:
   batch = {}
   for key, array in split.items():
     values = array[rows]
-    batch[key] = values.astype(np.int32) if key == "label" else scale_values(values, value_range)
+    if key in INTEGER_KEYS or (value_range is None and np.issubdtype(values.dtype, np.integer)):
+      batch[key] = values.astype(np.int32)
+    elif value_range is None:
+      batch[key] = values.astype(np.float32)
+    else:
+      batch[key] = scale_values(values, value_range)
   return batch
 
 
@@ -53,7 +62,8 @@ class Batcher:
     seed: seeds the per-epoch permutations.
     process_index: this process's index among `process_count`.
     process_count: how many processes share each global batch.
-    value_range: the range images and targets are mapped onto.
+    value_range: the range images and targets are mapped onto; None passes values
+      through (sequences).
   """
 
   def __init__(
@@ -64,7 +74,7 @@ class Batcher:
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
-    value_range: tuple[float, float] = (0.0, 1.0),
+    value_range: tuple[float, float] | None = (0.0, 1.0),
   ):
     self.num_examples = len(split["image"])
     if global_batch_size > self.num_examples:
@@ -80,7 +90,7 @@ class Batcher:
     self.local_batch_size = global_batch_size // process_count
     self.seed = seed
     self.process_index = process_index
-    self.value_range = tuple(value_range)
+    self.value_range = None if value_range is None else tuple(value_range)
     self.steps_per_epoch = self.num_examples // global_batch_size
     self._epoch, self._perm = None, None
 
@@ -124,7 +134,7 @@ def eval_batches(
   global_batch_size: int,
   process_index: int = 0,
   process_count: int = 1,
-  value_range: tuple[float, float] = (0.0, 1.0),
+  value_range: tuple[float, float] | None = (0.0, 1.0),
   max_examples: int | None = None,
 ) -> Iterator[Batch]:
   """Every example of `split` once, in order, in fixed-size batches.

@@ -8,10 +8,16 @@
     (`mnist`, `fashion_mnist`, `cifar10`, ...), read TF-free with
     `tfds.data_source`. genlab never downloads: prepare it with `tfds build NAME`.
 
-Every split is a dict of arrays: `image` (N, H, W, C), optional `label` (N,)
-and optional `target` (N, H', W', C') for tasks whose output is not the input.
-Integer pixels are 0..255 everywhere downstream: TFDS datasets that store
-another range (`binarized_mnist` stores 0/1) are rescaled to it on loading.
+Every split is a dict of arrays: `image`, the model's input, optional `label`
+(N,) and optional `target` for tasks whose output is not the input. What
+`image` holds is the dataset's `modality`:
+  * 'image': (N, H, W, C) pictures (and (N, H', W', C') target maps); integer
+    pixels are 0..255 everywhere downstream: TFDS datasets that store another
+    range (`binarized_mnist` stores 0/1) are rescaled to it on loading;
+  * 'series': (N, T, D) real-valued sequences, padded, with `length` (N,);
+  * 'tokens': (N, T) integer token ids, 0 the padding, with `length` (N,).
+The embedded sequence sets (`genlab.data.sequences`) read their `sequence`
+feature as `image` (the input role) and say their modality.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from genlab.errors import DataError
 
 Split = dict[str, np.ndarray]
 SPLITS = ("train", "test")
+MODALITIES = ("image", "series", "tokens")
 # TFDS datasets whose integer pixels do not span 0..255: the value of white.
 TFDS_INTEGER_MAX = {"binarized_mnist": 1}
 
@@ -42,11 +49,13 @@ class Dataset:
     name: what the user asked for (dataset name or `.npz` path).
     train: arrays of the train split (`image`, optional `label`, `target`).
     test: arrays of the test split, same keys as `train`.
+    modality: what `image` holds: 'image', 'series' or 'tokens' (see the module doc).
   """
 
   name: str
   train: Split
   test: Split
+  modality: str = "image"
 
   @property
   def image_shape(self) -> tuple[int, ...]:
@@ -89,11 +98,15 @@ def load_dataset(
   """
   if spec.endswith(".npz") or os.path.sep in spec:
     return _load_npz(spec)
+  modality = "image"
   if spec in EMBEDDED_BUILDERS:
     _prepare_embedded(spec, data_dir)
-  keys = {"image": image_key, "label": label_key, "target": target_key}
-  splits = {s: _load_tfds_split(spec, s, data_dir, keys) for s in SPLITS}
-  dataset = Dataset(name=spec, **splits)
+    modality = getattr(EMBEDDED_BUILDERS[spec], "MODALITY", "image")
+    if modality != "image" and image_key == "image":
+      image_key = "sequence"  # The sequence sets' input feature.
+  keys = {"image": image_key, "label": label_key, "target": target_key, "length": "length"}
+  splits = {s: _load_tfds_split(spec, s, data_dir, keys, modality) for s in SPLITS}
+  dataset = Dataset(name=spec, modality=modality, **splits)
   _validate(dataset, source=f"TFDS dataset {spec!r}")
   return dataset
 
@@ -152,27 +165,53 @@ def _validate(dataset: Dataset, *, source: str) -> None:
     for key, array in split.items():
       if len(array) != n:
         raise DataError(f"{source}: {s} split has {n} images but {len(array)} {key} entries")
-      if key == "label":
-        if not np.issubdtype(array.dtype, np.integer):
-          raise DataError(f"{source}: {s} labels have dtype {array.dtype}; expected integers")
-        continue
-      if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise DataError(f"{source}: {s} {key} has dtype {array.dtype}; expected uint8 or float")
-      if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-          raise DataError(f"{source}: {s} {key} holds NaN or Inf values")
-        lo, hi = float(array.min()), float(array.max())
-        if lo < 0.0 or hi > 1.0:
-          raise DataError(
-            f"{source}: float {s} {key} spans [{lo:.3g}, {hi:.3g}]; float images must lie in "
-            "[0, 1] (or store them as uint8 in [0, 255])"
-          )
-      elif array.min() < 0 or array.max() > 255:
-        raise DataError(f"{source}: integer {s} {key} must lie in [0, 255]")
+    if "label" in split and not np.issubdtype(split["label"].dtype, np.integer):
+      raise DataError(f"{source}: {s} labels have dtype {split['label'].dtype}; expected integers")
+    if dataset.modality == "image":
+      _validate_images(split, source=source, s=s)
+    else:
+      _validate_sequences(split, source=f"{source}: {s}", modality=dataset.modality)
     if split["image"].shape[1:] != dataset.train["image"].shape[1:]:
       raise DataError(f"{source}: train and test images differ in shape")
     if set(split) != set(dataset.train):
       raise DataError(f"{source}: train and test splits carry different arrays")
+
+
+def _validate_images(split: Split, *, source: str, s: str) -> None:
+  """Images and target maps: uint8-like integers in [0, 255] or finite floats in [0, 1]."""
+  for key, array in split.items():
+    if key in ("label", "length"):
+      continue
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+      raise DataError(f"{source}: {s} {key} has dtype {array.dtype}; expected uint8 or float")
+    if np.issubdtype(array.dtype, np.floating):
+      if not np.all(np.isfinite(array)):
+        raise DataError(f"{source}: {s} {key} holds NaN or Inf values")
+      lo, hi = float(array.min()), float(array.max())
+      if lo < 0.0 or hi > 1.0:
+        raise DataError(
+          f"{source}: float {s} {key} spans [{lo:.3g}, {hi:.3g}]; float images must lie in "
+          "[0, 1] (or store them as uint8 in [0, 255])"
+        )
+    elif array.min() < 0 or array.max() > 255:
+      raise DataError(f"{source}: integer {s} {key} must lie in [0, 255]")
+
+
+def _validate_sequences(split: Split, *, source: str, modality: str) -> None:
+  """Finite series, non-negative token ids, integer lengths within the padded length."""
+  x = split["image"]
+  expected_ndim = 3 if modality == "series" else 2
+  if x.ndim != expected_ndim:
+    raise DataError(f"{source} {modality} have shape {x.shape}; expected {expected_ndim} axes")
+  if modality == "series" and not (np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all()):
+    raise DataError(f"{source} series must be finite floats (dtype {x.dtype})")
+  if modality == "tokens" and not (np.issubdtype(x.dtype, np.integer) and x.min() >= 0):
+    raise DataError(f"{source} tokens must be non-negative integers (dtype {x.dtype})")
+  if "length" not in split:
+    raise DataError(f"{source} {modality} need a `length` array")
+  length = split["length"]
+  if not np.issubdtype(length.dtype, np.integer) or length.min() < 1 or length.max() > x.shape[1]:
+    raise DataError(f"{source}: lengths must be integers in [1, {x.shape[1]}]")
 
 
 @contextlib.contextmanager
@@ -198,7 +237,9 @@ def _prepare_embedded(name: str, data_dir: str | None) -> None:
         tfds.display_progress_bar(True)
 
 
-def _load_tfds_split(name: str, split: str, data_dir: str | None, keys: dict) -> Split:
+def _load_tfds_split(
+  name: str, split: str, data_dir: str | None, keys: dict, modality: str = "image"
+) -> Split:
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -221,14 +262,14 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None, keys: dict) ->
     raise DataError(f"TFDS dataset {name!r}: split {split!r} is empty")
   first = source[0]
   for role, key in keys.items():
-    if key is not None and key not in first and not (role == "label"):
+    if key is not None and key not in first and role not in ("label", "length"):
       raise DataError(f"TFDS dataset {name!r} has no feature {key!r} (it has {sorted(first)})")
   wanted = {role: key for role, key in keys.items() if key is not None and key in first}
   # Record by record: the mocked sources of tfds.testing have no working __getitems__.
   records = [source[i] for i in range(n)]
   split_arrays = {role: np.stack([r[key] for r in records]) for role, key in wanted.items()}
   for role in ("image", "target"):
-    if role in split_arrays:
+    if role in split_arrays and modality == "image":
       array = _as_images(split_arrays[role], f"{name}/{split} {keys[role]}")
       if name in TFDS_INTEGER_MAX and np.issubdtype(array.dtype, np.integer):
         top = TFDS_INTEGER_MAX[name]

@@ -5,6 +5,7 @@ from genlab.families.autoencoder import Autoencoder
 from genlab.families.base import Family
 from genlab.families.classifier import Classifier
 from genlab.families.gan import GAN
+from genlab.families.recurrent_ae import RecurrentAutoencoder
 from genlab.families.sparse_ae import SparseAutoencoder
 from genlab.families.vae import VariationalAutoencoder
 
@@ -13,6 +14,7 @@ FAMILIES: dict[str, type[Family]] = {
   "vae": VariationalAutoencoder,
   "gan": GAN,
   "sparse_autoencoder": SparseAutoencoder,
+  "recurrent_autoencoder": RecurrentAutoencoder,
   "classifier": Classifier,
 }
 
@@ -30,6 +32,7 @@ __all__ = [
   "Autoencoder",
   "Classifier",
   "Family",
+  "RecurrentAutoencoder",
   "SparseAutoencoder",
   "VariationalAutoencoder",
   "get_family",

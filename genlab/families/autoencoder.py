@@ -22,12 +22,12 @@ import numpy as np
 from genlab import corruptions, image_metrics, losses
 from genlab.data import scale_values
 from genlab.errors import ConfigError
-from genlab.families.base import Family, Metrics
+from genlab.families.base import Metrics, SingleModelFamily
 from genlab.models import ConvAutoencoder
 from genlab.models.sparse_ae import SparseAutoencoder
-from genlab.train.parallel import masked_sum, pmean
+from genlab.train.parallel import masked_sum
 from genlab.train.rngs import example_keys, stream_key
-from genlab.train.state import TrainState, make_optimizer, optimization_metrics
+from genlab.train.state import TrainState, make_optimizer
 
 NSS_FIXATION_FRACTION = 0.1  # NSS fixations: the target map's top 10% of pixels.
 MODELS = {"conv_ae": ConvAutoencoder, "sparse_ae": SparseAutoencoder}
@@ -38,7 +38,7 @@ def target_of(batch) -> jax.Array:
   return batch["target"] if "target" in batch else batch["image"]
 
 
-class Autoencoder(Family):
+class Autoencoder(SingleModelFamily):
   """Reconstruction (or image → map) with a single model and optimizer."""
 
   def __init__(self, config, dataset):
@@ -83,16 +83,6 @@ class Autoencoder(Family):
     del axis_name  # Per-example losses: the mean over the batch is all there is.
     loss, parts, _ = self.per_example_loss(params, batch, key)
     return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
-
-  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
-    def loss_fn(params):
-      return self.batch_loss(params, batch, key, axis_name=axis_name)
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
-    grads = pmean(grads, axis_name)
-    metrics = pmean({"loss": loss, **parts}, axis_name)
-    metrics.update(optimization_metrics(grads, state.params["model"]))
-    return state.apply_gradients({"model": grads}), metrics
 
   def eval_step(self, state, batch) -> Metrics:
     loss, parts, aux = self.per_example_loss(state.params["model"], batch, self.eval_key)

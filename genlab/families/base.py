@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 
 from genlab.data import Dataset
-from genlab.train.state import TrainState
+from genlab.train.parallel import pmean
+from genlab.train.state import TrainState, optimization_metrics
 
 Metrics = dict[str, jax.Array]
 
@@ -114,3 +115,22 @@ class Family(abc.ABC):
   def definitions(self) -> dict[str, str]:
     """What each reported metric is, in words (for eval.json)."""
     return {}
+
+
+class SingleModelFamily(Family):
+  """A family with one model and one optimizer (`params['model']`), trained on the batch
+  mean of a loss: it provides `batch_loss`, and the step is shared."""
+
+  @abc.abstractmethod
+  def batch_loss(self, params, batch, key, *, axis_name) -> tuple[jax.Array, dict]:
+    """The training objective on this device's part of the batch, and its parts."""
+
+  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
+    def loss_fn(params):
+      return self.batch_loss(params, batch, key, axis_name=axis_name)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
+    grads = pmean(grads, axis_name)
+    metrics = pmean({"loss": loss, **parts}, axis_name)
+    metrics.update(optimization_metrics(grads, state.params["model"]))
+    return state.apply_gradients({"model": grads}), metrics

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import optax
 
 from genlab.errors import DataError
-from genlab.families.base import Family, Metrics
+from genlab.families.base import Metrics, SingleModelFamily
 from genlab.models.conv_ae import ConvEncoder
-from genlab.train.parallel import masked_sum, pmean
-from genlab.train.state import TrainState, make_optimizer, optimization_metrics
+from genlab.train.parallel import masked_sum
+from genlab.train.state import TrainState, make_optimizer
 
 
 class ImageClassifier(nn.Module):
@@ -35,7 +35,7 @@ class ImageClassifier(nn.Module):
     return nn.Dense(self.num_classes, name="logits")(h), h
 
 
-class Classifier(Family):
+class Classifier(SingleModelFamily):
   """Cross-entropy classification of `batch['image']` into `batch['label']`."""
 
   def __init__(self, config, dataset):
@@ -57,18 +57,10 @@ class Classifier(Family):
     correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
     return loss, correct
 
-  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
-    del key
-
-    def loss_fn(params):
-      loss, correct = self._per_example(params, batch)
-      return loss.mean(), correct.mean()
-
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
-    grads = pmean(grads, axis_name)
-    metrics = pmean({"loss": loss, "accuracy": accuracy}, axis_name)
-    metrics.update(optimization_metrics(grads, state.params["model"]))
-    return state.apply_gradients({"model": grads}), metrics
+  def batch_loss(self, params, batch, key, *, axis_name):
+    del key, axis_name  # Deterministic; per-example losses.
+    loss, correct = self._per_example(params, batch)
+    return loss.mean(), {"accuracy": correct.mean()}
 
   def eval_step(self, state, batch) -> Metrics:
     loss, correct = self._per_example(state.params["model"], batch)

@@ -24,8 +24,6 @@ log-sum-exp.
 
 from __future__ import annotations
 
-import io
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +35,7 @@ from genlab.models.vae import VAE, reparameterize
 from genlab.train.parallel import masked_sum, pmean
 from genlab.train.rngs import example_keys, stream_key
 from genlab.train.state import TrainState, make_optimizer, optimization_metrics
-from genlab.train.writers import image_grid
+from genlab.train.writers import figure_pixels, image_grid
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 NLL_ROWS_PER_CHUNK = 8192  # Decoder rows (examples × samples) per scan step.
@@ -218,7 +216,6 @@ class VariationalAutoencoder(Family):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     x = scale_values(self.dataset.test["image"][:2000], self.value_range)
     mean = np.concatenate(
@@ -241,11 +238,7 @@ class VariationalAutoencoder(Family):
       scatter = ax.scatter(points[:, 0], points[:, 1], s=6, c=labels[: len(points)], cmap="tab10")
       fig.colorbar(scatter, ax=ax, label="label")
     ax.set(xlabel=axes[0], ylabel=axes[1], title=f"E[z|x], {len(points)} test images, step {step}")
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    return figure_pixels(fig)
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -457,13 +457,15 @@ def evaluate_workdir(workdir: str | pathlib.Path, overrides: list[str] = ()) -> 
   metrics.update(s.family.reference_metrics())
   if "mse" in metrics and "mse_mean_baseline" in metrics:
     metrics["mse_to_baseline_ratio"] = metrics["mse"] / metrics["mse_mean_baseline"]
+  if "mse" in metrics and "mse_seq_mean_baseline" in metrics:
+    metrics["mse_to_seq_mean_ratio"] = metrics["mse"] / metrics["mse_seq_mean_baseline"]
   report = {
     "dataset": config.dataset,
     "split": "test",
     "num_examples": num_examples,
     "checkpoint_step": int(step),
     "seed": config.seed,
-    "value_range": list(s.family.value_range),
+    "value_range": None if s.family.value_range is None else list(s.family.value_range),
     "protocol": s.family.protocol(),
     "metrics": metrics,
     "definitions": s.family.definitions(),

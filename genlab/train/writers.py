@@ -96,3 +96,17 @@ def image_grid(
       y, x = pad + i * (cell_h + pad), pad + j * (cell_w + pad)
       grid[y : y + row.shape[1], x : x + row.shape[2]] = row[j]
   return grid
+
+
+def figure_pixels(fig, dpi: int = 100) -> np.ndarray:
+  """A matplotlib figure as an (H, W, 3) uint8 array, for `write_image`; the figure is closed."""
+  import io
+
+  import matplotlib.pyplot as plt
+
+  buffer = io.BytesIO()
+  fig.tight_layout()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  plt.close(fig)
+  buffer.seek(0)
+  return np.asarray(Image.open(buffer).convert("RGB"))
