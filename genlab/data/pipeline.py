@@ -37,7 +37,7 @@ def scale_values(array: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0
   return np.float32(lo) + x * np.float32(hi - lo)
 
 
-INTEGER_KEYS = ("label", "length")
+INTEGER_KEYS = ("label", "length", "start")
 
 
 def _make_batch(split: Split, rows: np.ndarray, value_range) -> Batch:

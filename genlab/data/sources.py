@@ -104,7 +104,8 @@ def load_dataset(
     modality = getattr(EMBEDDED_BUILDERS[spec], "MODALITY", "image")
     if modality != "image" and image_key == "image":
       image_key = "sequence"  # The sequence sets' input feature.
-  keys = {"image": image_key, "label": label_key, "target": target_key, "length": "length"}
+  keys = {"image": image_key, "label": label_key, "target": target_key}
+  keys |= {"length": "length", "start": "start"}  # Sequence sets: valid steps, series position.
   splits = {s: _load_tfds_split(spec, s, data_dir, keys, modality) for s in SPLITS}
   dataset = Dataset(name=spec, modality=modality, **splits)
   _validate(dataset, source=f"TFDS dataset {spec!r}")
@@ -180,7 +181,7 @@ def _validate(dataset: Dataset, *, source: str) -> None:
 def _validate_images(split: Split, *, source: str, s: str) -> None:
   """Images and target maps: uint8-like integers in [0, 255] or finite floats in [0, 1]."""
   for key, array in split.items():
-    if key in ("label", "length"):
+    if key in ("label", "length", "start"):
       continue
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
       raise DataError(f"{source}: {s} {key} has dtype {array.dtype}; expected uint8 or float")
@@ -262,7 +263,7 @@ def _load_tfds_split(
     raise DataError(f"TFDS dataset {name!r}: split {split!r} is empty")
   first = source[0]
   for role, key in keys.items():
-    if key is not None and key not in first and role not in ("label", "length"):
+    if key is not None and key not in first and role not in ("label", "length", "start"):
       raise DataError(f"TFDS dataset {name!r} has no feature {key!r} (it has {sorted(first)})")
   wanted = {role: key for role, key in keys.items() if key is not None and key in first}
   # Record by record: the mocked sources of tfds.testing have no working __getitems__.

@@ -203,12 +203,16 @@ class RecurrentAutoencoder(SingleModelFamily):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    anomalous = np.isin(self.dataset.test["label"], self.anomaly_labels)
+    test = self.dataset.test
+    anomalous = np.isin(test["label"], self.anomaly_labels)
+    # Windows of one series: in series order, at their first sample.
+    where = test.get("start", np.arange(len(errors)))
+    order = np.argsort(where, kind="stable")
+    where, errors, anomalous = where[order], errors[order], anomalous[order]
     fig, ax = plt.subplots(figsize=(8, 2.5))
-    index = np.arange(len(errors))
-    ax.plot(index, errors, lw=0.8, color="C0", label="per-sequence error (anomaly score)")
-    ax.scatter(index[anomalous], errors[anomalous], s=8, color="C3", label="labelled anomaly")
-    ax.set_xlabel("test sequence")
+    ax.plot(where, errors, lw=0.8, color="C0", label="per-sequence error (anomaly score)")
+    ax.scatter(where[anomalous], errors[anomalous], s=8, color="C3", label="labelled anomaly")
+    ax.set_xlabel("first sample of the window" if "start" in test else "test sequence")
     ax.legend(fontsize=8)
     return figure_pixels(fig, dpi=90)
 
