@@ -30,7 +30,15 @@ def get_config():
   config.eval_batch_size = 520
   config.num_steps = 1000
   config.loss = "mse"
-  config.model.update(name="rnn_ae", feature_dims=(32,), cell="lstm", hidden_dim=64, latent_dim=16)
+  config.model.update(
+    name="rnn_ae",
+    feature_dims=(32,),
+    cell="lstm",
+    num_layers=1,
+    bidirectional=False,
+    hidden_dim=64,
+    latent_dim=16,
+  )
   config.sequence = sequence_options(target="input", anomaly_labels=(1,), num_plots=4)
   config.optimizer.learning_rate = 3e-3
   config.log_every = 100

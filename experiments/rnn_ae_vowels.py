@@ -28,7 +28,15 @@ def get_config():
   config.eval_batch_size = 370
   config.num_steps = 1000
   config.loss = "mse"
-  config.model.update(name="rnn_ae", feature_dims=(64,), cell="gru", hidden_dim=128, latent_dim=32)
+  config.model.update(
+    name="rnn_ae",
+    feature_dims=(64,),
+    cell="gru",
+    num_layers=1,
+    bidirectional=False,
+    hidden_dim=128,
+    latent_dim=32,
+  )
   config.sequence = sequence_options(target="input")
   config.optimizer.learning_rate = 3e-3
   config.log_every = 100
