@@ -219,7 +219,9 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None
   elif issubclass(field_type, str) and not isinstance(value, str):
     value = text  # `--config.data.data_dir=2024` on a string field means the string "2024".
   elif field_type is bool and not isinstance(value, bool):
-    raise ConfigError(f"--config.{dotted} expects True or False, got {text!r}")
+    if text.strip().lower() not in ("true", "false"):
+      raise ConfigError(f"--config.{dotted} expects True or False, got {text!r}")
+    value = text.strip().lower() == "true"  # The spelling of JSON and absl flags too.
   elif field_type is not bool and isinstance(value, bool):
     raise ConfigError(f"--config.{dotted} expects {field_type.__name__}, got the bool {text}")
   elif field_type is float and isinstance(value, int):

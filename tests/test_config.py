@@ -107,6 +107,8 @@ def test_override_bool_field(test_config):
   assert config.use_ema is True
   config_lib.apply_overrides(config, ["--config.use_ema=False"])
   assert config.use_ema is False
+  config_lib.apply_overrides(config, ["--config.use_ema=true"])  # JSON's spelling.
+  assert config.use_ema is True
   with pytest.raises(ConfigError, match="use_ema expects True or False"):
     config_lib.apply_overrides(config, ["--config.use_ema=yes"])
 
