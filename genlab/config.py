@@ -39,6 +39,8 @@ SAFE_ON_RESUME = (
   "on_unusable_checkpoints",
   "preemption_check_every",
   "data.data_dir",
+  "data.device_resident",  # The same batches either way.
+  "steps_per_dispatch",  # The same steps, fewer calls.
 )
 PARALLEL_MODES = ("auto", "pmap", "shard_map", "none")
 
@@ -61,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
       "label_key": "label",
       "target_key": placeholder(str),  # TFDS feature with the target map, if any.
       "range": (0.0, 1.0),
+      # auto | on | off: keep the converted train split on the devices and gather each
+      # batch inside the compiled step (auto: one process, split ≤ 1 GiB). Same batches.
+      "device_resident": "auto",
     }
   )
   config.batch_size = 64  # Global: summed over processes and devices.
@@ -68,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_steps = 1000
   config.num_epochs = placeholder(int)  # If set: num_steps = num_epochs · ⌊train examples / batch⌋.
   config.parallel = "auto"  # auto | pmap | shard_map | none.
+  # Steps per call of the compiled step (lax.scan); logging, eval, images and checkpoints
+  # happen between calls, so their periods must be multiples of it. Same results as 1.
+  config.steps_per_dispatch = 1
   config.model = ml_collections.ConfigDict({"name": "conv_ae"})
   config.loss = "mse"
   config.corruption = ""  # Denoising input noise, e.g. "gaussian:0.5" (genlab.corruptions).
@@ -271,9 +279,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if name in config and config[name] not in choices:
       raise ConfigError(f"config.{name}={config[name]!r}; choose one of {choices}")
   periods = ("log_every", "eval_every", "checkpoint_every", "image_every", "keep_checkpoints")
-  for name in periods + ("preemption_check_every",):
+  for name in periods + ("preemption_check_every", "steps_per_dispatch"):
     if name in config and (not isinstance(config[name], int) or config[name] < 1):
       raise ConfigError(f"config.{name} must be a positive integer, got {config[name]!r}")
+  k = config.get("steps_per_dispatch", 1)
+  for name in ("num_steps", "log_every", "eval_every", "image_every", "checkpoint_every"):
+    if name in config and config[name] % k:
+      raise ConfigError(
+        f"config.{name}={config[name]} is not a multiple of steps_per_dispatch={k}: logs, "
+        "evaluations and checkpoints happen between dispatches"
+      )
+  resident = config.get("data", {}).get("device_resident", "off")
+  if resident not in ("auto", "on", "off"):
+    raise ConfigError(f"config.data.device_resident={resident!r}; choose one of auto, on, off")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -1,7 +1,14 @@
 """Datasets (embedded, TFDS, `.npz`) and deterministic batching."""
 
 from genlab.data.embedded import EMBEDDED_BUILDERS, Digits
-from genlab.data.pipeline import Batch, Batcher, eval_batches, scale_values
+from genlab.data.pipeline import (
+  Batch,
+  Batcher,
+  ResidentSplit,
+  epoch_permutation,
+  eval_batches,
+  scale_values,
+)
 from genlab.data.sources import Dataset, Split, load_dataset
 
 __all__ = [
@@ -10,7 +17,9 @@ __all__ = [
   "Batcher",
   "Dataset",
   "Digits",
+  "ResidentSplit",
   "Split",
+  "epoch_permutation",
   "eval_batches",
   "load_dataset",
   "scale_values",

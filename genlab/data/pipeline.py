@@ -1,11 +1,22 @@
 """Batches whose content depends only on (seed, step): resuming restores the data order.
 
 The global batch of step `s` is slice `s mod steps_per_epoch` of the
-permutation of epoch `s // steps_per_epoch`, drawn from
-`numpy.random.default_rng([seed, epoch])` (the last incomplete batch of each
-epoch is dropped). Process `p` of `P` takes rows `[p·B/P, (p+1)·B/P)` of it; the
-runner then splits those rows over the process's local devices. Because the
-order is a pure function of the step, a checkpoint only needs the step.
+permutation of epoch `s // steps_per_epoch`, `epoch_permutation(seed, epoch, n)`
+(a keyed `jax.random.permutation`; the last incomplete batch of each epoch is
+dropped). Process `p` of `P` takes rows `[p·B/P, (p+1)·B/P)` of it; the runner
+then splits those rows over the process's local devices. Because the order is a
+pure function of the step, a checkpoint only needs the step.
+
+Two ways to deliver the same batches:
+* `Batcher` (streaming): builds each batch on the host, a thread ahead of the
+  step, and the runner copies it to the devices;
+* `ResidentSplit` (device-resident): the whole converted split is copied to the
+  devices once, and each epoch's permutation once per epoch; compiled steps
+  gather their rows themselves (`ResidentSplit.batch`), so no host work happens
+  per step. It converts values with the same `_make_batch` as `Batcher`, so the
+  batches are bit-identical. (The permutation is not drawn inside the step: on
+  XLA:CPU with several fake devices, a sort inside a collective program starved
+  the shared thread pool and deadlocked the all-reduce.)
 
 Values: integer arrays (images, target maps) are read as 0..255, float arrays
 as 0..1; both are mapped linearly onto `value_range` (default [0, 1]) as
@@ -18,8 +29,11 @@ derive per-example keys that do not depend on how many devices share the batch.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from genlab.data.sources import Split
@@ -38,6 +52,25 @@ def scale_values(array: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0
 
 
 INTEGER_KEYS = ("label", "length", "start")
+DATA_STREAM = 0x0DA7A  # Folded into the seed's key: the data order's own stream.
+
+
+def epoch_permutation(seed: int, epoch, num_examples: int) -> jax.Array:
+  """The order of a split of `num_examples` in `epoch`: `jax.random.permutation` under
+  `fold_in(fold_in(key(seed), DATA_STREAM), epoch)`. Traceable (epoch may be traced)."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), DATA_STREAM), epoch)
+  return jax.random.permutation(key, num_examples)
+
+
+@functools.cache
+def _host_permutation_fn(num_examples: int):
+  return jax.jit(functools.partial(epoch_permutation, num_examples=num_examples))
+
+
+def host_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """`epoch_permutation` computed on the host CPU, as NumPy."""
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    return np.asarray(_host_permutation_fn(num_examples)(seed, epoch))
 
 
 def _make_batch(split: Split, rows: np.ndarray, value_range) -> Batch:
@@ -98,7 +131,7 @@ class Batcher:
     """The order of the split in `epoch` (cached for the current epoch)."""
     if epoch != self._epoch:
       self._epoch = epoch
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      self._perm = host_permutation(self.seed, epoch, self.num_examples)
     return self._perm
 
   def global_rows(self, step: int) -> np.ndarray:
@@ -156,3 +189,60 @@ def eval_batches(
     batch["mask"] = mask[mine]
     batch["index"] = rows[mine].astype(np.int32)
     yield batch
+
+
+class ResidentSplit:
+  """A training split held on the devices, batched inside compiled steps.
+
+  Gives the same batches as `Batcher` for the same seed and step (its arrays are
+  `_make_batch` of the whole split). One process only: each device gathers its
+  own rows of the global batch.
+
+  Args:
+    split: arrays of the split.
+    global_batch_size: examples per step over all devices.
+    seed: seeds the per-epoch permutations.
+    value_range: as for `Batcher`.
+  """
+
+  def __init__(self, split: Split, *, global_batch_size: int, seed: int, value_range):
+    self.num_examples = len(split["image"])
+    if global_batch_size > self.num_examples:
+      raise DataError(
+        f"batch_size {global_batch_size} exceeds the {self.num_examples} training examples"
+      )
+    self.arrays = _make_batch(split, np.arange(self.num_examples), value_range)
+    self.global_batch_size = global_batch_size
+    self.seed = seed
+    self.steps_per_epoch = self.num_examples // global_batch_size
+
+  @property
+  def nbytes(self) -> int:
+    return sum(a.nbytes for a in self.arrays.values())
+
+  def orders(self, first_step: int, steps: int) -> dict[str, np.ndarray]:
+    """The permutations a dispatch of `steps` steps from `first_step` needs: `perms` (2, N)
+    for its first epoch and the next, and `first_epoch`; computed on the host, cached, so
+    a new array exists only when the epoch changes. `steps` ≤ `steps_per_epoch`."""
+    if steps > self.steps_per_epoch:
+      raise DataError(
+        f"{steps} steps per dispatch exceed the {self.steps_per_epoch} steps of an epoch"
+      )
+    epoch = first_step // self.steps_per_epoch
+    if getattr(self, "_orders_epoch", None) != epoch:
+      perms = [host_permutation(self.seed, e, self.num_examples) for e in (epoch, epoch + 1)]
+      self._orders = {"perms": np.stack(perms).astype(np.int32), "first_epoch": np.int32(epoch)}
+      self._orders_epoch = epoch
+    return self._orders
+
+  def batch(self, arrays, orders, step: jax.Array, *, part, parts: int) -> dict:
+    """Device `part`'s share (of `parts`) of the global batch of `step`, traced, from
+    `arrays` (`self.arrays` on the device) and `orders` (`self.orders(...)` on the device)."""
+    epoch, position = jnp.divmod(step, self.steps_per_epoch)
+    local = self.global_batch_size // parts
+    start = position * self.global_batch_size + part * local
+    perm = orders["perms"][epoch - orders["first_epoch"]]
+    rows = jax.lax.dynamic_slice(perm, (start,), (local,))
+    batch = {key: jnp.take(array, rows, axis=0) for key, array in arrays.items()}
+    batch["index"] = (part * local + jnp.arange(local)).astype(jnp.int32)
+    return batch

@@ -36,7 +36,7 @@ import numpy as np
 import tqdm
 
 from genlab import config as config_lib
-from genlab.data import Batcher, Dataset, eval_batches, load_dataset
+from genlab.data import Batcher, Dataset, ResidentSplit, eval_batches, load_dataset
 from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
 from genlab.families import Family, get_family
 from genlab.train import rngs
@@ -222,16 +222,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     process_count=jax.process_count(),
     value_range=s.family.value_range,
   )
+  resident = resident_split(s, batcher)
+  k = config.get("steps_per_dispatch", 1)
   ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
   writer, progress = None, None
   try:
     state = _restore_or_start(config, ckpt, s.initial_state)
     start = int(state.step)
+    if start % k:
+      raise ConfigError(
+        f"the run stopped at step {start}, not a multiple of steps_per_dispatch={k}; resume "
+        "with --config.steps_per_dispatch=1 (results are the same) or a divisor of the step"
+      )
     # Costly one-off preparation (a GAN's feature network) before signals are taken over.
     s.family.prepare()
     if jax.process_index() == 0:
       saved_config.write_text(config_lib.to_json(config))
-    train_step = s.runner.train_step(s.family.train_step)
+    train_step = s.runner.train_step(s.family.train_step, steps_per_dispatch=k, data=resident)
     eval_step = s.runner.eval_step(s.family.eval_step)
     writer = MetricWriter(workdir)
     log(
@@ -239,8 +246,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       f"train={batcher.num_examples} test={len(s.dataset.test['image'])} "
       f"batch={config.batch_size} devices={s.runner.num_devices} "
       f"processes={jax.process_count()} parallel={s.runner.mode} steps {start}->{config.num_steps}"
+      f" data={'device-resident' if resident else 'streamed'} steps_per_dispatch={k}"
     )
     state = s.runner.replicate(state)
+    arrays = s.runner.replicate(resident.arrays) if resident else None
     test_metrics: dict[str, float] = {}
     metrics_log = MetricsLog(s.runner, config, ckpt)
     timer = TrainTimer()
@@ -262,14 +271,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       writer.close()
     ckpt.close()
     raise
-  signals = StopSignals(every=config.preemption_check_every)
+  signals = StopSignals(every=math.lcm(config.preemption_check_every, k))
+  dispatches = None if resident else _stacked(batcher.iterate(start, config.num_steps), k)
+  host_orders = orders = None
   try:
     with signals:
-      for step, batch in enumerate(batcher.iterate(start, config.num_steps), start=start + 1):
-        state, metrics = train_step(state, s.runner.shard(batch), s.root_key)
-        metrics_log.add(step, metrics)
-        progress.update(1)
-        if step == start + 1:  # Compilation happens here; keep it out of examples/s.
+      for step in range(start + k, config.num_steps + 1, k):
+        if resident:
+          new_orders = resident.orders(step - k, k)
+          if new_orders is not host_orders:  # A new epoch: its order goes to the devices.
+            host_orders, orders = new_orders, s.runner.replicate(new_orders)
+          state, metrics = train_step(state, s.root_key, arrays, orders)
+        else:
+          batch = next(dispatches)
+          batch = s.runner.shard(batch) if k == 1 else s.runner.shard_steps(batch)
+          state, metrics = train_step(state, batch, s.root_key)
+        metrics_log.add(step, metrics, count=k)
+        progress.update(k)
+        if step == start + k:  # Compilation happens here; keep it out of examples/s.
           jax.block_until_ready(metrics)
           log(f"first step (compilation included) took {timer.elapsed():.1f}s")
           timer.reset()
@@ -307,6 +326,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
 
 
+# Device-resident data ('auto'): when the converted train split is at most this large.
+RESIDENT_MAX_BYTES = 1 << 30
+
+
+def resident_split(s: Setup, batcher: Batcher) -> ResidentSplit | None:
+  """The device-resident train split, when `config.data.device_resident` asks for it
+  ('on', or 'auto': one process and at most `RESIDENT_MAX_BYTES`); else None (streamed).
+  Either way the batches are the same (`genlab.data.pipeline`)."""
+  config = s.config
+  mode = config.data.get("device_resident", "off")
+  if mode == "off" or (mode == "auto" and jax.process_count() > 1):
+    return None
+  if jax.process_count() > 1:
+    raise ConfigError("data.device_resident='on' needs one process; use 'auto' or 'off'")
+  resident = ResidentSplit(
+    s.dataset.train,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    value_range=s.family.value_range,
+  )
+  if mode == "auto" and resident.nbytes > RESIDENT_MAX_BYTES:
+    return None
+  k = config.get("steps_per_dispatch", 1)
+  if k > batcher.steps_per_epoch:
+    raise ConfigError(
+      f"steps_per_dispatch={k} exceeds the {batcher.steps_per_epoch} steps of an epoch, the "
+      "most one dispatch of device-resident data covers; lower it or set data.device_resident=off"
+    )
+  return resident
+
+
+def _stacked(batches, k: int):
+  """Groups of `k` consecutive batches, stacked on a new leading axis (`k` = 1: as they are)."""
+  if k == 1:
+    yield from batches
+    return
+  while group := [b for _, b in zip(range(k), batches, strict=False)]:
+    yield {key: np.stack([b[key] for b in group]) for key in group[0]}
+
+
 def _restore_or_start(config, ckpt: Checkpointer, initial_state: TrainState) -> TrainState:
   """The newest usable checkpoint's state; damaged newer ones are set aside, with a warning.
 
@@ -337,6 +396,9 @@ def _restore_or_start(config, ckpt: Checkpointer, initial_state: TrainState) -> 
   return state
 
 
+MAX_IN_FLIGHT = 2  # Dispatches the host may queue ahead of the devices.
+
+
 class MetricsLog:
   """Train metrics between two log lines: fetched lazily, checked for non-finite steps."""
 
@@ -346,13 +408,28 @@ class MetricsLog:
     self.on_host: list[tuple[int, dict[str, float]]] = []
     self.timed_steps = 0
 
-  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
-    self.on_device.append((step, metrics))
-    self.timed_steps += 1
+  def add(self, step: int, metrics: dict[str, jax.Array], count: int = 1) -> None:
+    """Metrics of the step `step`, or of the `count` steps ending there (stacked on axis 0).
+
+    Waits for the dispatch `MAX_IN_FLIGHT` calls back to finish: the host stays at most
+    that far ahead of the devices (unbounded, device-resident steps queued hundreds of
+    multi-device programs, and XLA:CPU's fake devices then deadlocked in an all-reduce).
+    """
+    self.on_device.append((step, metrics, count))
+    self.timed_steps += count
+    if len(self.on_device) > MAX_IN_FLIGHT:
+      jax.block_until_ready(self.on_device[-1 - MAX_IN_FLIGHT][1])
 
   def drain(self) -> None:
     """Fetches the pending device metrics; stops on a non-finite step ('stop')."""
-    fetched = [(step, self.runner.fetch(m)) for step, m in self.on_device]
+    fetched = []
+    for step, metrics, count in self.on_device:
+      host = self.runner.fetch(metrics)
+      if count == 1:
+        fetched.append((step, host))
+        continue
+      for i in range(count):
+        fetched.append((step - count + 1 + i, {k: _item(v[i]) for k, v in host.items()}))
     self.on_device = []
     self.on_host.extend(fetched)
     bad = [(step, m) for step, m in fetched if m["nonfinite"]]
@@ -391,6 +468,11 @@ class MetricsLog:
     )
     self.on_host, self.timed_steps = [], 0
     return means, rate
+
+
+def _item(value):
+  value = np.asarray(value)
+  return float(value) if value.size == 1 else value
 
 
 # Fields `genlab eval` / `genlab sample` may override: they change how, not what, is evaluated.

@@ -15,6 +15,11 @@ when `axis_name` is None). `Runner` wraps that body:
 The wrapper derives the step's key from the root key and the state's own step
 counter (`fold_in(root, state.step)`) and increments the counter, so keys never
 depend on how many steps this process has run.
+
+`Runner.train_step(..., steps_per_dispatch=K)` runs K steps per call with
+`lax.scan` (batches stacked on a leading axis): the same step body, K times
+fewer dispatches. With `data=ResidentSplit(...)` the compiled function takes no
+batch at all: each step gathers its rows from the device-resident split.
 """
 
 from __future__ import annotations
@@ -135,20 +140,35 @@ class Runner:
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._split, x), batch)
 
+  def shard_steps(self, batches: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Like `shard`, for K steps' batches stacked on a leading axis (K, B, ...)."""
+    if self.mode == "none":
+      return jax.device_put(batches, self.devices[0])
+    if self.mode == "pmap":  # (K, B, ...) -> (devices, K, B / devices, ...).
+      n = len(self.devices)
+
+      def split(x):
+        x = x.reshape((x.shape[0], n, x.shape[1] // n) + x.shape[2:])
+        return np.swapaxes(x, 0, 1)
+
+      return jax.tree.map(split, batches)
+    sharding = NamedSharding(self.mesh, P(None, AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batches)
+
   def fetch(self, metrics: dict[str, jax.Array]) -> dict[str, Any]:
     """Device metrics (already reduced over devices): floats, or arrays for vector metrics."""
     return {k: float(v) if v.size == 1 else v for k, v in self.unreplicate(metrics).items()}
 
   # Compilation ---------------------------------------------------------------
 
-  def _wrap(self, body: Callable, in_specs, out_specs, donate: bool) -> Callable:
+  def _wrap(self, body: Callable, in_specs, out_specs, donate: bool, pmap_in_axes) -> Callable:
+    """`pmap_in_axes`: 0 for arguments with a leading device axis under pmap (the
+    replicated state, batches), None for broadcast ones (the root key)."""
     donate_argnums = (0,) if donate else ()
     if self.mode == "none":
       return jax.jit(body, donate_argnums=donate_argnums)
     if self.mode == "pmap":
-      in_axes = tuple(0 if spec == P(AXIS) else None for spec in in_specs)
-      in_axes = (0,) + in_axes[1:]  # The replicated state carries a device axis under pmap.
-      return jax.pmap(body, axis_name=AXIS, in_axes=in_axes, donate_argnums=donate_argnums)
+      return jax.pmap(body, axis_name=AXIS, in_axes=pmap_in_axes, donate_argnums=donate_argnums)
     # check_vma=False gives the body pmap's semantics. With it on, the gradient of
     # replicated (device-invariant) params through a per-device loss is summed over
     # devices by JAX itself, and the body's own `pmean` would then see D× the mean.
@@ -157,8 +177,53 @@ class Runner:
     )
     return jax.jit(mapped, donate_argnums=donate_argnums)
 
-  def train_step(self, step_fn: StepFn) -> Callable:
-    """Compiles `step_fn` into `(state, batch, root_key) -> (state, metrics)`."""
+  def train_step(self, step_fn: StepFn, *, steps_per_dispatch: int = 1, data=None) -> Callable:
+    """Compiles `step_fn` for this mode.
+
+    Args:
+      step_fn: the family's `(state, batch, key, *, axis_name) -> (state, metrics)`.
+      steps_per_dispatch: K steps per call, under `lax.scan`; metrics then have a
+        leading axis of K.
+      data: a `genlab.data.ResidentSplit` whose batches the steps gather themselves.
+
+    Returns:
+      Streaming: `(state, batch, root_key) -> (state, metrics)`, the batch (B, ...) or,
+      with K > 1, (K, B, ...) (see `shard_steps`). Resident: `(state, root_key, arrays,
+      orders) -> (state, metrics)`, `arrays` = `replicate(data.arrays)` and `orders` =
+      `replicate(data.orders(step, K))`.
+    """
+    axis_name, k = self.axis_name, steps_per_dispatch
+    one = self._guarded(step_fn)
+    if data is None:
+
+      def streaming(state, batch, root_key):
+        if k == 1:
+          return one(state, batch, root_key)
+        return jax.lax.scan(lambda st, b: one(st, b, root_key), state, batch)
+
+      batch_spec = P(AXIS) if k == 1 else P(None, AXIS)
+      specs = dict(in_specs=(P(), batch_spec, P()), out_specs=(P(), P()))
+      return self._wrap(streaming, **specs, donate=True, pmap_in_axes=(0, 0, None))
+    if self.mode != "none" and jax.process_count() > 1:
+      raise ConfigError("device-resident data works in one process; set data.device_resident=off")
+    parts = 1 if axis_name is None else self.num_devices
+
+    def resident(state, root_key, arrays, orders):
+      part = 0 if axis_name is None else jax.lax.axis_index(axis_name)
+
+      def step(st, _):
+        batch = data.batch(arrays, orders, st.step, part=part, parts=parts)
+        return one(st, batch, root_key)
+
+      if k == 1:
+        return step(state, None)
+      return jax.lax.scan(step, state, None, length=k)
+
+    specs = dict(in_specs=(P(), P(), P(), P()), out_specs=(P(), P()))
+    return self._wrap(resident, **specs, donate=True, pmap_in_axes=(0, None, 0, 0))
+
+  def _guarded(self, step_fn: StepFn) -> Callable:
+    """`step_fn` with the step key, the non-finite guard and the step counter."""
     axis_name = self.axis_name
 
     def body(state: TrainState, batch, root_key):
@@ -173,7 +238,7 @@ class Runner:
       metrics = {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
       return new_state.replace(step=state.step + 1), metrics
 
-    return self._wrap(body, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), donate=True)
+    return body
 
   def eval_step(self, eval_fn: EvalFn) -> Callable:
     """Compiles `eval_fn(state, batch) -> per-batch sums` into sums over all devices."""
@@ -184,7 +249,9 @@ class Runner:
       sums["num_examples"] = jnp.sum(batch["mask"])
       return psum(sums, axis_name)
 
-    return self._wrap(body, in_specs=(P(), P(AXIS)), out_specs=P(), donate=False)
+    return self._wrap(
+      body, in_specs=(P(), P(AXIS)), out_specs=P(), donate=False, pmap_in_axes=(0, 0)
+    )
 
 
 def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
