@@ -41,7 +41,8 @@ def main(argv: list[str]) -> None:
   def run(mode: str, workdir: str):
     config = config_lib.load_experiment(args.config)
     config_lib.apply_overrides(config, overrides)
-    config.update(parallel=mode, num_steps=args.steps, log_every=1)
+    # One log line per dispatch: per step unless steps_per_dispatch > 1 (then K-step means).
+    config.update(parallel=mode, num_steps=args.steps, log_every=config.steps_per_dispatch)
     config.update(eval_every=args.steps, image_every=args.steps, checkpoint_every=args.steps)
     result = train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
