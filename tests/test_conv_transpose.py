@@ -1,0 +1,117 @@
+"""genlab's ConvTranspose against nn.ConvTranspose: parameters, outputs and all gradients."""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genlab.models import ConvDecoder, ConvTranspose, conv_transpose
+
+# (input H, W), kernel_size, strides, padding, features. Features 1 and 4 take the
+# dilated-convolution forward pass, 16 the phase one (conv_transpose.py); every case but
+# features 1 takes the phase kernel gradient.
+CASES = [
+  ((7, 7), (4, 4), (2, 2), "SAME", 16),  # the DCGAN / conv AE decoder stage
+  ((7, 7), (4, 4), (2, 2), "SAME", 4),
+  ((14, 14), (4, 4), (2, 2), "SAME", 1),  # the decoders' last stage
+  ((4, 4), (3, 3), (2, 2), "SAME", 16),  # odd kernel: phases with 2 and 1 taps
+  ((2, 2), (4, 4), (2, 2), "SAME", 16),  # kernel larger than the input
+  ((2, 2), (4, 4), (2, 2), "SAME", 4),
+  ((5, 6), (5, 3), (3, 2), "SAME", 16),
+  ((5, 4), (3, 3), (1, 1), "SAME", 16),  # stride 1: one phase
+  ((3, 3), (1, 1), (2, 2), "SAME", 16),  # kernel smaller than the stride: empty phases
+  ((5, 5), (4, 4), (2, 2), "VALID", 16),
+  ((5, 5), (3, 3), (3, 3), "VALID", 4),
+  ((4, 5), (4, 3), (2, 2), ((1, 2), (0, 3)), 16),
+  ((3, 3), (4, 4), (2, 2), ((5, 4), (2, 0)), 16),  # padding wider than the kernel
+  ((6, 6), (4, 4), (2, 2), 1, 16),
+]
+
+
+def _value_and_grads(module: nn.Module, params, x, g):
+  """Output and the VJP of `g` with respect to the parameters and the inputs, under jit."""
+
+  @jax.jit
+  def run(params, x, g):
+    y, vjp = jax.vjp(module.apply, params, x)
+    return y, vjp(g)
+
+  return run(params, x, g)
+
+
+@pytest.mark.parametrize("size,kernel_size,strides,padding,features", CASES)
+def test_equals_flax_conv_transpose(size, kernel_size, strides, padding, features):
+  fields = dict(features=features, kernel_size=kernel_size, strides=strides, padding=padding)
+  reference, ours = nn.ConvTranspose(**fields), ConvTranspose(**fields)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, *size, 3)).astype(np.float32)
+  params = ours.init(jax.random.key(0), x)
+  # Same names, shapes and initial values: checkpoints of either load into the other.
+  chex.assert_trees_all_equal(params, reference.init(jax.random.key(0), x))
+  params = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  y_ref = reference.apply(params, x)
+  g = rng.normal(size=y_ref.shape).astype(np.float32)
+
+  y, (dparams, dx) = _value_and_grads(ours, params, x, g)
+  y_ref, (dparams_ref, dx_ref) = _value_and_grads(reference, params, x, g)
+  chex.assert_equal_shape([y, y_ref])
+  chex.assert_trees_all_close(y, y_ref, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(dx, dx_ref, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(dparams, dparams_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_batch_axes_and_bfloat16_follow_flax():
+  fields = dict(features=16, kernel_size=(4, 4), strides=(2, 2), dtype=jnp.bfloat16)
+  x = np.random.default_rng(0).normal(size=(2, 3, 5, 5, 4)).astype(np.float32)
+  params = ConvTranspose(**fields).init(jax.random.key(0), x)
+  for inputs in (x, x[0, 0]):  # two batch axes; none
+    y = jax.jit(ConvTranspose(**fields).apply)(params, inputs)
+    y_ref = nn.ConvTranspose(**fields).apply(params, inputs)
+    assert y.dtype == y_ref.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(y.astype(jnp.float32), y_ref.astype(jnp.float32), atol=0.05)
+
+
+def test_kernel_gradient_has_no_dilated_convolution():
+  """nn.ConvTranspose's kernel gradient convolves the stride-dilated inputs, which XLA:CPU
+  turns into a dilated, reversed window that only its slow loop emitter runs."""
+  x = jnp.zeros((2, 7, 7, 8))
+  kernel = jnp.zeros((4, 4, 8, 16))
+
+  def dilations(fn):
+    jaxpr = jax.make_jaxpr(jax.grad(lambda k: fn(x, k).sum()))(kernel)
+    return {
+      (eqn.params["lhs_dilation"], eqn.params["rhs_dilation"])
+      for eqn in jaxpr.jaxpr.eqns
+      if eqn.primitive.name == "conv_general_dilated"
+    }
+
+  def flax_way(x, k):
+    return jax.lax.conv_transpose(x, k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  assert ((2, 2), (1, 1)) in dilations(flax_way)
+  assert dilations(lambda x, k: conv_transpose(x, k, (2, 2), "SAME")) == {((1, 1), (1, 1))}
+
+
+def test_decoders_use_it():
+  """ConvDecoder (and so the conv AE, conv VAE and DCGAN generator) builds genlab's layer."""
+  decoder = ConvDecoder(output_shape=(8, 8, 1), features=(4, 8))
+  z = jnp.zeros((1, 4))
+  called = []
+
+  def record(next_fun, args, kwargs, context):
+    called.append((context.module.name, type(context.module)))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    decoder.init(jax.random.key(0), z)
+  deconvs = {name: cls for name, cls in called if name and name.startswith("deconv_")}
+  assert deconvs == {"deconv_0": ConvTranspose, "deconv_1": ConvTranspose}
+
+
+def test_circular_padding_is_refused():
+  with pytest.raises(ValueError, match="CIRCULAR"):
+    ConvTranspose(4, (3, 3), padding="CIRCULAR").init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
