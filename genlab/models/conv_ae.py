@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from genlab.errors import ConfigError
+from genlab.models.conv_transpose import ConvTranspose
 
 IntOrSeq = int | Sequence[int]
 
@@ -132,7 +133,8 @@ class ConvDecoder(nn.Module):
     for i in reversed(range(n)):
       out = self.features[i - 1] if i > 0 else channels
       k, s = kernels[i], strides[i]
-      x = nn.ConvTranspose(
+      # genlab's ConvTranspose: nn.ConvTranspose's parameters and outputs, fast gradients.
+      x = ConvTranspose(
         out, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"deconv_{i}"
       )(x)
       h, w = sizes[i]
