@@ -174,7 +174,7 @@ class RecurrentAutoencoder(SingleModelFamily):
     batch = {k: jnp.asarray(v[:n]) for k, v in test.items()}
     target, lengths = (np.asarray(a) for a in self.target_of(batch))
     if self.tokens:
-      fig, ax = plt.subplots(figsize=(8, 0.55 * 3 * n + 0.4))
+      fig, ax = plt.subplots(figsize=(8, 0.19 * 3 * n + 0.3))
       ax.axis("off")
       lines = []
       for i in range(n):

@@ -35,6 +35,11 @@ def _rnn(cell: str, hidden_dim: int, name: str, **kwargs) -> nn.RNN:
   return nn.RNN(CELLS[cell](hidden_dim, name=f"{name}_cell"), name=name, **kwargs)
 
 
+# `unroll`: time steps per iteration of the RNN's loop (`nn.RNN(unroll=...)`). It changes
+# how XLA compiles the loop, not the result; XLA's cost analysis counts a loop body once,
+# so FLOP counts (scripts/benchmark.py) unroll the whole sequence.
+
+
 def _final_hidden(carry, cell: str) -> jax.Array:
   """The hidden state h of a carry: LSTM carries (c, h), GRU carries h."""
   return carry[1] if cell == "lstm" else carry
@@ -53,6 +58,7 @@ class SequenceEncoder(nn.Module):
   num_layers: int = 1
   bidirectional: bool = False
   activation: str = "relu"
+  unroll: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -62,7 +68,9 @@ class SequenceEncoder(nn.Module):
       h = activation_fn(self.activation)(nn.Dense(width, name=f"feature_{i}")(h))
     finals = []
     for layer in range(self.num_layers):
-      forward = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}", return_carry=True)
+      forward = _rnn(
+        self.cell, self.hidden_dim, f"rnn_{layer}", return_carry=True, unroll=self.unroll
+      )
       if self.bidirectional:
         backward = _rnn(
           self.cell,
@@ -71,6 +79,7 @@ class SequenceEncoder(nn.Module):
           return_carry=True,
           reverse=True,
           keep_order=True,
+          unroll=self.unroll,
         )
         bidirectional = nn.Bidirectional(forward, backward, return_carry=True, name=f"bi_{layer}")
         (fwd_carry, bwd_carry), h = bidirectional(h, seq_lengths=lengths)
@@ -90,6 +99,7 @@ class SequenceDecoder(nn.Module):
   cell: str = "lstm"
   hidden_dim: int = 128
   num_layers: int = 1
+  unroll: int = 1
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
@@ -104,7 +114,8 @@ class SequenceDecoder(nn.Module):
     for layer in range(self.num_layers):
       init = nn.Dense(self.hidden_dim, name=f"init_{layer}")(z)
       carry = (init, jnp.tanh(init)) if self.cell == "lstm" else jnp.tanh(init)
-      h = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}")(h, initial_carry=carry)
+      rnn = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}", unroll=self.unroll)
+      h = rnn(h, initial_carry=carry)
     return nn.Dense(self.output_width, name="output")(h)
 
 
@@ -122,6 +133,7 @@ class RecurrentAutoencoder(nn.Module):
   latent_dim: size of z.
   gaussian: real outputs carry a log-variance per feature (gaussian NLL).
   activation: of the feature MLP.
+  unroll: time steps per loop iteration of every RNN (see above).
   """
 
   output_dim: int
@@ -136,13 +148,16 @@ class RecurrentAutoencoder(nn.Module):
   latent_dim: int = 32
   gaussian: bool = False
   activation: str = "relu"
+  unroll: int = 1
 
   def setup(self):
     if self.cell not in CELLS:
       raise ConfigError(f"unknown cell {self.cell!r}; choose one of {sorted(CELLS)}")
     if self.num_layers < 1:
       raise ConfigError(f"num_layers={self.num_layers} must be at least 1")
-    rnn = dict(cell=self.cell, hidden_dim=self.hidden_dim, num_layers=self.num_layers)
+    rnn = dict(
+      cell=self.cell, hidden_dim=self.hidden_dim, num_layers=self.num_layers, unroll=self.unroll
+    )
     self.encoder = SequenceEncoder(
       latent_dim=self.latent_dim,
       vocab_size=self.vocab_size,
