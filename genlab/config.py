@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   # happen between calls, so their periods must be multiples of it. Same results as 1.
   config.steps_per_dispatch = 1
   config.model = ml_collections.ConfigDict({"name": "conv_ae"})
+  # Computation dtype: float32 | bfloat16 (params, optimizer state and losses stay float32).
+  config.dtype = "float32"
   config.loss = "mse"
   config.corruption = ""  # Denoising input noise, e.g. "gaussian:0.5" (genlab.corruptions).
   config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3})
@@ -289,6 +291,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"config.{name}={config[name]} is not a multiple of steps_per_dispatch={k}: logs, "
         "evaluations and checkpoints happen between dispatches"
       )
+  if config.get("dtype", "float32") not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.dtype={config.dtype!r}; choose float32 or bfloat16")
   resident = config.get("data", {}).get("device_resident", "off")
   if resident not in ("auto", "on", "off"):
     raise ConfigError(f"config.data.device_resident={resident!r}; choose one of auto, on, off")

@@ -12,6 +12,7 @@ import abc
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -47,11 +48,16 @@ class Family(abc.ABC):
       )
     return name, fields
 
-  @staticmethod
-  def build(module: type, **fields: Any):
-    """`module(**fields)`, a field it does not take reported as a config error."""
+  def build(self, module: type, **fields: Any):
+    """`module(**fields)`, a field it does not take reported as a config error. With
+    `config.dtype='bfloat16'` the module computes in bf16 (`dtype`); its params stay fp32."""
     from genlab.errors import ConfigError
 
+    dtype = self.config.get("dtype", "float32")
+    if dtype != "float32":
+      if "dtype" not in getattr(module, "__dataclass_fields__", {}):
+        raise ConfigError(f"config.dtype={dtype!r}: {module.__name__} computes in float32 only")
+      fields["dtype"] = jnp.dtype(dtype)
     try:
       return module(**fields)
     except TypeError as e:

@@ -20,6 +20,7 @@ length, which may differ from the input's (encoder-decoder mode).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,8 +32,8 @@ from genlab.models.conv_ae import activation_fn
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
 
 
-def _rnn(cell: str, hidden_dim: int, name: str, **kwargs) -> nn.RNN:
-  return nn.RNN(CELLS[cell](hidden_dim, name=f"{name}_cell"), name=name, **kwargs)
+def _rnn(cell: str, hidden_dim: int, name: str, dtype=jnp.float32, **kwargs) -> nn.RNN:
+  return nn.RNN(CELLS[cell](hidden_dim, dtype=dtype, name=f"{name}_cell"), name=name, **kwargs)
 
 
 # `unroll`: time steps per iteration of the RNN's loop (`nn.RNN(unroll=...)`). It changes
@@ -59,23 +60,34 @@ class SequenceEncoder(nn.Module):
   bidirectional: bool = False
   activation: str = "relu"
   unroll: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
     """z (B, latent_dim) of sequences `x` whose first `lengths` steps are valid."""
-    h = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(x) if self.vocab_size else x
+    dtype = self.dtype
+    if self.vocab_size:
+      h = nn.Embed(self.vocab_size, self.embed_dim, dtype=dtype, name="embed")(x)
+    else:
+      h = x.astype(dtype)
     for i, width in enumerate(self.feature_dims):
-      h = activation_fn(self.activation)(nn.Dense(width, name=f"feature_{i}")(h))
+      h = activation_fn(self.activation)(nn.Dense(width, dtype=dtype, name=f"feature_{i}")(h))
     finals = []
     for layer in range(self.num_layers):
       forward = _rnn(
-        self.cell, self.hidden_dim, f"rnn_{layer}", return_carry=True, unroll=self.unroll
+        self.cell,
+        self.hidden_dim,
+        f"rnn_{layer}",
+        dtype=dtype,
+        return_carry=True,
+        unroll=self.unroll,
       )
       if self.bidirectional:
         backward = _rnn(
           self.cell,
           self.hidden_dim,
           f"rnn_{layer}_backward",
+          dtype=dtype,
           return_carry=True,
           reverse=True,
           keep_order=True,
@@ -87,7 +99,8 @@ class SequenceEncoder(nn.Module):
       else:
         carry, h = forward(h, seq_lengths=lengths)
         finals = [_final_hidden(carry, self.cell)]
-    return nn.Dense(self.latent_dim, name="to_latent")(jnp.concatenate(finals, axis=-1))
+    final = jnp.concatenate(finals, axis=-1)
+    return nn.Dense(self.latent_dim, dtype=dtype, name="to_latent")(final)
 
 
 class SequenceDecoder(nn.Module):
@@ -100,23 +113,25 @@ class SequenceDecoder(nn.Module):
   hidden_dim: int = 128
   num_layers: int = 1
   unroll: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     """Per-step outputs (B, output_length, output_width)."""
     shape = (z.shape[0], self.output_length, z.shape[-1])
-    position = nn.Embed(self.output_length, z.shape[-1], name="position")(
+    z = z.astype(self.dtype)
+    position = nn.Embed(self.output_length, z.shape[-1], dtype=self.dtype, name="position")(
       jnp.arange(self.output_length)
     )
     h = jnp.concatenate(
       [jnp.broadcast_to(z[:, None, :], shape), jnp.broadcast_to(position, shape)], axis=-1
     )
     for layer in range(self.num_layers):
-      init = nn.Dense(self.hidden_dim, name=f"init_{layer}")(z)
+      init = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"init_{layer}")(z)
       carry = (init, jnp.tanh(init)) if self.cell == "lstm" else jnp.tanh(init)
-      rnn = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}", unroll=self.unroll)
+      rnn = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}", dtype=self.dtype, unroll=self.unroll)
       h = rnn(h, initial_carry=carry)
-    return nn.Dense(self.output_width, name="output")(h)
+    return nn.Dense(self.output_width, dtype=self.dtype, name="output")(h)
 
 
 class RecurrentAutoencoder(nn.Module):
@@ -134,6 +149,7 @@ class RecurrentAutoencoder(nn.Module):
   gaussian: real outputs carry a log-variance per feature (gaussian NLL).
   activation: of the feature MLP.
   unroll: time steps per loop iteration of every RNN (see above).
+  dtype: computation dtype (bfloat16 for mixed precision; params stay float32).
   """
 
   output_dim: int
@@ -149,6 +165,7 @@ class RecurrentAutoencoder(nn.Module):
   gaussian: bool = False
   activation: str = "relu"
   unroll: int = 1
+  dtype: Any = jnp.float32
 
   def setup(self):
     if self.cell not in CELLS:
@@ -156,7 +173,11 @@ class RecurrentAutoencoder(nn.Module):
     if self.num_layers < 1:
       raise ConfigError(f"num_layers={self.num_layers} must be at least 1")
     rnn = dict(
-      cell=self.cell, hidden_dim=self.hidden_dim, num_layers=self.num_layers, unroll=self.unroll
+      cell=self.cell,
+      hidden_dim=self.hidden_dim,
+      num_layers=self.num_layers,
+      unroll=self.unroll,
+      dtype=self.dtype,
     )
     self.encoder = SequenceEncoder(
       latent_dim=self.latent_dim,
@@ -179,7 +200,7 @@ class RecurrentAutoencoder(nn.Module):
   def __call__(self, x: jax.Array, lengths: jax.Array) -> tuple[jax.Array, dict]:
     """(output, aux): the mean sequence or the token logits; `aux` has z (and logvar)."""
     z = self.encode(x, lengths)
-    out = self.decode(z)
+    out = self.decode(z).astype(jnp.float32)  # Losses in float32 whatever the compute dtype.
     aux = {"z": z}
     if self.vocab_size:
       aux["logits"] = out
