@@ -151,6 +151,8 @@ class ConvAutoencoder(nn.Module):
     output_shape: (H, W, C) of the output: the input's shape for reconstruction,
       the target's for image → map.
     features, kernel_size, strides, latent_dim, activation: see `ConvEncoder`.
+    decoder_kernel_size: the decoder's kernel sides, if not `kernel_size` (a 4×4
+      ConvTranspose at stride 2 covers each output evenly, where 3×3 alternates).
     output_activation: applied to the decoder's logits (`sigmoid` for [0, 1]
       data, `tanh` for [-1, 1], `none`).
   """
@@ -162,18 +164,23 @@ class ConvAutoencoder(nn.Module):
   latent_dim: int | None = 32
   activation: str = "relu"
   output_activation: str = "sigmoid"
+  decoder_kernel_size: IntOrSeq | None = None
   dtype: Any = jnp.float32
 
   def setup(self):
     common = dict(
       features=tuple(self.features),
-      kernel_size=self.kernel_size,
       strides=self.strides,
       activation=self.activation,
       dtype=self.dtype,
     )
-    self.encoder = ConvEncoder(latent_dim=self.latent_dim, **common)
-    self.decoder = ConvDecoder(output_shape=tuple(self.output_shape), **common)
+    self.encoder = ConvEncoder(latent_dim=self.latent_dim, kernel_size=self.kernel_size, **common)
+    decoder_kernel = (
+      self.kernel_size if self.decoder_kernel_size is None else self.decoder_kernel_size
+    )
+    self.decoder = ConvDecoder(
+      output_shape=tuple(self.output_shape), kernel_size=decoder_kernel, **common
+    )
 
   def encode(self, x: jax.Array) -> jax.Array:
     return self.encoder(x)
