@@ -1,0 +1,69 @@
+"""genlab vs a plain PyTorch eager implementation of the same models, run interleaved.
+
+    python scripts/compare_torch.py --torch_python /work/venv-torch/bin/python --rounds 2
+
+For each reference model and each round, runs `scripts/benchmark.py` (genlab)
+and then `scripts/benchmark_torch.py` (PyTorch, in the interpreter given by
+`--torch_python`: PyTorch is not a genlab dependency, see that script's
+docstring) as separate processes, so both see the same machine state; prints
+every JSON line they print, then one summary line per model: the median
+examples/s of each over the rounds and their ratio (genlab / PyTorch). Run it
+on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Timed steps per block, so each block takes a few seconds at this machine's speed.
+STEPS = {"mlp_vae": 200, "conv_ae": 100, "dcgan": 30, "lstm_ae": 40, "sparse_ae": 200}
+
+
+def run(command: list[str]) -> dict:
+  out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--torch_python", required=True, help="a Python with torch installed")
+  parser.add_argument("--models", default=",".join(STEPS))
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--steps_per_dispatch", type=int, default=10)
+  args = parser.parse_args(argv)
+  for model in args.models.split(","):
+    common = ["--model", model, "--steps", str(STEPS[model]), "--repeats", str(args.repeats)]
+    rates = {"genlab": [], "pytorch": []}
+    for _ in range(args.rounds):
+      genlab = run(
+        [sys.executable, str(HERE / "benchmark.py"), *common]
+        + ["--steps_per_dispatch", str(args.steps_per_dispatch)]
+      )
+      torch = run([args.torch_python, str(HERE / "benchmark_torch.py"), *common])
+      for row in (genlab, torch):
+        print(json.dumps(row), flush=True)
+        rates[row.get("framework", "genlab")].append(row["examples_per_s"])
+    summary = {k: statistics.median(v) for k, v in rates.items()}
+    print(
+      json.dumps(
+        {
+          "summary": model,
+          "genlab_examples_per_s": summary["genlab"],
+          "pytorch_examples_per_s": summary["pytorch"],
+          "ratio": round(summary["genlab"] / summary["pytorch"], 2),
+          "rounds": args.rounds,
+        }
+      ),
+      flush=True,
+    )
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
