@@ -117,6 +117,10 @@ def sparsity_options(**overrides) -> ml_collections.ConfigDict:
       "kind": "kl",  # kl (sigmoid codes) | l1 (ReLU codes) | topk (TopK codes).
       "rho": 0.05,  # Target mean activation of each unit (kl).
       "beta": 3.0,  # Weight of Σ_j KL(ρ ‖ ρ̂_j) (kl).
+      # Gradient of the KL (kl): batch (its own, Ng's; on a minibatch it also penalises each
+      # unit's variance) | leave_one_out (example i's activation gets KL' at the mean of the
+      # others). See genlab.families.sparse_ae.kl_sparsity_penalty.
+      "kl_gradient": "batch",
       "l1": 1e-3,  # Weight of the code's L1 norm (l1).
       "weight_decay": 1e-4,  # λ of λ/2·(‖W_enc‖² + ‖W_dec‖²).
       "aux_k": 0,  # TopK dead-latent auxiliary loss: not implemented, must stay 0.

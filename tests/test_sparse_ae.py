@@ -1,4 +1,5 @@
-"""Sparse autoencoders: the KL-ρ penalty, TopK codes, statistics, and a short run."""
+"""Sparse autoencoders: the KL-ρ penalty and its gradients, TopK codes, statistics, a short run
+of each kind, and the shipped patches experiment against the sparse-AE issue's bar."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from genlab import losses
 from genlab.errors import ConfigError
+from genlab.families.sparse_ae import kl_sparsity_penalty
 from genlab.models.sparse_ae import SparseAutoencoder, keep_top_k
 
 
@@ -23,6 +25,65 @@ def test_bernoulli_kl_matches_numpy_and_penalises_both_directions():
   got = np.asarray(losses.bernoulli_kl(rho, rho_hat))
   assert got[2] == pytest.approx(0.0, abs=1e-7)  # At the target rate: no penalty.
   assert got[0] > 0 and got[3] > 0  # Too quiet and too active are both penalised.
+
+
+def np_kl_slope(rho, q):
+  """d/dq of KL(ρ ‖ q) between Bernoullis."""
+  return -rho / q + (1 - rho) / (1 - q)
+
+
+@pytest.mark.parametrize("gradient", ["batch", "leave_one_out"])
+def test_kl_penalty_value_and_gradient_match_numpy(gradient):
+  rho, beta = 0.05, 3.0
+  code = np.asarray(jax.random.uniform(jax.random.key(0), (8, 3), minval=0.01, maxval=0.3))
+  penalty = jax.jit(lambda c: kl_sparsity_penalty(c, rho=rho, beta=beta, gradient=gradient)[0])
+  mean = code.mean(axis=0)
+  expected = beta * np.sum(rho * np.log(rho / mean) + (1 - rho) * np.log((1 - rho) / (1 - mean)))
+  np.testing.assert_allclose(penalty(code), expected, rtol=1e-5)  # Both: the batch KL's value.
+  if gradient == "batch":  # Every example: KL' at the batch mean.
+    expected_grad = beta * np.broadcast_to(np_kl_slope(rho, mean), code.shape) / len(code)
+  else:  # Example i: KL' at the mean of the other 7 examples.
+    others = (code.sum(axis=0) - code) / (len(code) - 1)
+    expected_grad = beta * np_kl_slope(rho, others) / len(code)
+  np.testing.assert_allclose(jax.grad(penalty)(code), expected_grad, rtol=1e-4)
+
+
+def test_batch_kl_gradient_penalises_a_units_variance_and_leave_one_out_does_not():
+  """A unit a_i = ρ + θ·(b_i − ρ), b_i = 1 on a fraction ρ of examples and 0 elsewhere: θ
+  moves it from graded (θ = 0, always ρ) to firing (θ = 1) without changing its mean rate,
+  so the full-data KL's gradient in θ is 0. Averaged over random batches of B, the batch
+  gradient is β/B (the variance penalty β·Var(a)/(2Bρ(1 − ρ)) pushing towards graded);
+  the leave-one-out gradient is 0."""
+  rho, batch = 0.05, 64
+  firing = (jax.random.uniform(jax.random.key(1), (4000, batch)) < rho).astype(jnp.float32)
+
+  def mean_push(gradient):  # d penalty / dθ at θ = 1, averaged over the 4,000 batches.
+    grad = jax.vmap(
+      jax.grad(lambda c: kl_sparsity_penalty(c[:, None], rho=rho, beta=1.0, gradient=gradient)[0])
+    )(firing)
+    return float(jnp.mean(jnp.sum(grad * (firing - rho), axis=1)))
+
+  assert mean_push("batch") == pytest.approx(1 / batch, rel=0.2)
+  assert abs(mean_push("leave_one_out")) < 0.2 / batch  # Monte Carlo error: ~0.05 / B.
+
+
+def test_leave_one_out_kl_gradient_is_the_same_on_two_devices():
+  """Two devices (a named vmap axis) holding half a batch each: their pmean-ed gradients
+  equal the one-device gradient of the whole batch, and the value is the whole batch's."""
+  code = jax.random.uniform(jax.random.key(2), (8, 3), minval=0.01, maxval=0.3)
+
+  def penalty(c, axis_name=None):
+    return kl_sparsity_penalty(
+      c, rho=0.05, beta=3.0, gradient="leave_one_out", axis_name=axis_name
+    )[0]
+
+  one = jax.grad(penalty)(code)
+  value, grads = jax.vmap(jax.value_and_grad(lambda c: penalty(c, "devices")), axis_name="devices")(
+    code.reshape(2, 4, 3)
+  )
+  # The step pmeans gradients over devices; with half the batch each, that is grad / 2.
+  np.testing.assert_allclose(grads.reshape(8, 3) / 2, one, rtol=1e-5)
+  np.testing.assert_allclose(value, [penalty(code)] * 2, rtol=1e-6)
 
 
 def test_top_k_keeps_the_k_largest_nonnegative_entries():
@@ -54,7 +115,14 @@ def test_short_training_lowers_the_loss_and_reports_sparsity_statistics(
 
   config = config_lib.load_experiment(EXPERIMENTS / "sparse_ae_patches.py")
   config.data.data_dir = data_dir
-  config.update(num_steps=300, log_every=50, eval_every=300, image_every=300, checkpoint_every=300)
+  config.update(
+    batch_size=256,
+    num_steps=300,
+    log_every=50,
+    eval_every=300,
+    image_every=300,
+    checkpoint_every=300,
+  )
   config.model.update(code=code, code_dim=16, k=4)
   config.sparsity.update(kind=kind, **extra)
   train_and_evaluate(config, tmp_path)
@@ -80,4 +148,18 @@ def test_sparsity_kind_must_match_the_code(test_config):
   config.model = config.model.__class__({"name": "sparse_ae", "code": "relu", "code_dim": 8})
   config.sparsity = sparsity_options(kind="kl")
   with pytest.raises(ConfigError, match="needs config.model.code='sigmoid'"):
+    setup(config)
+
+
+def test_kl_family_starts_code_units_at_the_target_rate_and_checks_the_gradient(test_config):
+  from genlab.config import sparsity_options
+  from genlab.train.loop import setup
+
+  config = test_config(family="sparse_autoencoder")
+  config.model = config.model.__class__({"name": "sparse_ae", "code": "sigmoid", "code_dim": 8})
+  config.sparsity = sparsity_options(kind="kl", rho=0.02)
+  bias = setup(config).initial_state.params["model"]["encoder"]["bias"]
+  np.testing.assert_allclose(jax.nn.sigmoid(bias), 0.02, rtol=1e-5)
+  config.sparsity.kl_gradient = "per_unit"
+  with pytest.raises(ConfigError, match="kl_gradient='per_unit'"):
     setup(config)

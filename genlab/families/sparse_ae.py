@@ -8,8 +8,14 @@ used here. `config.sparsity.kind`:
 * `kl` (sigmoid codes): β · Σ_j KL(ρ ‖ ρ̂_j), ρ̂_j the mean activation of unit j
   over the global batch. It penalises units that fire more than the target
   rate ρ *and* units that fire less (Ng, "Sparse autoencoder" notes, 2011).
-  Under several devices ρ̂ is the all-device mean; the gradient flows through
-  this device's share of it, so pmean-ed gradients equal one device's.
+  Ng computes ρ̂ over the whole training set (L-BFGS); on a minibatch of B the
+  penalty's own gradient also penalises each unit's variance over examples,
+  by β·Var(a_j)/(2Bρ(1 − ρ)), which favours graded activity around ρ over
+  firing. `sparsity.kl_gradient='leave_one_out'` removes that term; `'batch'`
+  (the default) keeps the plain gradient (`kl_sparsity_penalty`). The code biases
+  start at logit(ρ), every unit at the target rate (`code_bias_init`; from 0
+  the early KL gradient moves the rate offset into the weights, through the
+  constant direction that every mean-removed patch shares).
 * `l1` (ReLU codes): λ · mean_x ‖code‖₁.
 * `topk` (TopK codes, Gao et al. 2024): no penalty, k units per example; plus
   an optional auxiliary loss for dead latents (`aux_k`, weight `aux_weight`):
@@ -19,7 +25,9 @@ used here. `config.sparsity.kind`:
 
 Logged on the test split: `rho_hat_mean` (mean of ρ̂_j over units), `l0` (mean
 number of active units per example), `dead_fraction` (units never active over
-the whole eval pass; active means > 0.5 for sigmoid codes, > 0 otherwise),
+the whole eval pass; active means > 0 for ReLU and TopK codes, and > 0.5 for
+sigmoid codes: Ng's notes call a sigmoid unit active, or firing, when its
+output is close to 1 and inactive when close to 0 — 0.5 is the midpoint),
 `nmse` = Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the mean training example (the
 `mse_to_baseline_ratio` of `genlab eval`). Views: the decoder's filters and a
 histogram of ρ̂_j.
@@ -36,9 +44,49 @@ import numpy as np
 from genlab import losses
 from genlab.errors import ConfigError
 from genlab.families.autoencoder import Autoencoder
+from genlab.train.parallel import pmean
 from genlab.train.writers import image_grid
 
 KINDS = ("kl", "l1", "topk")
+KL_GRADIENTS = ("leave_one_out", "batch")
+
+
+def kl_sparsity_penalty(
+  code: jax.Array,
+  *,
+  rho: float,
+  beta: float,
+  gradient: str = "batch",
+  axis_name: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """(β · Σ_j KL(ρ ‖ ρ̂_j), ρ̂) for this device's `code` (examples × units), ρ̂ the mean
+  over the global batch of B, with the gradient `gradient`:
+
+  * `batch`: the penalty's own gradient, KL'(ρ̂_j) · ∂ρ̂_j. ρ̂_j and ∂ρ̂_j come from the same
+    examples, so in expectation this is the gradient of E_B[KL(ρ ‖ ρ̂_j)] ≈ KL(ρ ‖ ρ̄_j) +
+    Var(a_j) / (2Bρ(1 − ρ)), ρ̄_j the full-data rate: a penalty on how much the unit's
+    activation varies, which favours graded activity around ρ over firing.
+  * `leave_one_out`: example i's activation a_ij gets KL' evaluated at the mean of the
+    *other* B − 1 examples, which does not depend on a_ij: the full-data gradient without
+    the variance term (up to an O(1/B) shift of KL' itself, as in `batch`).
+
+  Under several devices (`axis_name`) the gradient flows through this device's examples
+  only; the pmean of the devices' gradients is then the one-device gradient of the global
+  batch.
+  """
+  if gradient not in KL_GRADIENTS:
+    raise ConfigError(f"KL gradient {gradient!r}; choose one of {KL_GRADIENTS}")
+  sg = jax.lax.stop_gradient
+  local = jnp.mean(code, axis=0)
+  rho_hat = local + sg(pmean(local, axis_name) - local)  # Value: the all-device mean.
+  if gradient == "batch":
+    return beta * jnp.sum(losses.bernoulli_kl(rho, rho_hat)), rho_hat
+  n = code.shape[0] * (1 if axis_name is None else jax.lax.psum(1, axis_name))
+  others = sg((n * rho_hat - code) / (n - 1))
+  slope = jax.grad(lambda q: jnp.sum(losses.bernoulli_kl(rho, q)))(others)
+  value = beta * jnp.sum(losses.bernoulli_kl(rho, sg(rho_hat)))
+  surrogate = beta * jnp.sum(jnp.mean(slope * (code - sg(code)), axis=0))
+  return value + surrogate, rho_hat
 
 
 class SparseAutoencoder(Autoencoder):
@@ -55,6 +103,18 @@ class SparseAutoencoder(Autoencoder):
       raise ConfigError(f"sparsity {kind!r} needs config.model.code={expected!r}")
     if self.sparsity.get("aux_k"):
       raise ConfigError("config.sparsity.aux_k (the TopK dead-latent loss) is not implemented yet")
+    # Configs saved before `kl_gradient` existed were trained with the batch gradient.
+    if kind == "kl" and self.sparsity.get("kl_gradient", "batch") not in KL_GRADIENTS:
+      raise ConfigError(
+        f"config.sparsity.kl_gradient={self.sparsity.kl_gradient!r}; choose one of {KL_GRADIENTS}"
+      )
+    if kind == "kl" and "code_bias_init" not in config.model:
+      # Start every unit at the target rate. From 0 (σ = 0.5, ten times ρ = 0.05) the KL's
+      # large early gradient has Adam lower the rate through every weight of a unit at once,
+      # and the offset settles in the weights' constant component (each patch has mean 0.5)
+      # instead of the bias.
+      rho = self.sparsity.rho
+      self.model = self.model.clone(code_bias_init=float(np.log(rho / (1.0 - rho))))
     self.active_above = 0.5 if self.model.code == "sigmoid" else 0.0
     self.num_pixels = int(np.prod(dataset.target_shape))
 
@@ -67,14 +127,13 @@ class SparseAutoencoder(Autoencoder):
     kernels = [params["encoder"]["kernel"], params["decoder"]["kernel"]]
     objective += 0.5 * self.sparsity.weight_decay * sum(jnp.sum(w**2) for w in kernels)
     if self.sparsity.kind == "kl":
-      local = jnp.mean(code, axis=0)
-      # Value: the all-device mean; gradient: through this device's share only.
-      rho_hat = (
-        local
-        if axis_name is None
-        else local + jax.lax.stop_gradient(jax.lax.pmean(local, axis_name) - local)
+      penalty, rho_hat = kl_sparsity_penalty(
+        code,
+        rho=self.sparsity.rho,
+        beta=self.sparsity.beta,
+        gradient=self.sparsity.get("kl_gradient", "batch"),
+        axis_name=axis_name,
       )
-      penalty = self.sparsity.beta * jnp.sum(losses.bernoulli_kl(self.sparsity.rho, rho_hat))
       parts["rho_hat_mean"] = jnp.mean(rho_hat)
     elif self.sparsity.kind == "l1":
       penalty = self.sparsity.l1 * jnp.mean(jnp.sum(jnp.abs(code), axis=1))
@@ -107,6 +166,8 @@ class SparseAutoencoder(Autoencoder):
     return {
       **super().protocol(),
       "sparsity": self.sparsity.to_dict(),
+      "code_units": self.model.code_dim,
+      "code_bias_init": self.model.code_bias_init,
       "active_means_above": self.active_above,
       "nmse": "mse / mse_mean_baseline (mse_to_baseline_ratio)",
     }

@@ -35,6 +35,8 @@ class SparseAutoencoder(nn.Module):
   code: `sigmoid` (KL-ρ), `relu` (L1) or `topk` (k largest kept).
   k: units kept per example with `code='topk'`.
   output_activation: applied to the decoder's output (`sigmoid` for [0, 1] data).
+  code_bias_init: initial bias of the code units' pre-activations (0: the Dense default).
+    The KL-ρ family starts sigmoid units at logit(ρ), i.e. at the target rate.
   """
 
   output_shape: Sequence[int]
@@ -42,13 +44,16 @@ class SparseAutoencoder(nn.Module):
   code: str = "sigmoid"
   k: int = 8
   output_activation: str = "sigmoid"
+  code_bias_init: float = 0.0
 
   def setup(self):
     if self.code not in CODES:
       raise ConfigError(f"unknown code {self.code!r}; choose one of {CODES}")
     if self.code == "topk" and not 0 < self.k <= self.code_dim:
       raise ConfigError(f"k={self.k} must lie in 1..code_dim={self.code_dim}")
-    self.encoder = nn.Dense(self.code_dim, name="encoder")
+    self.encoder = nn.Dense(
+      self.code_dim, bias_init=nn.initializers.constant(self.code_bias_init), name="encoder"
+    )
     self.decoder = nn.Dense(math.prod(self.output_shape), name="decoder")
 
   def encode(self, x: jax.Array) -> jax.Array:
