@@ -163,3 +163,29 @@ def test_kl_family_starts_code_units_at_the_target_rate_and_checks_the_gradient(
   config.sparsity.kl_gradient = "per_unit"
   with pytest.raises(ConfigError, match="kl_gradient='per_unit'"):
     setup(config)
+
+
+def test_shipped_patches_experiment_meets_the_sparse_ae_bar(data_dir, tmp_path):
+  """The experiment as shipped (~30 s of training): at the end, eval.json's mean ρ̂ within
+  10% of ρ and fewer than 5% dead units on the test split (the sparse-AE issue's bar)."""
+  from test_cli import genlab
+
+  from conftest import EXPERIMENTS
+
+  workdir = tmp_path / "run"
+  experiment = str(EXPERIMENTS / "sparse_ae_patches.py")
+  train = genlab(
+    "train", "--config", experiment, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}"
+  )
+  assert train.returncode == 0, train.stderr[-3000:]
+  assert genlab("eval", "--workdir", str(workdir)).returncode == 0
+  report = json.loads((workdir / "eval.json").read_text())
+  m, protocol = report["metrics"], report["protocol"]
+  rho = protocol["sparsity"]["rho"]
+  assert report["split"] == "test" and report["num_examples"] == 5000
+  assert report["checkpoint_step"] == 20000
+  assert abs(m["rho_hat_mean"] / rho - 1) < 0.1, m
+  assert m["dead_fraction"] < 0.05, m
+  assert m["l0"] > 0.1 and m["mse_to_baseline_ratio"] < 0.3, m
+  assert protocol["code_units"] == 25 and protocol["sparsity"]["kl_gradient"] == "leave_one_out"
+  assert (workdir / "images" / "filters_step_020000.png").stat().st_size > 0
