@@ -123,7 +123,12 @@ def sparsity_options(**overrides) -> ml_collections.ConfigDict:
       "kl_gradient": "batch",
       "l1": 1e-3,  # Weight of the code's L1 norm (l1).
       "weight_decay": 1e-4,  # λ of λ/2·(‖W_enc‖² + ‖W_dec‖²).
-      "aux_k": 0,  # TopK dead-latent auxiliary loss: not implemented, must stay 0.
+      # TopK dead-latent loss (AuxK, Gao et al. 2024): the aux_k largest pre-activations of
+      # dead units model the residual (0: off), weighted by aux_weight; a unit is dead after
+      # aux_dead_after training examples without firing (theirs: 10M tokens).
+      "aux_k": 0,
+      "aux_weight": 1 / 32,
+      "aux_dead_after": 10000,
     }
   )
   options.update(overrides)

@@ -12,7 +12,7 @@ import pytest
 
 from genlab import losses
 from genlab.errors import ConfigError
-from genlab.families.sparse_ae import kl_sparsity_penalty
+from genlab.families.sparse_ae import auxk_reconstruction_error, kl_sparsity_penalty
 from genlab.models.sparse_ae import SparseAutoencoder, keep_top_k
 
 
@@ -102,6 +102,32 @@ def test_top_k_keeps_the_k_largest_nonnegative_entries():
     )
 
 
+def test_auxk_error_matches_numpy_and_trains_only_the_dead_units():
+  rng = np.random.default_rng(0)
+  target, logits = rng.normal(size=(5, 2, 2, 1)), rng.normal(size=(5, 2, 2, 1))
+  pre, kernel = rng.normal(size=(5, 6)), rng.normal(size=(6, 4))
+  dead = np.array([True, False, True, True, False, True])
+  error = jax.jit(lambda t, lg, p, w: auxk_reconstruction_error(t, lg, p, dead, w, aux_k=2))
+  # NumPy: the ReLU of the 2 largest pre-activations among dead units model the residual.
+  z_aux = np.zeros_like(pre)
+  for i, row in enumerate(np.where(dead, pre, -np.inf)):
+    top = np.argsort(row)[-2:]
+    z_aux[i, top] = np.maximum(row[top], 0.0)
+  residual = (target - logits).reshape(5, 4)
+  expected = 0.5 * np.sum((residual - z_aux @ kernel) ** 2, axis=1)
+  np.testing.assert_allclose(error(target, logits, pre, kernel), expected, rtol=1e-5)
+  d_logits, d_pre, d_kernel = jax.grad(
+    lambda lg, p, w: jnp.sum(error(target, lg, p, w)), argnums=(0, 1, 2)
+  )(logits, pre, kernel)
+  assert np.all(np.asarray(d_logits) == 0)  # The main reconstruction is held fixed.
+  assert np.all(np.asarray(d_pre)[:, ~dead] == 0) and np.any(np.asarray(d_pre)[:, dead] != 0)
+  assert np.all(np.asarray(d_kernel)[~dead] == 0)
+  with_none_dead = auxk_reconstruction_error(
+    target, logits, pre, np.zeros(6, bool), kernel, aux_k=2
+  )
+  np.testing.assert_allclose(with_none_dead, 0.5 * np.sum(residual**2, axis=1), rtol=1e-5)
+
+
 @pytest.mark.parametrize(
   "kind, code, extra",
   [("kl", "sigmoid", {}), ("l1", "relu", {"l1": 1e-3}), ("topk", "topk", {})],
@@ -189,3 +215,50 @@ def test_shipped_patches_experiment_meets_the_sparse_ae_bar(data_dir, tmp_path):
   assert m["l0"] > 0.1 and m["mse_to_baseline_ratio"] < 0.3, m
   assert protocol["code_units"] == 25 and protocol["sparsity"]["kl_gradient"] == "leave_one_out"
   assert (workdir / "images" / "filters_step_020000.png").stat().st_size > 0
+
+
+def test_auxk_revives_dead_topk_latents(data_dir, tmp_path):
+  """TopK with k = 4 of 64 units on the patches leaves most units dead; AuxK (Gao et al.
+  2024) gives the dead ones a gradient: fewer dead units on test and a lower nmse."""
+  from conftest import EXPERIMENTS, restore_latest
+  from genlab import config as config_lib
+  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+
+  results = {}
+  for aux_k in (0, 32):
+    config = config_lib.load_experiment(EXPERIMENTS / "sparse_ae_patches.py")
+    config.data.data_dir = data_dir
+    config.update(
+      batch_size=256,
+      num_steps=1000,
+      log_every=100,
+      eval_every=1000,
+      image_every=1000,
+      checkpoint_every=1000,
+    )
+    config.model.update(code="topk", code_dim=64, k=4)
+    config.sparsity.update(kind="topk", aux_k=aux_k, aux_dead_after=2560)
+    workdir = tmp_path / f"aux_k_{aux_k}"
+    train_and_evaluate(config, workdir)
+    results[aux_k] = evaluate_workdir(workdir)["metrics"]
+  without, with_aux = results[0], results[32]
+  assert with_aux["dead_fraction"] < without["dead_fraction"] - 0.05, results
+  assert with_aux["mse_to_baseline_ratio"] < 0.9 * without["mse_to_baseline_ratio"], results
+  lines = [json.loads(x) for x in (tmp_path / "aux_k_32" / "metrics.jsonl").open()]
+  train = [m for m in lines if "train/aux_loss" in m]
+  assert train and all(0 <= m["train/dead_latents"] <= 1 for m in train)
+  # The count of examples since each unit fired is saved with the checkpoint.
+  _, state = restore_latest(tmp_path / "aux_k_32")
+  since = np.asarray(state.params["latent_activity"]["examples_since_fired"])
+  assert since.shape == (64,) and np.all(since % 256 == 0) and np.any(since == 0)
+
+
+def test_aux_k_is_the_topk_dead_latent_loss_only(test_config):
+  from genlab.config import sparsity_options
+  from genlab.train.loop import setup
+
+  config = test_config(family="sparse_autoencoder")
+  config.model = config.model.__class__({"name": "sparse_ae", "code": "sigmoid", "code_dim": 8})
+  config.sparsity = sparsity_options(kind="kl", aux_k=4)
+  with pytest.raises(ConfigError, match="needs kind='topk'"):
+    setup(config)

@@ -17,11 +17,14 @@ used here. `config.sparsity.kind`:
   the early KL gradient moves the rate offset into the weights, through the
   constant direction that every mean-removed patch shares).
 * `l1` (ReLU codes): λ · mean_x ‖code‖₁.
-* `topk` (TopK codes, Gao et al. 2024): no penalty, k units per example; plus
-  an optional auxiliary loss for dead latents (`aux_k`, weight `aux_weight`):
-  the reconstruction error's residual predicted from the `aux_k` largest
-  pre-activations of units dead over the last batch — left for later; the
-  option is refused, not ignored.
+* `topk` (TopK codes, Gao et al. 2024): no penalty, k units per example; plus,
+  with `aux_k` > 0, their auxiliary loss for dead latents (AuxK):
+  the `aux_k` largest pre-activations among dead units (ReLU) model the main
+  reconstruction's residual, weighted by `aux_weight` (their α = 1/32), so
+  the gradient reaches units that the TopK would otherwise never select. A
+  unit is dead when it has not been among an example's k in the last
+  `aux_dead_after` training examples; the count lives in the state's
+  `latent_activity` part (`auxk_reconstruction_error`).
 
 Logged on the test split: `rho_hat_mean` (mean of ρ̂_j over units), `l0` (mean
 number of active units per example), `dead_fraction` (units never active over
@@ -40,15 +43,21 @@ import io
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from genlab import losses
 from genlab.errors import ConfigError
-from genlab.families.autoencoder import Autoencoder
-from genlab.train.parallel import pmean
+from genlab.families.autoencoder import Autoencoder, target_of
+from genlab.models.conv_ae import activation_fn
+from genlab.models.sparse_ae import keep_top_k
+from genlab.train.parallel import pmean, psum
+from genlab.train.state import TrainState, optimization_metrics
 from genlab.train.writers import image_grid
 
 KINDS = ("kl", "l1", "topk")
 KL_GRADIENTS = ("leave_one_out", "batch")
+ACTIVITY = "latent_activity"  # State part (not trained): examples since each unit last fired.
+NEVER = 2**30  # Cap of the examples-since-fired count, far from int32 overflow.
 
 
 def kl_sparsity_penalty(
@@ -89,6 +98,31 @@ def kl_sparsity_penalty(
   return value + surrogate, rho_hat
 
 
+def auxk_reconstruction_error(
+  target: jax.Array,
+  logits: jax.Array,
+  pre: jax.Array,
+  dead: jax.Array,
+  decoder_kernel: jax.Array,
+  *,
+  aux_k: int,
+  output_activation: str = "none",
+) -> jax.Array:
+  """Gao et al.'s AuxK term, per example: ½·Σ_pixels (x − f(sg(logits) + z_aux·W_dec))².
+
+  z_aux keeps the ReLU of the `aux_k` largest pre-activations among `dead` units (a bool per
+  unit) and is 0 elsewhere; `logits` are the main reconstruction's decoder outputs, held
+  fixed, and f is the output activation. With f the identity this is ½‖e − z_aux·W_dec‖², e
+  = x − x̂ the main reconstruction's residual, as in the paper; the gradient flows only into
+  the dead units' encoder weights and decoder rows. With no dead unit it is the main
+  reconstruction error, with no gradient.
+  """
+  z_aux = keep_top_k(jnp.where(dead, pre, -jnp.inf), aux_k)
+  correction = (z_aux @ decoder_kernel).reshape(logits.shape)
+  output = activation_fn(output_activation)(jax.lax.stop_gradient(logits) + correction)
+  return 0.5 * jnp.sum((target - output) ** 2, axis=tuple(range(1, target.ndim)))
+
+
 class SparseAutoencoder(Autoencoder):
   """An `Autoencoder` with `config.model.name='sparse_ae'` and a sparsity objective."""
 
@@ -101,8 +135,11 @@ class SparseAutoencoder(Autoencoder):
     expected = {"kl": "sigmoid", "l1": "relu", "topk": "topk"}[kind]
     if self.model.code != expected:
       raise ConfigError(f"sparsity {kind!r} needs config.model.code={expected!r}")
-    if self.sparsity.get("aux_k"):
-      raise ConfigError("config.sparsity.aux_k (the TopK dead-latent loss) is not implemented yet")
+    self.aux_k = int(self.sparsity.get("aux_k", 0))
+    if self.aux_k and kind != "topk":
+      raise ConfigError("config.sparsity.aux_k (the dead-latent loss) needs kind='topk'")
+    if not 0 <= self.aux_k <= self.model.code_dim:
+      raise ConfigError(f"config.sparsity.aux_k={self.aux_k} must lie in 0..code_dim")
     # Configs saved before `kl_gradient` existed were trained with the batch gradient.
     if kind == "kl" and self.sparsity.get("kl_gradient", "batch") not in KL_GRADIENTS:
       raise ConfigError(
@@ -118,7 +155,41 @@ class SparseAutoencoder(Autoencoder):
     self.active_above = 0.5 if self.model.code == "sigmoid" else 0.0
     self.num_pixels = int(np.prod(dataset.target_shape))
 
-  def batch_loss(self, params, batch, key, *, axis_name):
+  def init_state(self, key, batch) -> TrainState:
+    state = super().init_state(key, batch)
+    if not self.aux_k:
+      return state
+    since_fired = {"examples_since_fired": jnp.zeros((self.model.code_dim,), jnp.int32)}
+    return TrainState.create(
+      params={**state.params, ACTIVITY: since_fired},
+      tx={"model": self.tx, ACTIVITY: optax.set_to_zero()},  # Counted, not trained.
+    )
+
+  def train_step(self, state, batch, key, *, axis_name):
+    if not self.aux_k:
+      return super().train_step(state, batch, key, axis_name=axis_name)
+    since = state.params[ACTIVITY]["examples_since_fired"]
+    dead = since >= self.sparsity.aux_dead_after
+
+    def loss_fn(params):
+      return self.batch_loss(params, batch, key, axis_name=axis_name, dead=dead)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
+    fired = psum(parts.pop("fired"), axis_name) > 0
+    examples = batch["image"].shape[0] * psum(1, axis_name)
+    since = jnp.where(fired, 0, jnp.minimum(since + examples, NEVER))
+    grads = pmean(grads, axis_name)
+    metrics = pmean({"loss": loss, **parts}, axis_name)
+    metrics["dead_latents"] = jnp.mean(dead)  # Fraction dead before this step.
+    metrics.update(optimization_metrics(grads, state.params["model"]))
+    state = state.apply_gradients({"model": grads})
+    return state.replace(
+      params={**state.params, ACTIVITY: {"examples_since_fired": since}}
+    ), metrics
+
+  def batch_loss(self, params, batch, key, *, axis_name, dead=None):
+    """The objective and its parts; `dead` (a bool per unit) adds the AuxK term and a
+    per-unit `fired` count on this device's examples to the parts."""
     loss, parts, aux = self.per_example_loss(params, batch, key)
     code = aux["code"]
     parts = jax.tree.map(jnp.mean, parts)
@@ -137,6 +208,19 @@ class SparseAutoencoder(Autoencoder):
       parts["rho_hat_mean"] = jnp.mean(rho_hat)
     elif self.sparsity.kind == "l1":
       penalty = self.sparsity.l1 * jnp.mean(jnp.sum(jnp.abs(code), axis=1))
+    elif dead is not None:
+      aux_error = auxk_reconstruction_error(
+        target_of(batch),
+        aux["logits"],
+        aux["pre"],
+        dead,
+        params["decoder"]["kernel"],
+        aux_k=self.aux_k,
+        output_activation=self.model.output_activation,
+      )
+      parts["aux_loss"] = jnp.mean(aux_error)
+      parts["fired"] = jnp.sum(code > 0, axis=0)
+      penalty = self.sparsity.aux_weight * parts["aux_loss"]
     else:
       penalty = jnp.zeros(())
     parts["sparsity_penalty"] = penalty

@@ -56,18 +56,26 @@ class SparseAutoencoder(nn.Module):
     )
     self.decoder = nn.Dense(math.prod(self.output_shape), name="decoder")
 
-  def encode(self, x: jax.Array) -> jax.Array:
-    pre = self.encoder(x.reshape(x.shape[0], -1))
+  def pre_activations(self, x: jax.Array) -> jax.Array:
+    """The code units' inputs, (examples, code_dim)."""
+    return self.encoder(x.reshape(x.shape[0], -1))
+
+  def code_of(self, pre: jax.Array) -> jax.Array:
     if self.code == "sigmoid":
       return jax.nn.sigmoid(pre)
     if self.code == "relu":
       return jax.nn.relu(pre)
     return keep_top_k(pre, self.k)
 
+  def encode(self, x: jax.Array) -> jax.Array:
+    return self.code_of(self.pre_activations(x))
+
   def decode(self, code: jax.Array) -> jax.Array:
     return self.decoder(code).reshape(code.shape[0], *self.output_shape)
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    code = self.encode(x)
+    pre = self.pre_activations(x)
+    code = self.code_of(pre)
     logits = self.decode(code)
-    return activation_fn(self.output_activation)(logits), {"code": code, "logits": logits}
+    aux = {"code": code, "logits": logits, "pre": pre}
+    return activation_fn(self.output_activation)(logits), aux
