@@ -31,9 +31,9 @@ def _dot_dtypes(family, state, batch) -> set[str]:
   return found
 
 
-@pytest.mark.parametrize("family", ["autoencoder", "vae"])
+@pytest.mark.parametrize("family", ["autoencoder", "vae", "sparse_autoencoder"])
 def test_bf16_computes_in_bf16_keeps_fp32_state_and_trains_like_fp32(family, tmp_path):
-  from genlab.config import vae_options
+  from genlab.config import sparsity_options, vae_options
   from genlab.train.loop import setup, train_and_evaluate
 
   runs = {}
@@ -44,6 +44,9 @@ def test_bf16_computes_in_bf16_keeps_fp32_state_and_trains_like_fp32(family, tmp
         {"name": "vae", "architecture": "mlp", "hidden": (32,), "latent_dim": 4}
       )
       config.vae = vae_options()
+    if family == "sparse_autoencoder":
+      config.model = config.model.__class__({"name": "sparse_ae", "code_dim": 16})
+      config.sparsity = sparsity_options(kind="kl", rho=0.1)
     config.update(num_steps=60, log_every=20, eval_every=60, image_every=60, checkpoint_every=60)
     result = train_and_evaluate(config, tmp_path / dtype)
     lines = [json.loads(x) for x in (tmp_path / dtype / "metrics.jsonl").open()]

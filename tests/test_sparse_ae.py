@@ -16,6 +16,18 @@ from genlab.families.sparse_ae import auxk_reconstruction_error, kl_sparsity_pen
 from genlab.models.sparse_ae import SparseAutoencoder, keep_top_k
 
 
+def _short_patches_config(data_dir, *, num_steps: int):
+  """sparse_ae_patches.py at batch 256 for `num_steps`, logged 10 times, evaluated at the end."""
+  from conftest import EXPERIMENTS
+  from genlab import config as config_lib
+
+  config = config_lib.load_experiment(EXPERIMENTS / "sparse_ae_patches.py")
+  config.data.data_dir = data_dir
+  config.update(batch_size=256, num_steps=num_steps, log_every=num_steps // 10)
+  config.update(eval_every=num_steps, image_every=num_steps, checkpoint_every=num_steps)
+  return config
+
+
 def test_bernoulli_kl_matches_numpy_and_penalises_both_directions():
   rho, rho_hat = 0.05, np.array([0.001, 0.01, 0.05, 0.2, 0.9])
   expected = rho * np.log(rho / rho_hat) + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))
@@ -135,20 +147,9 @@ def test_auxk_error_matches_numpy_and_trains_only_the_dead_units():
 def test_short_training_lowers_the_loss_and_reports_sparsity_statistics(
   kind, code, extra, data_dir, tmp_path
 ):
-  from conftest import EXPERIMENTS
-  from genlab import config as config_lib
   from genlab.train.loop import evaluate_workdir, train_and_evaluate
 
-  config = config_lib.load_experiment(EXPERIMENTS / "sparse_ae_patches.py")
-  config.data.data_dir = data_dir
-  config.update(
-    batch_size=256,
-    num_steps=300,
-    log_every=50,
-    eval_every=300,
-    image_every=300,
-    checkpoint_every=300,
-  )
+  config = _short_patches_config(data_dir, num_steps=300)
   config.model.update(code=code, code_dim=16, k=4)
   config.sparsity.update(kind=kind, **extra)
   train_and_evaluate(config, tmp_path)
@@ -220,22 +221,12 @@ def test_shipped_patches_experiment_meets_the_sparse_ae_bar(data_dir, tmp_path):
 def test_auxk_revives_dead_topk_latents(data_dir, tmp_path):
   """TopK with k = 4 of 64 units on the patches leaves most units dead; AuxK (Gao et al.
   2024) gives the dead ones a gradient: fewer dead units on test and a lower nmse."""
-  from conftest import EXPERIMENTS, restore_latest
-  from genlab import config as config_lib
+  from conftest import restore_latest
   from genlab.train.loop import evaluate_workdir, train_and_evaluate
 
   results = {}
   for aux_k in (0, 32):
-    config = config_lib.load_experiment(EXPERIMENTS / "sparse_ae_patches.py")
-    config.data.data_dir = data_dir
-    config.update(
-      batch_size=256,
-      num_steps=1000,
-      log_every=100,
-      eval_every=1000,
-      image_every=1000,
-      checkpoint_every=1000,
-    )
+    config = _short_patches_config(data_dir, num_steps=1000)
     config.model.update(code="topk", code_dim=64, k=4)
     config.sparsity.update(kind="topk", aux_k=aux_k, aux_dead_after=2560)
     workdir = tmp_path / f"aux_k_{aux_k}"

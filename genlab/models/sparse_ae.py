@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,6 +37,7 @@ class SparseAutoencoder(nn.Module):
   k: units kept per example with `code='topk'`.
   output_activation: applied to the decoder's output (`sigmoid` for [0, 1] data).
   code_bias_init: initial bias of the code units' pre-activations (0: the Dense default).
+  dtype: computation dtype of the two Dense maps (bfloat16: mixed precision).
     The KL-ρ family starts sigmoid units at logit(ρ), i.e. at the target rate.
   """
 
@@ -45,6 +47,7 @@ class SparseAutoencoder(nn.Module):
   k: int = 8
   output_activation: str = "sigmoid"
   code_bias_init: float = 0.0
+  dtype: Any = jnp.float32
 
   def setup(self):
     if self.code not in CODES:
@@ -52,13 +55,16 @@ class SparseAutoencoder(nn.Module):
     if self.code == "topk" and not 0 < self.k <= self.code_dim:
       raise ConfigError(f"k={self.k} must lie in 1..code_dim={self.code_dim}")
     self.encoder = nn.Dense(
-      self.code_dim, bias_init=nn.initializers.constant(self.code_bias_init), name="encoder"
+      self.code_dim,
+      bias_init=nn.initializers.constant(self.code_bias_init),
+      dtype=self.dtype,
+      name="encoder",
     )
-    self.decoder = nn.Dense(math.prod(self.output_shape), name="decoder")
+    self.decoder = nn.Dense(math.prod(self.output_shape), dtype=self.dtype, name="decoder")
 
   def pre_activations(self, x: jax.Array) -> jax.Array:
-    """The code units' inputs, (examples, code_dim)."""
-    return self.encoder(x.reshape(x.shape[0], -1))
+    """The code units' inputs, (examples, code_dim), in float32 (ρ̂ and the KL need it)."""
+    return self.encoder(x.reshape(x.shape[0], -1)).astype(jnp.float32)
 
   def code_of(self, pre: jax.Array) -> jax.Array:
     if self.code == "sigmoid":
@@ -71,7 +77,8 @@ class SparseAutoencoder(nn.Module):
     return self.code_of(self.pre_activations(x))
 
   def decode(self, code: jax.Array) -> jax.Array:
-    return self.decoder(code).reshape(code.shape[0], *self.output_shape)
+    logits = self.decoder(code).astype(jnp.float32)
+    return logits.reshape(code.shape[0], *self.output_shape)
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     pre = self.pre_activations(x)
