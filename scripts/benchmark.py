@@ -305,6 +305,8 @@ def input_path(args) -> list[dict]:
   dataset = load_dataset("digits", data_dir=experiment.data.data_dir)
   batcher = Batcher(dataset.train, global_batch_size=experiment.batch_size, seed=0)
   n = 2000
+  for _ in batcher.iterate(0, 2 * batcher.steps_per_epoch):  # Warm-up: compiles the
+    pass  # permutation, which is then computed (not compiled) once per epoch.
   begin = time.perf_counter()
   for _ in batcher.iterate(0, n):
     pass
