@@ -83,7 +83,7 @@ class RecurrentAutoencoder(SingleModelFamily):
     self.anomaly_labels = tuple(self.options.anomaly_labels)
     if self.anomaly_labels and "label" not in dataset.test:
       raise ConfigError("config.sequence.anomaly_labels needs a dataset with labels")
-    self._apply = jax.jit(lambda params, x, n: self.model.apply({"params": params}, x, n))
+    self._per_example = jax.jit(self.per_example)  # Whole-split scores and views.
 
   def init_state(self, key, batch) -> TrainState:
     x, lengths = jnp.asarray(batch["image"][:1]), jnp.asarray(batch["length"][:1])
@@ -136,7 +136,7 @@ class RecurrentAutoencoder(SingleModelFamily):
     errors, outputs = [], []
     for start in range(0, len(test["image"]), size):
       batch = {k: jnp.asarray(v[start : start + size]) for k, v in test.items()}
-      loss, _, output = jax.jit(self.per_example)(params, batch)
+      loss, _, output = self._per_example(params, batch)
       errors.append(np.asarray(loss))
       outputs.append(np.asarray(output))
     return np.concatenate(errors), np.concatenate(outputs)
