@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
       # auto | on | off: keep the converted train split on the devices and gather each
       # batch inside the compiled step (auto: one process, split ≤ 1 GiB). Same batches.
       "device_resident": "auto",
+      # A .npz's x_*: image | series | tokens (None: image; named datasets know theirs).
+      "modality": placeholder(str),
     }
   )
   config.batch_size = 64  # Global: summed over processes and devices.

@@ -245,3 +245,40 @@ def test_sequences_with_lengths_outside_their_padding_are_refused():
   nan = {"image": np.full_like(x, np.nan), "length": good["length"]}
   with pytest.raises(DataError, match="finite"):
     _validate(Dataset("s", nan, nan, modality="series"), source="s")
+
+
+def test_npz_sequences_train_with_their_lengths(tmp_path):
+  from genlab.config import sequence_options
+  from genlab.data import load_dataset
+  from genlab.train.loop import train_and_evaluate
+
+  rng = np.random.default_rng(0)
+  t = np.linspace(0, 6, 20, dtype=np.float32)
+  series = np.sin(t[None] + rng.uniform(0, 6, (96, 1))).astype(np.float32)
+  lengths = rng.integers(5, 21, 96)
+  path = tmp_path / "waves.npz"
+  np.savez(
+    path,
+    x_train=series[:64],
+    x_test=series[64:],
+    length_train=lengths[:64],
+    length_test=lengths[64:],
+  )
+  dataset = load_dataset(str(path), modality="series")
+  assert dataset.modality == "series" and dataset.train["image"].shape == (64, 20, 1)
+  np.testing.assert_array_equal(dataset.test["length"], lengths[64:])
+  with pytest.raises(DataError, match="unknown modality"):
+    load_dataset(str(path), modality="audio")
+
+  from genlab import config as config_lib
+
+  config = config_lib.load_experiment(EXPERIMENTS / "rnn_ae_vowels.py")
+  config.update(dataset=str(path), batch_size=16, eval_batch_size=32, num_steps=40)
+  config.update(log_every=10, eval_every=40, image_every=40, checkpoint_every=40)
+  config.data.modality = "series"
+  config.model.update(hidden_dim=16)
+  config.sequence = sequence_options(target="reversed", num_plots=2)
+  train_and_evaluate(config, tmp_path / "run")
+  lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").open()]
+  train = [m["train/loss"] for m in lines if "train/loss" in m]
+  assert train[-1] < train[0]

@@ -79,6 +79,7 @@ def load_dataset(
   image_key: str = "image",
   label_key: str | None = "label",
   target_key: str | None = None,
+  modality: str | None = None,
 ) -> Dataset:
   """Loads train and test splits of `spec` (a `.npz` path or a dataset name).
 
@@ -89,6 +90,10 @@ def load_dataset(
     image_key: TFDS feature holding the model input.
     label_key: TFDS feature holding integer labels, if any.
     target_key: TFDS feature holding the target map, if the output is not the input.
+    modality: what a `.npz`'s `x_*` hold: 'image' (default), 'series' ((N, T, D)
+      floats) or 'tokens' ((N, T) integer ids); sequences may come with
+      `length_train` / `length_test` (default: every step valid). Named datasets
+      know their own modality.
 
   Returns:
     The validated `Dataset`.
@@ -96,8 +101,10 @@ def load_dataset(
   Raises:
     DataError: unknown name, unprepared TFDS dataset, or unusable arrays.
   """
+  if modality is not None and modality not in MODALITIES:
+    raise DataError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
   if spec.endswith(".npz") or os.path.sep in spec:
-    return _load_npz(spec)
+    return _load_npz(spec, modality or "image")
   modality = "image"
   if spec in EMBEDDED_BUILDERS:
     _prepare_embedded(spec, data_dir)
@@ -112,7 +119,7 @@ def load_dataset(
   return dataset
 
 
-def _load_npz(path: str) -> Dataset:
+def _load_npz(path: str, modality: str = "image") -> Dataset:
   if not pathlib.Path(path).is_file():
     raise DataError(f"no such .npz file: {path}")
   try:
@@ -126,13 +133,18 @@ def _load_npz(path: str) -> Dataset:
       f"{path} lacks the key(s) {', '.join(missing)}; a .npz dataset needs x_train and x_test "
       f"(optional y_train, y_test, target_train, target_test); it has {', '.join(sorted(arrays))}"
     )
-  for prefix in ("y", "target"):
+  for prefix in ("y", "target", "length"):
     present = [f"{prefix}_{s}" in arrays for s in SPLITS]
     if any(present) and not all(present):
       raise DataError(f"{path} has only one of {prefix}_train / {prefix}_test; give both or none")
   splits = {}
   for s in SPLITS:
-    split = {"image": _as_images(arrays[f"x_{s}"], f"{path}: x_{s}")}
+    x = arrays[f"x_{s}"]
+    if modality == "image":
+      split = {"image": _as_images(x, f"{path}: x_{s}")}
+    else:  # Sequences: (N, T, D) series or (N, T) tokens, all steps valid unless told.
+      split = {"image": x[..., None] if modality == "series" and x.ndim == 2 else x}
+      split["length"] = arrays.get(f"length_{s}", np.full(len(x), x.shape[1] if x.ndim > 1 else 0))
     if f"y_{s}" in arrays:
       labels = arrays[f"y_{s}"]
       if labels.ndim == 2 and labels.shape[1] == 1:
@@ -141,9 +153,10 @@ def _load_npz(path: str) -> Dataset:
         raise DataError(f"{path}: y_{s} has shape {labels.shape}; expected (N,) integer labels")
       split["label"] = labels
     if f"target_{s}" in arrays:
-      split["target"] = _as_images(arrays[f"target_{s}"], f"{path}: target_{s}")
+      target = arrays[f"target_{s}"]
+      split["target"] = _as_images(target, f"{path}: target_{s}") if modality == "image" else target
     splits[s] = split
-  dataset = Dataset(name=path, **splits)
+  dataset = Dataset(name=path, modality=modality, **splits)
   _validate(dataset, source=path)
   return dataset
 

@@ -83,6 +83,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     image_key=config.data.image_key,
     label_key=config.data.label_key,
     target_key=config.data.target_key,
+    modality=config.data.get("modality"),
   )
   if config.get("num_epochs"):
     config.num_steps = config.num_epochs * (len(dataset.train["image"]) // config.batch_size)
