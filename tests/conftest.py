@@ -123,3 +123,39 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def compare_parallel(experiment: str, data_dir: str, *overrides: str, steps: int = 20, modes=None):
+  """Runs scripts/compare_parallel.py on `experiments/<experiment>` with 4 fake devices and
+  `--config.` overrides; returns its JSON rows by mode (`none` is the 1-device run)."""
+  import json
+  import subprocess
+
+  command = [
+    sys.executable,
+    str(REPO / "scripts" / "compare_parallel.py"),
+    "--devices=4",
+    f"--steps={steps}",
+    f"--config={EXPERIMENTS / experiment}",
+    f"--config.data.data_dir={data_dir}",
+    *overrides,
+  ]
+  if modes:
+    command.append(f"--modes={modes}")
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  return {row["mode"]: row for row in rows}
+
+
+def train_shipped(experiment: str, data_dir: str, workdir) -> dict:
+  """Trains `experiments/<experiment>` as shipped (images and checkpoints only at the end)
+  and returns the metrics `genlab eval` reports on it."""
+  from genlab import config as config_lib
+  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+
+  config = config_lib.load_experiment(EXPERIMENTS / experiment)
+  config.data.data_dir = data_dir
+  config.update(image_every=config.num_steps, checkpoint_every=config.num_steps)
+  train_and_evaluate(config, workdir)
+  return evaluate_workdir(workdir)["metrics"]

@@ -4,15 +4,13 @@ compute: the same batches as streaming, the same states as one step per call."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from conftest import EXPERIMENTS, REPO, make_test_config
+from conftest import compare_parallel, make_test_config
 from genlab.data import Batcher, ResidentSplit, load_dataset
 from genlab.errors import ConfigError
 
@@ -95,24 +93,12 @@ def test_periods_must_be_multiples_of_the_dispatch(test_config):
 
 @pytest.mark.parametrize("resident", ["on", "off"])
 def test_four_devices_with_k_step_dispatch_match_one_device(resident, data_dir):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "compare_parallel.py"),
-      "--devices=4",
-      "--steps=20",
-      f"--config={EXPERIMENTS / 'denoising_digits.py'}",
-      f"--config.data.data_dir={data_dir}",
-      f"--config.data.device_resident={resident}",
-      "--config.steps_per_dispatch=5",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
+  rows = compare_parallel(
+    "denoising_digits.py",
+    data_dir,
+    f"--config.data.device_resident={resident}",
+    "--config.steps_per_dispatch=5",
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-  rows = {r["mode"]: r for r in rows}
   assert len(rows["none"]["losses"]) == 4  # Means over each dispatch of 5 steps.
   for mode in ("pmap", "shard_map"):
     np.testing.assert_allclose(rows[mode]["losses"], rows["none"]["losses"], rtol=1e-4)

@@ -7,8 +7,6 @@ Multi-device cases run in a subprocess with 4 fake CPU devices
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import chex
 import jax
@@ -16,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, run_python
+from conftest import compare_parallel, run_python
 
 
 @pytest.mark.parametrize(
@@ -26,22 +24,7 @@ def test_pmap_and_shard_map_match_one_device_for_20_steps(experiment, data_dir):
   # vae_digits and gan_digits draw per-example noise: keys must not depend on devices;
   # gan_digits also updates two networks with two optimizers per step; sparse_ae_patches'
   # KL-ρ penalty depends on ρ̂ over the whole global batch (a collective inside the loss).
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "compare_parallel.py"),
-      "--devices=4",
-      "--steps=20",
-      f"--config={REPO / 'experiments' / experiment}",
-      f"--config.data.data_dir={data_dir}",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  json_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-  rows = {r["mode"]: r for r in map(json.loads, json_lines)}
+  rows = compare_parallel(experiment, data_dir)
   reference = np.array(rows["none"]["losses"])
   assert len(reference) == 20
   for mode in ("pmap", "shard_map"):

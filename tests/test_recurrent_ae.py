@@ -4,8 +4,6 @@ sequence sets, training, multi-device equality and the shipped experiments' bars
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import chex
 import jax
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from conftest import EXPERIMENTS, REPO
+from conftest import EXPERIMENTS, compare_parallel, train_shipped
 from genlab import losses
 from genlab.errors import ConfigError, DataError
 from genlab.families.recurrent_ae import reverse_valid
@@ -177,26 +175,15 @@ def test_short_training_lowers_the_loss_and_eval_reports_the_family_metrics(
 @pytest.mark.parametrize("experiment", ["rnn_ae_vowels.py", "rnn_ae_text.py"])
 def test_four_devices_match_one_device(experiment, data_dir):
   # Variable lengths (vowels) and token logits (text): per-sequence means, pmean-ed.
-  proc = subprocess.run(
-    [
-      sys.executable,
-      str(REPO / "scripts" / "compare_parallel.py"),
-      "--devices=4",
-      "--steps=10",
-      "--modes=shard_map",
-      f"--config={EXPERIMENTS / experiment}",
-      f"--config.data.data_dir={data_dir}",
-      "--config.batch_size=32",
-      "--config.eval_batch_size=64",
-      "--config.model.hidden_dim=32",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
+  rows = compare_parallel(
+    experiment,
+    data_dir,
+    "--config.batch_size=32",
+    "--config.eval_batch_size=64",
+    "--config.model.hidden_dim=32",
+    steps=10,
+    modes="shard_map",
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  json_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-  rows = {r["mode"]: r for r in map(json.loads, json_lines)}
   np.testing.assert_allclose(rows["shard_map"]["losses"], rows["none"]["losses"], rtol=1e-4)
   assert rows["shard_map"]["devices"] == 4
   assert rows["shard_map"]["max_abs_param_diff_vs_1_device"] < 1e-5
@@ -204,14 +191,7 @@ def test_four_devices_match_one_device(experiment, data_dir):
 
 def test_rnn_ae_vowels_as_shipped_beats_the_per_sequence_mean_by_more_than_3x(data_dir, tmp_path):
   # The issue's bar: test MSE ≤ 0.3 × the MSE of predicting each sequence's mean.
-  from genlab import config as config_lib
-  from genlab.train.loop import evaluate_workdir, train_and_evaluate
-
-  config = config_lib.load_experiment(EXPERIMENTS / "rnn_ae_vowels.py")
-  config.data.data_dir = data_dir
-  config.update(image_every=config.num_steps, checkpoint_every=config.num_steps)
-  train_and_evaluate(config, tmp_path)
-  m = evaluate_workdir(tmp_path)["metrics"]
+  m = train_shipped("rnn_ae_vowels.py", data_dir, tmp_path)
   assert m["mse_to_seq_mean_ratio"] <= 0.3, m
 
 

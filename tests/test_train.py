@@ -126,13 +126,7 @@ def test_denoising_run_reports_psnr_of_output_and_of_noisy_input(test_config, tm
 
 def test_denoising_digits_as_shipped_gains_6_db_over_the_noisy_input(data_dir, tmp_path):
   # The denoising bar: at σ = 0.5 on [0, 1] digits, test PSNR ≥ noisy PSNR + 6 dB.
-  from conftest import EXPERIMENTS
-  from genlab import config as config_lib
-  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+  from conftest import train_shipped
 
-  config = config_lib.load_experiment(EXPERIMENTS / "denoising_digits.py")
-  config.data.data_dir = data_dir
-  config.update(image_every=config.num_steps, checkpoint_every=config.num_steps)
-  train_and_evaluate(config, tmp_path)
-  m = evaluate_workdir(tmp_path)["metrics"]
+  m = train_shipped("denoising_digits.py", data_dir, tmp_path)
   assert m["psnr"] - m["psnr_noisy"] >= 6.0, m
