@@ -35,7 +35,7 @@ from genlab.families.base import Metrics, SingleModelFamily
 from genlab.models.recurrent_ae import RecurrentAutoencoder as RecurrentModel
 from genlab.train.parallel import masked_sum
 from genlab.train.state import TrainState, make_optimizer
-from genlab.train.writers import figure_pixels
+from genlab.train.writers import figure_pixels, subplots
 
 TARGETS = ("input", "reversed", "target")
 SERIES_LOSSES = ("mse", "gaussian_nll")
@@ -165,16 +165,11 @@ class RecurrentAutoencoder(SingleModelFamily):
 
   def _plot_sequences(self, outputs) -> np.ndarray:
     """Input | target | output of the first `num_plots` test sequences."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     test, n = self.dataset.test, min(self.options.num_plots, len(self.dataset.test["image"]))
     batch = {k: jnp.asarray(v[:n]) for k, v in test.items()}
     target, lengths = (np.asarray(a) for a in self.target_of(batch))
     if self.tokens:
-      fig, ax = plt.subplots(figsize=(8, 0.19 * 3 * n + 0.3))
+      fig, ax = subplots(figsize=(8, 0.19 * 3 * n + 0.3))
       ax.axis("off")
       lines = []
       for i in range(n):
@@ -187,7 +182,7 @@ class RecurrentAutoencoder(SingleModelFamily):
       ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=9, va="top")
     else:
       channels = min(3, target.shape[-1])
-      fig, axes = plt.subplots(n, 1, figsize=(8, 1.6 * n), squeeze=False)
+      fig, axes = subplots(n, 1, figsize=(8, 1.6 * n), squeeze=False)
       for i, ax in enumerate(axes[:, 0]):
         steps = np.arange(lengths[i])
         for c in range(channels):
@@ -198,18 +193,13 @@ class RecurrentAutoencoder(SingleModelFamily):
     return figure_pixels(fig, dpi=90)
 
   def _plot_scores(self, errors) -> np.ndarray:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     test = self.dataset.test
     anomalous = np.isin(test["label"], self.anomaly_labels)
     # Windows of one series: in series order, at their first sample.
     where = test.get("start", np.arange(len(errors)))
     order = np.argsort(where, kind="stable")
     where, errors, anomalous = where[order], errors[order], anomalous[order]
-    fig, ax = plt.subplots(figsize=(8, 2.5))
+    fig, ax = subplots(figsize=(8, 2.5))
     ax.plot(where, errors, lw=0.8, color="C0", label="per-sequence error (anomaly score)")
     ax.scatter(where[anomalous], errors[anomalous], s=8, color="C3", label="labelled anomaly")
     ax.set_xlabel("first sample of the window" if "start" in test else "test sequence")

@@ -38,8 +38,6 @@ histogram of ρ̂_j.
 
 from __future__ import annotations
 
-import io
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +50,7 @@ from genlab.models.conv_ae import activation_fn
 from genlab.models.sparse_ae import keep_top_k
 from genlab.train.parallel import pmean, psum
 from genlab.train.state import TrainState, optimization_metrics
-from genlab.train.writers import image_grid
+from genlab.train.writers import figure_pixels, image_grid, subplots
 
 KINDS = ("kl", "l1", "topk")
 KL_GRADIENTS = ("leave_one_out", "batch")
@@ -280,20 +278,10 @@ class SparseAutoencoder(Autoencoder):
     return views
 
   def _rho_histogram(self, step):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    fig, ax = subplots(figsize=(5, 3))
     ax.hist(self._last_rho_hat, bins=30)
     if self.sparsity.kind == "kl":
       ax.axvline(self.sparsity.rho, color="k", linestyle="--", label=f"ρ = {self.sparsity.rho}")
       ax.legend()
     ax.set(xlabel="ρ̂_j (mean activation on the test split)", ylabel="units", title=f"step {step}")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    return figure_pixels(fig)

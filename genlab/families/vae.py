@@ -35,7 +35,7 @@ from genlab.models.vae import VAE, reparameterize
 from genlab.train.parallel import masked_sum, pmean
 from genlab.train.rngs import example_keys, stream_key
 from genlab.train.state import TrainState, make_optimizer, optimization_metrics
-from genlab.train.writers import figure_pixels, image_grid
+from genlab.train.writers import figure_pixels, image_grid, subplots
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 NLL_ROWS_PER_CHUNK = 8192  # Decoder rows (examples × samples) per scan step.
@@ -210,12 +210,7 @@ class VariationalAutoencoder(Family):
 
   def latent_cloud(self, params, step: int) -> np.ndarray:
     """Posterior means of the test split in 2-D (first two principal axes when K > 2)."""
-    import matplotlib
-
     from genlab.data import scale_values
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     x = scale_values(self.dataset.test["image"][:2000], self.value_range)
     mean = np.concatenate(
@@ -231,7 +226,7 @@ class VariationalAutoencoder(Family):
     else:
       points, axes = np.pad(mean, ((0, 0), (0, 2 - mean.shape[1]))), ("z1", "z2")
     labels = self.dataset.test.get("label")
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = subplots(figsize=(5, 5), dpi=100)
     if labels is None:
       ax.scatter(points[:, 0], points[:, 1], s=6)
     else:

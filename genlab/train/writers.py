@@ -98,6 +98,17 @@ def image_grid(
   return grid
 
 
+def subplots(*args, **kwargs):
+  """`matplotlib.pyplot.subplots` on the file-only Agg backend (no display needed):
+  the family views draw with it and hand the figure to `figure_pixels`."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt.subplots(*args, **kwargs)
+
+
 def figure_pixels(fig, dpi: int = 100) -> np.ndarray:
   """A matplotlib figure as an (H, W, 3) uint8 array, for `write_image`; the figure is closed."""
   import io
