@@ -425,12 +425,11 @@ class MetricsLog:
     """Fetches the pending device metrics; stops on a non-finite step ('stop')."""
     fetched = []
     for step, metrics, count in self.on_device:
-      host = self.runner.fetch(metrics)
       if count == 1:
-        fetched.append((step, host))
-        continue
-      for i in range(count):
-        fetched.append((step - count + 1 + i, {k: _item(v[i]) for k, v in host.items()}))
+        fetched.append((step, self.runner.fetch(metrics)))
+      else:
+        per_step = self.runner.fetch(metrics, steps=count)
+        fetched.extend((step - count + 1 + i, m) for i, m in enumerate(per_step))
     self.on_device = []
     self.on_host.extend(fetched)
     bad = [(step, m) for step, m in fetched if m["nonfinite"]]
@@ -469,11 +468,6 @@ class MetricsLog:
     )
     self.on_host, self.timed_steps = [], 0
     return means, rate
-
-
-def _item(value):
-  value = np.asarray(value)
-  return float(value) if value.size == 1 else value
 
 
 # Fields `genlab eval` / `genlab sample` may override: they change how, not what, is evaluated.

@@ -156,9 +156,17 @@ class Runner:
     sharding = NamedSharding(self.mesh, P(None, AXIS))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batches)
 
-  def fetch(self, metrics: dict[str, jax.Array]) -> dict[str, Any]:
-    """Device metrics (already reduced over devices): floats, or arrays for vector metrics."""
-    return {k: float(v) if v.size == 1 else v for k, v in self.unreplicate(metrics).items()}
+  def fetch(self, metrics: dict[str, jax.Array], steps: int | None = None) -> Any:
+    """Device metrics (already reduced over devices): floats, or arrays for vector metrics.
+    With `steps`, the metrics of a K-step dispatch (stacked on axis 0): a list of K dicts."""
+    host = self.unreplicate(metrics)
+
+    def value(v):
+      return float(v) if v.size == 1 else v
+
+    if steps is None:
+      return {k: value(v) for k, v in host.items()}
+    return [{k: value(v[i]) for k, v in host.items()} for i in range(steps)]
 
   # Compilation ---------------------------------------------------------------
 
