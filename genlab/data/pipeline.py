@@ -215,10 +215,13 @@ class ResidentSplit:
     self.global_batch_size = global_batch_size
     self.seed = seed
     self.steps_per_epoch = self.num_examples // global_batch_size
+    self._orders_epoch, self._orders = None, None
 
-  @property
-  def nbytes(self) -> int:
-    return sum(a.nbytes for a in self.arrays.values())
+  @staticmethod
+  def converted_nbytes(split: Split, value_range) -> int:
+    """The bytes a `ResidentSplit` of `split` would hold, without converting it."""
+    first = _make_batch(split, np.arange(1), value_range)
+    return len(split["image"]) * sum(a.nbytes for a in first.values())
 
   def orders(self, first_step: int, steps: int) -> dict[str, np.ndarray]:
     """The permutations a dispatch of `steps` steps from `first_step` needs: `perms` (2, N)
@@ -229,7 +232,7 @@ class ResidentSplit:
         f"{steps} steps per dispatch exceed the {self.steps_per_epoch} steps of an epoch"
       )
     epoch = first_step // self.steps_per_epoch
-    if getattr(self, "_orders_epoch", None) != epoch:
+    if self._orders_epoch != epoch:
       perms = [host_permutation(self.seed, e, self.num_examples) for e in (epoch, epoch + 1)]
       self._orders = {"perms": np.stack(perms).astype(np.int32), "first_epoch": np.int32(epoch)}
       self._orders_epoch = epoch

@@ -341,13 +341,8 @@ def resident_split(s: Setup, batcher: Batcher) -> ResidentSplit | None:
     return None
   if jax.process_count() > 1:
     raise ConfigError("data.device_resident='on' needs one process; use 'auto' or 'off'")
-  resident = ResidentSplit(
-    s.dataset.train,
-    global_batch_size=config.batch_size,
-    seed=config.seed,
-    value_range=s.family.value_range,
-  )
-  if mode == "auto" and resident.nbytes > RESIDENT_MAX_BYTES:
+  nbytes = ResidentSplit.converted_nbytes(s.dataset.train, s.family.value_range)
+  if mode == "auto" and nbytes > RESIDENT_MAX_BYTES:
     return None
   k = config.get("steps_per_dispatch", 1)
   if k > batcher.steps_per_epoch:
@@ -355,7 +350,12 @@ def resident_split(s: Setup, batcher: Batcher) -> ResidentSplit | None:
       f"steps_per_dispatch={k} exceeds the {batcher.steps_per_epoch} steps of an epoch, the "
       "most one dispatch of device-resident data covers; lower it or set data.device_resident=off"
     )
-  return resident
+  return ResidentSplit(
+    s.dataset.train,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    value_range=s.family.value_range,
+  )
 
 
 def _stacked(batches, k: int):
