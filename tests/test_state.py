@@ -55,6 +55,36 @@ def test_apply_gradients_updates_only_the_named_part():
   assert int(new.step) == 0
 
 
+def test_apply_gradients_skips_the_update_unless_finite():
+  state = make_two_part_state()
+  ones = jax.tree.map(jnp.ones_like, state.params)
+  with_nan = {**ones, "b": {**ones["b"], "w": ones["b"]["w"].at[0, 0].set(jnp.nan)}}
+  step = jax.jit(lambda s, g, f: s.apply_gradients(g, finite=f))
+
+  # An explicit False keeps finite gradients out, in params and moments alike.
+  skipped = step(state, ones, jnp.asarray(False))
+  chex.assert_trees_all_equal(skipped.params, state.params)
+  chex.assert_trees_all_equal(skipped.opt_state, state.opt_state)
+  # By default a NaN in any named part's gradients skips the whole update.
+  unchanged = jax.jit(lambda s, g: s.apply_gradients(g))(state, with_nan)
+  chex.assert_trees_all_equal(unchanged.params, state.params)
+  chex.assert_trees_all_equal(unchanged.opt_state, state.opt_state)
+  # True updates, exactly as an unguarded optax step would.
+  done = step(state, ones, jnp.asarray(True))
+  updates, _ = optax.adam(0.01).update(ones["b"], state.opt_state["b"], state.params["b"])
+  chex.assert_trees_all_close(done.params["b"], optax.apply_updates(state.params["b"], updates))
+  chex.assert_trees_all_close(done.params["a"], jax.tree.map(lambda p: p - 0.1, state.params["a"]))
+
+
+def test_all_finite_looks_at_every_floating_leaf():
+  from genlab.train.state import all_finite
+
+  assert bool(all_finite({"a": jnp.ones(3), "n": jnp.arange(3)}))
+  assert not bool(all_finite({"a": jnp.ones(3), "b": jnp.asarray([1.0, jnp.inf])}))
+  assert not bool(all_finite([jnp.asarray(jnp.nan, jnp.bfloat16)]))
+  assert bool(all_finite({}))
+
+
 def test_apply_gradients_of_both_parts_uses_each_parts_optimizer():
   state = make_two_part_state()
   grads = jax.tree.map(jnp.ones_like, state.params)

@@ -18,7 +18,7 @@ import numpy as np
 
 from genlab.data import Dataset
 from genlab.train.parallel import pmean
-from genlab.train.state import TrainState, optimization_metrics
+from genlab.train.state import TrainState, all_finite, optimization_metrics
 
 Metrics = dict[str, jax.Array]
 
@@ -139,4 +139,4 @@ class SingleModelFamily(Family):
     grads = pmean(grads, axis_name)
     metrics = pmean({"loss": loss, **parts}, axis_name)
     metrics.update(optimization_metrics(grads, state.params["model"]))
-    return state.apply_gradients({"model": grads}), metrics
+    return state.apply_gradients({"model": grads}, finite=all_finite(metrics)), metrics

@@ -40,7 +40,7 @@ from genlab.families.base import Family, Metrics
 from genlab.models.gan import Discriminator, Generator
 from genlab.train.parallel import masked_sum, pmean
 from genlab.train.rngs import example_keys, stream_key
-from genlab.train.state import TrainState, make_optimizer, optimization_metrics
+from genlab.train.state import TrainState, all_finite, make_optimizer, optimization_metrics
 from genlab.train.writers import image_grid
 
 
@@ -100,7 +100,7 @@ class GAN(Family):
     grads = pmean(grads, axis_name)
     m = pmean({"d_loss": loss, "d_real": d_real, "d_fake": d_fake}, axis_name)
     m["d_grad_norm"] = optimization_metrics(grads, state.params["discriminator"])["grad_norm"]
-    return state.apply_gradients({"discriminator": grads}), m
+    return state.apply_gradients({"discriminator": grads}, finite=all_finite(m)), m
 
   def generator_step(self, state, key, index, *, axis_name=None) -> tuple[TrainState, Metrics]:
     """One update of the generator; z for example i of the global batch from (key, index[i])."""
@@ -115,7 +115,7 @@ class GAN(Family):
     grads = pmean(grads, axis_name)
     m = {"g_loss": pmean(loss, axis_name)}
     m["g_grad_norm"] = optimization_metrics(grads, state.params["generator"])["grad_norm"]
-    return state.apply_gradients({"generator": grads}), m
+    return state.apply_gradients({"generator": grads}, finite=all_finite(m)), m
 
   # Family interface -------------------------------------------------------------
 

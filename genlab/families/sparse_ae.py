@@ -49,7 +49,7 @@ from genlab.families.autoencoder import Autoencoder, target_of
 from genlab.models.conv_ae import activation_fn
 from genlab.models.sparse_ae import keep_top_k
 from genlab.train.parallel import pmean, psum
-from genlab.train.state import TrainState, optimization_metrics
+from genlab.train.state import TrainState, all_finite, optimization_metrics
 from genlab.train.writers import figure_pixels, image_grid, subplots
 
 KINDS = ("kl", "l1", "topk")
@@ -180,7 +180,9 @@ class SparseAutoencoder(Autoencoder):
     metrics = pmean({"loss": loss, **parts}, axis_name)
     metrics["dead_latents"] = jnp.mean(dead)  # Fraction dead before this step.
     metrics.update(optimization_metrics(grads, state.params["model"]))
-    state = state.apply_gradients({"model": grads})
+    finite = all_finite(metrics)
+    since = jnp.where(finite, since, state.params[ACTIVITY]["examples_since_fired"])
+    state = state.apply_gradients({"model": grads}, finite=finite)
     return state.replace(
       params={**state.params, ACTIVITY: {"examples_since_fired": since}}
     ), metrics

@@ -34,7 +34,7 @@ from genlab.families.base import Family, Metrics
 from genlab.models.vae import VAE, reparameterize
 from genlab.train.parallel import masked_sum, pmean
 from genlab.train.rngs import example_keys, stream_key
-from genlab.train.state import TrainState, make_optimizer, optimization_metrics
+from genlab.train.state import TrainState, all_finite, make_optimizer, optimization_metrics
 from genlab.train.writers import figure_pixels, image_grid, subplots
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -109,7 +109,7 @@ class VariationalAutoencoder(Family):
     grads = pmean(grads, axis_name)
     metrics = pmean({"loss": loss, **parts}, axis_name)
     metrics.update(optimization_metrics(grads, state.params["model"]), beta=beta)
-    return state.apply_gradients({"model": grads}), metrics
+    return state.apply_gradients({"model": grads}, finite=all_finite(metrics)), metrics
 
   def eval_step(self, state, batch) -> Metrics:
     reconstruction, kl_per_dim, aux = self.elbo_terms(state.params["model"], batch, self.eval_key)

@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from genlab.errors import ConfigError
 from genlab.train import rngs
-from genlab.train.state import TrainState
+from genlab.train.state import TrainState, all_finite
 
 AXIS = "batch"
 StepFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
@@ -235,18 +235,18 @@ class Runner:
     return self._wrap(resident, **specs, donate=True, pmap_in_axes=(0, None, 0, 0))
 
   def _guarded(self, step_fn: StepFn) -> Callable:
-    """`step_fn` with the step key, the non-finite guard and the step counter."""
+    """`step_fn` with the step key, the non-finite flag and the step counter."""
     axis_name = self.axis_name
 
     def body(state: TrainState, batch, root_key):
       key = rngs.step_key(root_key, state.step)
       new_state, metrics = step_fn(state, batch, key, axis_name=axis_name)
-      # A NaN/Inf in any metric (loss, grad norm, ...) discards the update, on
-      # every device alike; the loop then stops or counts it (`on_nonfinite`).
-      finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
+      # A step with a NaN/Inf metric (loss, grad norm, ...) made no update: the
+      # family skipped it (`TrainState.apply_gradients(finite=...)`). The flag
+      # tells the loop, which stops or counts it (`on_nonfinite`).
+      finite = all_finite(metrics)
       if axis_name is not None:
         finite = jax.lax.pmin(finite, axis_name)
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
       metrics = {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
       return new_state.replace(step=state.step + 1), metrics
 

@@ -48,13 +48,47 @@ class TrainState(struct.PyTreeNode):
       tx=FrozenDict(tx),
     )
 
-  def apply_gradients(self, grads: Mapping[str, Any]) -> TrainState:
-    """Updates the named parts with their gradients; other parts are untouched."""
-    params, opt_state = dict(self.params), dict(self.opt_state)
-    for name, g in grads.items():
-      updates, opt_state[name] = self.tx[name].update(g, self.opt_state[name], self.params[name])
-      params[name] = optax.apply_updates(self.params[name], updates)
-    return self.replace(params=params, opt_state=opt_state)
+  def apply_gradients(
+    self, grads: Mapping[str, Any], *, finite: jax.Array | None = None
+  ) -> TrainState:
+    """Updates the named parts with their gradients; other parts are untouched.
+
+    The update is made only where `finite` (a bool scalar; by default, whether every
+    gradient is finite) is true; otherwise these parts' params and optimizer states stay
+    as they were. Families pass `finite=all_finite(metrics)`, their loss and grad norm
+    included, so that a step whose loss or gradients are NaN/Inf changes nothing.
+
+    The choice is a `lax.cond` around the update, so that XLA can write the new params
+    and moments in place into the (donated) old ones. A `jnp.where(finite, new, old)`
+    over the state needs the old values after the new ones are written, and XLA then
+    copies every moment first: 0.7 ms of a 3.8 ms MLP-VAE step on a 2-core CPU.
+    """
+    finite = all_finite(grads) if finite is None else finite
+    names = list(grads)
+
+    def update(parts):
+      params, opt_state = parts
+      new_params, new_opt_state = {}, {}
+      for name in names:
+        updates, new_opt_state[name] = self.tx[name].update(
+          grads[name], opt_state[name], params[name]
+        )
+        new_params[name] = optax.apply_updates(params[name], updates)
+      return new_params, new_opt_state
+
+    parts = ({n: self.params[n] for n in names}, {n: self.opt_state[n] for n in names})
+    new_params, new_opt_state = jax.lax.cond(finite, update, lambda parts: parts, parts)
+    return self.replace(
+      params={**self.params, **new_params}, opt_state={**self.opt_state, **new_opt_state}
+    )
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (a bool scalar)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
