@@ -74,6 +74,18 @@ def test_sigmoid_binary_cross_entropy_extreme_logits_stay_finite():
   np.testing.assert_allclose(values, _np_sigmoid_bce(logits, targets), rtol=1e-6, atol=1e-6)
 
 
+def test_bernoulli_log_likelihood_is_minus_the_summed_cross_entropy():
+  rng = np.random.default_rng(2)
+  logits = (4.0 * rng.normal(size=(5, 6, 6, 1))).astype(np.float32)
+  logits[0, 0, 0, 0], logits[1, 0, 0, 0] = 60.0, -60.0  # Saturated, either side.
+  x = (rng.uniform(size=logits.shape) > 0.5).astype(np.float32)
+
+  values = jax.jit(losses.bernoulli_log_likelihood)(logits, x)
+
+  expected = -(_np_sigmoid_bce(logits, x) * 36).astype(np.float64)
+  np.testing.assert_allclose(values, expected, rtol=1e-5)
+
+
 def test_sigmoid_binary_cross_entropy_minimum_at_target_probability():
   # For a soft target t, the loss as a function of the logit is smallest at logit(t).
   targets = np.full((1, 1), 0.8, np.float32)
