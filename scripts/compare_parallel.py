@@ -28,8 +28,13 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--modes", default="pmap,shard_map")
   args, overrides = parser.parse_known_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+  from genlab.train.parallel import cpu_xla_flags  # Imports JAX; its backend starts later.
+
+  # jax.pmap takes no per-step compiler options: genlab's CPU ones go in XLA_FLAGS so
+  # that every mode compiles alike and the comparison sees the modes, not the options.
+  os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), cpu_xla_flags()]
+    + [f"--xla_force_host_platform_device_count={args.devices}"]
   )
 
   import jax
