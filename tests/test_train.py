@@ -52,6 +52,21 @@ def test_digits_run_leaves_metrics_images_checkpoint_and_learns(test_config, tmp
   assert report["metrics"]["mse"] < report["metrics"]["mse_mean_baseline"]
 
 
+def test_metrics_file_is_strict_json_and_the_compiling_step_has_no_rate(test_config, tmp_path):
+  train_and_evaluate(test_config(num_steps=3, log_every=1, eval_every=3), tmp_path)
+
+  def refuse(constant):
+    raise AssertionError(f"{constant} in metrics.jsonl")
+
+  text = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  lines = [json.loads(line, parse_constant=refuse) for line in text]
+  train = [m for m in lines if "train/loss" in m]
+  assert [m["step"] for m in train] == [1, 2, 3]
+  # Step 1's time is mostly compilation: no examples/s rather than a misleading one.
+  assert "train/examples_per_s" not in train[0]
+  assert all(m["train/examples_per_s"] > 0 for m in train[1:])
+
+
 def test_resume_continues_from_the_checkpoint_and_matches_an_unbroken_run(test_config, tmp_path):
   straight = train_and_evaluate(test_config(num_steps=20), tmp_path / "straight")
   train_and_evaluate(test_config(num_steps=10), tmp_path / "resumed")

@@ -451,20 +451,18 @@ class MetricsLog:
     keys = [k for k in self.on_host[0][1] if k != "nonfinite"]
     means = {k: float(np.mean([m[k] for m in good])) if good else math.nan for k in keys}
     skipped = len(self.on_host) - len(good)
+    # A line whose steps were all in the first (compiling) dispatch has no rate.
     rate = self.timed_steps * self.config.batch_size / elapsed if self.timed_steps else math.nan
     line = {f"train/{k}": v for k, v in means.items()}
-    line.update(
-      {
-        "train/num_steps": len(self.on_host),
-        "train/nonfinite_steps": skipped,
-        "train/examples_per_s": rate,
-      }
-    )
+    line.update({"train/num_steps": len(self.on_host), "train/nonfinite_steps": skipped})
+    if self.timed_steps:
+      line["train/examples_per_s"] = rate
     writer.write(step, line)
     note = f", {skipped} non-finite steps skipped" if skipped else ""
+    speed = f"{rate:.0f} examples/s" if self.timed_steps else "compiling, no examples/s"
     log(
       f"step {step}: train loss {means.get('loss', math.nan):.5g} "
-      f"(mean of {len(good)} steps{note}), {rate:.0f} examples/s"
+      f"(mean of {len(good)} steps{note}), {speed}"
     )
     self.on_host, self.timed_steps = [], 0
     return means, rate
