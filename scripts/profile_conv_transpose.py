@@ -52,14 +52,20 @@ def _time_ms(fn, *args, repeats: int) -> tuple[float, float]:
 
 def profile_layer(module, x, repeats: int) -> dict[str, float]:
   """Median and minimum ms of forward, input-gradient and kernel-gradient of `module` at `x`."""
+  import functools
+
   import jax
 
+  from genlab.train.parallel import compiler_options
+
+  # Compiled as genlab compiles its steps (its CPU compiler options, unless XLA_FLAGS set them).
+  jit = functools.partial(jax.jit, compiler_options=compiler_options())
   params = module.init(jax.random.key(0), x)
   y = module.apply(params, x)
   g = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
-  forward = jax.jit(module.apply)
-  input_grad = jax.jit(lambda p, x, g: jax.vjp(lambda x: module.apply(p, x), x)[1](g)[0])
-  kernel_grad = jax.jit(lambda p, x, g: jax.vjp(lambda p: module.apply(p, x), p)[1](g)[0])
+  forward = jit(module.apply)
+  input_grad = jit(lambda p, x, g: jax.vjp(lambda x: module.apply(p, x), x)[1](g)[0])
+  kernel_grad = jit(lambda p, x, g: jax.vjp(lambda p: module.apply(p, x), p)[1](g)[0])
   out = {}
   for name, fn, args in (
     ("forward", forward, (params, x)),
@@ -86,6 +92,7 @@ def main(argv: list[str]) -> None:
   import jax.numpy as jnp
 
   from genlab.models.conv_transpose import ConvTranspose
+  from genlab.train.parallel import compiler_options
 
   dtype = jnp.dtype(args.dtype)
   wanted = set(filter(None, args.cases.split(",")))
@@ -102,6 +109,7 @@ def main(argv: list[str]) -> None:
       "dtype": args.dtype,
       "backend": jax.default_backend(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "compiler_options": compiler_options(),
       "flax": profile_layer(nn.ConvTranspose(**layer), x, args.repeats),
       "genlab": profile_layer(ConvTranspose(**layer), x, args.repeats),
     }
