@@ -70,3 +70,73 @@ def test_an_unknown_dtype_is_refused(test_config):
   config = test_config(dtype="float16")
   with pytest.raises(ConfigError, match="choose float32 or bfloat16"):
     setup(config)
+
+
+def _dots(fn, *args) -> list[tuple[tuple[str, ...], str]]:
+  """(operand dtypes, result dtype) of every dot_general in `fn`'s jaxpr, nested ones too."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        found.append((tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype)))
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def test_bf16_dense_products_accumulate_in_fp32_forward_and_in_both_gradients():
+  import jax.numpy as jnp
+
+  from genlab.models import precision
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 6, 40)), jnp.bfloat16)  # (batch, time, features)
+  w = jnp.asarray(rng.normal(size=(40, 24)) / 6, jnp.bfloat16)
+  contract = (((2,), (0,)), ((), ()))
+
+  def loss(x, w):
+    y = precision.dot_general(x, w, contract)
+    return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+
+  # Every product, the forward one and both gradients', is bf16 x bf16 -> float32: the
+  # form XLA:CPU runs on its bf16 kernel (bf16 -> bf16 is converted to float32 first).
+  dots = _dots(jax.grad(loss, argnums=(0, 1)), x, w)
+  assert dots == [(("bfloat16", "bfloat16"), "float32")] * 3, dots
+  # Values: the float32 products rounded once to bf16.
+  x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+  y = jax.jit(lambda x, w: precision.dot_general(x, w, contract))(x, w)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(np.float32), x32 @ w32, rtol=2**-8, atol=1e-6)
+  dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+  rx, rw = jax.grad(lambda x, w: jnp.sum(jnp.sin(x @ w)), argnums=(0, 1))(x32, w32)
+  assert dx.dtype == dw.dtype == jnp.bfloat16
+  scale = float(jnp.max(jnp.abs(rw)))
+  np.testing.assert_allclose(dx.astype(np.float32), rx, atol=0.02 * float(jnp.max(jnp.abs(rx))))
+  np.testing.assert_allclose(dw.astype(np.float32), rw, atol=0.02 * scale)
+
+
+def test_other_products_pass_through_to_lax_dot_general():
+  import jax.numpy as jnp
+  from jax import lax
+
+  from genlab.models import precision
+
+  rng = np.random.default_rng(1)
+  a = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(5, 2)), jnp.float32)
+  contract = (((1,), (0,)), ((), ()))
+  np.testing.assert_array_equal(
+    precision.dot_general(a, b, contract), lax.dot_general(a, b, contract)
+  )
+  assert precision.dot_general_for(jnp.float32) is None
+  assert precision.dot_general_for("bfloat16") is precision.dot_general
+  # A batched bf16 product keeps lax's own form (bf16 result).
+  ab, bb = a[None].astype(jnp.bfloat16), b[None].astype(jnp.bfloat16)
+  batched = (((2,), (1,)), ((0,), (0,)))
+  assert precision.dot_general(ab, bb, batched).dtype == jnp.bfloat16
+  assert _dots(lambda a, b: precision.dot_general(a, b, batched), ab, bb) == [
+    (("bfloat16", "bfloat16"), "bfloat16")
+  ]

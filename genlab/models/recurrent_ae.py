@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
+from genlab.models.precision import dot_general_for
 
 CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
 
@@ -71,7 +72,9 @@ class SequenceEncoder(nn.Module):
     else:
       h = x.astype(dtype)
     for i, width in enumerate(self.feature_dims):
-      h = activation_fn(self.activation)(nn.Dense(width, dtype=dtype, name=f"feature_{i}")(h))
+      h = activation_fn(self.activation)(
+        nn.Dense(width, dtype=dtype, dot_general=dot_general_for(dtype), name=f"feature_{i}")(h)
+      )
     finals = []
     for layer in range(self.num_layers):
       forward = _rnn(
@@ -100,7 +103,9 @@ class SequenceEncoder(nn.Module):
         carry, h = forward(h, seq_lengths=lengths)
         finals = [_final_hidden(carry, self.cell)]
     final = jnp.concatenate(finals, axis=-1)
-    return nn.Dense(self.latent_dim, dtype=dtype, name="to_latent")(final)
+    return nn.Dense(
+      self.latent_dim, dtype=dtype, dot_general=dot_general_for(dtype), name="to_latent"
+    )(final)
 
 
 class SequenceDecoder(nn.Module):
@@ -127,11 +132,18 @@ class SequenceDecoder(nn.Module):
       [jnp.broadcast_to(z[:, None, :], shape), jnp.broadcast_to(position, shape)], axis=-1
     )
     for layer in range(self.num_layers):
-      init = nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"init_{layer}")(z)
+      init = nn.Dense(
+        self.hidden_dim,
+        dtype=self.dtype,
+        dot_general=dot_general_for(self.dtype),
+        name=f"init_{layer}",
+      )(z)
       carry = (init, jnp.tanh(init)) if self.cell == "lstm" else jnp.tanh(init)
       rnn = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}", dtype=self.dtype, unroll=self.unroll)
       h = rnn(h, initial_carry=carry)
-    return nn.Dense(self.output_width, dtype=self.dtype, name="output")(h)
+    return nn.Dense(
+      self.output_width, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="output"
+    )(h)
 
 
 class RecurrentAutoencoder(nn.Module):

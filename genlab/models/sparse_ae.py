@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
+from genlab.models.precision import dot_general_for
 
 CODES = ("sigmoid", "relu", "topk")
 
@@ -58,9 +59,15 @@ class SparseAutoencoder(nn.Module):
       self.code_dim,
       bias_init=nn.initializers.constant(self.code_bias_init),
       dtype=self.dtype,
+      dot_general=dot_general_for(self.dtype),
       name="encoder",
     )
-    self.decoder = nn.Dense(math.prod(self.output_shape), dtype=self.dtype, name="decoder")
+    self.decoder = nn.Dense(
+      math.prod(self.output_shape),
+      dtype=self.dtype,
+      dot_general=dot_general_for(self.dtype),
+      name="decoder",
+    )
 
   def pre_activations(self, x: jax.Array) -> jax.Array:
     """The code units' inputs, (examples, code_dim), in float32 (ρ̂ and the KL need it)."""
