@@ -262,3 +262,38 @@ def test_npz_sequences_train_with_their_lengths(tmp_path):
   lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").open()]
   train = [m["train/loss"] for m in lines if "train/loss" in m]
   assert train[-1] < train[0]
+
+
+def test_lstm_cell_equals_flax_optimized_cell_and_accumulates_bf16_in_fp32():
+  import flax.linen as nn
+
+  from genlab.models.recurrent_ae import LSTMCell
+
+  x = jax.random.normal(jax.random.key(0), (4, 7, 3))
+  flax_rnn, genlab_rnn = nn.RNN(nn.OptimizedLSTMCell(5)), nn.RNN(LSTMCell(5))
+  params = flax_rnn.init(jax.random.key(1), x)
+  # Same parameter names, shapes and initial values, so checkpoints carry over.
+  chex.assert_trees_all_equal(genlab_rnn.init(jax.random.key(1), x), params)
+
+  def loss(rnn):
+    return lambda p: jnp.sum(jnp.sin(rnn.apply(p, x)))
+
+  chex.assert_trees_all_equal(genlab_rnn.apply(params, x), flax_rnn.apply(params, x))
+  chex.assert_trees_all_equal(jax.grad(loss(genlab_rnn))(params), jax.grad(loss(flax_rnn))(params))
+
+  bf16 = nn.RNN(LSTMCell(5, dtype=jnp.bfloat16))
+  jaxpr = jax.make_jaxpr(lambda p: bf16.apply(p, x))(params)
+  dots = []
+
+  def walk(j):
+    for eqn in j.eqns:
+      if eqn.primitive.name == "dot_general":
+        dots.append(str(eqn.outvars[0].aval.dtype))
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jaxpr.jaxpr)
+  assert dots and set(dots) == {"float32"}, dots
+  np.testing.assert_allclose(
+    bf16.apply(params, x).astype(np.float32), flax_rnn.apply(params, x), atol=0.05
+  )

@@ -25,12 +25,56 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+from flax.linen.recurrent import DenseParams
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
 from genlab.models.precision import dot_general_for
 
-CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+
+class LSTMCell(nn.OptimizedLSTMCell):
+  """`nn.OptimizedLSTMCell` (the same parameters, initialisers and float32 values) whose
+  two products per step go through `precision.dot_general_for(dtype)`: in bfloat16 they
+  accumulate in float32 on XLA:CPU's bf16 kernel, where flax's `jnp.dot` gave a bf16
+  product that XLA ran in float32 after converting both operands."""
+
+  @nn.compact
+  def __call__(self, carry, inputs):
+    c, h = carry
+    features = h.shape[-1]
+    dot = dot_general_for(self.dtype) or jax.lax.dot_general
+
+    def gates(x, prefix: str, use_bias: bool, kernel_init) -> jax.Array:
+      # One product for the four gates; parameters named as flax's: {i,h}{i,f,g,o}.
+      parts = [
+        DenseParams(
+          features=features,
+          use_bias=use_bias,
+          param_dtype=self.param_dtype,
+          kernel_init=kernel_init,
+          bias_init=self.bias_init,
+          name=f"{prefix}{gate}",
+        )(x)
+        for gate in "ifgo"
+      ]
+      kernel = jnp.concatenate([k for k, _ in parts], axis=-1)
+      bias = jnp.concatenate([b for _, b in parts], axis=-1) if use_bias else None
+      x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+      y = dot(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+      return y + bias if use_bias else y
+
+    pre = gates(h, "h", True, self.recurrent_kernel_init) + gates(
+      inputs, "i", False, self.kernel_init
+    )
+    i, f, g, o = jnp.split(pre, 4, axis=-1)
+    i, f, g, o = self.gate_fn(i), self.gate_fn(f), self.activation_fn(g), self.gate_fn(o)
+    new_c = f * c + i * g
+    new_h = o * self.activation_fn(new_c)
+    return (new_c, new_h), new_h
+
+
+CELLS = {"lstm": LSTMCell, "gru": nn.GRUCell}
 
 
 def _rnn(cell: str, hidden_dim: int, name: str, dtype=jnp.float32, **kwargs) -> nn.RNN:
