@@ -46,8 +46,8 @@ compare the load, not the frameworks.
 
 One JSON line per model: `framework` ("pytorch"), `torch_version`, `model`, `batch`,
 `examples_per_s`, `step_ms`, `spread_ms` (fastest and slowest block), `num_params`,
-`threads` (`torch.get_num_threads()`), `device` ("cpu"), `steps`, `warmup`, `repeats`,
-`loss` (the last step's, a sanity check).
+`threads` (`torch.get_num_threads()`), `device` (`--device`: cpu, or cuda for a GPU),
+`steps`, `warmup`, `repeats`, `loss` (the last step's, a sanity check).
 
 The reference models (scripts/benchmark.py's `REFERENCE`; genlab's modules named for each):
   mlp_vae    784-500-20 MLP VAE, Bernoulli decoder (BCE from logits summed per example,
@@ -323,6 +323,11 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
 # Timing ---------------------------------------------------------------------------------
 
 
+def _synchronize(device: str) -> None:
+  if device.startswith("cuda"):
+    torch.cuda.synchronize()
+
+
 def benchmark(name: str, args) -> dict:
   torch.manual_seed(0)
   batch = args.batch or BATCH[name]
@@ -340,8 +345,10 @@ def benchmark(name: str, args) -> dict:
   run(args.warmup)
   times = []
   for _ in range(args.repeats):
-    begin = time.perf_counter()  # Eager on the CPU is synchronous: the block is done on return.
+    _synchronize(args.device)
+    begin = time.perf_counter()
     loss = run(args.steps).detach()
+    _synchronize(args.device)  # Eager on the CPU is synchronous; on a GPU, wait for it.
     times.append((time.perf_counter() - begin) / args.steps)
   step_s = statistics.median(times)
   return {
@@ -354,7 +361,7 @@ def benchmark(name: str, args) -> dict:
     "spread_ms": [round(min(times) * 1e3, 3), round(max(times) * 1e3, 3)],
     "num_params": num_params,
     "threads": torch.get_num_threads(),
-    "device": "cpu",
+    "device": args.device,
     "steps": args.steps,
     "warmup": args.warmup,
     "repeats": args.repeats,
@@ -371,8 +378,10 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--warmup", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--threads", type=int, default=None, help="default: PyTorch's (the cores)")
+  parser.add_argument("--device", default="cpu", help="cpu | cuda: where models and data live")
   parser.add_argument("--json", action="store_true", help="JSON lines only (the default too)")
   args = parser.parse_args(argv)
+  torch.set_default_device(args.device)  # Parameters, data and noise all made there.
   if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
     parser.error("--steps and --repeats must be at least 1, --warmup at least 0")
   if args.threads:

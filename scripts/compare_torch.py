@@ -1,6 +1,7 @@
 """genlab vs a plain PyTorch eager implementation of the same models, run interleaved.
 
     python scripts/compare_torch.py --torch_python /work/venv-torch/bin/python --rounds 2
+    python scripts/compare_torch.py --torch_python python3 --torch_device cuda --steps_scale 10
 
 For each reference model and each round, runs `scripts/benchmark.py` (genlab)
 and then `scripts/benchmark_torch.py` (PyTorch, in the interpreter given by
@@ -37,16 +38,22 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--steps_per_dispatch", type=int, default=10)
+  parser.add_argument("--torch_device", default="cpu", help="cpu | cuda (with genlab on a GPU)")
+  parser.add_argument("--steps_scale", type=int, default=1, help="× the timed steps (GPUs: 10)")
   args = parser.parse_args(argv)
   for model in args.models.split(","):
-    common = ["--model", model, "--steps", str(STEPS[model]), "--repeats", str(args.repeats)]
+    steps = STEPS[model] * args.steps_scale
+    common = ["--model", model, "--steps", str(steps), "--repeats", str(args.repeats)]
     rates = {"genlab": [], "pytorch": []}
     for _ in range(args.rounds):
       genlab = run(
         [sys.executable, str(HERE / "benchmark.py"), *common]
         + ["--steps_per_dispatch", str(args.steps_per_dispatch)]
       )
-      torch = run([args.torch_python, str(HERE / "benchmark_torch.py"), *common])
+      torch = run(
+        [args.torch_python, str(HERE / "benchmark_torch.py"), *common]
+        + ["--device", args.torch_device]
+      )
       for row in (genlab, torch):
         print(json.dumps(row), flush=True)
         rates[row.get("framework", "genlab")].append(row["examples_per_s"])
