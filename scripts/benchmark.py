@@ -266,7 +266,10 @@ def benchmark(name: str, args) -> dict:
     run(dispatches)
     times.append((time.perf_counter() - begin) / (dispatches * k))
   step_s = statistics.median(times)
-  peak, peak_how = fp32_peak_gflops()
+  if jax.default_backend() == "cpu":
+    peak, peak_how = fp32_peak_gflops()
+  else:  # The peak is the CPU's; an accelerator's is not measured here.
+    peak, peak_how = None, f"not measured on {jax.default_backend()}"
   gflops = flops / step_s / 1e9
   return {
     "model": name,
@@ -277,9 +280,9 @@ def benchmark(name: str, args) -> dict:
     "compile_s": round(compile_s, 2),
     "flops_per_step": flops,
     "gflops_per_s": round(gflops, 2),
-    "peak_gflops": round(peak, 1),
+    "peak_gflops": round(peak, 1) if peak else None,
     "peak_how": peak_how,
-    "fraction_of_peak": round(gflops / peak, 3),
+    "fraction_of_peak": round(gflops / peak, 3) if peak else None,
     "num_params": int(num_params),
     "devices": runner.num_devices,
     "backend": jax.default_backend(),
