@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -270,7 +271,9 @@ def benchmark(name: str, args) -> dict:
     peak, peak_how = fp32_peak_gflops()
   else:  # The peak is the CPU's; an accelerator's is not measured here.
     peak, peak_how = None, f"not measured on {jax.default_backend()}"
-  gflops = flops / step_s / 1e9
+  # XLA:GPU's cost analysis gives no FLOP count: then null, not NaN (JSON has no NaN).
+  flops = flops if math.isfinite(flops) else None
+  gflops = flops / step_s / 1e9 if flops else None
   return {
     "model": name,
     "framework": "genlab",
@@ -279,10 +282,10 @@ def benchmark(name: str, args) -> dict:
     "step_ms": round(step_s * 1e3, 3),
     "compile_s": round(compile_s, 2),
     "flops_per_step": flops,
-    "gflops_per_s": round(gflops, 2),
+    "gflops_per_s": round(gflops, 2) if gflops else None,
     "peak_gflops": round(peak, 1) if peak else None,
     "peak_how": peak_how,
-    "fraction_of_peak": round(gflops / peak, 3) if peak else None,
+    "fraction_of_peak": round(gflops / peak, 3) if peak and gflops else None,
     "num_params": int(num_params),
     "devices": runner.num_devices,
     "backend": jax.default_backend(),

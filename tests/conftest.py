@@ -159,3 +159,22 @@ def train_shipped(experiment: str, data_dir: str, workdir) -> dict:
   config.update(image_every=config.num_steps, checkpoint_every=config.num_steps)
   train_and_evaluate(config, workdir)
   return evaluate_workdir(workdir)["metrics"]
+
+
+def primitive_eqns(fn, *args, names=("dot_general",)) -> list:
+  """The equations of `fn`'s jaxpr at `args` whose primitive is in `names`, those inside
+  nested jaxprs (scans, custom_vjp, pjit) included, in order."""
+  import jax
+  from jax.extend.core import jaxprs_in_params  # jax.core's was removed in JAX 0.11.
+
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name in names:
+        found.append(eqn)
+      for sub in jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found

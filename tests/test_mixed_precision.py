@@ -8,27 +8,20 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_test_config
+from conftest import make_test_config, primitive_eqns
 from genlab.data import eval_batches
 from genlab.errors import ConfigError
 
 
 def _dot_dtypes(family, state, batch) -> set[str]:
   """The operand dtypes of every matrix product / convolution in one train step."""
-  jaxpr = jax.make_jaxpr(lambda s, b: family.train_step(s, b, jax.random.key(0), axis_name=None))(
-    state, batch
+  eqns = primitive_eqns(
+    lambda s, b: family.train_step(s, b, jax.random.key(0), axis_name=None),
+    state,
+    batch,
+    names=("dot_general", "conv_general_dilated"),
   )
-  found = set()
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
-        found.update(str(v.aval.dtype) for v in eqn.invars)
-      for sub in jax.core.jaxprs_in_params(eqn.params):
-        walk(sub)
-
-  walk(jaxpr.jaxpr)
-  return found
+  return {str(v.aval.dtype) for eqn in eqns for v in eqn.invars}
 
 
 @pytest.mark.parametrize("family", ["autoencoder", "vae", "sparse_autoencoder"])
@@ -74,17 +67,10 @@ def test_an_unknown_dtype_is_refused(test_config):
 
 def _dots(fn, *args) -> list[tuple[tuple[str, ...], str]]:
   """(operand dtypes, result dtype) of every dot_general in `fn`'s jaxpr, nested ones too."""
-  found = []
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "dot_general":
-        found.append((tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype)))
-      for sub in jax.core.jaxprs_in_params(eqn.params):
-        walk(sub)
-
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return found
+  return [
+    (tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.outvars[0].aval.dtype))
+    for eqn in primitive_eqns(fn, *args)
+  ]
 
 
 def test_bf16_dense_products_accumulate_in_fp32_forward_and_in_both_gradients():

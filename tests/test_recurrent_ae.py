@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from conftest import EXPERIMENTS, compare_parallel, train_shipped
+from conftest import EXPERIMENTS, compare_parallel, primitive_eqns, train_shipped
 from genlab import losses
 from genlab.errors import ConfigError, DataError
 from genlab.families.recurrent_ae import reverse_valid
@@ -282,17 +282,7 @@ def test_lstm_cell_equals_flax_optimized_cell_and_accumulates_bf16_in_fp32():
   chex.assert_trees_all_equal(jax.grad(loss(genlab_rnn))(params), jax.grad(loss(flax_rnn))(params))
 
   bf16 = nn.RNN(LSTMCell(5, dtype=jnp.bfloat16))
-  jaxpr = jax.make_jaxpr(lambda p: bf16.apply(p, x))(params)
-  dots = []
-
-  def walk(j):
-    for eqn in j.eqns:
-      if eqn.primitive.name == "dot_general":
-        dots.append(str(eqn.outvars[0].aval.dtype))
-      for sub in jax.core.jaxprs_in_params(eqn.params):
-        walk(sub)
-
-  walk(jaxpr.jaxpr)
+  dots = [str(e.outvars[0].aval.dtype) for e in primitive_eqns(lambda p: bf16.apply(p, x), params)]
   assert dots and set(dots) == {"float32"}, dots
   np.testing.assert_allclose(
     bf16.apply(params, x).astype(np.float32), flax_rnn.apply(params, x), atol=0.05
