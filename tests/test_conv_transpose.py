@@ -12,8 +12,8 @@ import pytest
 from genlab.models import ConvDecoder, ConvTranspose, conv_transpose
 
 # (input H, W), kernel_size, strides, padding, features. Features 1 and 4 take the
-# dilated-convolution forward pass, 16 the phase one (conv_transpose.py); every case but
-# features 1 takes the phase kernel gradient.
+# dilated-convolution forward pass and the kernel gradient by taps, 16 the phase forward
+# pass and phase kernel gradient (conv_transpose.py).
 CASES = [
   ((7, 7), (4, 4), (2, 2), "SAME", 16),  # the DCGAN / conv AE decoder stage
   ((7, 7), (4, 4), (2, 2), "SAME", 4),
@@ -29,6 +29,13 @@ CASES = [
   ((4, 5), (4, 3), (2, 2), ((1, 2), (0, 3)), 16),
   ((3, 3), (4, 4), (2, 2), ((5, 4), (2, 0)), 16),  # padding wider than the kernel
   ((6, 6), (4, 4), (2, 2), 1, 16),
+  # The kernel gradient by taps under the same paddings, strides and kernel shapes.
+  ((4, 5), (4, 3), (2, 2), ((1, 2), (0, 3)), 4),
+  ((3, 3), (4, 4), (2, 2), ((5, 4), (2, 0)), 1),
+  ((5, 6), (5, 3), (3, 2), "SAME", 2),
+  ((5, 4), (3, 3), (1, 1), "SAME", 1),
+  ((3, 3), (1, 1), (2, 2), "SAME", 3),
+  ((5, 5), (4, 4), (2, 2), "VALID", 1),
 ]
 
 
