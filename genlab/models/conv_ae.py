@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from genlab.errors import ConfigError
 from genlab.models.conv_transpose import ConvTranspose
-from genlab.models.precision import dot_general_for
+from genlab.models.precision import Dense
 
 IntOrSeq = int | Sequence[int]
 
@@ -90,9 +90,7 @@ class ConvEncoder(nn.Module):
       x = act(x)
     if self.latent_dim is None:
       return x
-    return nn.Dense(
-      self.latent_dim, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="code"
-    )(x.reshape(x.shape[0], -1))
+    return Dense(self.latent_dim, dtype=self.dtype, name="code")(x.reshape(x.shape[0], -1))
 
 
 class ConvDecoder(nn.Module):
@@ -125,12 +123,7 @@ class ConvDecoder(nn.Module):
     x = z
     if z.ndim == 2:  # A vector code: project back to the smallest feature map.
       h, w = sizes[-1]
-      x = nn.Dense(
-        h * w * self.features[-1],
-        dtype=self.dtype,
-        dot_general=dot_general_for(self.dtype),
-        name="project",
-      )(z)
+      x = Dense(h * w * self.features[-1], dtype=self.dtype, name="project")(z)
       x = act(x.reshape(z.shape[0], h, w, self.features[-1]))
     elif tuple(z.shape[1:3]) != sizes[-1]:
       raise ConfigError(

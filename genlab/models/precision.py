@@ -9,6 +9,7 @@ instead, about 3× its float32 one on this CPU (a 128×784 by 784×500 product: 
 pass and in both gradients. The gradients need a `custom_vjp`: JAX's own transpose of a
 float32-result product multiplies the float32 cotangent by a bf16 operand, i.e. in float32.
 
+    precision.Dense(features, dtype=dtype)   # nn.Dense with dot_general below
     nn.Dense(features, dtype=dtype, dot_general=precision.dot_general_for(dtype))
 
 Accumulating in float32 is also what makes a bf16 product accurate: the result is the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -78,4 +80,11 @@ def dot_general_for(dtype: Any):
   return dot_general if jnp.dtype(dtype) == jnp.bfloat16 else None
 
 
-__all__ = ["dot_general", "dot_general_for"]
+class Dense(nn.Dense):
+  """`nn.Dense` (same parameters and float32 values) whose product is `dot_general`: in
+  bfloat16 it accumulates in float32. genlab's models build their Dense layers with it."""
+
+  dot_general: Any = dot_general
+
+
+__all__ = ["Dense", "dot_general", "dot_general_for"]

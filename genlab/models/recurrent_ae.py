@@ -30,12 +30,12 @@ from flax.linen.recurrent import DenseParams
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
-from genlab.models.precision import dot_general_for
+from genlab.models.precision import Dense, dot_general
 
 
 class LSTMCell(nn.OptimizedLSTMCell):
   """`nn.OptimizedLSTMCell` (the same parameters, initialisers and float32 values) whose
-  two products per step go through `precision.dot_general_for(dtype)`: in bfloat16 they
+  two products per step go through `precision.dot_general`: in bfloat16 they
   accumulate in float32 on XLA:CPU's bf16 kernel, where flax's `jnp.dot` gave a bf16
   product that XLA ran in float32 after converting both operands."""
 
@@ -43,7 +43,6 @@ class LSTMCell(nn.OptimizedLSTMCell):
   def __call__(self, carry, inputs):
     c, h = carry
     features = h.shape[-1]
-    dot = dot_general_for(self.dtype) or jax.lax.dot_general
 
     def gates(x, prefix: str, use_bias: bool, kernel_init) -> jax.Array:
       # One product for the four gates; parameters named as flax's: {i,h}{i,f,g,o}.
@@ -61,7 +60,7 @@ class LSTMCell(nn.OptimizedLSTMCell):
       kernel = jnp.concatenate([k for k, _ in parts], axis=-1)
       bias = jnp.concatenate([b for _, b in parts], axis=-1) if use_bias else None
       x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-      y = dot(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+      y = dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
       return y + bias if use_bias else y
 
     pre = gates(h, "h", True, self.recurrent_kernel_init) + gates(
@@ -116,9 +115,7 @@ class SequenceEncoder(nn.Module):
     else:
       h = x.astype(dtype)
     for i, width in enumerate(self.feature_dims):
-      h = activation_fn(self.activation)(
-        nn.Dense(width, dtype=dtype, dot_general=dot_general_for(dtype), name=f"feature_{i}")(h)
-      )
+      h = activation_fn(self.activation)(Dense(width, dtype=dtype, name=f"feature_{i}")(h))
     finals = []
     for layer in range(self.num_layers):
       forward = _rnn(
@@ -147,9 +144,7 @@ class SequenceEncoder(nn.Module):
         carry, h = forward(h, seq_lengths=lengths)
         finals = [_final_hidden(carry, self.cell)]
     final = jnp.concatenate(finals, axis=-1)
-    return nn.Dense(
-      self.latent_dim, dtype=dtype, dot_general=dot_general_for(dtype), name="to_latent"
-    )(final)
+    return Dense(self.latent_dim, dtype=dtype, name="to_latent")(final)
 
 
 class SequenceDecoder(nn.Module):
@@ -176,18 +171,11 @@ class SequenceDecoder(nn.Module):
       [jnp.broadcast_to(z[:, None, :], shape), jnp.broadcast_to(position, shape)], axis=-1
     )
     for layer in range(self.num_layers):
-      init = nn.Dense(
-        self.hidden_dim,
-        dtype=self.dtype,
-        dot_general=dot_general_for(self.dtype),
-        name=f"init_{layer}",
-      )(z)
+      init = Dense(self.hidden_dim, dtype=self.dtype, name=f"init_{layer}")(z)
       carry = (init, jnp.tanh(init)) if self.cell == "lstm" else jnp.tanh(init)
       rnn = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}", dtype=self.dtype, unroll=self.unroll)
       h = rnn(h, initial_carry=carry)
-    return nn.Dense(
-      self.output_width, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="output"
-    )(h)
+    return Dense(self.output_width, dtype=self.dtype, name="output")(h)
 
 
 class RecurrentAutoencoder(nn.Module):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
-from genlab.models.precision import dot_general_for
+from genlab.models.precision import Dense
 
 CODES = ("sigmoid", "relu", "topk")
 
@@ -55,19 +55,13 @@ class SparseAutoencoder(nn.Module):
       raise ConfigError(f"unknown code {self.code!r}; choose one of {CODES}")
     if self.code == "topk" and not 0 < self.k <= self.code_dim:
       raise ConfigError(f"k={self.k} must lie in 1..code_dim={self.code_dim}")
-    self.encoder = nn.Dense(
+    self.encoder = Dense(
       self.code_dim,
       bias_init=nn.initializers.constant(self.code_bias_init),
       dtype=self.dtype,
-      dot_general=dot_general_for(self.dtype),
       name="encoder",
     )
-    self.decoder = nn.Dense(
-      math.prod(self.output_shape),
-      dtype=self.dtype,
-      dot_general=dot_general_for(self.dtype),
-      name="decoder",
-    )
+    self.decoder = Dense(math.prod(self.output_shape), dtype=self.dtype, name="decoder")
 
   def pre_activations(self, x: jax.Array) -> jax.Array:
     """The code units' inputs, (examples, code_dim), in float32 (ρ̂ and the KL need it)."""

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn
-from genlab.models.precision import dot_general_for
+from genlab.models.precision import Dense
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -44,9 +44,7 @@ class MLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     act = activation_fn(self.activation)
     for i, f in enumerate(self.features):
-      x = nn.Dense(f, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name=f"dense_{i}")(
-        x
-      )
+      x = Dense(f, dtype=self.dtype, name=f"dense_{i}")(x)
       if i < len(self.features) - 1:
         x = act(x)
     return x
