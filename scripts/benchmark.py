@@ -34,6 +34,7 @@ e.g. scripts/benchmark_torch.py):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -105,8 +106,9 @@ REFERENCE = {
 NUM_EXAMPLES = 8192  # Synthetic training examples (device-resident: ~26 MB as float32).
 
 
+@functools.cache
 def fp32_peak_gflops() -> tuple[float, str]:
-  """This machine's fp32 peak FLOP/s and how it was obtained (cached per process).
+  """This machine's fp32 peak FLOP/s and how it was obtained (measured once per process).
 
   Measured where a C compiler is at hand: scripts/fma_peak.c, one copy per core at once,
   times chains of 512-bit multiply-adds, so the figure is the cores' real throughput at
@@ -115,8 +117,6 @@ def fp32_peak_gflops() -> tuple[float, str]:
   against 482 measured; PyTorch's sgemm alone reached 406), which would flatter every
   fraction of peak. Without a compiler, the nominal figure, and the JSON says so.
   """
-  if _PEAK:
-    return _PEAK[0]
   cores = os.cpu_count() or 1
   source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.c")
   compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -137,11 +137,7 @@ def fp32_peak_gflops() -> tuple[float, str]:
             + " GFLOP/s"
           ),
         )
-  _PEAK.append(measured or _nominal_peak(cores))
-  return _PEAK[0]
-
-
-_PEAK: list[tuple[float, str]] = []
+  return measured or _nominal_peak(cores)
 
 
 def _nominal_peak(cores: int) -> tuple[float, str]:
