@@ -126,3 +126,85 @@ def test_other_products_pass_through_to_lax_dot_general():
   assert _dots(lambda a, b: precision.dot_general(a, b, batched), ab, bb) == [
     (("bfloat16", "bfloat16"), "bfloat16")
   ]
+
+
+def test_bf16_matmul_on_an_fp32_kernel_returns_its_gradient_unrounded_in_fp32():
+  import jax.numpy as jnp
+
+  from genlab.models import precision
+
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(3, 5, 24)), jnp.bfloat16)  # (batch, time, features)
+  w = jnp.asarray(rng.normal(size=(24, 16)) / 5, jnp.float32)
+
+  def loss(x, w):
+    return jnp.sum(jnp.sin(precision.matmul(x, w).astype(jnp.float32)))
+
+  assert _dots(jax.grad(loss, argnums=(0, 1)), x, w) == [(("bfloat16", "bfloat16"), "float32")] * 3
+  x32, w16 = x.astype(jnp.float32), w.astype(jnp.bfloat16).astype(jnp.float32)
+  y = jax.jit(precision.matmul)(x, w)
+  assert y.dtype == jnp.bfloat16
+  # The kernel is rounded to bf16 for the product; the sum is float32's, rounded once.
+  np.testing.assert_array_equal(y, (x32 @ w16).astype(jnp.bfloat16))
+  dx, dw = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+  # dkernel = Σ over batch and time of xᵀ g, g being the bf16 cotangent of y: every product
+  # is exact in float32, so only the summation order may differ from NumPy's.
+  g = (jnp.cos(y.astype(jnp.float32)).astype(jnp.bfloat16)).astype(jnp.float32)
+  expected = np.einsum("btk,btn->kn", np.asarray(x32), np.asarray(g))
+  np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-5)
+  # ...and it was not rounded to bf16 on the way (as a cast kernel's gradient would be).
+  assert np.any(np.asarray(dw) != np.asarray(dw.astype(jnp.bfloat16).astype(jnp.float32)))
+  np.testing.assert_allclose(
+    dx.astype(np.float32), np.asarray(g) @ np.asarray(w16).T, rtol=2**-7, atol=1e-2
+  )
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_is_nn_dense_in_fp32_and_gives_fp32_gradients_in_bf16(use_bias):
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from genlab.models import precision
+
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 7, 12)), jnp.float32)
+  ours, flax = precision.Dense(5, use_bias=use_bias), nn.Dense(5, use_bias=use_bias)
+  low = precision.Dense(5, use_bias=use_bias, dtype=jnp.bfloat16)
+  params = flax.init(jax.random.key(0), x)
+  shapes = jax.tree.map(np.shape, ours.init(jax.random.key(0), x))
+  assert shapes == jax.tree.map(np.shape, params)
+
+  def grads(module):
+    loss = lambda p: jnp.sum(jnp.sin(module.apply(p, x).astype(jnp.float32)))  # noqa: E731
+    return jax.tree.leaves(jax.grad(loss)(params))
+
+  # float32: the same computation, bit for bit, values and gradients.
+  np.testing.assert_array_equal(ours.apply(params, x), flax.apply(params, x))
+  for a, b in zip(grads(ours), grads(flax), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # bfloat16: float32 parameter gradients, close to float32's.
+  y = low.apply(params, x)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(np.float32), flax.apply(params, x), atol=0.05)
+  for a, b in zip(grads(low), grads(flax), strict=True):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, atol=0.05 * float(np.max(np.abs(b))))
+
+
+def test_kernel_rounding_to_bf16_matches_xla_convert_on_every_kind_of_float32():
+  import jax.numpy as jnp
+  from jax import lax
+
+  from genlab.models.precision import _to_bfloat16
+
+  bits = np.random.default_rng(4).integers(0, 2**32, size=200_000, dtype=np.uint64)
+  special = np.array(
+    [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-40, 3.4e38, 1.0 + 2**-8, 1 + 3 * 2**-8]
+  )
+  x = np.concatenate([bits.astype(np.uint32).view(np.float32), special.astype(np.float32)])
+  ours = jax.jit(_to_bfloat16)(jnp.asarray(x))
+  xla = jnp.asarray(x).astype(jnp.bfloat16)
+  nan = np.isnan(x)
+  as_bits = lambda a: np.asarray(lax.bitcast_convert_type(a, jnp.uint16))  # noqa: E731
+  np.testing.assert_array_equal(as_bits(ours)[~nan], as_bits(xla)[~nan])  # ties to even too
+  assert np.isnan(np.asarray(ours[nan], np.float32)).all() and nan.sum() > 100

@@ -27,17 +27,18 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from flax.linen.recurrent import DenseParams
+from jax import lax
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
-from genlab.models.precision import Dense, dot_general
+from genlab.models.precision import Dense, is_bfloat16, matmul
 
 
 class LSTMCell(nn.OptimizedLSTMCell):
   """`nn.OptimizedLSTMCell` (the same parameters, initialisers and float32 values) whose
-  two products per step go through `precision.dot_general`: in bfloat16 they
-  accumulate in float32 on XLA:CPU's bf16 kernel, where flax's `jnp.dot` gave a bf16
-  product that XLA ran in float32 after converting both operands."""
+  two products per step are `precision.matmul` in bfloat16: they accumulate in float32 on
+  XLA:CPU's bf16 kernel, where flax's `jnp.dot` gave a bf16 product that XLA ran in
+  float32 after converting both operands, and the kernels' gradients stay float32."""
 
   @nn.compact
   def __call__(self, carry, inputs):
@@ -59,8 +60,13 @@ class LSTMCell(nn.OptimizedLSTMCell):
       ]
       kernel = jnp.concatenate([k for k, _ in parts], axis=-1)
       bias = jnp.concatenate([b for _, b in parts], axis=-1) if use_bias else None
-      x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-      y = dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+      if is_bfloat16(self.dtype):
+        # The float32 kernel goes in whole: see `precision.matmul`.
+        x, bias = promote_dtype(x, bias, dtype=self.dtype)
+        y = matmul(x, kernel)
+      else:
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
       return y + bias if use_bias else y
 
     pre = gates(h, "h", True, self.recurrent_kernel_init) + gates(
