@@ -82,6 +82,7 @@ Parameter counts equal genlab's except `lstm_ae`: 176,161 here against 175,137, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -104,6 +105,10 @@ POOL_BATCHES = 8  # Distinct batches made once and cycled through.
 IMAGE = (1, 28, 28)  # NCHW, PyTorch's layout.
 SEQUENCE = (40, 1)  # (steps, features).
 LATENT_GAN = 100
+# Where each step's forward pass and loss run: `torch.autocast` for `--dtype bfloat16`
+# (PyTorch's own mixed precision: bf16 products, float32 parameters and optimizer), nothing
+# extra for float32. Backward passes and optimizer steps run outside it, as PyTorch advises.
+autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 # Models ---------------------------------------------------------------------------------
@@ -223,10 +228,11 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     def step(i):
       x = data[i % POOL_BATCHES]
       optimizer.zero_grad()
-      logits, mean, logvar = model(x)
-      reconstruction = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="sum")
-      kl = 0.5 * torch.sum(mean.square() + logvar.exp() - logvar - 1.0)
-      loss = (reconstruction + kl) / x.shape[0]
+      with autocast():
+        logits, mean, logvar = model(x)
+        reconstruction = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="sum")
+        kl = 0.5 * torch.sum(mean.square() + logvar.exp() - logvar - 1.0)
+        loss = (reconstruction + kl) / x.shape[0]
       loss.backward()
       optimizer.step()
       return loss
@@ -241,7 +247,8 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     def step(i):
       x = data[i % POOL_BATCHES]
       optimizer.zero_grad()
-      loss = F.mse_loss(model(x), x)
+      with autocast():
+        loss = F.mse_loss(model(x), x)
       loss.backward()
       optimizer.step()
       return loss
@@ -260,19 +267,21 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     def step(i):
       real = data[i % POOL_BATCHES]
       # Discriminator: real against G(z), G held fixed.
-      with torch.no_grad():
+      with torch.no_grad(), autocast():
         fake = generator(torch.randn(batch, LATENT_GAN))
       d_optimizer.zero_grad()
-      d_loss = F.binary_cross_entropy_with_logits(
-        discriminator(real), ones
-      ) + F.binary_cross_entropy_with_logits(discriminator(fake), zeros)
+      with autocast():
+        d_loss = F.binary_cross_entropy_with_logits(
+          discriminator(real), ones
+        ) + F.binary_cross_entropy_with_logits(discriminator(fake), zeros)
       d_loss.backward()
       d_optimizer.step()
       # Generator: non-saturating −log D(G(z)) on fresh z; D's weights take no gradient.
       discriminator.requires_grad_(False)
       g_optimizer.zero_grad()
-      fake = generator(torch.randn(batch, LATENT_GAN))
-      g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+      with autocast():
+        fake = generator(torch.randn(batch, LATENT_GAN))
+        g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
       g_loss.backward()
       g_optimizer.step()
       discriminator.requires_grad_(True)
@@ -289,7 +298,8 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     def step(i):
       x = data[i % POOL_BATCHES]
       optimizer.zero_grad()
-      loss = F.mse_loss(model(x), x)
+      with autocast():
+        loss = F.mse_loss(model(x), x)
       loss.backward()
       optimizer.step()
       return loss
@@ -305,12 +315,13 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     def step(i):
       x = data[i % POOL_BATCHES]
       optimizer.zero_grad()
-      output, code = model(x)
-      squared_error = 0.5 * (output - x).square().sum() / x.shape[0]
-      rho_hat = code.mean(dim=0).clamp(eps, 1.0 - eps)
-      kl = rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))
-      decay = model.encoder.weight.square().sum() + model.decoder.weight.square().sum()
-      loss = squared_error + beta * kl.sum() + 0.5 * weight_decay * decay
+      with autocast():
+        output, code = model(x)
+        squared_error = 0.5 * (output - x).square().sum() / x.shape[0]
+        rho_hat = code.float().mean(dim=0).clamp(eps, 1.0 - eps)
+        kl = rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))
+        decay = model.encoder.weight.square().sum() + model.decoder.weight.square().sum()
+        loss = squared_error + beta * kl.sum() + 0.5 * weight_decay * decay
       loss.backward()
       optimizer.step()
       return loss
@@ -362,6 +373,7 @@ def benchmark(name: str, args) -> dict:
     "num_params": num_params,
     "threads": torch.get_num_threads(),
     "device": args.device,
+    "dtype": args.dtype,
     "steps": args.steps,
     "warmup": args.warmup,
     "repeats": args.repeats,
@@ -379,9 +391,16 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--threads", type=int, default=None, help="default: PyTorch's (the cores)")
   parser.add_argument("--device", default="cpu", help="cpu | cuda: where models and data live")
+  parser.add_argument(
+    "--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast"
+  )
   parser.add_argument("--json", action="store_true", help="JSON lines only (the default too)")
   args = parser.parse_args(argv)
   torch.set_default_device(args.device)  # Parameters, data and noise all made there.
+  if args.dtype == "bfloat16":
+    global autocast
+    device_type = torch.device(args.device).type
+    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16)  # noqa: E731
   if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
     parser.error("--steps and --repeats must be at least 1, --warmup at least 0")
   if args.threads:

@@ -40,7 +40,10 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--steps_per_dispatch", type=int, default=10)
   parser.add_argument("--torch_device", default="cpu", help="cpu | cuda (with genlab on a GPU)")
   parser.add_argument("--steps_scale", type=int, default=1, help="× the timed steps (GPUs: 10)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--torch_dtype", default=None, help="default: --dtype (bfloat16: autocast)")
   args = parser.parse_args(argv)
+  torch_dtype = args.torch_dtype or args.dtype
   for model in args.models.split(","):
     steps = STEPS[model] * args.steps_scale
     common = ["--model", model, "--steps", str(steps), "--repeats", str(args.repeats)]
@@ -48,11 +51,11 @@ def main(argv: list[str]) -> None:
     for _ in range(args.rounds):
       genlab = run(
         [sys.executable, str(HERE / "benchmark.py"), *common]
-        + ["--steps_per_dispatch", str(args.steps_per_dispatch)]
+        + ["--steps_per_dispatch", str(args.steps_per_dispatch), "--dtype", args.dtype]
       )
       torch = run(
         [args.torch_python, str(HERE / "benchmark_torch.py"), *common]
-        + ["--device", args.torch_device]
+        + ["--device", args.torch_device, "--dtype", torch_dtype]
       )
       for row in (genlab, torch):
         print(json.dumps(row), flush=True)
@@ -65,6 +68,8 @@ def main(argv: list[str]) -> None:
           "genlab_examples_per_s": summary["genlab"],
           "pytorch_examples_per_s": summary["pytorch"],
           "ratio": round(summary["genlab"] / summary["pytorch"], 2),
+          "genlab_dtype": args.dtype,
+          "pytorch_dtype": torch_dtype,
           "rounds": args.rounds,
         }
       ),
