@@ -143,6 +143,12 @@ def _sequence_config(data_dir, experiment, **updates):
   [
     ("rnn_ae_vowels.py", {}, "mse"),
     ("rnn_ae_vowels.py", {"loss": "gaussian_nll", "model.cell": "lstm"}, "gaussian_nll"),
+    # bf16: every LSTM layer, both directions, is the fused op (genlab.models.lstm).
+    (
+      "rnn_ae_vowels.py",
+      {"model.cell": "lstm", "model.bidirectional": True, "dtype": "bfloat16"},
+      "mse",
+    ),
     ("rnn_ae_text.py", {"sequence.target": "reversed", "eval_batch_size": 512}, "token_accuracy"),
     ("rnn_ae_anomaly.py", {}, "roc_auc"),
   ],
