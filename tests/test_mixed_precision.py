@@ -195,14 +195,14 @@ def test_kernel_rounding_to_bf16_matches_xla_convert_on_every_kind_of_float32():
   import jax.numpy as jnp
   from jax import lax
 
-  from genlab.models.precision import _to_bfloat16
+  from genlab.models.precision import to_bfloat16
 
   bits = np.random.default_rng(4).integers(0, 2**32, size=200_000, dtype=np.uint64)
   special = np.array(
     [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-40, 3.4e38, 1.0 + 2**-8, 1 + 3 * 2**-8]
   )
   x = np.concatenate([bits.astype(np.uint32).view(np.float32), special.astype(np.float32)])
-  ours = jax.jit(_to_bfloat16)(jnp.asarray(x))
+  ours = jax.jit(to_bfloat16)(jnp.asarray(x))
   xla = jnp.asarray(x).astype(jnp.bfloat16)
   nan = np.isnan(x)
   as_bits = lambda a: np.asarray(lax.bitcast_convert_type(a, jnp.uint16))  # noqa: E731

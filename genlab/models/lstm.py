@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax.linen.recurrent import flip_sequences
 from jax import lax
 
-from genlab.models.precision import _to_bfloat16, _transposed_copy
+from genlab.models.precision import to_bfloat16, transposed_copy
 
 Array = jax.Array
 
@@ -55,7 +55,7 @@ def _load(x: Array, dtype) -> Array:
 
 
 def _low(kernel: Array, dtype) -> Array:
-  return _to_bfloat16(kernel) if dtype == jnp.bfloat16 else kernel.astype(dtype)
+  return to_bfloat16(kernel) if dtype == jnp.bfloat16 else kernel.astype(dtype)
 
 
 def _forward(xs, kernel, bias, c0, h0, unroll=1):
@@ -127,7 +127,7 @@ def _lstm_bwd(unroll, residuals, cotangents):
   )
   dgates, dxs = _load(dgates, dtype).reshape(-1, dgates.shape[-1]), _load(dxs, dtype)
   inputs = inputs.reshape(-1, inputs.shape[-1])
-  inputs_t = _transposed_copy(inputs) if dtype == jnp.bfloat16 else inputs.T
+  inputs_t = transposed_copy(inputs) if dtype == jnp.bfloat16 else inputs.T
   dkernel = _product(inputs_t, dgates).astype(kernel.dtype)
   dbias = jnp.sum(dgates.astype(jnp.float32), axis=0).astype(bias.dtype)
   return dxs, dkernel, dbias, dc0, dh0
