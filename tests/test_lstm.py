@@ -36,6 +36,8 @@ def _apply(rnn, params, x, carry, call):
     ({"return_carry": True}, {"seq_lengths": LENGTHS}),
     ({"return_carry": True, "reverse": True, "keep_order": True}, {"seq_lengths": LENGTHS}),
     ({"reverse": True}, {"seq_lengths": LENGTHS}),
+    ({"reverse": True, "return_carry": True}, {}),
+    ({"reverse": True, "keep_order": True}, {}),
   ],
 )
 def test_fused_lstm_equals_nn_rnn_in_values_and_every_gradient(options, call):
@@ -106,3 +108,9 @@ def test_the_bf16_recurrent_autoencoder_uses_it_with_the_fp32_models_parameters(
   out16, aux16 = bf16.apply(params, x, LENGTHS)
   np.testing.assert_allclose(aux16["z"], aux32["z"], atol=0.05)
   np.testing.assert_allclose(out16, out32, atol=0.05)
+
+
+def test_fused_lstm_refuses_inputs_that_are_not_batch_major_sequences():
+  for shape, call in [((7, 3), {}), ((2, 4, 7, 3), {}), ((4, 7, 3), {"time_major": True})]:
+    with pytest.raises(ValueError, match="batch-major inputs"):
+      LSTM(6).init(jax.random.key(0), jnp.zeros(shape), **call)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -208,3 +209,33 @@ def test_kernel_rounding_to_bf16_matches_xla_convert_on_every_kind_of_float32():
   as_bits = lambda a: np.asarray(lax.bitcast_convert_type(a, jnp.uint16))  # noqa: E731
   np.testing.assert_array_equal(as_bits(ours)[~nan], as_bits(xla)[~nan])  # ties to even too
   assert np.isnan(np.asarray(ours[nan], np.float32)).all() and nan.sum() > 100
+
+
+def test_matmul_on_float32_inputs_is_the_float32_product_and_dense_keeps_a_given_dot_general():
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from jax import lax
+
+  from genlab.models import precision
+
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+  np.testing.assert_allclose(precision.matmul(x, w), x @ w, rtol=1e-6)
+  chex.assert_trees_all_close(
+    jax.grad(loss(precision.matmul), argnums=(0, 1))(x, w),
+    jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, w),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  calls = []
+
+  def spy(lhs, rhs, dims, precision=None, preferred_element_type=None):
+    calls.append((lhs.dtype, rhs.dtype))
+    return lax.dot_general(lhs, rhs, dims, precision, preferred_element_type)
+
+  layer = precision.Dense(3, dtype=jnp.bfloat16, dot_general=spy)
+  params = nn.Dense(3).init(jax.random.key(0), x)
+  layer.apply(params, x)
+  assert calls == [(jnp.bfloat16, jnp.bfloat16)]  # The caller's product, not matmul.

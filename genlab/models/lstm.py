@@ -13,10 +13,14 @@ step. In bfloat16 that made the recurrent autoencoder slower than in float32.
   after the loop            d[W_h; W_i] = Σ_t [h, x_t]ᵀ dgates   (one product over all
                             steps and examples) and db = Σ_t dgates
 
-with the state (c, h) and the gate arithmetic in float32, and every bf16 intermediate
-stored as its uint16 bits, which XLA:CPU moves without converting. `LSTM` is a module
-with `nn.RNN`'s interface for it, whose parameters are `LSTMCell`'s (the same names,
-shapes and initial values), so checkpoints do not depend on which one ran.
+with the state (c, h) and the gate activations computed in float32, the gates kept for
+the backward pass and the gate gradients in bf16 (as in the `nn.RNN` path), and every bf16
+intermediate stored as its uint16 bits, which XLA:CPU moves without converting. Being a
+`custom_vjp`, it supports reverse-mode autodiff only (`jax.jvp` through it fails).
+
+`LSTM` is a module with `nn.RNN`'s interface for it (batch-major (B, T, D) inputs only),
+whose parameters are those of a default `LSTMCell` (the same names, shapes and initial
+values), so checkpoints do not depend on which one ran.
 
 On the reference lstm_ae (2 cores, bf16) one layer's forward and backward pass take
 17 ms against 45 ms through `nn.RNN`. In float32 it is no faster than `nn.RNN`, whose
@@ -34,7 +38,7 @@ import jax.numpy as jnp
 from flax.linen.recurrent import flip_sequences
 from jax import lax
 
-from genlab.models.precision import to_bfloat16, transposed_copy
+from genlab.models.precision import to_dtype, transposed_copy
 
 Array = jax.Array
 
@@ -54,13 +58,9 @@ def _load(x: Array, dtype) -> Array:
   return lax.bitcast_convert_type(x, dtype) if x.dtype == jnp.uint16 else x
 
 
-def _low(kernel: Array, dtype) -> Array:
-  return to_bfloat16(kernel) if dtype == jnp.bfloat16 else kernel.astype(dtype)
-
-
 def _forward(xs, kernel, bias, c0, h0, unroll=1):
   dtype = xs.dtype
-  weights = _low(kernel, dtype)
+  weights = to_dtype(kernel, dtype)
 
   def step(carry, x_t):
     c, h = carry
@@ -87,7 +87,8 @@ def lstm_sequence(
   kernel: (H + D, 4H) float32, the recurrent kernel stacked over the input kernel, gates
     in the order i, f, g, o (as `nn.OptimizedLSTMCell`'s); bias: (4H,) float32.
   c0, h0: (B, H) float32 initial state.
-  unroll: time steps per iteration of both loops (`lax.scan`'s).
+  unroll: time steps per iteration of both loops (`lax.scan`'s); static (under `jax.jit`,
+    pass it as a static argument).
   Returns (hs, cs): every step's h and c, (T, B, H) float32.
   """
   return _forward(xs, kernel, bias, c0, h0, unroll)[0]
@@ -127,8 +128,7 @@ def _lstm_bwd(unroll, residuals, cotangents):
   )
   dgates, dxs = _load(dgates, dtype).reshape(-1, dgates.shape[-1]), _load(dxs, dtype)
   inputs = inputs.reshape(-1, inputs.shape[-1])
-  inputs_t = transposed_copy(inputs) if dtype == jnp.bfloat16 else inputs.T
-  dkernel = _product(inputs_t, dgates).astype(kernel.dtype)
+  dkernel = _product(transposed_copy(inputs), dgates).astype(kernel.dtype)
   dbias = jnp.sum(dgates.astype(jnp.float32), axis=0).astype(bias.dtype)
   return dxs, dkernel, dbias, dc0, dh0
 
@@ -186,8 +186,11 @@ class LSTM(nn.Module):
     keep_order: bool | None = None,
   ):
     del init_key  # The initial state is zeros, as `LSTMCell.initialize_carry` makes it.
-    if time_major:
-      raise ValueError("genlab's LSTM takes batch-major inputs (B, T, D)")
+    if time_major or inputs.ndim != 3:
+      raise ValueError(
+        f"genlab's LSTM takes batch-major inputs (batch, time, features), got shape "
+        f"{inputs.shape}{' with time_major=True' if time_major else ''}"
+      )
     return_carry = self.return_carry if return_carry is None else return_carry
     reverse = self.reverse if reverse is None else reverse
     keep_order = self.keep_order if keep_order is None else keep_order
