@@ -38,15 +38,9 @@ import jax.numpy as jnp
 from flax.linen.recurrent import flip_sequences
 from jax import lax
 
-from genlab.models.precision import to_dtype, transposed_copy
+from genlab.models.precision import product_f32, to_dtype, transposed_copy
 
 Array = jax.Array
-
-
-def _product(a: Array, b: Array) -> Array:
-  return lax.dot_general(
-    a, b, (((a.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32
-  )
 
 
 def _store(x: Array) -> Array:
@@ -65,7 +59,7 @@ def _forward(xs, kernel, bias, c0, h0, unroll=1):
   def step(carry, x_t):
     c, h = carry
     inputs = jnp.concatenate([h.astype(dtype), x_t], axis=-1)
-    i, f, g, o = jnp.split(_product(inputs, weights) + bias, 4, axis=-1)
+    i, f, g, o = jnp.split(product_f32(inputs, weights) + bias, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     new_c = f * c + i * g
     new_h = o * jnp.tanh(new_c)
@@ -116,7 +110,7 @@ def _lstm_bwd(unroll, residuals, cotangents):
       ],
       axis=-1,
     ).astype(dtype)
-    d_inputs = _product(dgates, weights_t)
+    d_inputs = product_f32(dgates, weights_t)
     return (d_inputs[:, :hidden], dc * f), (
       _store(dgates),
       _store(d_inputs[:, hidden:].astype(dtype)),
@@ -128,7 +122,7 @@ def _lstm_bwd(unroll, residuals, cotangents):
   )
   dgates, dxs = _load(dgates, dtype).reshape(-1, dgates.shape[-1]), _load(dxs, dtype)
   inputs = inputs.reshape(-1, inputs.shape[-1])
-  dkernel = _product(transposed_copy(inputs), dgates).astype(kernel.dtype)
+  dkernel = product_f32(transposed_copy(inputs), dgates).astype(kernel.dtype)
   dbias = jnp.sum(dgates.astype(jnp.float32), axis=0).astype(bias.dtype)
   return dxs, dkernel, dbias, dc0, dh0
 

@@ -55,9 +55,11 @@ def to_dtype(kernel: jax.Array, dtype: Any) -> jax.Array:
   return to_bfloat16(kernel) if jnp.dtype(dtype) == jnp.bfloat16 else kernel.astype(dtype)
 
 
-def _product(x: jax.Array, low_kernel: jax.Array) -> jax.Array:
+def product_f32(x: jax.Array, y: jax.Array) -> jax.Array:
+  """x (..., k) · y (k, n) as one `dot_general` with a float32 result: the form YNNPACK's
+  bf16 kernel takes for bf16 operands."""
   contract = (((x.ndim - 1,), (0,)), ((), ()))
-  return lax.dot_general(x, low_kernel, contract, preferred_element_type=jnp.float32)
+  return lax.dot_general(x, y, contract, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
@@ -68,12 +70,12 @@ def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   and its gradient comes back in its own dtype, unrounded from the float32 accumulator.
   A `custom_vjp`: reverse-mode autodiff only (`jax.jvp` through it fails).
   """
-  return _product(x, to_dtype(kernel, x.dtype)).astype(x.dtype)
+  return product_f32(x, to_dtype(kernel, x.dtype)).astype(x.dtype)
 
 
 def _matmul_fwd(x, kernel):
   low = to_dtype(kernel, x.dtype)
-  return _product(x, low).astype(x.dtype), (x, low, kernel)
+  return product_f32(x, low).astype(x.dtype), (x, low, kernel)
 
 
 def _matmul_bwd(residuals, g):
@@ -85,9 +87,7 @@ def _matmul_bwd(residuals, g):
   # dkernel = xᵀ g over every leading (batch, time) axis.
   x = x.reshape(-1, x.shape[-1])
   g = g.reshape(-1, g.shape[-1])
-  dkernel = lax.dot_general(
-    transposed_copy(x), g, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
-  )
+  dkernel = product_f32(transposed_copy(x), g)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -175,6 +175,7 @@ __all__ = [
   "dot_general_for",
   "is_bfloat16",
   "matmul",
+  "product_f32",
   "to_bfloat16",
   "to_dtype",
   "transposed_copy",
