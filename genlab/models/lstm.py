@@ -64,9 +64,10 @@ def _forward(xs, kernel, bias, c0, h0, unroll=1):
     new_c = f * c + i * g
     new_h = o * jnp.tanh(new_c)
     gates = jnp.concatenate([i, f, g, o], axis=-1).astype(dtype)
-    return (new_c, new_h), (new_h, new_c, c, _store(inputs), _store(gates))
+    return (new_c, new_h), (new_h, new_c, _store(inputs), _store(gates))
 
-  _, (hs, cs, c_prev, inputs, gates) = lax.scan(step, (c0, h0), xs, unroll=unroll)
+  _, (hs, cs, inputs, gates) = lax.scan(step, (c0, h0), xs, unroll=unroll)
+  c_prev = jnp.concatenate([c0[None], cs[:-1]])
   residuals = (_load(inputs, dtype), _load(gates, dtype), c_prev, cs, weights, kernel, bias)
   return (hs, cs), residuals
 
