@@ -1,6 +1,7 @@
 """The `genlab` command.
 
     genlab train --config experiments/NAME.py --workdir DIR [--config.FIELD=VALUE ...]
+                 [--cpu_devices N]
     genlab eval --workdir DIR [--config.vae.nll_k=K ...]
     genlab sample --workdir DIR --num 64 --out FILE.png
 
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
   )
   train.add_argument("--config", required=True, help="experiment file defining get_config()")
   train.add_argument("--workdir", required=True, help="where metrics, images and checkpoints go")
+  train.add_argument(
+    "--cpu_devices",
+    type=int,
+    help="split the CPU into N JAX devices (e.g. one per core) for parallel='auto'/pmap/"
+    "shard_map; the batch size must divide by N (genlab.train.parallel.use_cpu_devices)",
+  )
   group = train.add_argument_group("several processes (jax.distributed)")
   group.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
   group.add_argument("--num_processes", type=int, help="how many processes take part")
@@ -67,6 +74,10 @@ def run(argv: list[str]) -> int:
   from genlab.train import loop
 
   if parsed.command == "train":
+    if parsed.cpu_devices is not None:
+      from genlab.train.parallel import use_cpu_devices
+
+      use_cpu_devices(parsed.cpu_devices)
     initialize_distributed(parsed)
     config = config_lib.load_experiment(parsed.config)
     config_lib.apply_overrides(config, overrides)

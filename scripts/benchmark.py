@@ -17,7 +17,11 @@ One JSON line per model: `model`, `batch`, `examples_per_s`, `step_ms`,
 (XLA's cost analysis of the compiled dispatch, divided by its steps; a
 multiply-add counts 2), `gflops_per_s`, `peak_gflops` (this machine's fp32
 peak, see `fp32_peak_gflops`), `peak_how`, `fraction_of_peak`, `num_params`, `devices`,
-`backend`, `dtype`, `steps_per_dispatch`, `repeats`, `steps`.
+`parallel`, `backend`, `dtype`, `steps_per_dispatch`, `repeats`, `steps`.
+
+`--cpu_devices N` splits the CPU into N devices first (one per core: data parallel over the
+cores, `genlab train --cpu_devices N`), and the default `--parallel auto` then runs `pmap`
+over them; the batch stays the reference one, split over the devices.
 
 The reference models (fixed, so other frameworks can build the same ones,
 e.g. scripts/benchmark_torch.py):
@@ -209,7 +213,8 @@ def step_flops(config, dataset, runner, data, state, root, arrays) -> float:
   one = runner.train_step(family.train_step, steps_per_dispatch=1, data=data)
   cost = one.lower(state, root, arrays, runner.replicate(data.orders(0, 1))).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+  # Several devices: the cost is one device's program, on its slice of the batch.
+  return runner.num_devices * float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def benchmark(name: str, args) -> dict:
@@ -284,6 +289,7 @@ def benchmark(name: str, args) -> dict:
     "fraction_of_peak": round(gflops / peak, 3) if peak and gflops else None,
     "num_params": int(num_params),
     "devices": runner.num_devices,
+    "parallel": runner.mode,
     "backend": jax.default_backend(),
     "dtype": args.dtype,
     "steps_per_dispatch": k,
@@ -388,10 +394,22 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps_per_dispatch", type=int, default=10)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--parallel", default="none", help="none | pmap | shard_map | auto")
+  parser.add_argument(
+    "--parallel", default="auto", help="auto | none | pmap | shard_map (auto: pmap on >1 device)"
+  )
+  parser.add_argument(
+    "--cpu_devices",
+    type=int,
+    default=1,
+    help="split the CPU into N devices (genlab.train.parallel.use_cpu_devices), data parallel",
+  )
   parser.add_argument("--input_path", action="store_true", help="measure the input paths")
   parser.add_argument("--json", action="store_true", help="JSON lines only (the default too)")
   args = parser.parse_args(argv)
+  if args.cpu_devices != 1:
+    from genlab.train.parallel import use_cpu_devices
+
+    use_cpu_devices(args.cpu_devices)
   if args.input_path:
     for row in input_path(args):
       print(json.dumps(row), flush=True)

@@ -42,6 +42,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--steps_scale", type=int, default=1, help="× the timed steps (GPUs: 10)")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--torch_dtype", default=None, help="default: --dtype (bfloat16: autocast)")
+  parser.add_argument("--cpu_devices", type=int, default=1, help="genlab's (benchmark.py's)")
   args = parser.parse_args(argv)
   torch_dtype = args.torch_dtype or args.dtype
   for model in args.models.split(","):
@@ -52,6 +53,7 @@ def main(argv: list[str]) -> None:
       genlab = run(
         [sys.executable, str(HERE / "benchmark.py"), *common]
         + ["--steps_per_dispatch", str(args.steps_per_dispatch), "--dtype", args.dtype]
+        + ["--cpu_devices", str(args.cpu_devices)]
       )
       torch = run(
         [args.torch_python, str(HERE / "benchmark_torch.py"), *common]
@@ -69,6 +71,7 @@ def main(argv: list[str]) -> None:
           "pytorch_examples_per_s": summary["pytorch"],
           "ratio": round(summary["genlab"] / summary["pytorch"], 2),
           "genlab_dtype": args.dtype,
+          "genlab_cpu_devices": args.cpu_devices,
           "pytorch_dtype": torch_dtype,
           "rounds": args.rounds,
         }

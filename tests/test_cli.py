@@ -165,6 +165,27 @@ def test_batch_not_divisible_by_devices_ends_with_one_line(data_dir, tmp_path):
   assert_one_line_error(proc, "batch_size 30 is not divisible by the 4 devices")
 
 
+def test_cpu_devices_splits_the_cpu_into_devices_for_a_data_parallel_run(data_dir, tmp_path):
+  proc = train_main(
+    tmp_path / "w",
+    "--cpu_devices",
+    "2",
+    f"--config.data.data_dir={data_dir}",
+    "--config.num_steps=20",
+    "--config.steps_per_dispatch=10",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "devices=2 processes=1 parallel=pmap" in proc.stdout, proc.stdout
+  metrics = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").open()]
+  losses = [m["train/loss"] for m in metrics if "train/loss" in m]
+  assert losses and np.isfinite(losses).all(), metrics
+
+
+def test_cpu_devices_refuses_a_count_below_one_in_one_line(tmp_path):
+  proc = train_main(tmp_path / "w", "--cpu_devices", "0")
+  assert_one_line_error(proc, "cpu_devices must be a positive integer, got 0")
+
+
 def test_config_drift_on_resume_ends_with_one_line_naming_the_fields(data_dir, tmp_path):
   dd = f"--config.data.data_dir={data_dir}"
   assert train_main(tmp_path, dd, "--config.num_steps=10").returncode == 0

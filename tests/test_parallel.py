@@ -163,3 +163,30 @@ def test_cpu_steps_compile_with_genlab_xla_options_unless_xla_flags_set_them(mon
   # The same options as flags, for jax.pmap (scripts/compare_parallel.py sets them).
   monkeypatch.undo()
   assert parallel.cpu_xla_flags() == "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce"
+
+
+def test_use_cpu_devices_splits_the_cpu_before_jax_starts_and_refuses_after():
+  from genlab.train import parallel
+
+  code = """
+import os
+os.environ.pop("XLA_FLAGS")
+import jax
+from genlab.errors import ConfigError
+from genlab.train import parallel
+parallel.use_cpu_devices(2)
+print("devices", jax.device_count(), jax.default_backend())
+print("flags", os.environ["XLA_FLAGS"])
+parallel.use_cpu_devices(2)  # The count it already has: nothing to do.
+for bad in (3, 0, 1.5):
+  try:
+    parallel.use_cpu_devices(bad)
+  except ConfigError as e:
+    print("refused:", e)
+"""
+  out = run_python(code)
+  assert "devices 2 cpu" in out
+  assert "flags " + parallel.cpu_xla_flags() in out  # For jax.pmap, which takes no options.
+  assert "refused: cannot split the CPU into 3 devices: JAX has already started (with 2" in out
+  assert "refused: cpu_devices must be a positive integer, got 0" in out
+  assert "refused: cpu_devices must be a positive integer, got 1.5" in out

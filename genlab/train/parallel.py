@@ -291,6 +291,40 @@ def compiler_options() -> dict[str, str] | None:
   return options or None
 
 
+def use_cpu_devices(count: int) -> None:
+  """Splits this host's CPU into `count` JAX devices (e.g. one per core), so that `pmap`
+  and `shard_map` run a step's slices of the batch side by side, one per core.
+
+  XLA:CPU otherwise runs one program whose every op is split over the cores, with a
+  hand-over between the threads at each op; models made of many small ops (recurrent
+  steps, small convolutions) spend much of their step there (README, Speed: the recurrent
+  and convolutional reference models gain, those whose step is a few large products lose). The results are those of one device (data parallelism: gradients and metrics are
+  averaged over the devices). Batch sizes must divide by `count`.
+
+  Also puts `cpu_xla_flags()` into XLA_FLAGS, for `jax.pmap` (`parallel='auto'`), which
+  takes no per-step compiler options. Call it before anything runs on JAX (`genlab train
+  --cpu_devices N` does); the environment variable JAX_NUM_CPU_DEVICES=N does the same,
+  without the flags. Only the CPU backend is affected.
+  """
+  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    raise ConfigError(f"cpu_devices must be a positive integer, got {count!r}")
+  from jax._src import xla_bridge
+
+  if xla_bridge.backends_are_initialized():
+    if jax.default_backend() == "cpu" and jax.local_device_count() == count:
+      return
+    raise ConfigError(
+      f"cannot split the CPU into {count} devices: JAX has already started (with "
+      f"{jax.local_device_count()} {jax.default_backend()} devices); set it before anything "
+      "runs on JAX, or set JAX_NUM_CPU_DEVICES before Python starts"
+    )
+  jax.config.update("jax_num_cpu_devices", count)
+  flags = os.environ.get("XLA_FLAGS", "")
+  missing = [f for f in cpu_xla_flags().split() if f.split("=")[0] not in flags]
+  if missing:
+    os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+
+
 def cpu_xla_flags() -> str:
   """`CPU_COMPILER_OPTIONS` as XLA_FLAGS (set before JAX starts), for what takes no
   per-step options: `jax.pmap`, whose mode is otherwise compiled with XLA's defaults."""
@@ -315,4 +349,5 @@ __all__ = [
   "pmean",
   "psum",
   "resolve_mode",
+  "use_cpu_devices",
 ]
