@@ -297,9 +297,10 @@ def use_cpu_devices(count: int) -> None:
 
   XLA:CPU otherwise runs one program whose every op is split over the cores, with a
   hand-over between the threads at each op; models made of many small ops (recurrent
-  steps, small convolutions) spend much of their step there (README, Speed: the recurrent
-  and convolutional reference models gain, those whose step is a few large products lose). The results are those of one device (data parallelism: gradients and metrics are
-  averaged over the devices). Batch sizes must divide by `count`.
+  steps, small convolutions) spend much of their step there. README, Speed: the recurrent
+  and convolutional reference models gain, those whose step is a few large products lose.
+  The results are those of one device up to float rounding (data parallelism: gradients
+  and metrics are averaged over the devices). Batch sizes must divide by `count`.
 
   Also puts `cpu_xla_flags()` into XLA_FLAGS, for `jax.pmap` (`parallel='auto'`), which
   takes no per-step compiler options. Call it before anything runs on JAX (`genlab train
