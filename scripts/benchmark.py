@@ -223,6 +223,7 @@ def benchmark(name: str, args) -> dict:
   from genlab.data import ResidentSplit
   from genlab.families import get_family
   from genlab.train import rngs
+  from genlab.train.loop import MAX_IN_FLIGHT
   from genlab.train.parallel import Runner
 
   config = reference_config(name, args.batch, args.dtype, args.steps_per_dispatch)
@@ -253,13 +254,18 @@ def benchmark(name: str, args) -> dict:
 
   def run(n):
     nonlocal state, done
-    metrics = None
+    in_flight = []
     for _ in range(n):
       # A new epoch's order is uploaded between dispatches, as `genlab train` does.
       current = runner.replicate(data.orders(done, k)) if done % data.steps_per_epoch < k else None
       state, metrics = compiled(state, root, arrays, orders if current is None else current)
       done += k
-    jax.block_until_ready(metrics)
+      # At most MAX_IN_FLIGHT dispatches ahead of the devices, as `genlab train` (with
+      # several CPU devices, an unbounded queue deadlocked XLA:CPU's all-reduce).
+      in_flight.append(metrics)
+      if len(in_flight) > MAX_IN_FLIGHT:
+        jax.block_until_ready(in_flight.pop(0))
+    jax.block_until_ready(in_flight)
 
   run(max(1, args.warmup // k))
   times = []
