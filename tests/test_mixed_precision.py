@@ -239,3 +239,26 @@ def test_matmul_on_float32_inputs_is_the_float32_product_and_dense_keeps_a_given
   params = nn.Dense(3).init(jax.random.key(0), x)
   layer.apply(params, x)
   assert calls == [(jnp.bfloat16, jnp.bfloat16)]  # The caller's product, not matmul.
+
+
+def test_add_bias_sums_the_bf16_cotangent_over_leading_axes_in_fp32():
+  import jax.numpy as jnp
+
+  from genlab.models import precision
+
+  rng = np.random.default_rng(6)
+  y = jnp.asarray(rng.normal(size=(6, 50, 9)), jnp.bfloat16)  # (batch, time, features)
+  bias = jnp.asarray(rng.normal(size=(9,)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=y.shape), jnp.bfloat16)
+  loss = lambda y, b: jnp.sum((precision.add_bias(y, b) * weights).astype(jnp.float32))  # noqa: E731
+
+  out = jax.jit(precision.add_bias)(y, bias)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out, y + bias.astype(jnp.bfloat16))
+  dy, db = jax.jit(jax.grad(loss, argnums=(0, 1)))(y, bias)
+  np.testing.assert_array_equal(dy, weights)
+  assert db.dtype == jnp.float32
+  # The cotangent is `weights` (bf16 values, exact in float32): their sum over 300 rows.
+  expected = np.asarray(weights, np.float64).reshape(-1, 9).sum(axis=0)
+  np.testing.assert_allclose(db, expected, rtol=1e-6)
+  assert np.any(np.asarray(db) != np.asarray(db.astype(jnp.bfloat16).astype(jnp.float32)))
