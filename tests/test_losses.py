@@ -95,3 +95,25 @@ def test_sigmoid_binary_cross_entropy_minimum_at_target_probability():
   )(candidates)
   best = candidates[int(np.argmin(np.asarray(values)))]
   np.testing.assert_allclose(best, np.log(0.8 / 0.2), atol=1e-2)
+
+
+def test_softplus_and_its_derivative_match_numpy_in_both_autodiff_modes():
+  import jax.numpy as jnp
+
+  x = np.concatenate([np.linspace(-100, 100, 2001), [-1e30, 1e30, -np.inf, np.inf, 0.0]])
+  x = x.astype(np.float32)
+  x64 = x.astype(np.float64)
+  with np.errstate(over="ignore"):
+    expected = np.logaddexp(0.0, x64)
+    sigmoid = 1.0 / (1.0 + np.exp(-x64))
+
+  values = jax.jit(losses.softplus)(x)
+  grads = jax.jit(jax.vmap(jax.grad(losses.softplus)))(x)
+  _, tangents = jax.jit(lambda x: jax.jvp(losses.softplus, (x,), (jnp.ones_like(x),)))(x)
+
+  np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-30)
+  np.testing.assert_allclose(grads, sigmoid, rtol=1e-6, atol=1e-30)
+  np.testing.assert_array_equal(tangents, grads)
+  # NaN in, NaN out (value and derivative); as jax.nn.softplus.
+  nan = jnp.float32(np.nan)
+  assert np.isnan(losses.softplus(nan)) and np.isnan(jax.grad(losses.softplus)(nan))
