@@ -262,3 +262,19 @@ def test_add_bias_sums_the_bf16_cotangent_over_leading_axes_in_fp32():
   expected = np.asarray(weights, np.float64).reshape(-1, 9).sum(axis=0)
   np.testing.assert_allclose(db, expected, rtol=1e-6)
   assert np.any(np.asarray(db) != np.asarray(db.astype(jnp.bfloat16).astype(jnp.float32)))
+
+
+@pytest.mark.parametrize("shape", [(128, 784), (6, 5), (7, 3), (1, 4)])
+def test_transposed_copy_is_the_transpose_bit_for_bit(shape):
+  import jax.numpy as jnp
+  from jax import lax
+
+  from genlab.models.precision import transposed_copy
+
+  bits = np.random.default_rng(7).integers(0, 2**16, size=shape, dtype=np.uint16)
+  x = lax.bitcast_convert_type(jnp.asarray(bits), jnp.bfloat16)  # NaNs and infs included
+
+  out = jax.jit(transposed_copy)(x)
+
+  assert out.dtype == jnp.bfloat16 and out.shape == shape[::-1]
+  np.testing.assert_array_equal(np.asarray(lax.bitcast_convert_type(out, jnp.uint16)), bits.T)
