@@ -190,3 +190,15 @@ for bad in (3, 0, 1.5):
   assert "refused: cannot split the CPU into 3 devices: JAX has already started (with 2" in out
   assert "refused: cpu_devices must be a positive integer, got 0" in out
   assert "refused: cpu_devices must be a positive integer, got 1.5" in out
+
+  # JAX started on its own with one CPU device: asking for that one count is no change.
+  started = """
+import os
+os.environ.pop("XLA_FLAGS")
+import jax
+from genlab.train import parallel
+jax.numpy.ones(1)
+parallel.use_cpu_devices(1)
+print("kept", jax.device_count())
+"""
+  assert "kept 1" in run_python(started)

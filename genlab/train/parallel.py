@@ -309,17 +309,17 @@ def use_cpu_devices(count: int) -> None:
   """
   if isinstance(count, bool) or not isinstance(count, int) or count < 1:
     raise ConfigError(f"cpu_devices must be a positive integer, got {count!r}")
-  from jax._src import xla_bridge
-
-  if xla_bridge.backends_are_initialized():
+  try:
+    # JAX's own validator refuses a new count once a backend has started.
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as e:
     if jax.default_backend() == "cpu" and jax.local_device_count() == count:
       return
     raise ConfigError(
       f"cannot split the CPU into {count} devices: JAX has already started (with "
       f"{jax.local_device_count()} {jax.default_backend()} devices); set it before anything "
       "runs on JAX, or set JAX_NUM_CPU_DEVICES before Python starts"
-    )
-  jax.config.update("jax_num_cpu_devices", count)
+    ) from e
   flags = os.environ.get("XLA_FLAGS", "")
   missing = [f for f in cpu_xla_flags().split() if f.split("=")[0] not in flags]
   if missing:
