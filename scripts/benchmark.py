@@ -217,19 +217,24 @@ def step_flops(config, dataset, runner, data, state, root, arrays) -> float:
   return runner.num_devices * float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def benchmark(name: str, args) -> dict:
+def build(name: str, *, batch: int | None, dtype: str, k: int, parallel: str):
+  """The reference model `name` as `genlab train` runs it: its family on the synthetic
+  dataset, the split device-resident, and its `k`-step dispatch compiled. Returns a
+  namespace: config, dataset, runner, data, root, state, arrays, orders, compiled,
+  compile_s."""
+  import types
+
   import jax
 
   from genlab.data import ResidentSplit
   from genlab.families import get_family
   from genlab.train import rngs
-  from genlab.train.loop import MAX_IN_FLIGHT
   from genlab.train.parallel import Runner
 
-  config = reference_config(name, args.batch, args.dtype, args.steps_per_dispatch)
+  config = reference_config(name, batch, dtype, k)
   dataset = synthetic_dataset(REFERENCE[name])
   family = get_family(config.family)(config, dataset)
-  runner = Runner(args.parallel, global_batch_size=config.batch_size)
+  runner = Runner(parallel, global_batch_size=config.batch_size)
   data = ResidentSplit(
     dataset.train,
     global_batch_size=config.batch_size,
@@ -237,16 +242,38 @@ def benchmark(name: str, args) -> dict:
     value_range=family.value_range,
   )
   root = rngs.root_key(0)
-  example = {k: v[:1] for k, v in data.arrays.items()}
+  example = {key: v[:1] for key, v in data.arrays.items()}
   state = runner.replicate(jax.jit(family.init_state)(rngs.stream_key(root, "init"), example))
   arrays = runner.replicate(data.arrays)
-  k = args.steps_per_dispatch
   step = runner.train_step(family.train_step, steps_per_dispatch=k, data=data)
   orders = runner.replicate(data.orders(0, k))
   begin = time.perf_counter()
   compiled = step.lower(state, root, arrays, orders).compile()
   compile_s = time.perf_counter() - begin
-  flops = step_flops(config, dataset, runner, data, state, root, arrays)
+  return types.SimpleNamespace(
+    config=config,
+    dataset=dataset,
+    runner=runner,
+    data=data,
+    root=root,
+    state=state,
+    arrays=arrays,
+    orders=orders,
+    compiled=compiled,
+    compile_s=compile_s,
+  )
+
+
+def benchmark(name: str, args) -> dict:
+  import jax
+
+  from genlab.train.loop import MAX_IN_FLIGHT
+
+  k = args.steps_per_dispatch
+  b = build(name, batch=args.batch, dtype=args.dtype, k=k, parallel=args.parallel)
+  config, runner, data = b.config, b.runner, b.data
+  root, arrays, orders, state, compiled = b.root, b.arrays, b.orders, b.state, b.compiled
+  flops = step_flops(config, b.dataset, runner, data, state, root, arrays)
   num_params = sum(x.size for x in jax.tree.leaves(runner.unreplicate(state.params)))
 
   dispatches = max(1, args.steps // k)
@@ -287,7 +314,7 @@ def benchmark(name: str, args) -> dict:
     "batch": config.batch_size,
     "examples_per_s": round(config.batch_size / step_s, 1),
     "step_ms": round(step_s * 1e3, 3),
-    "compile_s": round(compile_s, 2),
+    "compile_s": round(b.compile_s, 2),
     "flops_per_step": flops,
     "gflops_per_s": round(gflops, 2) if gflops else None,
     "peak_gflops": round(peak, 1) if peak else None,
