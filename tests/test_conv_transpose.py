@@ -71,6 +71,32 @@ def test_equals_flax_conv_transpose(size, kernel_size, strides, padding, feature
   chex.assert_trees_all_close(dparams, dparams_ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("features", [16, 1])  # Phase and by-taps kernel gradients.
+def test_second_order_gradients_equal_flax(features):
+  # A gradient penalty (WGAN-GP, R1, path length) differentiates the input gradient with
+  # respect to the parameters: through the custom backward pass, as reverse over reverse.
+  fields = dict(features=features, kernel_size=(4, 4), strides=(2, 2), padding="SAME")
+  reference, ours = nn.ConvTranspose(**fields), ConvTranspose(**fields)
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+  params = jax.tree.map(
+    lambda p: rng.normal(size=p.shape).astype(np.float32), ours.init(jax.random.key(0), x)
+  )
+
+  def penalty_grad(module):
+    def energy(params, x):
+      return jnp.sum(jnp.tanh(module.apply(params, x)))
+
+    def penalty(params):
+      return jnp.sum(jax.grad(energy, argnums=1)(params, x) ** 2)
+
+    return jax.jit(jax.grad(penalty))(params)
+
+  got, expected = penalty_grad(ours), penalty_grad(reference)
+  assert all(float(jnp.abs(v).max()) > 0 for v in jax.tree.leaves(expected))
+  chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_batch_axes_and_bfloat16_follow_flax():
   fields = dict(features=16, kernel_size=(4, 4), strides=(2, 2), dtype=jnp.bfloat16)
   x = np.random.default_rng(0).normal(size=(2, 3, 5, 5, 4)).astype(np.float32)

@@ -278,3 +278,48 @@ def test_transposed_copy_is_the_transpose_bit_for_bit(shape):
 
   assert out.dtype == jnp.bfloat16 and out.shape == shape[::-1]
   np.testing.assert_array_equal(np.asarray(lax.bitcast_convert_type(out, jnp.uint16)), bits.T)
+
+
+def test_bf16_layers_give_second_order_gradients_close_to_fp32():
+  # A gradient penalty (WGAN-GP, R1) differentiates the input gradient with respect to the
+  # parameters, i.e. through the bf16 layers' own backward passes. Their bf16 rounding and
+  # transposed copies are bit arithmetic, which passes no derivative unless told to: the
+  # kernels' terms came out zero.
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from genlab.models import precision
+  from genlab.models.lstm import LSTM
+  from genlab.models.recurrent_ae import LSTMCell
+
+  rng = np.random.default_rng(4)
+  x2 = jnp.asarray(rng.normal(size=(6, 12)), jnp.float32)  # Even rows: the word transpose.
+  x3 = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)  # 15 rows: the odd-row one.
+  same = lambda params: params  # noqa: E731
+  cell = lambda params: {"params": params["params"]["cell"]}  # noqa: E731 (LSTM holds it)
+  cases = [
+    (precision.Dense(5, dtype=jnp.bfloat16), nn.Dense(5), x2, same),
+    (precision.Dense(5, dtype=jnp.bfloat16), nn.Dense(5), x3, same),
+    (LSTM(6, dtype=jnp.bfloat16), nn.RNN(LSTMCell(6, name="cell")), x3, cell),
+  ]
+
+  def penalty_grad(module, params, x):
+    def energy(params, x):
+      return jnp.sum(jnp.tanh(module.apply(params, x).astype(jnp.float32)))
+
+    def penalty(params):
+      return jnp.sum(jax.grad(energy, argnums=1)(params, x) ** 2)
+
+    return jax.jit(jax.grad(penalty))(params)
+
+  for low, reference, x, view in cases:
+    params = reference.init(jax.random.key(0), x)
+    got = penalty_grad(low, view(params), x)
+    expected = view(penalty_grad(reference, params, x))
+    chex.assert_trees_all_equal_structs(got, expected)
+    for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected), strict=True
+    ):
+      scale = float(np.max(np.abs(b)))
+      assert a.dtype == jnp.float32 and scale > 0, path
+      np.testing.assert_allclose(a, b, atol=0.05 * scale, err_msg=jax.tree_util.keystr(path))

@@ -16,7 +16,9 @@ step. In bfloat16 that made the recurrent autoencoder slower than in float32.
 with the state (c, h) and the gate activations computed in float32, the gates kept for
 the backward pass and the gate gradients in bf16 (as in the `nn.RNN` path), and every bf16
 intermediate stored as its uint16 bits, which XLA:CPU moves without converting. Being a
-`custom_vjp`, it supports reverse-mode autodiff only (`jax.jvp` through it fails).
+`custom_vjp`, it supports reverse-mode autodiff only (`jax.jvp` through it fails), to any
+order: a second-order gradient (a gradient penalty) differentiates its two passes, which
+take their derivatives from the same passes without the bits.
 
 `LSTM` is a module with `nn.RNN`'s interface for it (batch-major (B, T, D) inputs only),
 whose parameters are those of a default `LSTMCell` (the same names, shapes and initial
@@ -43,16 +45,47 @@ from genlab.models.precision import product_f32, to_dtype, transposed_copy
 Array = jax.Array
 
 
-def _store(x: Array) -> Array:
+def _store(x: Array, bits: bool) -> Array:
   """A value for a loop's stacked output: bf16 as its uint16 bits (see the docstring)."""
-  return lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
+  return lax.bitcast_convert_type(x, jnp.uint16) if bits and x.dtype == jnp.bfloat16 else x
 
 
 def _load(x: Array, dtype) -> Array:
   return lax.bitcast_convert_type(x, dtype) if x.dtype == jnp.uint16 else x
 
 
+def _differentiated_without_bits(fn):
+  """`fn(static, *args, bits=True)`, differentiated as `fn(static, *args, bits=False)`.
+
+  The two compute the same values; the first moves bf16 intermediates as uint16 bits,
+  through which no derivative passes. A second-order gradient (a gradient penalty)
+  differentiates `lstm_sequence`'s forward and backward passes themselves, so they take
+  their derivatives from the version without bits. First-order gradients run the
+  `custom_vjp` only, and so the bits.
+  """
+
+  @functools.cache
+  def with_static(static):
+    @jax.custom_jvp
+    def run(*args):
+      return fn(static, *args, bits=True)
+
+    @run.defjvp
+    def run_jvp(primals, tangents):
+      plain = functools.partial(fn, static, bits=False)
+      return run(*primals), jax.jvp(plain, primals, tangents)[1]
+
+    return run
+
+  return lambda static, *args: with_static(static)(*args)
+
+
 def _forward(xs, kernel, bias, c0, h0, unroll=1):
+  return _forward_differentiable(unroll, xs, kernel, bias, c0, h0)
+
+
+@_differentiated_without_bits
+def _forward_differentiable(unroll, xs, kernel, bias, c0, h0, *, bits):
   dtype = xs.dtype
   weights = to_dtype(kernel, dtype)
 
@@ -64,7 +97,7 @@ def _forward(xs, kernel, bias, c0, h0, unroll=1):
     new_c = f * c + i * g
     new_h = o * jnp.tanh(new_c)
     gates = jnp.concatenate([i, f, g, o], axis=-1).astype(dtype)
-    return (new_c, new_h), (new_h, new_c, _store(inputs), _store(gates))
+    return (new_c, new_h), (new_h, new_c, _store(inputs, bits), _store(gates, bits))
 
   _, (hs, cs, inputs, gates) = lax.scan(step, (c0, h0), xs, unroll=unroll)
   c_prev = jnp.concatenate([c0[None], cs[:-1]])
@@ -90,6 +123,11 @@ def lstm_sequence(
 
 
 def _lstm_bwd(unroll, residuals, cotangents):
+  return _backward_differentiable(unroll, residuals, cotangents)
+
+
+@_differentiated_without_bits
+def _backward_differentiable(unroll, residuals, cotangents, *, bits):
   inputs, gates, c_prev, cs, weights, kernel, bias = residuals
   dhs, dcs = cotangents
   hidden, dtype = c_prev.shape[-1], inputs.dtype
@@ -113,8 +151,8 @@ def _lstm_bwd(unroll, residuals, cotangents):
     ).astype(dtype)
     d_inputs = product_f32(dgates, weights_t)
     return (d_inputs[:, :hidden], dc * f), (
-      _store(dgates),
-      _store(d_inputs[:, hidden:].astype(dtype)),
+      _store(dgates, bits),
+      _store(d_inputs[:, hidden:].astype(dtype), bits),
     )
 
   zeros = jnp.zeros_like(c_prev[0])
