@@ -12,12 +12,11 @@ What to expect (measured on 2 CPU cores, seed 0): on the 300 test digits,
 neg_elbo 23.6 nats and nll 22.9 nats (k = 5,000); 8 of 8 units active.
 """
 
-from genlab.config import base_config, vae_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "vae"
+  config = base_config("vae")
   config.dataset = "digits"
   config.batch_size = 64
   config.num_steps = 6000
@@ -30,7 +29,7 @@ def get_config():
     latent_dim=8,
     likelihood="bernoulli",
   )
-  config.vae = vae_options(binarize="dynamic", nll_k=5000)
+  config.vae.update(binarize="dynamic", nll_k=5000)
   config.optimizer.learning_rate = 1e-3
   config.log_every = 200
   config.eval_every = 1000

@@ -21,12 +21,11 @@ minute): `fd` falls from 1,714 at step 0 to 470 at step 500 and 33 at step
 classifier behind them scores 98.3% on the test digits.
 """
 
-from genlab.config import base_config, gan_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "gan"
+  config = base_config("gan")
   config.dataset = "digits"
   config.data.range = (-1.0, 1.0)
   config.batch_size = 64
@@ -45,7 +44,7 @@ def get_config():
       },
     }
   )
-  config.gan = gan_options(generator_loss="non_saturating", n_disc=1)
+  config.gan.update(generator_loss="non_saturating", n_disc=1)
   config.optimizer.update(name="adam", learning_rate=2e-4, b1=0.5)
   config.eval_at_start = True
   config.log_every = 200

@@ -16,12 +16,11 @@ MNIST (the tests run this path on `tfds.testing.mock_data`); the fd curve in
 metrics.jsonl should fall by well over an order of magnitude from step 0.
 """
 
-from genlab.config import base_config, gan_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "gan"
+  config = base_config("gan")
   config.dataset = "mnist"
   config.data.range = (-1.0, 1.0)
   config.batch_size = 128
@@ -40,7 +39,7 @@ def get_config():
       },
     }
   )
-  config.gan = gan_options(generator_loss="non_saturating", n_disc=1, fd_n_real=10000)
+  config.gan.update(generator_loss="non_saturating", n_disc=1, fd_n_real=10000)
   config.optimizer.update(name="adam", learning_rate=2e-4, b1=0.5)
   config.eval_batch_size = 500
   config.eval_at_start = True

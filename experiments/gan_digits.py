@@ -14,12 +14,11 @@ at step 0 to 202 at step 1,000 and 30 at step 3,000 (fd_floor 6.7), with `cs`
 8.1 and `class_entropy` 2.25.
 """
 
-from genlab.config import base_config, gan_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "gan"
+  config = base_config("gan")
   config.dataset = "digits"
   config.data.range = (-1.0, 1.0)
   config.batch_size = 64
@@ -33,7 +32,7 @@ def get_config():
       "discriminator": {"hidden": (256, 256), "activation": "leaky_relu"},
     }
   )
-  config.gan = gan_options(generator_loss="non_saturating", n_disc=1)
+  config.gan.update(generator_loss="non_saturating", n_disc=1)
   config.optimizer.update(name="adam", learning_rate=2e-4, b1=0.5)
   config.eval_at_start = True
   config.log_every = 200

@@ -19,12 +19,11 @@ labelled anomalies in red).
 What to expect (2 CPU cores, seed 0): see the README's recurrent-autoencoder section.
 """
 
-from genlab.config import base_config, sequence_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "recurrent_autoencoder"
+  config = base_config("recurrent_autoencoder")
   config.dataset = "internal_bleeding"
   config.batch_size = 64
   config.eval_batch_size = 520
@@ -39,7 +38,7 @@ def get_config():
     hidden_dim=64,
     latent_dim=16,
   )
-  config.sequence = sequence_options(target="input", anomaly_labels=(1,), num_plots=4)
+  config.sequence.update(target="input", anomaly_labels=(1,), num_plots=4)
   config.optimizer.learning_rate = 3e-3
   config.log_every = 100
   config.eval_every = 500

@@ -22,12 +22,11 @@ Views: images/sequences_step_*.png (input / target / output text).
 What to expect (2 CPU cores, seed 0): see the README's recurrent-autoencoder section.
 """
 
-from genlab.config import base_config, sequence_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "recurrent_autoencoder"
+  config = base_config("recurrent_autoencoder")
   config.dataset = "pydoc_text"
   config.batch_size = 64
   config.eval_batch_size = 1024
@@ -43,7 +42,7 @@ def get_config():
     hidden_dim=128,
     latent_dim=64,
   )
-  config.sequence = sequence_options(target="input", num_plots=8)
+  config.sequence.update(target="input", num_plots=8)
   config.optimizer.learning_rate = 3e-3
   config.log_every = 100
   config.eval_every = 500

@@ -17,12 +17,11 @@ target solid, reconstruction dashed).
 What to expect (2 CPU cores, seed 0): see the README's recurrent-autoencoder section.
 """
 
-from genlab.config import base_config, sequence_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "recurrent_autoencoder"
+  config = base_config("recurrent_autoencoder")
   config.dataset = "japanese_vowels"
   config.batch_size = 30
   config.eval_batch_size = 370
@@ -37,7 +36,7 @@ def get_config():
     hidden_dim=128,
     latent_dim=32,
   )
-  config.sequence = sequence_options(target="input")
+  config.sequence.update(target="input")
   config.optimizer.learning_rate = 3e-3
   config.log_every = 100
   config.eval_every = 250

@@ -44,17 +44,16 @@ histogram), which is why ρ̂ is above ρ on test. Lower ρ gives cleaner edge
 filters, but the shift is larger there: ρ = 0.01 gives ρ̂ ≈ 0.017 on test.
 """
 
-from genlab.config import base_config, sparsity_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "sparse_autoencoder"
+  config = base_config("sparse_autoencoder")
   config.dataset = "photo_patches8"
   config.batch_size = 1024
   config.num_steps = 20000
   config.model.update(name="sparse_ae", code_dim=25, code="sigmoid", output_activation="sigmoid")
-  config.sparsity = sparsity_options(kind="kl", rho=0.05, beta=3.0, kl_gradient="leave_one_out")
+  config.sparsity.update(kind="kl", rho=0.05, beta=3.0, kl_gradient="leave_one_out")
   config.optimizer.learning_rate = 5e-3
   config.eval_batch_size = 1000
   config.log_every = 500

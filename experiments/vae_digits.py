@@ -19,19 +19,18 @@ What to expect (measured on 2 CPU cores, seed 0, ~10 s of training): on the
 23.0 nats with k = 5,000 (nll ≤ neg_elbo, as it must be); 8 of 8 units active.
 """
 
-from genlab.config import base_config, vae_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "vae"
+  config = base_config("vae")
   config.dataset = "digits"
   config.batch_size = 64
   config.num_steps = 6000
   config.model.update(
     name="vae", architecture="mlp", hidden=(256,), latent_dim=8, likelihood="bernoulli"
   )
-  config.vae = vae_options(binarize="dynamic", nll_k=5000)
+  config.vae.update(binarize="dynamic", nll_k=5000)
   config.optimizer.learning_rate = 1e-3
   config.log_every = 200
   config.eval_every = 1000

@@ -24,12 +24,11 @@ and `nll` (importance-sampled, k = 5,000) is a few nats lower. Not measured in
 this repository, whose machines have no copy of MNIST.
 """
 
-from genlab.config import base_config, vae_options
+from genlab.config import base_config
 
 
 def get_config():
-  config = base_config()
-  config.family = "vae"
+  config = base_config("vae")
   config.dataset = "binarized_mnist"
   config.batch_size = 128
   config.num_epochs = 10
@@ -37,7 +36,7 @@ def get_config():
   config.model.update(
     name="vae", architecture="mlp", hidden=(500,), latent_dim=20, likelihood="bernoulli"
   )
-  config.vae = vae_options(binarize="dynamic", nll_k=5000)
+  config.vae.update(binarize="dynamic", nll_k=5000)
   config.optimizer.learning_rate = 1e-3
   config.eval_batch_size = 500
   config.log_every = 100

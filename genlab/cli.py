@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
   train.add_argument(
     "--cpu_devices",
     type=int,
-    help="split the CPU into N JAX devices (e.g. one per core) for parallel='auto'/pmap/"
-    "shard_map; the batch size must divide by N (genlab.train.parallel.use_cpu_devices)",
+    help="split the CPU into N JAX devices (e.g. one per core), data parallel over the mesh; "
+    "the batch size must divide by N (genlab.run.runner.use_cpu_devices)",
   )
   group = train.add_argument_group("several processes (jax.distributed)")
   group.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
@@ -71,23 +71,24 @@ def run(argv: list[str]) -> int:
   parsed = _parser().parse_args(args)
   _quiet_libraries()
   from genlab import config as config_lib
-  from genlab.train import loop
+  from genlab.run import commands
+  from genlab.run.setup import log
 
   if parsed.command == "train":
     if parsed.cpu_devices is not None:
-      from genlab.train.parallel import use_cpu_devices
+      from genlab.run.runner import use_cpu_devices
 
       use_cpu_devices(parsed.cpu_devices)
     initialize_distributed(parsed)
     config = config_lib.load_experiment(parsed.config)
     config_lib.apply_overrides(config, overrides)
-    result = loop.train_and_evaluate(config, parsed.workdir)
-    loop.log(f"done: step {result.step}, workdir {result.workdir}")
+    result = commands.train_and_evaluate(config, parsed.workdir)
+    log(f"done: step {result.step}, workdir {result.workdir}")
     return 0
   if parsed.command == "sample":
-    loop.sample_workdir(parsed.workdir, num=parsed.num, out=parsed.out, seed=parsed.seed)
+    commands.sample_workdir(parsed.workdir, num=parsed.num, out=parsed.out, seed=parsed.seed)
     return 0
-  report = loop.evaluate_workdir(parsed.workdir, overrides)
+  report = commands.evaluate_workdir(parsed.workdir, overrides)
   print(json.dumps(report, indent=2, ensure_ascii=False))
   return 0
 

@@ -1,10 +1,12 @@
 """Experiment configs: load `experiments/<name>.py`, apply `--config.` overrides, validate.
 
 An experiment is a Python file whose `get_config()` returns an
-`ml_collections.ConfigDict`. Every experiment has the top-level fields listed
-in `REQUIRED_FIELDS`; `apply_overrides` lets the command line change any
-existing field (`--config.model.latent_dim=16`) and refuses fields that do not
-exist, naming the closest match.
+`ml_collections.ConfigDict`, usually `base_config(family)` with some fields
+changed: the shared fields, and the family's own group of options, which the
+family's module defines (`Family.default_options`). Every experiment has the
+top-level fields listed in `REQUIRED_FIELDS`; `apply_overrides` lets the command
+line change any existing field (`--config.model.latent_dim=16`) and refuses
+fields that do not exist, naming the closest match.
 """
 
 from __future__ import annotations
@@ -20,13 +22,20 @@ from typing import Any
 import ml_collections
 
 from genlab.errors import ConfigError
+from genlab.families import get_family
+from genlab.kernels import KERNELS
 
-REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "parallel", "family")
+REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "family")
 # Fields a resumed run may change: none of them alters what a step computes.
 SAFE_ON_RESUME = (
   "num_steps",
   "num_epochs",
-  "parallel",  # Results do not depend on the device count (tested to 1e-7, not bit-exact).
+  # Results do not depend on the devices, their layout or the kernels beyond float rounding
+  # (tested to 1e-5 on the parameters, not bit-exact).
+  "mesh.devices",
+  "mesh.fsdp",
+  "mesh.fsdp_min_size",
+  "kernels",
   "eval_batch_size",
   "log_every",
   "eval_every",
@@ -42,11 +51,18 @@ SAFE_ON_RESUME = (
   "data.device_resident",  # The same batches either way.
   "steps_per_dispatch",  # The same steps, fewer calls.
 )
-PARALLEL_MODES = ("auto", "pmap", "shard_map", "none")
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Fields every experiment shares, with their defaults; experiments override them.
+# Fields earlier versions had, and what replaced them.
+REMOVED_FIELDS = {
+  "parallel": "every run is jax.jit over a mesh of its devices; set config.mesh.devices "
+  "(1 for one device) and config.mesh.fsdp",
+}
+
+
+def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
+  """Fields every experiment shares, and `family`'s own options, with their defaults;
+  experiments override them.
 
   Data values are mapped onto `data.range` (integer pixels read as 0..255,
   float as 0..1). Periods (`*_every`) count train steps.
@@ -54,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   placeholder = ml_collections.config_dict.placeholder
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.family = "autoencoder"
+  config.family = family
   config.dataset = "digits"  # An embedded or TFDS dataset name, or a .npz path.
   config.data = ml_collections.ConfigDict(
     {
@@ -74,7 +90,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = placeholder(int)  # None: batch_size.
   config.num_steps = 1000
   config.num_epochs = placeholder(int)  # If set: num_steps = num_epochs · ⌊train examples / batch⌋.
-  config.parallel = "auto"  # auto | pmap | shard_map | none.
+  # The run's devices as a mesh (genlab.run.runner): jax.jit over it, batches split over
+  # every device, parameters and optimizer states replicated, or split over `fsdp` devices.
+  config.mesh = ml_collections.ConfigDict(
+    {
+      "devices": 0,  # 0: every device of every process; N: the first N (one process).
+      "fsdp": 1,  # Devices that split each large state array (-1: all; 1: none).
+      "fsdp_min_size": 1 << 18,  # Arrays with fewer elements stay replicated.
+    }
+  )
+  # Which layers models build (genlab.kernels): auto (genlab's XLA:CPU kernels when every
+  # device is a CPU, else flax's own) | flax | xla_cpu.
+  config.kernels = "auto"
   # Steps per call of the compiled step (lax.scan); logging, eval, images and checkpoints
   # happen between calls, so their periods must be multiples of it. Same results as 1.
   config.steps_per_dispatch = 1
@@ -95,77 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.on_nonfinite = "stop"  # stop | skip: what a NaN/Inf loss or gradient does.
   config.on_unusable_checkpoints = "fail"  # fail | restart: when no checkpoint can be restored.
   config.preemption_check_every = 1  # Steps between the processes' agreement on a stop signal.
+  options = get_family(family).family.default_options()
+  if options is not None:
+    config[get_family(family).family.options_group] = options
   return config
-
-
-def vae_options(**overrides) -> ml_collections.ConfigDict:
-  """`config.vae` of the VAE family (genlab.families.vae), with its defaults."""
-  options = ml_collections.ConfigDict(
-    {
-      "beta": 1.0,  # Weight of the KL term.
-      "kl_warmup_steps": 0,  # β ramps linearly from 0 over these steps (0: no warm-up).
-      "binarize": "none",  # none | dynamic (a fresh Bernoulli draw of x at every step).
-      "nll_k": 5000,  # Importance samples per test example for `nll` in `genlab eval`.
-    }
-  )
-  options.update(overrides)
-  return options
-
-
-def sparsity_options(**overrides) -> ml_collections.ConfigDict:
-  """`config.sparsity` of the sparse-autoencoder family, with its defaults."""
-  options = ml_collections.ConfigDict(
-    {
-      "kind": "kl",  # kl (sigmoid codes) | l1 (ReLU codes) | topk (TopK codes).
-      "rho": 0.05,  # Target mean activation of each unit (kl).
-      "beta": 3.0,  # Weight of Σ_j KL(ρ ‖ ρ̂_j) (kl).
-      # Gradient of the KL (kl): batch (its own, Ng's; on a minibatch it also penalises each
-      # unit's variance) | leave_one_out (example i's activation gets KL' at the mean of the
-      # others). See genlab.families.sparse_ae.kl_sparsity_penalty.
-      "kl_gradient": "batch",
-      "l1": 1e-3,  # Weight of the code's L1 norm (l1).
-      "weight_decay": 1e-4,  # λ of λ/2·(‖W_enc‖² + ‖W_dec‖²).
-      # TopK dead-latent loss (AuxK, Gao et al. 2024): the aux_k largest pre-activations of
-      # dead units model the residual (0: off), weighted by aux_weight; a unit is dead after
-      # aux_dead_after training examples without firing (theirs: 10M tokens).
-      "aux_k": 0,
-      "aux_weight": 1 / 32,
-      "aux_dead_after": 10000,
-    }
-  )
-  options.update(overrides)
-  return options
-
-
-def sequence_options(**overrides) -> ml_collections.ConfigDict:
-  """`config.sequence` of the recurrent-autoencoder family, with its defaults."""
-  options = ml_collections.ConfigDict(
-    {
-      # input (autoencoder) | reversed (encoder-decoder: the input backwards) |
-      # target (encoder-decoder: the dataset's `target` sequences).
-      "target": "input",
-      # Labels that mark anomalies: ROC-AUC of the per-sequence error as anomaly score.
-      "anomaly_labels": (),
-      "num_plots": 6,  # Test sequences drawn in the input-vs-output view.
-    }
-  )
-  options.update(overrides)
-  return options
-
-
-def gan_options(**overrides) -> ml_collections.ConfigDict:
-  """`config.gan` of the GAN family (genlab.families.gan), with its defaults."""
-  options = ml_collections.ConfigDict(
-    {
-      "generator_loss": "non_saturating",  # non_saturating | minimax | hinge.
-      "n_disc": 1,  # Discriminator steps per generator step.
-      "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
-      "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
-      "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
-    }
-  )
-  options.update(overrides)
-  return options
 
 
 def load_experiment(path: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -260,6 +220,8 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None
 
 
 def _raise_unknown(config: ml_collections.ConfigDict, dotted: str) -> None:
+  if dotted in REMOVED_FIELDS:
+    raise ConfigError(f"--config.{dotted} is gone: {REMOVED_FIELDS[dotted]}")
   close = difflib.get_close_matches(dotted, _all_field_names(config), n=1)
   hint = f" (did you mean --config.{close[0]}?)" if close else ""
   raise ConfigError(f"unknown config field --config.{dotted}{hint}")
@@ -279,8 +241,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   missing = [f for f in REQUIRED_FIELDS if f not in config]
   if missing:
     raise ConfigError(f"config lacks required fields: {', '.join(missing)}")
-  if config.parallel not in PARALLEL_MODES:
-    raise ConfigError(f"config.parallel={config.parallel!r}; choose one of {PARALLEL_MODES}")
+  for name, instead in REMOVED_FIELDS.items():
+    if name in config:
+      raise ConfigError(f"config.{name} is gone: {instead}")
+  if config.get("kernels", "auto") not in KERNELS:
+    raise ConfigError(f"config.kernels={config.kernels!r}; choose one of {KERNELS}")
+  mesh = config.get("mesh") or {}
+  for name, allowed, what in (
+    ("devices", lambda v: v >= 0, "0 (every device) or a count"),
+    ("fsdp", lambda v: v >= 1 or v == -1, "-1 (every device) or a positive count"),
+    ("fsdp_min_size", lambda v: v >= 0, "a count of elements"),
+  ):
+    value = mesh.get(name, 0 if name != "fsdp" else 1)
+    if not isinstance(value, int) or isinstance(value, bool) or not allowed(value):
+      raise ConfigError(f"config.mesh.{name} must be {what}, got {value!r}")
   for name in ("batch_size", "num_steps"):
     value = config[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -358,4 +332,17 @@ def from_json(text: str) -> ml_collections.ConfigDict:
       return tuple(tuplify(v) for v in value)
     return value
 
-  return ml_collections.ConfigDict(tuplify(json.loads(text)))
+  return upgrade(ml_collections.ConfigDict(tuplify(json.loads(text))))
+
+
+def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A config saved by an earlier genlab, in today's fields: `parallel` (jit, pmap or
+  shard_map, all now one mesh path, same results) dropped, the mesh and kernels added
+  with their defaults."""
+  if "parallel" in config:
+    del config["parallel"]
+  if "mesh" not in config:
+    config.mesh = base_config().mesh
+  if "kernels" not in config:
+    config.kernels = "auto"
+  return config

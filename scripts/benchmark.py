@@ -7,7 +7,7 @@
 Each reference model is a genlab family built from a config (`REFERENCE`) on a
 synthetic dataset of the right shape (random pixels / N(0, 1) series: speed does
 not depend on the values), run the way `genlab train` runs it: the family's
-`train_step` compiled by `Runner` with device-resident data and
+`train_step` compiled by `Runner` over the run's mesh with device-resident data and
 `--steps_per_dispatch` steps per call. The clock starts after compilation and a
 warm-up; each timed block ends with `block_until_ready`; the figure is the
 median over `--repeats` blocks of `--steps` steps.
@@ -17,11 +17,12 @@ One JSON line per model: `model`, `batch`, `examples_per_s`, `step_ms`,
 (XLA's cost analysis of the compiled dispatch, divided by its steps; a
 multiply-add counts 2), `gflops_per_s`, `peak_gflops` (this machine's fp32
 peak, see `fp32_peak_gflops`), `peak_how`, `fraction_of_peak`, `num_params`, `devices`,
-`parallel`, `backend`, `dtype`, `steps_per_dispatch`, `repeats`, `steps`.
+`mesh`, `kernels`, `backend`, `dtype`, `steps_per_dispatch`, `repeats`, `steps`.
 
 `--cpu_devices N` splits the CPU into N devices first (one per core: data parallel over the
-cores, `genlab train --cpu_devices N`), and the default `--parallel auto` then runs `pmap`
-over them; the batch stays the reference one, split over the devices.
+cores, `genlab train --cpu_devices N`), and the run's mesh then spans them (`--devices`, 0:
+all); the batch stays the reference one, split over the devices. `--kernels flax` or
+`xla_cpu` forces the layers (`genlab.kernels`; default `auto`).
 
 The reference models (fixed, so other frameworks can build the same ones,
 e.g. scripts/benchmark_torch.py):
@@ -187,54 +188,53 @@ def reference_config(name: str, batch: int | None, dtype: str, k: int):
   from genlab import config as config_lib
 
   spec = REFERENCE[name]
-  config = config_lib.base_config()
-  config.family = spec["family"]
+  config = config_lib.base_config(spec["family"])
   config.batch_size = batch or spec["batch"]
   config.steps_per_dispatch = k
   config.data.range = spec.get("range", (0.0, 1.0))
   config.model = ml_collections.ConfigDict(spec["model"])
-  config.vae = config_lib.vae_options()
-  config.gan = config_lib.gan_options()
-  config.sparsity = config_lib.sparsity_options(kind="kl", rho=0.05, beta=3.0)
-  config.sequence = config_lib.sequence_options()
+  if spec["family"] == "sparse_autoencoder":
+    config.sparsity.update(kind="kl", rho=0.05, beta=3.0)
   config.dtype = dtype
   return config
 
 
-def step_flops(config, dataset, runner, data, state, root, arrays) -> float:
+def step_flops(config, dataset, runner, data, state, root) -> float:
   """XLA's FLOP count of one step, from a one-step program with every loop unrolled
   (the cost analysis of a loop counts its body once, not once per iteration)."""
   from genlab.families import get_family
+  from genlab.run.runner import ResidentFeed
 
   config = config.copy_and_resolve_references()
   if config.family == "recurrent_autoencoder":
     config.model.unroll = dataset.train["image"].shape[1]
-  family = get_family(config.family)(config, dataset)
-  one = runner.train_step(family.train_step, steps_per_dispatch=1, data=data)
-  cost = one.lower(state, root, arrays, runner.replicate(data.orders(0, 1))).cost_analysis()
+  family = get_family(config.family).family(config, dataset, devices=runner.devices)
+  feed = ResidentFeed(data, runner, steps_per_dispatch=1)
+  one = runner.train_step(family.train_step, feed, state)
+  cost = one.lower(state, root, feed.inputs(0)).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   # Several devices: the cost is one device's program, on its slice of the batch.
   return runner.num_devices * float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def build(name: str, *, batch: int | None, dtype: str, k: int, parallel: str):
+def build(name: str, *, batch: int | None, dtype: str, k: int, devices: int = 0, kernels="auto"):
   """The reference model `name` as `genlab train` runs it: its family on the synthetic
   dataset, the split device-resident, and its `k`-step dispatch compiled. Returns a
-  namespace: config, dataset, runner, data, root, state, arrays, orders, compiled,
-  compile_s."""
+  namespace: config, dataset, runner, data, feed, root, state, compiled, compile_s."""
   import types
 
   import jax
 
+  from genlab.core import rngs
   from genlab.data import ResidentSplit
   from genlab.families import get_family
-  from genlab.train import rngs
-  from genlab.train.parallel import Runner
+  from genlab.run.runner import ResidentFeed, Runner
 
   config = reference_config(name, batch, dtype, k)
+  config.kernels = kernels
   dataset = synthetic_dataset(REFERENCE[name])
-  family = get_family(config.family)(config, dataset)
-  runner = Runner(parallel, global_batch_size=config.batch_size)
+  runner = Runner(global_batch_size=config.batch_size, devices=devices, kernels=kernels)
+  family = get_family(config.family).family(config, dataset, devices=runner.devices)
   data = ResidentSplit(
     dataset.train,
     global_batch_size=config.batch_size,
@@ -243,22 +243,20 @@ def build(name: str, *, batch: int | None, dtype: str, k: int, parallel: str):
   )
   root = rngs.root_key(0)
   example = {key: v[:1] for key, v in data.arrays.items()}
-  state = runner.replicate(jax.jit(family.init_state)(rngs.stream_key(root, "init"), example))
-  arrays = runner.replicate(data.arrays)
-  step = runner.train_step(family.train_step, steps_per_dispatch=k, data=data)
-  orders = runner.replicate(data.orders(0, k))
+  state = runner.place_state(jax.jit(family.init_state)(rngs.stream_key(root, "init"), example))
+  feed = ResidentFeed(data, runner, steps_per_dispatch=k)
+  step = runner.train_step(family.train_step, feed, state)
   begin = time.perf_counter()
-  compiled = step.lower(state, root, arrays, orders).compile()
+  compiled = step.lower(state, root, feed.inputs(0)).compile()
   compile_s = time.perf_counter() - begin
   return types.SimpleNamespace(
     config=config,
     dataset=dataset,
     runner=runner,
     data=data,
+    feed=feed,
     root=root,
     state=state,
-    arrays=arrays,
-    orders=orders,
     compiled=compiled,
     compile_s=compile_s,
   )
@@ -267,14 +265,16 @@ def build(name: str, *, batch: int | None, dtype: str, k: int, parallel: str):
 def benchmark(name: str, args) -> dict:
   import jax
 
-  from genlab.train.loop import MAX_IN_FLIGHT
+  from genlab.run.loop import MAX_IN_FLIGHT
 
   k = args.steps_per_dispatch
-  b = build(name, batch=args.batch, dtype=args.dtype, k=k, parallel=args.parallel)
-  config, runner, data = b.config, b.runner, b.data
-  root, arrays, orders, state, compiled = b.root, b.arrays, b.orders, b.state, b.compiled
-  flops = step_flops(config, b.dataset, runner, data, state, root, arrays)
-  num_params = sum(x.size for x in jax.tree.leaves(runner.unreplicate(state.params)))
+  b = build(
+    name, batch=args.batch, dtype=args.dtype, k=k, devices=args.devices, kernels=args.kernels
+  )
+  config, runner, feed = b.config, b.runner, b.feed
+  root, state, compiled = b.root, b.state, b.compiled
+  flops = step_flops(config, b.dataset, runner, b.data, state, root)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
   dispatches = max(1, args.steps // k)
   done = 0
@@ -284,8 +284,7 @@ def benchmark(name: str, args) -> dict:
     in_flight = []
     for _ in range(n):
       # A new epoch's order is uploaded between dispatches, as `genlab train` does.
-      current = runner.replicate(data.orders(done, k)) if done % data.steps_per_epoch < k else None
-      state, metrics = compiled(state, root, arrays, orders if current is None else current)
+      state, metrics = compiled(state, root, feed.inputs(done))
       done += k
       # At most MAX_IN_FLIGHT dispatches ahead of the devices, as `genlab train` (with
       # several CPU devices, an unbounded queue deadlocked XLA:CPU's all-reduce).
@@ -322,7 +321,8 @@ def benchmark(name: str, args) -> dict:
     "fraction_of_peak": round(gflops / peak, 3) if peak and gflops else None,
     "num_params": int(num_params),
     "devices": runner.num_devices,
-    "parallel": runner.mode,
+    "mesh": dict(runner.mesh.shape),
+    "kernels": runner.kernels,
     "backend": jax.default_backend(),
     "dtype": args.dtype,
     "steps_per_dispatch": k,
@@ -342,7 +342,8 @@ def input_path(args) -> list[dict]:
 
   from genlab import config as config_lib
   from genlab.data import Batcher, ResidentSplit, load_dataset
-  from genlab.train.loop import setup
+  from genlab.run.runner import StreamedFeed
+  from genlab.run.setup import setup
 
   rows = []
   conv = benchmark("conv_ae", args)
@@ -358,7 +359,7 @@ def input_path(args) -> list[dict]:
   @jax.jit
   def gather_only(arrays, orders, first):
     def one(total, step):
-      batch = data.batch(arrays, orders, step, part=0, parts=1)
+      batch = data.batch(arrays, orders, step)
       return total + batch["image"].sum(), None
 
     steps = first + np.arange(args.steps_per_dispatch)
@@ -396,14 +397,15 @@ def input_path(args) -> list[dict]:
   for _ in batcher.iterate(0, n):
     pass
   produced = n * experiment.batch_size / (time.perf_counter() - begin)
-  step = s.runner.train_step(s.family.train_step)
-  state = s.runner.replicate(s.initial_state)
-  batches = [s.runner.shard(batcher.batch(i)) for i in range(20)]
-  state, m = step(state, batches[0], s.root_key)
+  feed = StreamedFeed(batcher, s.runner, start=0, end=20, steps_per_dispatch=1)
+  state = s.runner.place_state(s.initial_state)
+  step = s.runner.train_step(s.family.train_step, feed, state)
+  batches = [feed.inputs(i) for i in range(20)]
+  state, m = step(state, s.root_key, batches[0])
   jax.block_until_ready(m)
   begin = time.perf_counter()
   for i in range(200):
-    state, m = step(state, batches[i % 20], s.root_key)
+    state, m = step(state, s.root_key, batches[i % 20])
   jax.block_until_ready(m)
   consumed = 200 * experiment.batch_size / (time.perf_counter() - begin)
   rows.append(
@@ -427,20 +429,21 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps_per_dispatch", type=int, default=10)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--devices", type=int, default=0, help="devices of the mesh (0: all)")
   parser.add_argument(
-    "--parallel", default="auto", help="auto | none | pmap | shard_map (auto: pmap on >1 device)"
+    "--kernels", default="auto", choices=["auto", "flax", "xla_cpu"], help="genlab.kernels"
   )
   parser.add_argument(
     "--cpu_devices",
     type=int,
     default=1,
-    help="split the CPU into N devices (genlab.train.parallel.use_cpu_devices), data parallel",
+    help="split the CPU into N devices (genlab.run.runner.use_cpu_devices), data parallel",
   )
   parser.add_argument("--input_path", action="store_true", help="measure the input paths")
   parser.add_argument("--json", action="store_true", help="JSON lines only (the default too)")
   args = parser.parse_args(argv)
   if args.cpu_devices != 1:
-    from genlab.train.parallel import use_cpu_devices
+    from genlab.run.runner import use_cpu_devices
 
     use_cpu_devices(args.cpu_devices)
   if args.input_path:

@@ -3,12 +3,16 @@
     python scripts/compare_parallel.py --devices 4 --steps 20 \
         --config experiments/conv_ae_digits.py [--config.FIELD=VALUE ...]
 
-Runs `parallel=none` (one device), `pmap` and `shard_map` over the same global
-batches for `--steps` steps, logging the train loss at every step, and prints
-one JSON line per parallel mode: the per-step losses, the largest relative
-difference from the 1-device losses, and the largest absolute difference of the
-final parameters. On a machine without accelerators the devices are faked with
-XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before JAX starts.
+Runs the same global batches for `--steps` steps on a one-device mesh (`one`),
+then on an N-device mesh for each of `--modes`:
+  `data` — data parallel: batches split over the N devices, the state replicated;
+  `fsdp` — fully sharded: batches split too, and every state array of at least
+           `--fsdp_min_size` elements split over the N devices as well.
+It logs the train loss at every step and prints one JSON line per mode: the
+per-step losses, the largest relative difference from the one-device losses and
+the largest absolute difference of the final parameters. On a machine without
+accelerators the devices are faked with XLA_FLAGS=--xla_force_host_platform_device_count=N,
+set here before JAX starts.
 """
 
 from __future__ import annotations
@@ -19,35 +23,43 @@ import os
 import sys
 import tempfile
 
+MODES = {
+  "one": {"mesh.devices": 1, "mesh.fsdp": 1},
+  "data": {"mesh.devices": 0, "mesh.fsdp": 1},
+  "fsdp": {"mesh.devices": 0, "mesh.fsdp": -1},
+}
+
 
 def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--devices", type=int, default=4)
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--config", default="experiments/conv_ae_digits.py")
-  parser.add_argument("--modes", default="pmap,shard_map")
+  parser.add_argument("--modes", default="data,fsdp")
+  parser.add_argument(
+    "--fsdp_min_size", type=int, default=256, help="in fsdp mode: arrays this large are split"
+  )
   args, overrides = parser.parse_known_args(argv)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from genlab.train.parallel import cpu_xla_flags  # Imports JAX; its backend starts later.
-
-  # jax.pmap takes no per-step compiler options: genlab's CPU ones go in XLA_FLAGS so
-  # that every mode compiles alike and the comparison sees the modes, not the options.
   os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), cpu_xla_flags()]
-    + [f"--xla_force_host_platform_device_count={args.devices}"]
+    [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={args.devices}"]
   )
 
   import jax
   import numpy as np
 
   from genlab import config as config_lib
-  from genlab.train.loop import train_and_evaluate
+  from genlab.run import train_and_evaluate
 
   def run(mode: str, workdir: str):
     config = config_lib.load_experiment(args.config)
     config_lib.apply_overrides(config, overrides)
+    for dotted, value in MODES[mode].items():
+      group, field = dotted.split(".")
+      config[group][field] = value
+    config.mesh.fsdp_min_size = args.fsdp_min_size
     # One log line per dispatch: per step unless steps_per_dispatch > 1 (then K-step means).
-    config.update(parallel=mode, num_steps=args.steps, log_every=config.steps_per_dispatch)
+    config.update(num_steps=args.steps, log_every=config.steps_per_dispatch)
     config.update(eval_every=args.steps, image_every=args.steps, checkpoint_every=args.steps)
     result = train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -56,8 +68,8 @@ def main(argv: list[str]) -> None:
     return np.array(losses), result.state.params
 
   with tempfile.TemporaryDirectory() as tmp:
-    reference, reference_params = run("none", os.path.join(tmp, "none"))
-    print(json.dumps({"mode": "none", "devices": 1, "losses": reference.tolist()}))
+    reference, reference_params = run("one", os.path.join(tmp, "one"))
+    print(json.dumps({"mode": "one", "devices": 1, "losses": reference.tolist()}))
     for mode in args.modes.split(","):
       losses, params = run(mode, os.path.join(tmp, mode))
       rel = np.abs(losses - reference) / np.abs(reference)

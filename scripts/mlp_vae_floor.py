@@ -9,7 +9,7 @@ moves every figure alike), with `--steps_per_dispatch` steps scanned per call:
 
   genlab          `benchmark.py`'s mlp_vae step: genlab's `train_step` through `Runner`.
   products        only the step's products, forward and both gradients, on the same
-                  parameters and dtype (bf16 operands through `genlab.models.precision`,
+                  parameters and dtype (bf16 operands through `genlab.kernels.xla_cpu.precision`,
                   kernels rounded to bf16 once per step), on pre-gathered batches: no
                   activation, loss, noise, gather, norm or finite check.
   products+sgd    the same, then p -= lr · g on every parameter.
@@ -118,11 +118,11 @@ def main(argv: list[str]) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from genlab.train.parallel import compiler_options
+  from genlab.kernels import compiler_options
 
   k = args.steps_per_dispatch
-  b = benchmark.build("mlp_vae", batch=None, dtype=args.dtype, k=k, parallel="none")
-  flops = benchmark.step_flops(b.config, b.dataset, b.runner, b.data, b.state, b.root, b.arrays)
+  b = benchmark.build("mlp_vae", batch=None, dtype=args.dtype, k=k, devices=1)
+  flops = benchmark.step_flops(b.config, b.dataset, b.runner, b.data, b.state, b.root)
   peak, peak_how = benchmark.fp32_peak_gflops()
   dtype = jnp.dtype(args.dtype)
   batch = b.config.batch_size
@@ -135,14 +135,14 @@ def main(argv: list[str]) -> None:
   programs = {}
   state = b.state
   programs["genlab"] = [
-    lambda s: b.compiled(s, b.root, b.arrays, b.orders)[0],
+    lambda s: b.compiled(s, b.root, b.feed.inputs(0))[0],
     state,
   ]
   for what in ("products", "products+sgd", "products+adam"):
     run = floor_step(state.tx["model"], what, dtype)
     params, opt_state = copy(state.params["model"]), copy(state.opt_state["model"])
     compiled = (
-      jax.jit(run, donate_argnums=(0, 1), compiler_options=compiler_options())
+      jax.jit(run, donate_argnums=(0, 1), compiler_options=compiler_options(b.runner.kernels))
       .lower(params, opt_state, xs)
       .compile()
     )

@@ -56,10 +56,10 @@ def profile_layer(module, x, repeats: int) -> dict[str, float]:
 
   import jax
 
-  from genlab.train.parallel import compiler_options
+  from genlab.kernels import compiler_options
 
   # Compiled as genlab compiles its steps (its CPU compiler options, unless XLA_FLAGS set them).
-  jit = functools.partial(jax.jit, compiler_options=compiler_options())
+  jit = functools.partial(jax.jit, compiler_options=compiler_options("xla_cpu"))
   params = module.init(jax.random.key(0), x)
   y = module.apply(params, x)
   g = jax.random.normal(jax.random.key(1), y.shape, y.dtype)
@@ -91,8 +91,8 @@ def main(argv: list[str]) -> None:
   import jax
   import jax.numpy as jnp
 
-  from genlab.models.conv_transpose import ConvTranspose
-  from genlab.train.parallel import compiler_options
+  from genlab.kernels import compiler_options
+  from genlab.kernels.xla_cpu.conv_transpose import ConvTranspose
 
   dtype = jnp.dtype(args.dtype)
   wanted = set(filter(None, args.cases.split(",")))
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
       "dtype": args.dtype,
       "backend": jax.default_backend(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "compiler_options": compiler_options(),
+      "compiler_options": compiler_options("xla_cpu"),
       "flax": profile_layer(nn.ConvTranspose(**layer), x, args.repeats),
       "genlab": profile_layer(ConvTranspose(**layer), x, args.repeats),
     }

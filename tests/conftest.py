@@ -50,7 +50,7 @@ def make_test_config(data_dir: str | None = None, **overrides):
   config.data.data_dir = data_dir
   config.batch_size = 16
   config.num_steps = 20
-  config.parallel = "none"
+  config.mesh.devices = 1
   config.model.update(
     features=(8, 16),
     kernel_size=3,
@@ -104,8 +104,8 @@ def genlab_command() -> str:
 def restore_latest(workdir) -> tuple[int, object]:
   """(step, host TrainState) of the newest usable checkpoint of a finished workdir."""
   from genlab import config as config_lib
-  from genlab.train.checkpoint import Checkpointer
-  from genlab.train.loop import setup
+  from genlab.run import setup
+  from genlab.run.checkpoint import Checkpointer
 
   config = config_lib.from_json((pathlib.Path(workdir) / "config.json").read_text())
   initial = setup(config).initial_state
@@ -127,7 +127,7 @@ def free_port() -> int:
 
 def compare_parallel(experiment: str, data_dir: str, *overrides: str, steps: int = 20, modes=None):
   """Runs scripts/compare_parallel.py on `experiments/<experiment>` with 4 fake devices and
-  `--config.` overrides; returns its JSON rows by mode (`none` is the 1-device run)."""
+  `--config.` overrides; returns its JSON rows by mode (`one` is the 1-device run)."""
   import json
   import subprocess
 
@@ -152,7 +152,7 @@ def train_shipped(experiment: str, data_dir: str, workdir) -> dict:
   """Trains `experiments/<experiment>` as shipped (images and checkpoints only at the end)
   and returns the metrics `genlab eval` reports on it."""
   from genlab import config as config_lib
-  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+  from genlab.run import evaluate_workdir, train_and_evaluate
 
   config = config_lib.load_experiment(EXPERIMENTS / experiment)
   config.data.data_dir = data_dir

@@ -61,7 +61,9 @@ def test_main_experiment_beats_the_readme_bar_and_resumes(data_dir, tmp_path):
     ("--config.model.latnt_dim=3", ("model.latnt_dim", "model.latent_dim")),
     ("--config.batch_size=big", ("batch_size",)),
     ("--config.dataset=no_such_dataset", ("unknown dataset 'no_such_dataset'",)),
-    ("--config.parallel=everywhere", ("parallel",)),
+    ("--config.parallel=pmap", ("--config.parallel is gone", "config.mesh")),
+    ("--config.kernels=cuda", ("config.kernels='cuda'",)),
+    ("--config.mesh.fsdp=0", ("config.mesh.fsdp must be",)),
   ],
 )
 def test_bad_overrides_end_with_one_line(override, needles, data_dir, tmp_path):
@@ -175,7 +177,9 @@ def test_cpu_devices_splits_the_cpu_into_devices_for_a_data_parallel_run(data_di
     "--config.steps_per_dispatch=10",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "devices=2 processes=1 parallel=pmap" in proc.stdout, proc.stdout
+  assert "mesh data=2 fsdp=1 (2 cpu devices) kernels=xla_cpu processes=1" in proc.stdout, (
+    proc.stdout
+  )
   metrics = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").open()]
   losses = [m["train/loss"] for m in metrics if "train/loss" in m]
   assert losses and np.isfinite(losses).all(), metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import ml_collections
@@ -191,8 +192,8 @@ def test_validate_accepts_test_config(test_config):
 @pytest.mark.parametrize(
   ("field", "value", "message"),
   [
-    ("parallel", "pmapp", "config.parallel"),
-    ("parallel", "", "config.parallel"),
+    ("parallel", "pmap", "config.parallel is gone: every run is jax.jit over a mesh"),
+    ("kernels", "gpu", "config.kernels='gpu'"),
     ("batch_size", 0, "config.batch_size must be a positive integer"),
     ("batch_size", -8, "config.batch_size must be a positive integer"),
     ("batch_size", True, "config.batch_size must be a positive integer"),
@@ -210,9 +211,48 @@ def test_validate_rejects(test_config, field, value, message):
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize("mode", config_lib.PARALLEL_MODES)
-def test_validate_accepts_every_parallel_mode(test_config, mode):
-  config_lib.validate(test_config(parallel=mode))
+@pytest.mark.parametrize(
+  ("mesh", "ok"),
+  [
+    ({"devices": 0, "fsdp": 1}, True),
+    ({"devices": 4, "fsdp": -1}, True),
+    ({"devices": -1}, False),
+    ({"fsdp": 0}, False),
+    ({"fsdp": -2}, False),
+    ({"fsdp_min_size": -1}, False),
+    ({"devices": 1.5}, False),
+  ],
+)
+def test_validate_checks_the_mesh(test_config, mesh, ok):
+  config = test_config()
+  with config.ignore_type():
+    config.mesh.update(mesh)
+  if ok:
+    config_lib.validate(config)
+  else:
+    with pytest.raises(ConfigError, match="config.mesh."):
+      config_lib.validate(config)
+
+
+def test_configs_saved_before_the_mesh_resume_as_today(test_config):
+  # An earlier genlab saved `parallel` and knew no mesh or kernels: the same run today.
+  saved = test_config().to_dict()
+  del saved["mesh"], saved["kernels"]
+  saved["parallel"] = "pmap"
+  upgraded = config_lib.from_json(json.dumps(saved, default=list))
+  assert "parallel" not in upgraded
+  assert upgraded.mesh.to_dict() == config_lib.base_config().mesh.to_dict()
+  assert upgraded.kernels == "auto"
+  config_lib.check_resumable(upgraded, test_config())  # Must not raise.
+
+
+def test_base_config_holds_the_family_options_its_module_defines():
+  from genlab.families import vae
+
+  config = config_lib.base_config("vae")
+  assert config.family == "vae"
+  assert config.vae.to_dict() == vae.options().to_dict()
+  assert "vae" not in config_lib.base_config("autoencoder")
 
 
 def test_validate_rejects_missing_required_field(test_config):
@@ -241,7 +281,7 @@ def test_load_experiment_has_required_fields():
   config = config_lib.load_experiment(EXPERIMENTS / "conv_ae_digits.py")
 
   assert isinstance(config, ml_collections.ConfigDict)
-  for field in ("seed", "batch_size", "num_steps", "dataset", "model", "parallel"):
+  for field in ("seed", "batch_size", "num_steps", "dataset", "model", "mesh", "kernels"):
     assert field in config, field
   assert config.dataset == "digits"
   assert config.model.latent_dim == 16

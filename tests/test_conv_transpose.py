@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genlab.models import ConvDecoder, ConvTranspose, conv_transpose
+from genlab.kernels.xla_cpu.conv_transpose import ConvTranspose, conv_transpose
+from genlab.models import ConvDecoder
 
 # (input H, W), kernel_size, strides, padding, features. Features 1 and 4 take the
 # dilated-convolution forward pass and the kernel gradient by taps, 16 the phase forward
@@ -129,9 +130,13 @@ def test_kernel_gradient_has_no_dilated_convolution():
   assert dilations(lambda x, k: conv_transpose(x, k, (2, 2), "SAME")) == {((1, 1), (1, 1))}
 
 
-def test_decoders_use_it():
-  """ConvDecoder (and so the conv AE, conv VAE and DCGAN generator) builds genlab's layer."""
-  decoder = ConvDecoder(output_shape=(8, 8, 1), features=(4, 8))
+@pytest.mark.parametrize(
+  ("kernels", "layer"), [("xla_cpu", ConvTranspose), ("flax", nn.ConvTranspose)]
+)
+def test_decoders_use_it_with_the_xla_cpu_kernels_only(kernels, layer):
+  """ConvDecoder (and so the conv AE, conv VAE and DCGAN generator) builds genlab's layer
+  with `kernels='xla_cpu'`, flax's otherwise."""
+  decoder = ConvDecoder(output_shape=(8, 8, 1), features=(4, 8), kernels=kernels)
   z = jnp.zeros((1, 4))
   called = []
 
@@ -142,7 +147,7 @@ def test_decoders_use_it():
   with nn.intercept_methods(record):
     decoder.init(jax.random.key(0), z)
   deconvs = {name: cls for name, cls in called if name and name.startswith("deconv_")}
-  assert deconvs == {"deconv_0": ConvTranspose, "deconv_1": ConvTranspose}
+  assert deconvs == {"deconv_0": layer, "deconv_1": layer}
 
 
 def test_circular_padding_is_refused():

@@ -16,26 +16,23 @@ from genlab.errors import ConfigError
 
 
 @pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0)])
-def test_resident_batches_equal_streamed_ones_across_epochs_and_devices(value_range, data_dir):
+def test_resident_batches_equal_streamed_ones_across_epochs(value_range, data_dir):
   split = load_dataset("digits", data_dir=data_dir).train
   streamed = Batcher(split, global_batch_size=64, seed=3, value_range=value_range)
   resident = ResidentSplit(split, global_batch_size=64, seed=3, value_range=value_range)
   arrays = jax.device_put(resident.arrays)
-  gather = jax.jit(resident.batch, static_argnames="parts")
+  gather = jax.jit(resident.batch)
   for step in (0, 1, 22, 23, 24, 50):  # 23 steps per epoch: both sides of two boundaries.
     expected = streamed.batch(step)
     orders = resident.orders(step, 1)
-    whole = jax.device_get(gather(arrays, orders, step, part=0, parts=1))
-    chex.assert_trees_all_equal(whole, expected)
-    parts = [jax.device_get(gather(arrays, orders, step, part=p, parts=4)) for p in range(4)]
-    chex.assert_trees_all_equal(jax.tree.map(lambda *x: np.concatenate(x), *parts), expected)
+    chex.assert_trees_all_equal(jax.device_get(gather(arrays, orders, step)), expected)
   # A dispatch's orders cover its first epoch and the next.
   orders = resident.orders(20, 5)
   np.testing.assert_array_equal(orders["perms"][1], streamed.permutation(1))
 
 
 def _final_params(tmp_path, name, **overrides):
-  from genlab.train.loop import train_and_evaluate
+  from genlab.run import train_and_evaluate
 
   config = make_test_config(str(tmp_path / "tfds"), **overrides)
   config.update(num_steps=30, log_every=10, eval_every=30, image_every=30, checkpoint_every=30)
@@ -65,7 +62,7 @@ def test_resident_equals_streaming_and_k_steps_equal_k_single_steps(corruption, 
 
 
 def test_metrics_of_every_step_of_a_dispatch_are_logged(tmp_path):
-  from genlab.train.loop import train_and_evaluate
+  from genlab.run import train_and_evaluate
 
   config = make_test_config(str(tmp_path / "tfds"), steps_per_dispatch=5)
   config.update(num_steps=20, log_every=10, eval_every=20, image_every=20, checkpoint_every=10)
@@ -99,7 +96,7 @@ def test_four_devices_with_k_step_dispatch_match_one_device(resident, data_dir):
     f"--config.data.device_resident={resident}",
     "--config.steps_per_dispatch=5",
   )
-  assert len(rows["none"]["losses"]) == 4  # Means over each dispatch of 5 steps.
-  for mode in ("pmap", "shard_map"):
-    np.testing.assert_allclose(rows[mode]["losses"], rows["none"]["losses"], rtol=1e-4)
+  assert len(rows["one"]["losses"]) == 4  # Means over each dispatch of 5 steps.
+  for mode in ("data", "fsdp"):
+    np.testing.assert_allclose(rows[mode]["losses"], rows["one"]["losses"], rtol=1e-4)
     assert rows[mode]["max_abs_param_diff_vs_1_device"] < 1e-5, rows[mode]

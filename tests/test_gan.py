@@ -60,7 +60,7 @@ def gan(data_dir):
   from conftest import EXPERIMENTS
   from genlab import config as config_lib
   from genlab.data import Batcher
-  from genlab.train.loop import setup
+  from genlab.run import setup
 
   config = config_lib.load_experiment(EXPERIMENTS / "gan_digits.py")
   config.data.data_dir = data_dir
@@ -183,7 +183,7 @@ def test_dcgan_mnist_runs_on_mock_tfds(tmp_path):
 
   from conftest import EXPERIMENTS
   from genlab import config as config_lib
-  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+  from genlab.run import evaluate_workdir, train_and_evaluate
 
   config = config_lib.load_experiment(EXPERIMENTS / "dcgan_mnist.py")
   config.update(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import primitive_eqns
-from genlab.models.lstm import LSTM
-from genlab.models.recurrent_ae import LSTMCell, RecurrentAutoencoder
+from genlab.kernels.xla_cpu.lstm import LSTM, LSTMCell
+from genlab.models.recurrent_ae import RecurrentAutoencoder
 
 LENGTHS = jnp.array([7, 3, 1, 5])
 
@@ -93,8 +93,9 @@ def test_fused_lstm_in_bf16_runs_bf16_products_and_stays_close_to_fp32():
 def test_the_bf16_recurrent_autoencoder_uses_it_with_the_fp32_models_parameters(bidirectional):
   x = jax.random.normal(jax.random.key(0), (4, 7, 3))
   fields = dict(output_dim=3, output_length=5, hidden_dim=8, latent_dim=4, num_layers=2)
-  fp32 = RecurrentAutoencoder(bidirectional=bidirectional, **fields)
-  bf16 = RecurrentAutoencoder(bidirectional=bidirectional, dtype=jnp.bfloat16, **fields)
+  fields.update(bidirectional=bidirectional, kernels="xla_cpu")
+  fp32 = RecurrentAutoencoder(**fields)
+  bf16 = RecurrentAutoencoder(dtype=jnp.bfloat16, **fields)
   params = fp32.init(jax.random.key(1), x, LENGTHS)
   chex.assert_trees_all_equal(bf16.init(jax.random.key(1), x, LENGTHS), params)
   # Every LSTM layer (2 in the encoder, in each direction, and 2 in the decoder) is the

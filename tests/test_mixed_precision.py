@@ -17,7 +17,7 @@ from genlab.errors import ConfigError
 def _dot_dtypes(family, state, batch) -> set[str]:
   """The operand dtypes of every matrix product / convolution in one train step."""
   eqns = primitive_eqns(
-    lambda s, b: family.train_step(s, b, jax.random.key(0), axis_name=None),
+    lambda s, b: family.train_step(s, b, jax.random.key(0)),
     state,
     batch,
     names=("dot_general", "conv_general_dilated"),
@@ -27,8 +27,9 @@ def _dot_dtypes(family, state, batch) -> set[str]:
 
 @pytest.mark.parametrize("family", ["autoencoder", "vae", "sparse_autoencoder"])
 def test_bf16_computes_in_bf16_keeps_fp32_state_and_trains_like_fp32(family, tmp_path):
-  from genlab.config import sparsity_options, vae_options
-  from genlab.train.loop import setup, train_and_evaluate
+  from genlab.families.sparse_ae import options as sparsity_options
+  from genlab.families.vae import options as vae_options
+  from genlab.run import setup, train_and_evaluate
 
   runs = {}
   for dtype in ("float32", "bfloat16"):
@@ -59,7 +60,7 @@ def test_bf16_computes_in_bf16_keeps_fp32_state_and_trains_like_fp32(family, tmp
 
 
 def test_an_unknown_dtype_is_refused(test_config):
-  from genlab.train.loop import setup
+  from genlab.run import setup
 
   config = test_config(dtype="float16")
   with pytest.raises(ConfigError, match="choose float32 or bfloat16"):
@@ -77,7 +78,7 @@ def _dots(fn, *args) -> list[tuple[tuple[str, ...], str]]:
 def test_bf16_dense_products_accumulate_in_fp32_forward_and_in_both_gradients():
   import jax.numpy as jnp
 
-  from genlab.models import precision
+  from genlab.kernels.xla_cpu import precision
 
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 6, 40)), jnp.bfloat16)  # (batch, time, features)
@@ -109,7 +110,7 @@ def test_other_products_pass_through_to_lax_dot_general():
   import jax.numpy as jnp
   from jax import lax
 
-  from genlab.models import precision
+  from genlab.kernels.xla_cpu import precision
 
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
@@ -132,7 +133,7 @@ def test_other_products_pass_through_to_lax_dot_general():
 def test_bf16_matmul_on_an_fp32_kernel_returns_its_gradient_unrounded_in_fp32():
   import jax.numpy as jnp
 
-  from genlab.models import precision
+  from genlab.kernels.xla_cpu import precision
 
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(3, 5, 24)), jnp.bfloat16)  # (batch, time, features)
@@ -166,7 +167,7 @@ def test_dense_is_nn_dense_in_fp32_and_gives_fp32_gradients_in_bf16(use_bias):
   import flax.linen as nn
   import jax.numpy as jnp
 
-  from genlab.models import precision
+  from genlab.kernels.xla_cpu import precision
 
   x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 7, 12)), jnp.float32)
   ours, flax = precision.Dense(5, use_bias=use_bias), nn.Dense(5, use_bias=use_bias)
@@ -196,7 +197,7 @@ def test_kernel_rounding_to_bf16_matches_xla_convert_on_every_kind_of_float32():
   import jax.numpy as jnp
   from jax import lax
 
-  from genlab.models.precision import to_bfloat16
+  from genlab.kernels.xla_cpu.precision import to_bfloat16
 
   bits = np.random.default_rng(4).integers(0, 2**32, size=200_000, dtype=np.uint64)
   special = np.array(
@@ -216,7 +217,7 @@ def test_matmul_on_float32_inputs_is_the_float32_product_and_dense_keeps_a_given
   import jax.numpy as jnp
   from jax import lax
 
-  from genlab.models import precision
+  from genlab.kernels.xla_cpu import precision
 
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
@@ -244,7 +245,7 @@ def test_matmul_on_float32_inputs_is_the_float32_product_and_dense_keeps_a_given
 def test_add_bias_sums_the_bf16_cotangent_over_leading_axes_in_fp32():
   import jax.numpy as jnp
 
-  from genlab.models import precision
+  from genlab.kernels.xla_cpu import precision
 
   rng = np.random.default_rng(6)
   y = jnp.asarray(rng.normal(size=(6, 50, 9)), jnp.bfloat16)  # (batch, time, features)
@@ -269,7 +270,7 @@ def test_transposed_copy_is_the_transpose_bit_for_bit(shape):
   import jax.numpy as jnp
   from jax import lax
 
-  from genlab.models.precision import transposed_copy
+  from genlab.kernels.xla_cpu.precision import transposed_copy
 
   bits = np.random.default_rng(7).integers(0, 2**16, size=shape, dtype=np.uint16)
   x = lax.bitcast_convert_type(jnp.asarray(bits), jnp.bfloat16)  # NaNs and infs included
@@ -288,9 +289,8 @@ def test_bf16_layers_give_second_order_gradients_close_to_fp32():
   import flax.linen as nn
   import jax.numpy as jnp
 
-  from genlab.models import precision
-  from genlab.models.lstm import LSTM
-  from genlab.models.recurrent_ae import LSTMCell
+  from genlab.kernels.xla_cpu import precision
+  from genlab.kernels.xla_cpu.lstm import LSTM, LSTMCell
 
   rng = np.random.default_rng(4)
   x2 = jnp.asarray(rng.normal(size=(6, 12)), jnp.float32)  # Even rows: the word transpose.

@@ -1,4 +1,4 @@
-"""The same step body under jit, pmap and shard_map: equal results, one compilation.
+"""One code path on every mesh: one device, data parallel and FSDP give the same results.
 
 Multi-device cases run in a subprocess with 4 fake CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before JAX starts).
@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from conftest import compare_parallel, run_python
+from genlab.core.sharding import fsdp_spec
 
 
 @pytest.mark.parametrize(
@@ -26,17 +28,18 @@ from conftest import compare_parallel, run_python
     ("sparse_ae_patches.py", 20),
   ],
 )
-def test_pmap_and_shard_map_match_one_device(experiment, steps, data_dir):
+def test_data_parallel_and_fsdp_meshes_match_one_device(experiment, steps, data_dir):
   # vae_digits and gan_digits draw per-example noise: keys must not depend on devices;
   # gan_digits also updates two networks with two optimizers per step; sparse_ae_patches'
-  # KL-ρ penalty depends on ρ̂ over the whole global batch (a collective inside the loss).
-  # vae_digits stops at 10 steps: pmean sums in another order than one device does, and
-  # by step 20 those last-bit differences (3e-8 at step 10) have flipped a ReLU unit near
-  # zero and the trajectories part (6.8e-5, measured); its keys show from step 1.
-  rows = compare_parallel(experiment, data_dir, steps=steps)
-  reference = np.array(rows["none"]["losses"])
+  # KL-ρ penalty depends on ρ̂ over the whole global batch (a reduction inside the loss).
+  # vae_digits stops at 10 steps: the all-reduce sums in another order than one device
+  # does, and by step 20 those last-bit differences have flipped a ReLU unit near zero and
+  # the trajectories part (6.8e-5, measured); its keys show from step 1. In `fsdp` every
+  # array of 256 elements or more is split over the 4 devices.
+  rows = compare_parallel(experiment, data_dir, steps=steps, modes="data,fsdp")
+  reference = np.array(rows["one"]["losses"])
   assert len(reference) == steps
-  for mode in ("pmap", "shard_map"):
+  for mode in ("data", "fsdp"):
     assert rows[mode]["devices"] == 4
     np.testing.assert_allclose(rows[mode]["losses"], reference, rtol=1e-4, err_msg=mode)
     # Params too: a gradient summed instead of averaged over devices moves them
@@ -46,69 +49,122 @@ def test_pmap_and_shard_map_match_one_device(experiment, steps, data_dir):
 
 NOISY_STEP = """
 import json
-import jax, jax.numpy as jnp, numpy as np
-from genlab.train import Runner, TrainState, example_keys, stream_key, pmean, root_key
-import optax
+import jax, jax.numpy as jnp, numpy as np, optax
+from genlab.core import TrainState, example_keys, gradient_step, root_key, stream_key
+from genlab.data import Batcher
+from genlab.run.runner import Runner, StreamedFeed
 
-def noisy_step(state, batch, key, *, axis_name):
+def noisy_step(state, batch, key):
   # Per-example noise from each example's global index: device-count independent.
   keys = example_keys(stream_key(key, "noise"), batch["index"])
-  noise = jax.vmap(lambda k: jax.random.normal(k, (3,)))(keys)
+  noise = jax.vmap(lambda k: jax.random.normal(k, batch["x"].shape[1:]))(keys)
   def loss_fn(w):
-    return jnp.mean(((batch["x"] + noise) @ w - batch["y"]) ** 2)
-  loss, grads = jax.value_and_grad(loss_fn)(state.params["w"])
-  grads = pmean(grads, axis_name)
-  return state.apply_gradients({"w": grads}), {"loss": pmean(loss, axis_name)}
+    return jnp.mean(((batch["x"] + noise) @ w - batch["y"]) ** 2), {}
+  return gradient_step(state, "w", loss_fn)
 
 rng = np.random.default_rng(0)
-batches = [{"x": rng.normal(size=(8, 3)).astype(np.float32),
-            "y": rng.normal(size=(8, 2)).astype(np.float32),
-            "index": np.arange(8, dtype=np.int32)} for _ in range(5)]
+split = {"image": rng.normal(size=(40, 3)).astype(np.float32),
+         "target": rng.normal(size=(40, 2)).astype(np.float32)}
 out = {}
-for mode in ("none", "pmap", "shard_map"):
-  runner = Runner(mode, global_batch_size=8)
-  state = TrainState.create(params={"w": jnp.ones((3, 2))}, tx={"w": optax.sgd(0.1)})
-  state = runner.replicate(jax.device_get(state))
-  step = runner.train_step(noisy_step)
-  for b in batches:
-    state, metrics = step(state, runner.shard(b), root_key(7))
-  final = runner.unreplicate(state)
-  out[mode] = {"w": np.asarray(final.params["w"]).tolist(), "step": int(final.step),
-               "devices": runner.num_devices}
+for name, devices, fsdp in (("one", 1, 1), ("data", 0, 1), ("fsdp", 0, -1)):
+  runner = Runner(global_batch_size=8, devices=devices, fsdp=fsdp, fsdp_min_size=1)
+  state = TrainState.create(params={"w": jnp.ones((4, 2))}, tx={"w": optax.sgd(0.1)})
+  state = runner.place_state(jax.device_get(state))
+  batcher = Batcher(split, global_batch_size=8, seed=0, value_range=None)
+  feed = StreamedFeed(batcher, runner, start=0, end=5, steps_per_dispatch=1)
+  def step_fn(state, batch, key):
+    batch = {"x": jnp.pad(batch["image"], ((0, 0), (0, 1))), "y": batch["target"],
+             "index": batch["index"]}
+    return noisy_step(state, batch, key)
+  step = runner.train_step(step_fn, feed, state)
+  for s in range(5):
+    state, metrics = step(state, root_key(7), feed.inputs(s))
+  final = runner.to_host(state)
+  out[name] = {"w": np.asarray(final.params["w"]).tolist(), "step": int(final.step),
+               "devices": runner.num_devices, "spec": str(state.params["w"].sharding.spec)}
 print(json.dumps(out))
 """
 
 
-def test_per_example_randomness_does_not_depend_on_device_count():
+def test_per_example_randomness_does_not_depend_on_the_mesh():
   out = json.loads(run_python(NOISY_STEP, devices=4).strip().splitlines()[-1])
-  assert out["none"]["devices"] == 1 and out["pmap"]["devices"] == 4
-  for mode in ("pmap", "shard_map"):
+  assert out["one"]["devices"] == 1 and out["data"]["devices"] == 4
+  assert "fsdp" in out["fsdp"]["spec"] and "fsdp" not in out["data"]["spec"], out
+  for mode in ("data", "fsdp"):
     assert out[mode]["step"] == 5
-    np.testing.assert_allclose(out[mode]["w"], out["none"]["w"], rtol=1e-5, err_msg=mode)
+    np.testing.assert_allclose(out[mode]["w"], out["one"]["w"], rtol=1e-5, err_msg=mode)
   # The noise matters: without it the step would be deterministic and the test vacuous.
-  assert not np.allclose(out["none"]["w"], 1.0)
+  assert not np.allclose(out["one"]["w"], 1.0)
+
+
+FSDP_SHARDS = """
+import json
+import jax
+from genlab.config import load_experiment
+from genlab.run import setup
+config = load_experiment("experiments/conv_ae_digits.py")
+config.data.data_dir = DATA_DIR
+config.mesh.fsdp = -1
+config.mesh.fsdp_min_size = 1000
+s = setup(config)
+state = s.runner.place_state(s.initial_state)
+rows = []
+for path, x in jax.tree_util.tree_leaves_with_path(state.params):
+  rows.append({"path": jax.tree_util.keystr(path), "shape": list(x.shape), "size": x.size,
+               "spec": str(x.sharding.spec),
+               "shard": list(x.addressable_shards[0].data.shape)})
+mu = jax.tree.leaves(state.opt_state["model"][0].mu)
+print(json.dumps({"rows": rows, "mu_specs": [str(m.sharding.spec) for m in mu],
+                  "mesh": dict(s.runner.mesh.shape)}))
+"""
+
+
+def test_fsdp_shards_large_parameters_and_their_optimizer_state(data_dir):
+  code = FSDP_SHARDS.replace("DATA_DIR", repr(data_dir))
+  out = json.loads(run_python(code, devices=4).strip().splitlines()[-1])
+  assert out["mesh"] == {"data": 1, "fsdp": 4}
+  sharded = [r for r in out["rows"] if "fsdp" in r["spec"]]
+  assert sharded, out["rows"]
+  for row in out["rows"]:
+    if row["size"] >= 1000 and any(d % 4 == 0 for d in row["shape"]):
+      # Split 4 ways along one axis: each device holds a quarter.
+      assert "fsdp" in row["spec"], row
+      assert np.prod(row["shard"]) * 4 == row["size"], row
+    else:
+      assert "fsdp" not in row["spec"] and row["shard"] == row["shape"], row
+  # Adam's moments follow their parameters.
+  assert sum("fsdp" in spec for spec in out["mu_specs"]) == len(sharded)
+
+
+def test_fsdp_rule_splits_the_largest_divisible_axis_of_large_arrays():
+  assert fsdp_spec((784, 500), 4, min_size=1000) == P("fsdp", None)
+  assert fsdp_spec((3, 3, 32, 64), 4, min_size=1000) == P(None, None, None, "fsdp")
+  assert fsdp_spec((6, 500), 4, min_size=1000) == P(None, "fsdp")  # 6 does not divide.
+  assert fsdp_spec((7, 9), 4, min_size=10) == P()  # No axis divides.
+  assert fsdp_spec((784, 500), 4, min_size=10**6) == P()  # Too small to shard.
+  assert fsdp_spec((784, 500), 1, min_size=0) == P()  # No fsdp axis.
+  assert fsdp_spec((), 4, min_size=0) == P()
 
 
 def _family_and_state(test_config):
-  from genlab.train.loop import setup
+  from genlab.data import Batcher
+  from genlab.run import setup
 
   s = setup(test_config())
-  from genlab.data import Batcher
-
   batcher = Batcher(s.dataset.train, global_batch_size=16, seed=0)
   return s, batcher
 
 
 def test_train_step_compiles_once(test_config):
-  from genlab.train.parallel import Runner
+  from genlab.run.runner import StreamedFeed
 
   s, batcher = _family_and_state(test_config)
   traced = chex.assert_max_traces(s.family.train_step, n=1)
-  runner = Runner("none", global_batch_size=16)
-  step = runner.train_step(traced)
-  state = runner.replicate(s.initial_state)
+  feed = StreamedFeed(batcher, s.runner, start=0, end=4, steps_per_dispatch=1)
+  state = s.runner.place_state(s.initial_state)
+  step = s.runner.train_step(traced, feed, state)
   for i in range(4):
-    state, _ = step(state, runner.shard(batcher.batch(i)), s.root_key)
+    state, _ = step(state, s.root_key, feed.inputs(i))
   assert int(state.step) == 4
 
 
@@ -117,8 +173,8 @@ def test_jit_and_no_jit_steps_agree(test_config):
   batch = jax.tree.map(jnp.asarray, batcher.batch(0))
   key = jax.random.key(0)
   with jax.disable_jit():
-    eager_state, eager_metrics = s.family.train_step(s.initial_state, batch, key, axis_name=None)
-  jit_step = jax.jit(lambda st, b, k: s.family.train_step(st, b, k, axis_name=None))
+    eager_state, eager_metrics = s.family.train_step(s.initial_state, batch, key)
+  jit_step = jax.jit(lambda st, b, k: s.family.train_step(st, b, k))
   jit_state, jit_metrics = jit_step(s.initial_state, batch, key)
   chex.assert_trees_all_close(eager_state.params, jit_state.params, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(eager_metrics, jit_metrics, rtol=1e-5, atol=1e-6)
@@ -127,66 +183,39 @@ def test_jit_and_no_jit_steps_agree(test_config):
 def test_batch_not_divisible_by_devices_is_refused():
   code = """
 from genlab.errors import ConfigError
-from genlab.train import Runner
-try:
-  Runner("pmap", global_batch_size=6)
-except ConfigError as e:
-  print("refused:", e)
+from genlab.run.runner import Runner
+for kwargs in ({"global_batch_size": 6}, {"global_batch_size": 8, "eval_batch_size": 10},
+               {"global_batch_size": 8, "fsdp": 3}, {"global_batch_size": 8, "devices": 5}):
+  try:
+    Runner(**kwargs)
+  except ConfigError as e:
+    print("refused:", e)
 """
   out = run_python(code, devices=4)
-  assert "refused:" in out and "not divisible by the 4 devices" in out
-  code = code.replace(
-    'Runner("pmap", global_batch_size=6)', 'Runner("pmap", global_batch_size=8, eval_batch_size=10)'
-  )
-  out = run_python(code, devices=4)
+  assert "refused: batch_size 6 is not divisible by the 4 devices" in out
   assert "refused: eval_batch_size 10 is not divisible by the 4 devices" in out
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are XLA:CPU's")
-def test_cpu_steps_compile_with_genlab_xla_options_unless_xla_flags_set_them(monkeypatch):
-  from genlab.train import parallel
-
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-  assert parallel.compiler_options() == parallel.CPU_COMPILER_OPTIONS
-  # The options reach XLA: a value it cannot parse fails the step's compilation.
-  monkeypatch.setattr(
-    parallel, "CPU_COMPILER_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_TYPE"}
-  )
-  runner = parallel.Runner("none", global_batch_size=2)
-  step = runner.eval_step(lambda state, batch: {"sum": jnp.sum(batch["x"])})
-  batch = {"x": np.ones((2, 3), np.float32), "mask": np.ones(2, np.float32)}
-  with pytest.raises(Exception, match="NOT_A_TYPE"):
-    step(None, batch)
-  # A user's own XLA_FLAGS setting of the flag wins over genlab's.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
-  assert parallel.compiler_options() is None
-  # The same options as flags, for jax.pmap (scripts/compare_parallel.py sets them).
-  monkeypatch.undo()
-  assert parallel.cpu_xla_flags() == "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce"
+  assert "refused: mesh.fsdp=3 must divide the 4 devices of the run" in out
+  assert "refused: mesh.devices=5: there are 4 devices" in out
 
 
 def test_use_cpu_devices_splits_the_cpu_before_jax_starts_and_refuses_after():
-  from genlab.train import parallel
-
   code = """
 import os
 os.environ.pop("XLA_FLAGS")
 import jax
 from genlab.errors import ConfigError
-from genlab.train import parallel
-parallel.use_cpu_devices(2)
+from genlab.run.runner import use_cpu_devices
+use_cpu_devices(2)
 print("devices", jax.device_count(), jax.default_backend())
-print("flags", os.environ["XLA_FLAGS"])
-parallel.use_cpu_devices(2)  # The count it already has: nothing to do.
+use_cpu_devices(2)  # The count it already has: nothing to do.
 for bad in (3, 0, 1.5):
   try:
-    parallel.use_cpu_devices(bad)
+    use_cpu_devices(bad)
   except ConfigError as e:
     print("refused:", e)
 """
   out = run_python(code)
   assert "devices 2 cpu" in out
-  assert "flags " + parallel.cpu_xla_flags() in out  # For jax.pmap, which takes no options.
   assert "refused: cannot split the CPU into 3 devices: JAX has already started (with 2" in out
   assert "refused: cpu_devices must be a positive integer, got 0" in out
   assert "refused: cpu_devices must be a positive integer, got 1.5" in out
@@ -196,9 +225,9 @@ for bad in (3, 0, 1.5):
 import os
 os.environ.pop("XLA_FLAGS")
 import jax
-from genlab.train import parallel
+from genlab.run.runner import use_cpu_devices
 jax.numpy.ones(1)
-parallel.use_cpu_devices(1)
+use_cpu_devices(1)
 print("kept", jax.device_count())
 """
   assert "kept 1" in run_python(started)

@@ -128,12 +128,14 @@ def _two_processes(workdir, data_dir, overrides):
   ]
 
 
-@pytest.mark.parametrize("parallel", ["pmap", "shard_map"])
-def test_two_processes_of_two_devices_equal_one_process_of_four(parallel, data_dir, tmp_path):
+@pytest.mark.parametrize("fsdp", [1, -1])
+def test_two_processes_of_two_devices_equal_one_process_of_four(fsdp, data_dir, tmp_path):
+  # fsdp=-1: parameters split over the 4 devices of both processes (gathered to save).
   overrides = [
     "--config.num_steps=30",
     "--config.checkpoint_every=10",
-    f"--config.parallel={parallel}",
+    f"--config.mesh.fsdp={fsdp}",
+    "--config.mesh.fsdp_min_size=256",
   ]
   one = subprocess.run(
     _args(tmp_path / "one", data_dir, *overrides), env=_env(4), capture_output=True, text=True
@@ -160,7 +162,6 @@ def test_preempted_two_process_run_resumes_bit_exactly(data_dir, tmp_path):
     "--config.eval_every=300",
     "--config.image_every=300",
     "--config.checkpoint_every=100",
-    "--config.parallel=shard_map",
   ]
   results = _finish(_two_processes(tmp_path / "unbroken", data_dir, overrides))
   assert [code for code, _ in results] == [0, 0], results[0][1][-3000:]

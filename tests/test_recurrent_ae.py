@@ -129,7 +129,7 @@ def _sequence_config(data_dir, experiment, **updates):
 
   config = config_lib.load_experiment(EXPERIMENTS / experiment)
   config.data.data_dir = data_dir
-  config.parallel = "none"
+  config.mesh.devices = 1
   config.model.update(hidden_dim=16, latent_dim=8)
   config.update(num_steps=60, log_every=10, eval_every=60, image_every=60, checkpoint_every=60)
   for key, value in updates.items():
@@ -156,7 +156,7 @@ def _sequence_config(data_dir, experiment, **updates):
 def test_short_training_lowers_the_loss_and_eval_reports_the_family_metrics(
   experiment, updates, metric, data_dir, tmp_path
 ):
-  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+  from genlab.run import evaluate_workdir, train_and_evaluate
 
   train_and_evaluate(_sequence_config(data_dir, experiment, **updates), tmp_path)
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").open()]
@@ -180,7 +180,7 @@ def test_short_training_lowers_the_loss_and_eval_reports_the_family_metrics(
 
 @pytest.mark.parametrize("experiment", ["rnn_ae_vowels.py", "rnn_ae_text.py"])
 def test_four_devices_match_one_device(experiment, data_dir):
-  # Variable lengths (vowels) and token logits (text): per-sequence means, pmean-ed.
+  # Variable lengths (vowels) and token logits (text): per-sequence means over the batch.
   rows = compare_parallel(
     experiment,
     data_dir,
@@ -188,11 +188,11 @@ def test_four_devices_match_one_device(experiment, data_dir):
     "--config.eval_batch_size=64",
     "--config.model.hidden_dim=32",
     steps=10,
-    modes="shard_map",
+    modes="data",
   )
-  np.testing.assert_allclose(rows["shard_map"]["losses"], rows["none"]["losses"], rtol=1e-4)
-  assert rows["shard_map"]["devices"] == 4
-  assert rows["shard_map"]["max_abs_param_diff_vs_1_device"] < 1e-5
+  np.testing.assert_allclose(rows["data"]["losses"], rows["one"]["losses"], rtol=1e-4)
+  assert rows["data"]["devices"] == 4
+  assert rows["data"]["max_abs_param_diff_vs_1_device"] < 1e-5
 
 
 def test_rnn_ae_vowels_as_shipped_beats_the_per_sequence_mean_by_more_than_3x(data_dir, tmp_path):
@@ -202,8 +202,8 @@ def test_rnn_ae_vowels_as_shipped_beats_the_per_sequence_mean_by_more_than_3x(da
 
 
 def test_the_family_refuses_images_and_mismatched_losses(test_config):
-  from genlab.config import sequence_options
-  from genlab.train.loop import setup
+  from genlab.families.recurrent_ae import options as sequence_options
+  from genlab.run import setup
 
   config = test_config(family="recurrent_autoencoder")
   config.model = config.model.__class__({"name": "rnn_ae"})
@@ -234,9 +234,9 @@ def test_sequences_with_lengths_outside_their_padding_are_refused():
 
 
 def test_npz_sequences_train_with_their_lengths(tmp_path):
-  from genlab.config import sequence_options
   from genlab.data import load_dataset
-  from genlab.train.loop import train_and_evaluate
+  from genlab.families.recurrent_ae import options as sequence_options
+  from genlab.run import train_and_evaluate
 
   rng = np.random.default_rng(0)
   t = np.linspace(0, 6, 20, dtype=np.float32)
@@ -273,7 +273,7 @@ def test_npz_sequences_train_with_their_lengths(tmp_path):
 def test_lstm_cell_equals_flax_optimized_cell_and_accumulates_bf16_in_fp32():
   import flax.linen as nn
 
-  from genlab.models.recurrent_ae import LSTMCell
+  from genlab.kernels.xla_cpu.lstm import LSTMCell
 
   x = jax.random.normal(jax.random.key(0), (4, 7, 3))
   flax_rnn, genlab_rnn = nn.RNN(nn.OptimizedLSTMCell(5)), nn.RNN(LSTMCell(5))

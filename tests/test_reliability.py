@@ -13,20 +13,21 @@ import pytest
 from conftest import restore_latest
 from genlab import families
 from genlab.errors import ConfigError, NonFiniteError, WorkdirError
-from genlab.train.loop import train_and_evaluate
+from genlab.families.autoencoder import Autoencoder
+from genlab.run import train_and_evaluate
 
 
-class NaNAtStep7(families.Autoencoder):
+class NaNAtStep7(Autoencoder):
   """An autoencoder whose input turns to NaN at the step that starts from step 7."""
 
-  def train_step(self, state, batch, key, *, axis_name):
+  def train_step(self, state, batch, key):
     poisoned = jnp.where(state.step == 7, jnp.nan, batch["image"])
-    return super().train_step(state, {**batch, "image": poisoned}, key, axis_name=axis_name)
+    return super().train_step(state, {**batch, "image": poisoned}, key)
 
 
 @pytest.fixture
 def nan_family(monkeypatch):
-  monkeypatch.setitem(families.FAMILIES, "nan_at_7", NaNAtStep7)
+  monkeypatch.setitem(families.FAMILIES, "nan_at_7", families.Registered(NaNAtStep7))
   return "nan_at_7"
 
 
@@ -122,7 +123,7 @@ def test_no_usable_checkpoint_refuses_to_start_over_unless_asked(test_config, tm
 
 def test_eval_noise_belongs_to_the_example_not_to_the_eval_batch(test_config, tmp_path):
   """A denoising AE's test metrics must not change with eval_batch_size (keys by example row)."""
-  from genlab.train.loop import evaluate_workdir
+  from genlab.run import evaluate_workdir
 
   train_and_evaluate(test_config(num_steps=10, corruption="gaussian:0.5"), tmp_path)
   mse = {}

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from genlab.train import Checkpointer, TrainState, rngs
-from genlab.train.writers import image_grid
+from genlab.core import TrainState, rngs
+from genlab.run.checkpoint import Checkpointer
+from genlab.views import image_grid
 
 
 def make_two_part_state() -> TrainState:
@@ -77,7 +78,7 @@ def test_apply_gradients_skips_the_update_unless_finite():
 
 
 def test_all_finite_looks_at_every_floating_leaf():
-  from genlab.train.state import all_finite
+  from genlab.core.state import all_finite
 
   assert bool(all_finite({"a": jnp.ones(3), "n": jnp.arange(3)}))
   assert not bool(all_finite({"a": jnp.ones(3), "b": jnp.asarray([1.0, jnp.inf])}))

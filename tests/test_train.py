@@ -8,7 +8,7 @@ import chex
 import numpy as np
 import tensorflow_datasets as tfds
 
-from genlab.train.loop import evaluate_workdir, train_and_evaluate
+from genlab.run import evaluate_workdir, train_and_evaluate
 
 
 def _metrics(workdir):

@@ -120,7 +120,7 @@ def trained_vae_workdir(tmp_path_factory, data_dir):
   """vae_digits, shortened: 1,500 steps, a smaller net; nll with k = 500."""
   from conftest import EXPERIMENTS
   from genlab import config as config_lib
-  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+  from genlab.run import evaluate_workdir, train_and_evaluate
 
   config = config_lib.load_experiment(EXPERIMENTS / "vae_digits.py")
   config.data.data_dir = data_dir
@@ -160,7 +160,7 @@ def test_trained_vae_reports_an_nll_below_its_neg_elbo_and_writes_every_view(tra
 def test_genlab_sample_writes_a_grid(trained_vae_workdir, tmp_path):
   from PIL import Image
 
-  from genlab.train.loop import sample_workdir
+  from genlab.run import sample_workdir
 
   out = sample_workdir(trained_vae_workdir, num=10, out=tmp_path / "s.png", seed=3)
   image = np.asarray(Image.open(out))
@@ -170,9 +170,9 @@ def test_genlab_sample_writes_a_grid(trained_vae_workdir, tmp_path):
 
 
 def test_kl_warmup_and_dynamic_binarization(test_config, data_dir):
-  from genlab.config import vae_options
   from genlab.data import Batcher
-  from genlab.train.loop import setup
+  from genlab.families.vae import options as vae_options
+  from genlab.run import setup
 
   config = test_config(family="vae")
   config.model = config.model.__class__({"name": "vae", "hidden": (16,), "latent_dim": 2})
@@ -194,7 +194,7 @@ def test_vae_mnist_experiment_runs_on_mock_binarized_mnist(tmp_path):
 
   from conftest import EXPERIMENTS
   from genlab import config as config_lib
-  from genlab.train.loop import evaluate_workdir, train_and_evaluate
+  from genlab.run import evaluate_workdir, train_and_evaluate
 
   config = config_lib.load_experiment(EXPERIMENTS / "vae_mnist.py")
   config.update(num_epochs=2, eval_batch_size=32, eval_every=1000, image_every=1000)

@@ -204,8 +204,7 @@ class ResidentSplit:
   """A training split held on the devices, batched inside compiled steps.
 
   Gives the same batches as `Batcher` for the same seed and step (its arrays are
-  `_make_batch` of the whole split). One process only: each device gathers its
-  own rows of the global batch.
+  `_make_batch` of the whole split). One process only.
 
   Args:
     split: arrays of the split.
@@ -247,14 +246,14 @@ class ResidentSplit:
       self._orders_epoch = epoch
     return self._orders
 
-  def batch(self, arrays, orders, step: jax.Array, *, part, parts: int) -> dict:
-    """Device `part`'s share (of `parts`) of the global batch of `step`, traced, from
-    `arrays` (`self.arrays` on the device) and `orders` (`self.orders(...)` on the device)."""
+  def batch(self, arrays, orders, step: jax.Array) -> dict:
+    """The global batch of `step`, traced, from `arrays` (`self.arrays` on the devices) and
+    `orders` (`self.orders(...)` on the devices). Under a mesh, each device gathers the
+    rows of its own slice of the batch."""
     epoch, position = jnp.divmod(step, self.steps_per_epoch)
-    local = self.global_batch_size // parts
-    start = position * self.global_batch_size + part * local
+    size = self.global_batch_size
     perm = orders["perms"][epoch - orders["first_epoch"]]
-    rows = jax.lax.dynamic_slice(perm, (start,), (local,))
+    rows = jax.lax.dynamic_slice(perm, (position * size,), (size,))
     batch = {key: _take_rows(array, rows) for key, array in arrays.items()}
-    batch["index"] = (part * local + jnp.arange(local)).astype(jnp.int32)
+    batch["index"] = jnp.arange(size, dtype=jnp.int32)
     return batch

@@ -1,39 +1,44 @@
-"""Model families: each provides step functions to the shared trainer."""
+"""Model families, and the registry that names them (`config.family`).
+
+A family is one module: its maths (a `Family`), its views and its words for
+eval.json (`Views`, `Report`), registered here in one line. docs/extending.md
+shows how to write one.
+"""
 
 from genlab.errors import ConfigError
-from genlab.families.autoencoder import Autoencoder
-from genlab.families.base import Family
-from genlab.families.classifier import Classifier
-from genlab.families.gan import GAN
-from genlab.families.recurrent_ae import RecurrentAutoencoder
-from genlab.families.sparse_ae import SparseAutoencoder
-from genlab.families.vae import VariationalAutoencoder
+from genlab.families import (
+  autoencoder,
+  classifier,
+  gan,
+  recurrent_ae,
+  sparse_ae,
+  vae,
+)
+from genlab.families.base import Family, Registered, Report, Views
 
-FAMILIES: dict[str, type[Family]] = {
-  "autoencoder": Autoencoder,
-  "vae": VariationalAutoencoder,
-  "gan": GAN,
-  "sparse_autoencoder": SparseAutoencoder,
-  "recurrent_autoencoder": RecurrentAutoencoder,
-  "classifier": Classifier,
+FAMILIES: dict[str, Registered] = {
+  "autoencoder": Registered(
+    autoencoder.Autoencoder, autoencoder.AutoencoderViews, autoencoder.AutoencoderReport
+  ),
+  "sparse_autoencoder": Registered(
+    sparse_ae.SparseAutoencoder, sparse_ae.SparseAutoencoderViews, sparse_ae.SparseAutoencoderReport
+  ),
+  "recurrent_autoencoder": Registered(
+    recurrent_ae.RecurrentAutoencoder,
+    recurrent_ae.RecurrentAutoencoderViews,
+    recurrent_ae.RecurrentAutoencoderReport,
+  ),
+  "vae": Registered(vae.VariationalAutoencoder, vae.VAEViews, vae.VAEReport),
+  "gan": Registered(gan.GAN, gan.GANViews, gan.GANReport),
+  "classifier": Registered(classifier.Classifier, report=classifier.ClassifierReport),
 }
 
 
-def get_family(name: str) -> type[Family]:
-  """The family class registered under `name`."""
+def get_family(name: str) -> Registered:
+  """The family registered under `name`."""
   if name not in FAMILIES:
     raise ConfigError(f"unknown family {name!r}; choose one of {sorted(FAMILIES)}")
   return FAMILIES[name]
 
 
-__all__ = [
-  "FAMILIES",
-  "GAN",
-  "Autoencoder",
-  "Classifier",
-  "Family",
-  "RecurrentAutoencoder",
-  "SparseAutoencoder",
-  "VariationalAutoencoder",
-  "get_family",
-]
+__all__ = ["FAMILIES", "Family", "Registered", "Report", "Views", "get_family"]

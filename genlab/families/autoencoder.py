@@ -20,14 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from genlab import corruptions, image_metrics, losses
+from genlab.core import (
+  Metrics,
+  TrainState,
+  example_keys,
+  gradient_step,
+  make_optimizer,
+  masked_sum,
+  stream_key,
+)
 from genlab.data import scale_values
 from genlab.errors import ConfigError
-from genlab.families.base import Metrics, SingleModelFamily
-from genlab.models import ConvAutoencoder
-from genlab.models.sparse_ae import SparseAutoencoder
-from genlab.train.parallel import masked_sum
-from genlab.train.rngs import example_keys, stream_key
-from genlab.train.state import TrainState, make_optimizer
+from genlab.families.base import Family, Report, Views
+from genlab.models import ConvAutoencoder, SparseAutoencoder
+from genlab.views import image_grid
 
 NSS_FIXATION_FRACTION = 0.1  # NSS fixations: the target map's top 10% of pixels.
 MODELS = {"conv_ae": ConvAutoencoder, "sparse_ae": SparseAutoencoder}
@@ -38,11 +44,11 @@ def target_of(batch) -> jax.Array:
   return batch["target"] if "target" in batch else batch["image"]
 
 
-class Autoencoder(SingleModelFamily):
+class Autoencoder(Family):
   """Reconstruction (or image → map) with a single model and optimizer."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  def __init__(self, config, dataset, **kwargs):
+    super().__init__(config, dataset, **kwargs)
     name, fields = self.model_fields(*MODELS)
     if config.loss not in losses.RECONSTRUCTION_LOSSES:
       raise ConfigError(
@@ -53,7 +59,6 @@ class Autoencoder(SingleModelFamily):
     self.corrupt = corruptions.parse(config.get("corruption", ""), value_range=self.value_range)
     # Test inputs are corrupted from this fixed key: the same noise at every evaluation.
     self.eval_key = stream_key(jax.random.key(config.seed), "eval_corruption")
-    self._predict = jax.jit(lambda params, x: self.model.apply({"params": params}, x)[0])
 
   def init_state(self, key, batch) -> TrainState:
     params = self.model.init(key, jnp.asarray(batch["image"][:1]))["params"]
@@ -78,11 +83,13 @@ class Autoencoder(SingleModelFamily):
       loss = mse
     return loss, {"mse": mse}, {**aux, "output": output, "input": model_input}
 
-  def batch_loss(self, params, batch, key, *, axis_name) -> tuple[jax.Array, dict]:
-    """The training objective on this device's part of the batch, and its parts."""
-    del axis_name  # Per-example losses: the mean over the batch is all there is.
+  def batch_loss(self, params, batch, key) -> tuple[jax.Array, dict]:
+    """The training objective, the mean over the batch, and its parts."""
     loss, parts, _ = self.per_example_loss(params, batch, key)
     return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
+
+  def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
+    return gradient_step(state, "model", lambda params: self.batch_loss(params, batch, key))
 
   def eval_step(self, state, batch) -> Metrics:
     loss, parts, aux = self.per_example_loss(state.params["model"], batch, self.eval_key)
@@ -122,39 +129,59 @@ class Autoencoder(SingleModelFamily):
       out["ssim_noisy"] = image_metrics.ssim(noisy, clean, data_range=hi - lo)
     return out
 
-  def image_rows(self, state, batch):
-    model_input = np.asarray(self.model_input(batch, self.eval_key))
-    output = self._predict(state.params["model"], model_input)
-    rows = [model_input] if self.corrupt is None else [model_input, batch["image"]]
-    if "target" in batch:
-      rows.append(batch["target"])
-    rows.append(np.asarray(output))
-    name = "prediction" if "target" in batch else "reconstruction"
-    return {"denoising" if self.corrupt is not None else name: rows}
-
-  def definitions(self):
-    return {
-      "mse": "mean over test examples of the per-example mean squared error over pixels",
-      "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
-      "loss": f"the training loss ({self.config.loss}) on the test split",
-      "psnr": "denoising: mean over test images of the PSNR (dB) of the output against the "
-      "clean image, data range = the value range's width",
-      "psnr_noisy": "the same for the corrupted input (clipped to the value range)",
-      "ssim": "denoising, images ≥ 11×11: mean SSIM (Wang et al. 2004, gaussian σ 1.5)",
-      "cc": "image → map: mean Pearson correlation of predicted and target maps",
-      "kld": "image → map: mean KL(target ‖ prediction) of the sum-normalised maps (nats)",
-      "nss": "image → map: mean standardised prediction at the target's top-10% pixels",
-      "sim": "image → map: mean Σ min(p, t) of the sum-normalised maps",
-    }
-
-  def protocol(self):
-    return {"corruption": self.config.get("corruption", "") or "none"}
-
-  def reference_metrics(self):
-    """MSE on the test split of always predicting the mean training target."""
+  def reference_metrics(self, metrics):
+    """MSE on the test split of always predicting the mean training target, and the
+    measured MSE's ratio to it."""
     train = self.dataset.train.get("target", self.dataset.train["image"])
     test = self.dataset.test.get("target", self.dataset.test["image"])
     mean = scale_values(train, self.value_range).mean(axis=0)
     test = scale_values(test, self.value_range)
     per_example = ((test - mean) ** 2).reshape(len(test), -1).mean(axis=1)
-    return {"mse_mean_baseline": float(per_example.mean())}
+    baseline = {"mse_mean_baseline": float(per_example.mean())}
+    if "mse" in metrics:
+      baseline["mse_to_baseline_ratio"] = metrics["mse"] / baseline["mse_mean_baseline"]
+    return baseline
+
+
+class AutoencoderViews(Views):
+  """Inputs above outputs (denoising: noisy input, clean image, output; image → map:
+  input, target map, predicted map) for the same test examples at every step."""
+
+  def __init__(self, family):
+    super().__init__(family)
+    self._predict = jax.jit(lambda params, x: family.model.apply({"params": params}, x)[0])
+
+  def images(self, state, batch, step):
+    family = self.family
+    n = int(batch["mask"].sum())
+    model_input = np.asarray(family.model_input(batch, family.eval_key))
+    output = self._predict(state.params["model"], model_input)
+    rows = [model_input] if family.corrupt is None else [model_input, batch["image"]]
+    if "target" in batch:
+      rows.append(batch["target"])
+    rows.append(np.asarray(output))
+    name = "prediction" if "target" in batch else "reconstruction"
+    name = "denoising" if family.corrupt is not None else name
+    return {name: image_grid([r[:n] for r in rows], value_range=family.value_range)}
+
+
+class AutoencoderReport(Report):
+  definitions = {
+    "mse": "mean over test examples of the per-example mean squared error over pixels",
+    "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
+    "mse_to_baseline_ratio": "mse / mse_mean_baseline",
+    "loss": "the training loss (config.loss) on the test split",
+    "psnr": "denoising: mean over test images of the PSNR (dB) of the output against the "
+    "clean image, data range = the value range's width",
+    "psnr_noisy": "the same for the corrupted input (clipped to the value range)",
+    "ssim": "denoising, images ≥ 11×11: mean SSIM (Wang et al. 2004, gaussian σ 1.5)",
+    "ssim_noisy": "the same for the corrupted input",
+    "cc": "image → map: mean Pearson correlation of predicted and target maps",
+    "kld": "image → map: mean KL(target ‖ prediction) of the sum-normalised maps (nats)",
+    "nss": "image → map: mean standardised prediction at the target's top-10% pixels",
+    "sim": "image → map: mean Σ min(p, t) of the sum-normalised maps",
+  }
+
+  def protocol(self):
+    config = self.family.config
+    return {"loss": config.loss, "corruption": config.get("corruption", "") or "none"}

@@ -1,45 +1,99 @@
-"""What a model family gives the shared trainer.
+"""What a model family is: its maths, and beside them its views and its words.
 
-A family builds its model(s) and optimizer(s) from the config and the dataset's
-shapes, and provides pure step functions. The trainer (`genlab.train.loop`)
-compiles them for the chosen parallel mode and runs them; no family has a loop
-of its own.
+A family is one module under `genlab/families/` holding
+
+* a `Family` subclass — the maths. It builds its model(s) (from `genlab.models`)
+  and optimizer(s) from the config and the dataset's shapes, and gives pure
+  functions: `init_state`, `train_step` (built from `genlab.core.gradient_step`)
+  and `eval_step` (sums over a batch), plus, if it has them, `summarize`,
+  `final_eval_step`, `distribution_metrics`, `reference_metrics` and `sample`.
+  Its config options are its own: `default_options()`, the `config.<options_group>`
+  group.
+* optionally a `Views` subclass — the images written beside the metrics (grids,
+  plots): drawing only, no maths.
+* optionally a `Report` subclass — the words of `eval.json`: how the numbers were
+  obtained (`protocol`) and what each one means (`definitions`).
+
+and one line in the registry, `genlab/families/__init__.py`. The run layer
+(`genlab.run`) compiles and drives the functions; no family has a loop of its
+own, and no family imports the run layer. docs/extending.md walks through one.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from genlab import kernels as kernels_lib
+from genlab.core.state import TrainState
+from genlab.core.step import Metrics
 from genlab.data import Dataset
-from genlab.train.parallel import pmean
-from genlab.train.state import TrainState, all_finite, optimization_metrics
-
-Metrics = dict[str, jax.Array]
+from genlab.errors import ConfigError, GenlabError
 
 
 class Family(abc.ABC):
-  """Step functions and evaluation of one model family.
+  """The maths of one model family: its state, its steps and its evaluation.
 
   Args:
     config: the experiment config.
     dataset: the loaded dataset (for shapes and baselines).
+    devices: the run's devices; they decide which layers `config.kernels='auto'` builds
+      (`genlab.kernels.resolve`). Default: `jax.devices()`.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset):
+  # The name of the family's own config group (`config.vae`, ...), whose fields and
+  # defaults `default_options()` gives; None if it has none.
+  options_group: ClassVar[str | None] = None
+  # Fields `genlab eval` may override for this family (they change how it evaluates,
+  # not what was trained), e.g. `vae.nll_k`.
+  eval_overrides: ClassVar[tuple[str, ...]] = ()
+  # Resources the run layer builds and hands over with `provide` before training or
+  # evaluation (e.g. `feature_net`, a trained classifier); see `needs`.
+  resources: dict[str, Any]
+
+  @staticmethod
+  def default_options() -> ml_collections.ConfigDict | None:
+    """The family's config group with its defaults (None: no options)."""
+    return None
+
+  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset, *, devices=None) -> None:
     self.config = config
     self.dataset = dataset
     self.value_range = tuple(config.data.range)
+    self.kernels = kernels_lib.resolve(
+      config.get("kernels", "auto"), jax.devices() if devices is None else devices
+    )
+    self.resources = {}
+
+  # Building blocks ------------------------------------------------------------------
+
+  def family_options(self) -> ml_collections.ConfigDict:
+    """`config.<options_group>` over the family's defaults: a field the config lacks (a
+    config saved by an older genlab) takes its default; a field the family does not know
+    is an error."""
+    defaults = self.default_options()
+    given = self.config.get(self.options_group)
+    if given is None:
+      return defaults
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+      raise ConfigError(
+        f"config.{self.options_group} has no field {', '.join(unknown)}; its fields are "
+        f"{', '.join(sorted(defaults))}"
+      )
+    merged = defaults.copy_and_resolve_references()
+    merged.update(given.to_dict())
+    return merged
 
   def model_fields(self, *names: str) -> tuple[str, dict[str, Any]]:
     """`config.model` as (name, the other fields), the name checked against `names`."""
-    from genlab.errors import ConfigError
-
     fields = self.config.model.to_dict()
     name = fields.pop("name", None)
     if name not in names:
@@ -49,19 +103,23 @@ class Family(abc.ABC):
     return name, fields
 
   def build(self, module: type, **fields: Any):
-    """`module(**fields)`, a field it does not take reported as a config error. With
-    `config.dtype='bfloat16'` the module computes in bf16 (`dtype`); its params stay fp32."""
-    from genlab.errors import ConfigError
-
+    """`module(**fields)` with the run's `kernels` and, with `config.dtype='bfloat16'`,
+    computing in bf16 (its params stay float32); a field it does not take is reported as
+    a config error."""
+    declared = getattr(module, "__dataclass_fields__", {})
     dtype = self.config.get("dtype", "float32")
     if dtype != "float32":
-      if "dtype" not in getattr(module, "__dataclass_fields__", {}):
+      if "dtype" not in declared:
         raise ConfigError(f"config.dtype={dtype!r}: {module.__name__} computes in float32 only")
       fields["dtype"] = jnp.dtype(dtype)
+    if "kernels" in declared:
+      fields["kernels"] = self.kernels
     try:
       return module(**fields)
     except TypeError as e:
       raise ConfigError(f"config.model: {e}") from e
+
+  # The maths -------------------------------------------------------------------------
 
   @abc.abstractmethod
   def init_state(self, key: jax.Array, batch: dict[str, np.ndarray]) -> TrainState:
@@ -69,23 +127,14 @@ class Family(abc.ABC):
 
   @abc.abstractmethod
   def train_step(
-    self, state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *, axis_name: str | None
+    self, state: TrainState, batch: dict[str, jax.Array], key: jax.Array
   ) -> tuple[TrainState, Metrics]:
-    """One update; gradients and metrics averaged with `pmean(..., axis_name)`."""
+    """One update on the global batch, with `key` this step's key (per example:
+    `genlab.core.example_keys(key, batch['index'])`). Built from `gradient_step`."""
 
   @abc.abstractmethod
   def eval_step(self, state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
     """Sums over the batch's examples where `batch['mask']` is 1 (no averaging)."""
-
-  def image_rows(
-    self, state: TrainState, batch: dict[str, np.ndarray]
-  ) -> dict[str, list[np.ndarray]]:
-    """Named image grids to write, each a list of rows (N, H, W, C): input, output, ..."""
-    return {}
-
-  def reference_metrics(self) -> dict[str, Any]:
-    """Metrics of trivial baselines on the test split, for `genlab eval`."""
-    return {}
 
   def summarize(self, means: dict[str, Any]) -> dict[str, Any]:
     """Turns the per-example means of `eval_step`'s sums into the reported metrics."""
@@ -95,48 +144,73 @@ class Family(abc.ABC):
   # (the VAE's importance-sampled NLL); `genlab eval` runs it too.
   final_eval_step = None
 
-  def prepare(self) -> None:
-    """One-off work before training or evaluation (a GAN trains its feature network here),
-    run before the trainer takes over SIGTERM/SIGINT."""
-    return
-
   def distribution_metrics(self, state: TrainState) -> dict[str, Any]:
-    """Metrics of the model as a whole (e.g. a GAN's Fréchet distance), added to every eval."""
+    """Metrics of the model as a whole (a GAN's Fréchet distance), added to every eval."""
     return {}
 
-  def extra_images(self, state: TrainState, step: int) -> dict[str, np.ndarray]:
-    """Further views (uint8 RGB images) written beside the grids of `image_rows`."""
+  def reference_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Trivial baselines on the test split for `genlab eval`, and the measured `metrics`
+    against them (ratios)."""
     return {}
 
   def sample(self, state: TrainState, key: jax.Array, num: int) -> np.ndarray:
     """`num` generated examples (N, H, W, C) in the data's value range, for `genlab sample`."""
-    from genlab.errors import GenlabError
-
     raise GenlabError(f"the {type(self).__name__} family does not generate samples")
 
+  # Resources -----------------------------------------------------------------------
+
+  def needs(self) -> dict[str, dict[str, Any]]:
+    """Resources to build before training or evaluation, by name, with their settings
+    (`{'feature_net': {'steps': 2000}}`); the run layer builds them (`genlab.run`)."""
+    return {}
+
+  def provide(self, resources: Mapping[str, Any]) -> None:
+    """Receives what `needs` asked for, built."""
+    self.resources = dict(resources)
+
+
+class Views:
+  """Images of a family's model, written to `images/` and TensorBoard at every image
+  step: drawing only (`genlab.views`), the maths stay in the family."""
+
+  def __init__(self, family: Family):
+    self.family = family
+
+  def images(
+    self, state: TrainState, batch: dict[str, np.ndarray], step: int
+  ) -> dict[str, np.ndarray]:
+    """Named uint8 RGB images (H, W, 3) of `state`; `batch` holds the first `num_images`
+    test examples (the same at every step), `mask` 1 on the real ones."""
+    return {}
+
+
+class Report:
+  """The words of `eval.json`: how the family's numbers were obtained, and what each means.
+
+  `definitions` maps every metric the family may report to its meaning; `eval.json` keeps
+  those of the metrics a run reported (`describe`)."""
+
+  definitions: ClassVar[dict[str, str]] = {}
+
+  def __init__(self, family: Family):
+    self.family = family
+
   def protocol(self) -> dict[str, Any]:
-    """Settings that say how the family's eval numbers were obtained (for eval.json)."""
+    """Settings that say how the eval numbers were obtained (sample counts, k, ...)."""
     return {}
 
-  def definitions(self) -> dict[str, str]:
-    """What each reported metric is, in words (for eval.json)."""
-    return {}
+  def describe(self, metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The definitions of the metrics in `metrics`."""
+    return {k: v for k, v in self.definitions.items() if k in metrics}
 
 
-class SingleModelFamily(Family):
-  """A family with one model and one optimizer (`params['model']`), trained on the batch
-  mean of a loss: it provides `batch_loss`, and the step is shared."""
+@dataclasses.dataclass(frozen=True)
+class Registered:
+  """A family as the registry holds it: its maths, views and words."""
 
-  @abc.abstractmethod
-  def batch_loss(self, params, batch, key, *, axis_name) -> tuple[jax.Array, dict]:
-    """The training objective on this device's part of the batch, and its parts."""
+  family: type[Family]
+  views: type[Views] = Views
+  report: type[Report] = Report
 
-  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
-    def loss_fn(params):
-      return self.batch_loss(params, batch, key, axis_name=axis_name)
 
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
-    grads = pmean(grads, axis_name)
-    metrics = pmean({"loss": loss, **parts}, axis_name)
-    metrics.update(optimization_metrics(grads, state.params["model"]))
-    return state.apply_gradients({"model": grads}, finite=all_finite(metrics)), metrics
+__all__ = ["Family", "Registered", "Report", "Views"]

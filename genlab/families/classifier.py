@@ -1,45 +1,26 @@
-"""A labelled-image classifier, trained by the shared loop: the feature network of GAN metrics.
+"""A labelled-image classifier on the shared trainer: the feature network of GAN metrics.
 
-Conv stack (the core's `ConvEncoder`) → Dense(`feature_dim`) → ReLU = the
-features → Dense(num_classes) = the logits. Trained with cross-entropy on the
-train split's labels; evaluated by test `accuracy`.
+`genlab.models.ImageClassifier` trained with cross-entropy on the train split's
+labels; evaluated by test `accuracy`. The run layer trains one per dataset and
+caches it (`genlab.run.feature_net`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import optax
 
+from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
 from genlab.errors import DataError
-from genlab.families.base import Metrics, SingleModelFamily
-from genlab.models.conv_ae import ConvEncoder
-from genlab.train.parallel import masked_sum
-from genlab.train.state import TrainState, make_optimizer
+from genlab.families.base import Family, Report
+from genlab.models import ImageClassifier
 
 
-class ImageClassifier(nn.Module):
-  """Images → (logits, features)."""
-
-  num_classes: int
-  features: Sequence[int] = (32, 64)
-  feature_dim: int = 128
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    h = ConvEncoder(features=tuple(self.features), kernel_size=3, strides=2, latent_dim=None)(x)
-    h = nn.relu(nn.Dense(self.feature_dim, name="features")(h.reshape(h.shape[0], -1)))
-    return nn.Dense(self.num_classes, name="logits")(h), h
-
-
-class Classifier(SingleModelFamily):
+class Classifier(Family):
   """Cross-entropy classification of `batch['image']` into `batch['label']`."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  def __init__(self, config, dataset, **kwargs):
+    super().__init__(config, dataset, **kwargs)
     if "label" not in dataset.train:
       raise DataError(f"{dataset.name} has no labels: a classifier cannot be trained on it")
     _, fields = self.model_fields("classifier")
@@ -51,20 +32,29 @@ class Classifier(SingleModelFamily):
     params = self.model.init(key, jnp.asarray(batch["image"][:1]))["params"]
     return TrainState.create(params={"model": params}, tx={"model": self.tx})
 
-  def _per_example(self, params, batch):
+  def per_example(self, params, batch):
+    """(cross-entropy, correct) per example."""
     logits, _ = self.model.apply({"params": params}, batch["image"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
     return loss, correct
 
-  def batch_loss(self, params, batch, key, *, axis_name):
-    del key, axis_name  # Deterministic; per-example losses.
-    loss, correct = self._per_example(params, batch)
-    return loss.mean(), {"accuracy": correct.mean()}
+  def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
+    del key  # Deterministic.
+
+    def loss_fn(params):
+      loss, correct = self.per_example(params, batch)
+      return loss.mean(), {"accuracy": correct.mean()}
+
+    return gradient_step(state, "model", loss_fn)
 
   def eval_step(self, state, batch) -> Metrics:
-    loss, correct = self._per_example(state.params["model"], batch)
+    loss, correct = self.per_example(state.params["model"], batch)
     return {"loss": masked_sum(loss, batch["mask"]), "accuracy": masked_sum(correct, batch["mask"])}
 
-  def definitions(self):
-    return {"accuracy": "fraction of test images whose most probable class is their label"}
+
+class ClassifierReport(Report):
+  definitions = {
+    "loss": "mean cross-entropy of the test labels, nats",
+    "accuracy": "fraction of test images whose most probable class is their label",
+  }

@@ -15,8 +15,9 @@ confidently rejects the fakes — which is how training starts — so G barely
 learns; −log D(G(z)) gives strong gradients exactly then. `'hinge'` pairs with
 the hinge discriminator loss.
 
-Evaluation, in the feature space of a classifier genlab trains on the same
-dataset's labelled train split (`genlab.feature_net`): `fd`, the Fréchet
+Evaluation, in the feature space of a classifier trained on the same dataset's
+labelled train split (the `feature_net` resource, which the run layer trains once
+and caches: `genlab.run.feature_net`): `fd`, the Fréchet
 distance between gaussians fitted to the features of `fd_n_real` train images
 and of `fd_n_fake` samples (from a fixed z); `fd_floor`, train vs test images;
 `cs`, the classifier score exp(E KL(p(y|x) ‖ p(y))) of the samples (the
@@ -27,28 +28,51 @@ balanced); and mean D(x) on test images and mean D(G(z)).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from genlab import losses, metrics
+from genlab.core import (
+  Metrics,
+  TrainState,
+  example_keys,
+  gradient_step,
+  make_optimizer,
+  masked_sum,
+  stream_key,
+)
 from genlab.data import scale_values
 from genlab.errors import ConfigError
-from genlab.families.base import Family, Metrics
+from genlab.families.base import Family, Report, Views
 from genlab.models.gan import Discriminator, Generator
-from genlab.train.parallel import masked_sum, pmean
-from genlab.train.rngs import example_keys, stream_key
-from genlab.train.state import TrainState, all_finite, make_optimizer, optimization_metrics
-from genlab.train.writers import image_grid
+from genlab.views import image_grid
+
+
+def options(**overrides) -> ml_collections.ConfigDict:
+  """`config.gan`, the GAN family's options, with their defaults."""
+  group = ml_collections.ConfigDict(
+    {
+      "generator_loss": "non_saturating",  # non_saturating | minimax | hinge.
+      "n_disc": 1,  # Discriminator steps per generator step.
+      "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
+      "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
+      "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
+    }
+  )
+  group.update(overrides)
+  return group
 
 
 class GAN(Family):
   """Generator and discriminator updated in alternation; see the module docstring."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  options_group = "gan"
+  default_options = staticmethod(options)
+
+  def __init__(self, config, dataset, **kwargs):
+    super().__init__(config, dataset, **kwargs)
     _, fields = self.model_fields("gan")
     self.latent_dim, architecture = fields["latent_dim"], fields["architecture"]
     self.generator = self.build(
@@ -57,7 +81,7 @@ class GAN(Family):
     self.discriminator = self.build(
       Discriminator, architecture=architecture, **fields["discriminator"]
     )
-    self.options = config.gan
+    self.options = self.family_options()
     if self.options.generator_loss not in losses.GENERATOR_LOSSES:
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
     disc_optimizer = config.get("disc_optimizer") or config.optimizer
@@ -81,7 +105,7 @@ class GAN(Family):
       return losses.discriminator_hinge_loss(real_logits, fake_logits)
     return losses.discriminator_loss(real_logits, fake_logits)
 
-  def discriminator_step(self, state, batch, key, *, axis_name=None) -> tuple[TrainState, Metrics]:
+  def discriminator_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     """One update of the discriminator on real `batch['image']` and G(z), z from `key`."""
     fake = self.generator.apply(
       {"params": state.params["generator"]}, self.latents(key, batch["index"])
@@ -92,30 +116,21 @@ class GAN(Family):
       real_logits = self.discriminator.apply({"params": params}, batch["image"])
       fake_logits = self.discriminator.apply({"params": params}, fake)
       loss = self.d_loss(real_logits, fake_logits).mean()
-      return loss, (jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean())
+      d_real, d_fake = jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean()
+      return loss, {"d_real": d_real, "d_fake": d_fake}
 
-    (loss, (d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params["discriminator"]
-    )
-    grads = pmean(grads, axis_name)
-    m = pmean({"d_loss": loss, "d_real": d_real, "d_fake": d_fake}, axis_name)
-    m["d_grad_norm"] = optimization_metrics(grads, state.params["discriminator"])["grad_norm"]
-    return state.apply_gradients({"discriminator": grads}, finite=all_finite(m)), m
+    return gradient_step(state, "discriminator", loss_fn, prefix="d_")
 
-  def generator_step(self, state, key, index, *, axis_name=None) -> tuple[TrainState, Metrics]:
+  def generator_step(self, state, key, index) -> tuple[TrainState, Metrics]:
     """One update of the generator; z for example i of the global batch from (key, index[i])."""
     z = self.latents(key, index)
 
     def loss_fn(params):
       fake = self.generator.apply({"params": params}, z)
       logits = self.discriminator.apply({"params": state.params["discriminator"]}, fake)
-      return losses.generator_loss(logits, kind=self.options.generator_loss).mean()
+      return losses.generator_loss(logits, kind=self.options.generator_loss).mean(), {}
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params["generator"])
-    grads = pmean(grads, axis_name)
-    m = {"g_loss": pmean(loss, axis_name)}
-    m["g_grad_norm"] = optimization_metrics(grads, state.params["generator"])["grad_norm"]
-    return state.apply_gradients({"generator": grads}, finite=all_finite(m)), m
+    return gradient_step(state, "generator", loss_fn, prefix="g_")
 
   # Family interface -------------------------------------------------------------
 
@@ -128,15 +143,13 @@ class GAN(Family):
     }
     return TrainState.create(params=params, tx=self.tx)
 
-  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
+  def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     d_metrics = []
     for i in range(self.options.n_disc):
       d_key = jax.random.fold_in(stream_key(key, "discriminator"), i)
-      state, m = self.discriminator_step(state, batch, d_key, axis_name=axis_name)
+      state, m = self.discriminator_step(state, batch, d_key)
       d_metrics.append(m)
-    state, g_metrics = self.generator_step(
-      state, stream_key(key, "generator"), batch["index"], axis_name=axis_name
-    )
+    state, g_metrics = self.generator_step(state, stream_key(key, "generator"), batch["index"])
     out = jax.tree.map(lambda *xs: sum(xs) / len(xs), *d_metrics)
     out.update(g_metrics)
     out["loss"] = out["d_loss"] + out["g_loss"]  # For the log line; each net has its own.
@@ -146,16 +159,25 @@ class GAN(Family):
     logits = self.discriminator.apply({"params": state.params["discriminator"]}, batch["image"])
     return {"d_real": masked_sum(jax.nn.sigmoid(logits), batch["mask"])}
 
-  def prepare(self) -> None:
-    self._fd_real()  # Trains the feature network if it is not cached, then its real statistics.
+  # Distribution metrics, in the feature network's space ------------------------------
 
-  @functools.cached_property
+  def needs(self):
+    return {"feature_net": {"steps": self.options.feature_net_steps}}
+
+  def provide(self, resources):
+    super().provide(resources)
+    self.real_statistics()  # Features of the real images, once.
+
+  @property
   def feature_net(self):
-    from genlab.feature_net import feature_network
+    if "feature_net" not in self.resources:
+      raise ConfigError(
+        "the GAN's metrics need its feature network: evaluate through genlab.run "
+        "(`genlab eval`), which trains or loads it, or pass it with provide()"
+      )
+    return self.resources["feature_net"]
 
-    return feature_network(self.dataset, self.config.data, steps=self.options.feature_net_steps)
-
-  def _fd_real(self):
+  def real_statistics(self):
     """Features of `fd_n_real` train images (a fixed subset) and the train-vs-test floor."""
     if not hasattr(self, "_real_stats"):
       train = self.dataset.train["image"]
@@ -165,12 +187,12 @@ class GAN(Family):
       _, test = self.feature_net(scale_values(self.dataset.test["image"], self.value_range))
       self._real_stats = metrics.gaussian_statistics(real)
       self._floor = metrics.frechet_distance(*self._real_stats, *metrics.gaussian_statistics(test))
-      self._n_real, self._n_test = n_real, len(test)
+      self.n_real, self.n_test = n_real, len(test)
     return self._real_stats
 
   def distribution_metrics(self, state) -> dict:
-    real_stats = self._fd_real()
-    n_fake = self.options.fd_n_fake or self._n_real
+    real_stats = self.real_statistics()
+    n_fake = self.options.fd_n_fake or self.n_real
     samples = self.sample(state, self.eval_key, n_fake)
     probabilities, features = self.feature_net(samples)
     fake_logits = np.concatenate(
@@ -196,40 +218,43 @@ class GAN(Family):
       ]
     )
 
-  def image_rows(self, state, batch):
-    return {}
 
-  def extra_images(self, state, step):
-    samples = self.sample(state, stream_key(self.eval_key, "grid"), 64)
-    return {
-      "samples": image_grid(
-        list(samples.reshape(8, 8, *samples.shape[1:])), value_range=self.value_range
-      )
-    }
+class GANViews(Views):
+  """64 samples from a fixed z, the same at every step."""
+
+  def images(self, state, batch, step):
+    family = self.family
+    samples = family.sample(state, stream_key(family.eval_key, "grid"), 64)
+    grid = image_grid(
+      list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
+    )
+    return {"samples": grid}
+
+
+class GANReport(Report):
+  definitions = {
+    "fd": "Fréchet distance between gaussians fitted to feature-network features of train "
+    "images and of generated samples (lower is better; compare with fd_floor)",
+    "fd_floor": "the same distance between the fd_n_real train images and the test images "
+    "(sizes in protocol): a reference for a generator that matches the data; when the test "
+    "split is smaller than fd_n_fake its sample-size bias is larger than fd's",
+    "cs": "classifier score exp(E_x KL(p(y|x) ‖ p(y))) of the samples (higher: confident and "
+    "diverse; at most the number of classes)",
+    "class_entropy": "entropy in nats of the samples' predicted-class histogram (log 10 = 2.303 "
+    "is balanced; mode collapse lowers it)",
+    "d_real": "mean D(x) = P(real) on test images",
+    "d_fake": "mean D(G(z)) on the fd_n_fake samples",
+  }
 
   def protocol(self):
-    self._fd_real()
+    family = self.family
+    family.real_statistics()
     return {
-      "fd_n_real": self._n_real,
+      "fd_n_real": family.n_real,
       "fd_real_split": "train",
-      "fd_n_fake": self.options.fd_n_fake or self._n_real,
-      "fd_floor": f"train ({self._n_real}) vs test ({self._n_test}) images",
-      "generator_loss": self.options.generator_loss,
-      "n_disc": self.options.n_disc,
-      **self.feature_net.protocol(),
-    }
-
-  def definitions(self):
-    return {
-      "fd": "Fréchet distance between gaussians fitted to feature-network features of train "
-      "images and of generated samples (lower is better; compare with fd_floor)",
-      "fd_floor": "the same distance between the fd_n_real train images and the test images "
-      "(sizes in protocol): a reference for a generator that matches the data; when the test "
-      "split is smaller than fd_n_fake its sample-size bias is larger than fd's",
-      "cs": "classifier score exp(E_x KL(p(y|x) ‖ p(y))) of the samples (higher: confident and "
-      "diverse; at most the number of classes)",
-      "class_entropy": "entropy in nats of the samples' predicted-class histogram (log 10 = 2.303 "
-      "is balanced; mode collapse lowers it)",
-      "d_real": "mean D(x) = P(real) on test images",
-      "d_fake": "mean D(G(z)) on the fd_n_fake samples",
+      "fd_n_fake": family.options.fd_n_fake or family.n_real,
+      "fd_floor": f"train ({family.n_real}) vs test ({family.n_test}) images",
+      "generator_loss": family.options.generator_loss,
+      "n_disc": family.options.n_disc,
+      **family.feature_net.protocol(),
     }

@@ -26,19 +26,35 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from genlab import losses
+from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
 from genlab.data.sequences import decode_text
 from genlab.errors import ConfigError, DataError
-from genlab.families.base import Metrics, SingleModelFamily
+from genlab.families.base import Family, Report, Views
 from genlab.models.recurrent_ae import RecurrentAutoencoder as RecurrentModel
-from genlab.train.parallel import masked_sum
-from genlab.train.state import TrainState, make_optimizer
-from genlab.train.writers import figure_pixels, subplots
+from genlab.views import figure_pixels, subplots
 
 TARGETS = ("input", "reversed", "target")
 SERIES_LOSSES = ("mse", "gaussian_nll")
+
+
+def options(**overrides) -> ml_collections.ConfigDict:
+  """`config.sequence`, the recurrent-autoencoder family's options, with their defaults."""
+  group = ml_collections.ConfigDict(
+    {
+      # input (autoencoder) | reversed (encoder-decoder: the input backwards) |
+      # target (encoder-decoder: the dataset's `target` sequences).
+      "target": "input",
+      # Labels that mark anomalies: ROC-AUC of the per-sequence error as anomaly score.
+      "anomaly_labels": (),
+      "num_plots": 6,  # Test sequences drawn in the input-vs-output view.
+    }
+  )
+  group.update(overrides)
+  return group
 
 
 def reverse_valid(x: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -49,11 +65,14 @@ def reverse_valid(x: jax.Array, lengths: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, index, axis=1)
 
 
-class RecurrentAutoencoder(SingleModelFamily):
+class RecurrentAutoencoder(Family):
   """LSTM/GRU sequence autoencoder or encoder-decoder (`config.model.name='rnn_ae'`)."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  options_group = "sequence"
+  default_options = staticmethod(options)
+
+  def __init__(self, config, dataset, **kwargs):
+    super().__init__(config, dataset, **kwargs)
     if dataset.modality not in ("series", "tokens"):
       raise DataError(
         f"the recurrent_autoencoder family needs sequences; {dataset.name} holds "
@@ -61,7 +80,7 @@ class RecurrentAutoencoder(SingleModelFamily):
       )
     self.value_range = None  # Sequences are used as they are: no image scaling.
     self.tokens = dataset.modality == "tokens"
-    self.options = config.sequence
+    self.options = self.family_options()
     if self.options.target not in TARGETS:
       raise ConfigError(f"config.sequence.target={self.options.target!r}; choose one of {TARGETS}")
     if self.options.target == "target" and "target" not in dataset.train:
@@ -118,10 +137,14 @@ class RecurrentAutoencoder(SingleModelFamily):
       return loss, {"mse": mse, "gaussian_nll": loss}, output
     return mse, {"mse": mse}, output
 
-  def batch_loss(self, params, batch, key, *, axis_name):
-    del key, axis_name  # Deterministic; per-sequence losses, equal-sized device shards.
-    loss, parts, _ = self.per_example(params, batch)
-    return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
+  def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
+    del key  # Deterministic.
+
+    def loss_fn(params):
+      loss, parts, _ = self.per_example(params, batch)
+      return jnp.mean(loss), jax.tree.map(jnp.mean, parts)
+
+    return gradient_step(state, "model", loss_fn)
 
   def eval_step(self, state, batch) -> Metrics:
     loss, parts, _ = self.per_example(state.params["model"], batch)
@@ -130,7 +153,7 @@ class RecurrentAutoencoder(SingleModelFamily):
 
   # Whole-split views and scores, on the host, one device.
 
-  def _test_errors(self, params) -> tuple[np.ndarray, np.ndarray]:
+  def test_errors(self, params) -> tuple[np.ndarray, np.ndarray]:
     """Per-sequence errors (the loss) and outputs of the whole test split."""
     test, size = self.dataset.test, self.config.eval_batch_size or self.config.batch_size
     errors, outputs = [], []
@@ -144,7 +167,7 @@ class RecurrentAutoencoder(SingleModelFamily):
   def distribution_metrics(self, state) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    errors, _ = self._test_errors(state.params["model"])
+    errors, _ = self.test_errors(state.params["model"])
     metrics = {f"error_p{q}": float(np.percentile(errors, q)) for q in (50, 90, 99)} | {
       "error_max": float(errors.max())
     }
@@ -155,20 +178,44 @@ class RecurrentAutoencoder(SingleModelFamily):
         metrics["num_anomalies"] = int(anomalous.sum())
     return metrics
 
-  def extra_images(self, state, step) -> dict[str, np.ndarray]:
-    params = state.params["model"]
-    errors, outputs = self._test_errors(params)
+  def reference_metrics(self, metrics):
+    """Baselines on the test split that need no model, and the measured MSE against the
+    series' one."""
+    train, test = self.dataset.train, self.dataset.test
+    batch = {k: jnp.asarray(v) for k, v in test.items()}
+    target, lengths = (np.asarray(a) for a in self.target_of(batch))
+    mask = np.asarray(losses.step_mask(jnp.asarray(lengths), target.shape[1]))
+    if self.tokens:
+      counts = np.bincount(train["image"][train["image"] > 0].ravel())
+      correct = ((target == np.argmax(counts)) * mask).sum(1) / lengths
+      return {"token_accuracy_unigram_baseline": float(correct.mean())}
+    mask = mask[..., None]
+    mean = (target * mask).sum(1, keepdims=True) / lengths[:, None, None]
+    per_sequence = (((target - mean) ** 2) * mask).sum((1, 2)) / (lengths * target.shape[-1])
+    baseline = {"mse_seq_mean_baseline": float(per_sequence.mean())}
+    if "mse" in metrics:
+      baseline["mse_to_seq_mean_ratio"] = metrics["mse"] / baseline["mse_seq_mean_baseline"]
+    return baseline
+
+
+class RecurrentAutoencoderViews(Views):
+  """Targets against outputs of the first test sequences (text: input / target / output),
+  and with `sequence.anomaly_labels` the anomaly score along the test series."""
+
+  def images(self, state, batch, step) -> dict[str, np.ndarray]:
+    errors, outputs = self.family.test_errors(state.params["model"])
     views = {"sequences": self._plot_sequences(outputs)}
-    if self.anomaly_labels:
+    if self.family.anomaly_labels:
       views["anomaly_scores"] = self._plot_scores(errors)
     return views
 
   def _plot_sequences(self, outputs) -> np.ndarray:
     """Input | target | output of the first `num_plots` test sequences."""
-    test, n = self.dataset.test, min(self.options.num_plots, len(self.dataset.test["image"]))
+    family = self.family
+    test, n = family.dataset.test, min(family.options.num_plots, len(family.dataset.test["image"]))
     batch = {k: jnp.asarray(v[:n]) for k, v in test.items()}
-    target, lengths = (np.asarray(a) for a in self.target_of(batch))
-    if self.tokens:
+    target, lengths = (np.asarray(a) for a in family.target_of(batch))
+    if family.tokens:
       fig, ax = subplots(figsize=(8, 0.19 * 3 * n + 0.3))
       ax.axis("off")
       lines = []
@@ -193,8 +240,8 @@ class RecurrentAutoencoder(SingleModelFamily):
     return figure_pixels(fig, dpi=90)
 
   def _plot_scores(self, errors) -> np.ndarray:
-    test = self.dataset.test
-    anomalous = np.isin(test["label"], self.anomaly_labels)
+    test = self.family.dataset.test
+    anomalous = np.isin(test["label"], self.family.anomaly_labels)
     # Windows of one series: in series order, at their first sample.
     where = test.get("start", np.arange(len(errors)))
     order = np.argsort(where, kind="stable")
@@ -206,43 +253,32 @@ class RecurrentAutoencoder(SingleModelFamily):
     ax.legend(fontsize=8)
     return figure_pixels(fig, dpi=90)
 
+
+class RecurrentAutoencoderReport(Report):
   def protocol(self):
+    family = self.family
     return {
       "split": "test",
-      "target": self.options.target,
-      "loss": self.config.loss,
-      "anomaly_labels": list(self.anomaly_labels),
+      "target": family.options.target,
+      "loss": family.config.loss,
+      "anomaly_labels": list(family.anomaly_labels),
     }
 
-  def definitions(self):
-    return {
-      "loss": f"the training loss ({self.config.loss}) per sequence, mean over test sequences",
-      "mse": "per sequence, the mean squared error over its valid steps and features; mean "
-      "over test sequences",
-      "mse_seq_mean_baseline": "the same MSE when each test target sequence is predicted by "
-      "its own per-feature mean over its valid steps",
-      "gaussian_nll": "per sequence, −log N(x; μ, σ²) averaged over valid steps and features",
-      "cross_entropy": "nats per valid token, mean over test sequences",
-      "token_accuracy": "fraction of a sequence's valid tokens predicted right (argmax), mean "
-      "over test sequences",
-      "sequence_accuracy": "fraction of test sequences with every token right",
-      "token_accuracy_unigram_baseline": "token accuracy of always predicting the most "
-      "frequent training token",
-      "error_p50": "median over test sequences of the per-sequence loss (p90, p99, max alike)",
-      "roc_auc": "ROC-AUC of the per-sequence loss as a score for the anomaly labels",
-    }
-
-  def reference_metrics(self):
-    """Baselines on the test split that need no model."""
-    train, test = self.dataset.train, self.dataset.test
-    batch = {k: jnp.asarray(v) for k, v in test.items()}
-    target, lengths = (np.asarray(a) for a in self.target_of(batch))
-    mask = np.asarray(losses.step_mask(jnp.asarray(lengths), target.shape[1]))
-    if self.tokens:
-      counts = np.bincount(train["image"][train["image"] > 0].ravel())
-      correct = ((target == np.argmax(counts)) * mask).sum(1) / lengths
-      return {"token_accuracy_unigram_baseline": float(correct.mean())}
-    mask = mask[..., None]
-    mean = (target * mask).sum(1, keepdims=True) / lengths[:, None, None]
-    per_sequence = (((target - mean) ** 2) * mask).sum((1, 2)) / (lengths * target.shape[-1])
-    return {"mse_seq_mean_baseline": float(per_sequence.mean())}
+  definitions = {
+    "loss": "the training loss (config.loss) per sequence, mean over test sequences",
+    "mse": "per sequence, the mean squared error over its valid steps and features; mean "
+    "over test sequences",
+    "mse_seq_mean_baseline": "the same MSE when each test target sequence is predicted by "
+    "its own per-feature mean over its valid steps",
+    "gaussian_nll": "per sequence, −log N(x; μ, σ²) averaged over valid steps and features",
+    "cross_entropy": "nats per valid token, mean over test sequences",
+    "token_accuracy": "fraction of a sequence's valid tokens predicted right (argmax), mean "
+    "over test sequences",
+    "sequence_accuracy": "fraction of test sequences with every token right",
+    "token_accuracy_unigram_baseline": "token accuracy of always predicting the most "
+    "frequent training token",
+    "error_p50": "median over test sequences of the per-sequence loss (p90, p99, max alike)",
+    "roc_auc": "ROC-AUC of the per-sequence loss as a score for the anomaly labels",
+    "num_anomalies": "test sequences with an anomaly label",
+    "mse_to_seq_mean_ratio": "mse / mse_seq_mean_baseline",
+  }

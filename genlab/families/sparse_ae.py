@@ -40,34 +40,58 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 
 from genlab import losses
+from genlab.core import TrainState, gradient_step
+from genlab.data import scale_values
 from genlab.errors import ConfigError
-from genlab.families.autoencoder import Autoencoder, target_of
+from genlab.families.autoencoder import (
+  Autoencoder,
+  AutoencoderReport,
+  AutoencoderViews,
+  target_of,
+)
 from genlab.models.conv_ae import activation_fn
 from genlab.models.sparse_ae import keep_top_k
-from genlab.train.parallel import pmean, psum
-from genlab.train.state import TrainState, all_finite, optimization_metrics
-from genlab.train.writers import figure_pixels, image_grid, subplots
+from genlab.views import figure_pixels, image_grid, subplots
 
 KINDS = ("kl", "l1", "topk")
 KL_GRADIENTS = ("leave_one_out", "batch")
-ACTIVITY = "latent_activity"  # State part (not trained): examples since each unit last fired.
 NEVER = 2**30  # Cap of the examples-since-fired count, far from int32 overflow.
 
 
+def options(**overrides) -> ml_collections.ConfigDict:
+  """`config.sparsity`, the sparse-autoencoder family's options, with their defaults."""
+  group = ml_collections.ConfigDict(
+    {
+      "kind": "kl",  # kl (sigmoid codes) | l1 (ReLU codes) | topk (TopK codes).
+      "rho": 0.05,  # Target mean activation of each unit (kl).
+      "beta": 3.0,  # Weight of Σ_j KL(ρ ‖ ρ̂_j) (kl).
+      # Gradient of the KL (kl): batch (its own, Ng's; on a minibatch it also penalises each
+      # unit's variance) | leave_one_out (example i's activation gets KL' at the mean of the
+      # others). See `kl_sparsity_penalty`.
+      "kl_gradient": "batch",
+      "l1": 1e-3,  # Weight of the code's L1 norm (l1).
+      "weight_decay": 1e-4,  # λ of λ/2·(‖W_enc‖² + ‖W_dec‖²).
+      # TopK dead-latent loss (AuxK, Gao et al. 2024): the aux_k largest pre-activations of
+      # dead units model the residual (0: off), weighted by aux_weight; a unit is dead after
+      # aux_dead_after training examples without firing (theirs: 10M tokens).
+      "aux_k": 0,
+      "aux_weight": 1 / 32,
+      "aux_dead_after": 10000,
+    }
+  )
+  group.update(overrides)
+  return group
+
+
 def kl_sparsity_penalty(
-  code: jax.Array,
-  *,
-  rho: float,
-  beta: float,
-  gradient: str = "batch",
-  axis_name: str | None = None,
+  code: jax.Array, *, rho: float, beta: float, gradient: str = "batch"
 ) -> tuple[jax.Array, jax.Array]:
-  """(β · Σ_j KL(ρ ‖ ρ̂_j), ρ̂) for this device's `code` (examples × units), ρ̂ the mean
-  over the global batch of B, with the gradient `gradient`:
+  """(β · Σ_j KL(ρ ‖ ρ̂_j), ρ̂) for the batch's `code` (examples × units), ρ̂ the mean
+  over the batch of B, with the gradient `gradient`:
 
   * `batch`: the penalty's own gradient, KL'(ρ̂_j) · ∂ρ̂_j. ρ̂_j and ∂ρ̂_j come from the same
     examples, so in expectation this is the gradient of E_B[KL(ρ ‖ ρ̂_j)] ≈ KL(ρ ‖ ρ̄_j) +
@@ -77,18 +101,16 @@ def kl_sparsity_penalty(
     *other* B − 1 examples, which does not depend on a_ij: the full-data gradient without
     the variance term (up to an O(1/B) shift of KL' itself, as in `batch`).
 
-  Under several devices (`axis_name`) the gradient flows through this device's examples
-  only; the pmean of the devices' gradients is then the one-device gradient of the global
-  batch.
+  The batch is the global one: on several devices XLA computes ρ̂ from every device's
+  examples (`genlab.core.step`).
   """
   if gradient not in KL_GRADIENTS:
     raise ConfigError(f"KL gradient {gradient!r}; choose one of {KL_GRADIENTS}")
   sg = jax.lax.stop_gradient
-  local = jnp.mean(code, axis=0)
-  rho_hat = local + sg(pmean(local, axis_name) - local)  # Value: the all-device mean.
+  rho_hat = jnp.mean(code, axis=0)
   if gradient == "batch":
     return beta * jnp.sum(losses.bernoulli_kl(rho, rho_hat)), rho_hat
-  n = code.shape[0] * (1 if axis_name is None else jax.lax.psum(1, axis_name))
+  n = code.shape[0]
   others = sg((n * rho_hat - code) / (n - 1))
   slope = jax.grad(lambda q: jnp.sum(losses.bernoulli_kl(rho, q)))(others)
   value = beta * jnp.sum(losses.bernoulli_kl(rho, sg(rho_hat)))
@@ -124,22 +146,24 @@ def auxk_reconstruction_error(
 class SparseAutoencoder(Autoencoder):
   """An `Autoencoder` with `config.model.name='sparse_ae'` and a sparsity objective."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
-    self.sparsity = config.sparsity
+  options_group = "sparsity"
+  default_options = staticmethod(options)
+
+  def __init__(self, config, dataset, **kwargs):
+    super().__init__(config, dataset, **kwargs)
+    self.sparsity = self.family_options()
     kind = self.sparsity.kind
     if kind not in KINDS:
       raise ConfigError(f"config.sparsity.kind={kind!r}; choose one of {KINDS}")
     expected = {"kl": "sigmoid", "l1": "relu", "topk": "topk"}[kind]
     if self.model.code != expected:
       raise ConfigError(f"sparsity {kind!r} needs config.model.code={expected!r}")
-    self.aux_k = int(self.sparsity.get("aux_k", 0))
+    self.aux_k = int(self.sparsity.aux_k)
     if self.aux_k and kind != "topk":
       raise ConfigError("config.sparsity.aux_k (the dead-latent loss) needs kind='topk'")
     if not 0 <= self.aux_k <= self.model.code_dim:
       raise ConfigError(f"config.sparsity.aux_k={self.aux_k} must lie in 0..code_dim")
-    # Configs saved before `kl_gradient` existed were trained with the batch gradient.
-    if kind == "kl" and self.sparsity.get("kl_gradient", "batch") not in KL_GRADIENTS:
+    if kind == "kl" and self.sparsity.kl_gradient not in KL_GRADIENTS:
       raise ConfigError(
         f"config.sparsity.kl_gradient={self.sparsity.kl_gradient!r}; choose one of {KL_GRADIENTS}"
       )
@@ -157,39 +181,29 @@ class SparseAutoencoder(Autoencoder):
     state = super().init_state(key, batch)
     if not self.aux_k:
       return state
+    # Examples since each unit last fired: counted, not trained.
     since_fired = {"examples_since_fired": jnp.zeros((self.model.code_dim,), jnp.int32)}
-    return TrainState.create(
-      params={**state.params, ACTIVITY: since_fired},
-      tx={"model": self.tx, ACTIVITY: optax.set_to_zero()},  # Counted, not trained.
-    )
+    return state.replace(stats={"model": since_fired})
 
-  def train_step(self, state, batch, key, *, axis_name):
+  def train_step(self, state, batch, key):
     if not self.aux_k:
-      return super().train_step(state, batch, key, axis_name=axis_name)
-    since = state.params[ACTIVITY]["examples_since_fired"]
+      return super().train_step(state, batch, key)
+    since = state.stats["model"]["examples_since_fired"]
     dead = since >= self.sparsity.aux_dead_after
 
     def loss_fn(params):
-      return self.batch_loss(params, batch, key, axis_name=axis_name, dead=dead)
+      loss, parts = self.batch_loss(params, batch, key, dead=dead)
+      fired = parts.pop("fired") > 0
+      examples = batch["image"].shape[0]
+      parts["dead_latents"] = jnp.mean(dead)  # Fraction dead before this step.
+      new_since = jnp.where(fired, 0, jnp.minimum(since + examples, NEVER))
+      return loss, (parts, {"examples_since_fired": new_since})
 
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
-    fired = psum(parts.pop("fired"), axis_name) > 0
-    examples = batch["image"].shape[0] * psum(1, axis_name)
-    since = jnp.where(fired, 0, jnp.minimum(since + examples, NEVER))
-    grads = pmean(grads, axis_name)
-    metrics = pmean({"loss": loss, **parts}, axis_name)
-    metrics["dead_latents"] = jnp.mean(dead)  # Fraction dead before this step.
-    metrics.update(optimization_metrics(grads, state.params["model"]))
-    finite = all_finite(metrics)
-    since = jnp.where(finite, since, state.params[ACTIVITY]["examples_since_fired"])
-    state = state.apply_gradients({"model": grads}, finite=finite)
-    return state.replace(
-      params={**state.params, ACTIVITY: {"examples_since_fired": since}}
-    ), metrics
+    return gradient_step(state, "model", loss_fn, has_stats=True)
 
-  def batch_loss(self, params, batch, key, *, axis_name, dead=None):
+  def batch_loss(self, params, batch, key, *, dead=None):
     """The objective and its parts; `dead` (a bool per unit) adds the AuxK term and a
-    per-unit `fired` count on this device's examples to the parts."""
+    per-unit `fired` count to the parts."""
     loss, parts, aux = self.per_example_loss(params, batch, key)
     code = aux["code"]
     parts = jax.tree.map(jnp.mean, parts)
@@ -202,8 +216,7 @@ class SparseAutoencoder(Autoencoder):
         code,
         rho=self.sparsity.rho,
         beta=self.sparsity.beta,
-        gradient=self.sparsity.get("kl_gradient", "batch"),
-        axis_name=axis_name,
+        gradient=self.sparsity.kl_gradient,
       )
       parts["rho_hat_mean"] = jnp.mean(rho_hat)
     elif self.sparsity.kind == "l1":
@@ -243,47 +256,63 @@ class SparseAutoencoder(Autoencoder):
     active_rate = np.asarray(means.pop("unit_active"))
     means["rho_hat_mean"] = float(unit_mean.mean())
     means["dead_fraction"] = float(np.mean(active_rate == 0))
-    self._last_rho_hat = unit_mean
     return means
 
-  def protocol(self):
-    return {
-      **super().protocol(),
-      "sparsity": self.sparsity.to_dict(),
-      "code_units": self.model.code_dim,
-      "code_bias_init": self.model.code_bias_init,
-      "active_means_above": self.active_above,
-      "nmse": "mse / mse_mean_baseline (mse_to_baseline_ratio)",
-    }
+  def unit_means(self, params) -> np.ndarray:
+    """ρ̂_j, each code unit's mean activation over the test split (no corruption)."""
+    x = scale_values(self.dataset.test["image"], self.value_range)
+    size = self.config.eval_batch_size or self.config.batch_size
+    encode = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method="encode"))
+    codes = [np.asarray(encode(params, x[i : i + size])) for i in range(0, len(x), size)]
+    return np.concatenate(codes).mean(axis=0)
 
-  def definitions(self):
-    return {
-      **super().definitions(),
-      "rho_hat_mean": "mean over code units of ρ̂_j, unit j's mean activation on the test split",
-      "l0": "mean number of active code units per test example",
-      "dead_fraction": "fraction of code units never active on the whole test split",
-    }
 
-  def extra_images(self, state, step):
-    kernel = np.asarray(state.params["model"]["decoder"]["kernel"])  # (code_dim, H·W·C)
-    filters = kernel.reshape(kernel.shape[0], *self.dataset.target_shape)
+class SparseAutoencoderViews(AutoencoderViews):
+  """The reconstructions, the decoder's filters and a histogram of the units' rates ρ̂_j."""
+
+  def images(self, state, batch, step):
+    family = self.family
+    params = state.params["model"]
+    views = super().images(state, batch, step)
+    kernel = np.asarray(params["decoder"]["kernel"])  # (code_dim, H·W·C)
+    filters = kernel.reshape(kernel.shape[0], *family.dataset.target_shape)
     lo = filters.min(axis=(1, 2, 3), keepdims=True)
     hi = filters.max(axis=(1, 2, 3), keepdims=True)
     filters = (filters - lo) / np.maximum(hi - lo, 1e-12)
     columns = int(np.ceil(np.sqrt(len(filters))))
     padded = np.concatenate([filters, np.ones((-len(filters) % columns, *filters.shape[1:]))])
-    views = {
-      "filters": image_grid(list(padded.reshape(-1, columns, *filters.shape[1:])), min_size=24)
-    }
-    if getattr(self, "_last_rho_hat", None) is not None:
-      views["rho_hat_histogram"] = self._rho_histogram(step)
+    views["filters"] = image_grid(
+      list(padded.reshape(-1, columns, *filters.shape[1:])), min_size=24
+    )
+    views["rho_hat_histogram"] = self._rho_histogram(family.unit_means(params), step)
     return views
 
-  def _rho_histogram(self, step):
+  def _rho_histogram(self, rho_hat, step):
+    sparsity = self.family.sparsity
     fig, ax = subplots(figsize=(5, 3))
-    ax.hist(self._last_rho_hat, bins=30)
-    if self.sparsity.kind == "kl":
-      ax.axvline(self.sparsity.rho, color="k", linestyle="--", label=f"ρ = {self.sparsity.rho}")
+    ax.hist(rho_hat, bins=30)
+    if sparsity.kind == "kl":
+      ax.axvline(sparsity.rho, color="k", linestyle="--", label=f"ρ = {sparsity.rho}")
       ax.legend()
     ax.set(xlabel="ρ̂_j (mean activation on the test split)", ylabel="units", title=f"step {step}")
     return figure_pixels(fig)
+
+
+class SparseAutoencoderReport(AutoencoderReport):
+  definitions = {
+    **AutoencoderReport.definitions,
+    "rho_hat_mean": "mean over code units of ρ̂_j, unit j's mean activation on the test split",
+    "l0": "mean number of active code units per test example",
+    "dead_fraction": "fraction of code units never active on the whole test split",
+  }
+
+  def protocol(self):
+    family = self.family
+    return {
+      **super().protocol(),
+      "sparsity": family.sparsity.to_dict(),
+      "code_units": family.model.code_dim,
+      "code_bias_init": family.model.code_bias_init,
+      "active_means_above": family.active_above,
+      "nmse": "mse / mse_mean_baseline (mse_to_baseline_ratio)",
+    }

@@ -26,29 +26,55 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from genlab import losses
+from genlab.core import (
+  Metrics,
+  TrainState,
+  example_keys,
+  gradient_step,
+  make_optimizer,
+  masked_sum,
+  stream_key,
+)
+from genlab.data import scale_values
 from genlab.errors import ConfigError
-from genlab.families.base import Family, Metrics
+from genlab.families.base import Family, Report, Views
 from genlab.models.vae import VAE, reparameterize
-from genlab.train.parallel import masked_sum, pmean
-from genlab.train.rngs import example_keys, stream_key
-from genlab.train.state import TrainState, all_finite, make_optimizer, optimization_metrics
-from genlab.train.writers import figure_pixels, image_grid, subplots
+from genlab.views import figure_pixels, image_grid, subplots
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 NLL_ROWS_PER_CHUNK = 8192  # Decoder rows (examples × samples) per scan step.
 
 
+def options(**overrides) -> ml_collections.ConfigDict:
+  """`config.vae`, the VAE family's options, with their defaults."""
+  group = ml_collections.ConfigDict(
+    {
+      "beta": 1.0,  # Weight of the KL term.
+      "kl_warmup_steps": 0,  # β ramps linearly from 0 over these steps (0: no warm-up).
+      "binarize": "none",  # none | dynamic (a fresh Bernoulli draw of x at every step).
+      "nll_k": 5000,  # Importance samples per test example for `nll` in `genlab eval`.
+    }
+  )
+  group.update(overrides)
+  return group
+
+
 class VariationalAutoencoder(Family):
   """A VAE with one optimizer; see the module docstring for the objective and metrics."""
 
-  def __init__(self, config, dataset):
-    super().__init__(config, dataset)
+  options_group = "vae"
+  default_options = staticmethod(options)
+  eval_overrides = ("vae.nll_k",)
+
+  def __init__(self, config, dataset, **kwargs):
+    super().__init__(config, dataset, **kwargs)
     _, fields = self.model_fields("vae")
     self.model = self.build(VAE, output_shape=dataset.image_shape, **fields)
-    options = config.vae
+    options = self.family_options()
     if options.binarize not in ("none", "dynamic"):
       raise ConfigError("config.vae.binarize must be 'none' or 'dynamic'")
     if self.model.likelihood == "bernoulli" and self.value_range != (0.0, 1.0):
@@ -95,7 +121,7 @@ class VariationalAutoencoder(Family):
     params = self.model.init(key, x, jax.random.split(key, 1))["params"]
     return TrainState.create(params={"model": params}, tx={"model": self.tx})
 
-  def train_step(self, state, batch, key, *, axis_name) -> tuple[TrainState, Metrics]:
+  def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     beta = self.beta(state.step)
 
     def loss_fn(params):
@@ -103,13 +129,9 @@ class VariationalAutoencoder(Family):
       kl = jnp.sum(kl_per_dim, axis=1)
       parts = {"reconstruction": reconstruction.mean(), "kl": kl.mean()}
       parts["neg_elbo"] = parts["reconstruction"] + parts["kl"]
-      return jnp.mean(reconstruction + beta * kl), parts
+      return jnp.mean(reconstruction + beta * kl), {**parts, "beta": beta}
 
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["model"])
-    grads = pmean(grads, axis_name)
-    metrics = pmean({"loss": loss, **parts}, axis_name)
-    metrics.update(optimization_metrics(grads, state.params["model"]), beta=beta)
-    return state.apply_gradients({"model": grads}, finite=all_finite(metrics)), metrics
+    return gradient_step(state, "model", loss_fn)
 
   def eval_step(self, state, batch) -> Metrics:
     reconstruction, kl_per_dim, aux = self.elbo_terms(state.params["model"], batch, self.eval_key)
@@ -147,77 +169,61 @@ class VariationalAutoencoder(Family):
     )
     return {"nll": masked_sum(nll, batch["mask"])}
 
-  def protocol(self):
-    return {
-      "nll_k": self.options.nll_k,
-      "binarize": self.options.binarize,
-      "z_samples_for_elbo": 1,
-      "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
-    }
-
-  def definitions(self):
-    return {
-      "neg_elbo": "mean over test examples of −log p(x|z) + KL(q(z|x) ‖ N(0, I)), one z each, nats",
-      "reconstruction": "mean over test examples of −log p(x|z), one z ~ q(z|x) each, nats",
-      "kl": "mean over test examples of the closed-form KL(q(z|x) ‖ N(0, I)), nats",
-      "nll": "mean over test examples of the importance-sampled −log p(x), nll_k samples from "
-      "q(z|x) each, nats",
-      "kl_per_dim": "mean KL of each latent dimension",
-      "active_units": "latent dimensions with Var over test x of E_q[z_d|x] > 0.01",
-    }
-
-  # Views --------------------------------------------------------------------
-
-  def image_rows(self, state, batch):
-    params = state.params["model"]
-    x = np.asarray(self.observe(batch, self.eval_key))
-    mean, _ = self.model.apply({"params": params}, x, method=VAE.encode)
-    return {"reconstruction": [x, np.asarray(self._mean_image(params, mean))]}
-
-  def _mean_image(self, params, z):
+  def mean_image(self, params, z) -> jax.Array:
+    """E[x|z] for latents `z` (N, K)."""
     decoded = self.model.apply({"params": params}, z, method=VAE.decode)
     return self.model.mean_image(decoded)
+
+  def encode(self, params, x) -> tuple[jax.Array, jax.Array]:
+    """(μ, log σ²) of q(z|x)."""
+    return self.model.apply({"params": params}, x, method=VAE.encode)
 
   def sample(self, state, key: jax.Array, num: int) -> np.ndarray:
     """E[x|z] for `num` draws z ~ N(0, I) from `key`."""
     z = jax.random.normal(key, (num, self.model.latent_dim))
-    return np.asarray(self._mean_image(state.params["model"], z))
+    return np.asarray(self.mean_image(state.params["model"], z))
 
-  def extra_images(self, state, step: int) -> dict[str, np.ndarray]:
-    params = state.params["model"]
-    views = {}
-    samples = self.sample(state, stream_key(self.eval_key, "prior_samples"), 64)
+
+class VAEViews(Views):
+  """Reconstructions (of the posterior means), 64 samples from the prior, linear and
+  spherical interpolations between test images, and the latent cloud."""
+
+  def images(self, state, batch, step):
+    family, params = self.family, state.params["model"]
+    n = int(batch["mask"].sum())
+    x = np.asarray(family.observe(batch, family.eval_key))[:n]
+    mean, _ = family.encode(params, x)
+    views = {
+      "reconstruction": image_grid(
+        [x, np.asarray(family.mean_image(params, mean))], value_range=family.value_range
+      )
+    }
+    samples = family.sample(state, stream_key(family.eval_key, "prior_samples"), 64)
     views["samples"] = image_grid(
-      list(samples.reshape(8, 8, *samples.shape[1:])), value_range=self.value_range
+      list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
     )
-    test = self.dataset.test
+    test = family.dataset.test
     pairs = min(4, len(test["image"]) // 2)
     if pairs:
-      from genlab.data import scale_values
-
-      x = scale_values(test["image"][: 2 * pairs], self.value_range)
-      mean, _ = self.model.apply({"params": params}, x, method=VAE.encode)
+      x = scale_values(test["image"][: 2 * pairs], family.value_range)
+      mean, _ = family.encode(params, x)
       starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
       t = np.linspace(0.0, 1.0, 8)
       for name, path in (("interpolation_linear", lerp), ("interpolation_spherical", slerp)):
         z = np.stack([path(a, b, t) for a, b in zip(starts, ends, strict=True)])  # (pairs, 8, K)
-        images = np.asarray(self._mean_image(params, z.reshape(-1, z.shape[-1])))
+        images = np.asarray(family.mean_image(params, z.reshape(-1, z.shape[-1])))
         views[name] = image_grid(
-          list(images.reshape(pairs, 8, *images.shape[1:])), value_range=self.value_range
+          list(images.reshape(pairs, 8, *images.shape[1:])), value_range=family.value_range
         )
     views["latent_cloud"] = self.latent_cloud(params, step)
     return views
 
   def latent_cloud(self, params, step: int) -> np.ndarray:
     """Posterior means of the test split in 2-D (first two principal axes when K > 2)."""
-    from genlab.data import scale_values
-
-    x = scale_values(self.dataset.test["image"][:2000], self.value_range)
+    family = self.family
+    x = scale_values(family.dataset.test["image"][:2000], family.value_range)
     mean = np.concatenate(
-      [
-        np.asarray(self.model.apply({"params": params}, x[i : i + 500], method=VAE.encode)[0])
-        for i in range(0, len(x), 500)
-      ]
+      [np.asarray(family.encode(params, x[i : i + 500])[0]) for i in range(0, len(x), 500)]
     )
     if mean.shape[1] > 2:
       centred = mean - mean.mean(axis=0)
@@ -225,7 +231,7 @@ class VariationalAutoencoder(Family):
       points, axes = centred @ vt[:2].T, ("principal axis 1", "principal axis 2")
     else:
       points, axes = np.pad(mean, ((0, 0), (0, 2 - mean.shape[1]))), ("z1", "z2")
-    labels = self.dataset.test.get("label")
+    labels = family.dataset.test.get("label")
     fig, ax = subplots(figsize=(5, 5), dpi=100)
     if labels is None:
       ax.scatter(points[:, 0], points[:, 1], s=6)
@@ -234,6 +240,27 @@ class VariationalAutoencoder(Family):
       fig.colorbar(scatter, ax=ax, label="label")
     ax.set(xlabel=axes[0], ylabel=axes[1], title=f"E[z|x], {len(points)} test images, step {step}")
     return figure_pixels(fig)
+
+
+class VAEReport(Report):
+  definitions = {
+    "neg_elbo": "mean over test examples of −log p(x|z) + KL(q(z|x) ‖ N(0, I)), one z each, nats",
+    "reconstruction": "mean over test examples of −log p(x|z), one z ~ q(z|x) each, nats",
+    "kl": "mean over test examples of the closed-form KL(q(z|x) ‖ N(0, I)), nats",
+    "nll": "mean over test examples of the importance-sampled −log p(x), nll_k samples from "
+    "q(z|x) each, nats",
+    "kl_per_dim": "mean KL of each latent dimension",
+    "active_units": "latent dimensions with Var over test x of E_q[z_d|x] > 0.01",
+  }
+
+  def protocol(self):
+    options = self.family.options
+    return {
+      "nll_k": options.nll_k,
+      "binarize": options.binarize,
+      "z_samples_for_elbo": 1,
+      "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+    }
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

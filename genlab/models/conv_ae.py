@@ -23,9 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genlab import kernels as kernels_lib
 from genlab.errors import ConfigError
-from genlab.models.conv_transpose import ConvTranspose
-from genlab.models.precision import Dense
 
 IntOrSeq = int | Sequence[int]
 
@@ -70,6 +69,8 @@ class ConvEncoder(nn.Module):
     strides: stride of each stage (2 halves the resolution).
     latent_dim: size of the code; `None` keeps the last feature map as the code.
     activation: name of a `flax.linen` activation.
+    dtype: computation dtype (bfloat16: mixed precision; params stay float32).
+    kernels: `flax` (flax's layers) or `xla_cpu` (genlab's; see `genlab.kernels`).
   """
 
   features: Sequence[int] = (32, 64)
@@ -78,19 +79,21 @@ class ConvEncoder(nn.Module):
   latent_dim: int | None = 32
   activation: str = "relu"
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n = len(self.features)
-    kernels = per_stage(self.kernel_size, n, "kernel_size")
+    kernel_sizes = per_stage(self.kernel_size, n, "kernel_size")
     strides = per_stage(self.strides, n, "strides")
     act = activation_fn(self.activation)
-    for i, (f, k, s) in enumerate(zip(self.features, kernels, strides, strict=True)):
+    for i, (f, k, s) in enumerate(zip(self.features, kernel_sizes, strides, strict=True)):
       x = nn.Conv(f, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"conv_{i}")(x)
       x = act(x)
     if self.latent_dim is None:
       return x
-    return Dense(self.latent_dim, dtype=self.dtype, name="code")(x.reshape(x.shape[0], -1))
+    code = kernels_lib.dense(self.latent_dim, kernels=self.kernels, dtype=self.dtype, name="code")
+    return code(x.reshape(x.shape[0], -1))
 
 
 class ConvDecoder(nn.Module):
@@ -102,6 +105,7 @@ class ConvDecoder(nn.Module):
     kernel_size: kernel side, one for all stages or one per stage (encoder order).
     strides: stride of each stage (encoder order).
     activation: hidden activation.
+    dtype, kernels: as in `ConvEncoder`.
   Returns pre-activation outputs (logits); the caller applies the output activation.
   """
 
@@ -111,11 +115,12 @@ class ConvDecoder(nn.Module):
   strides: IntOrSeq = 2
   activation: str = "relu"
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     n = len(self.features)
-    kernels = per_stage(self.kernel_size, n, "kernel_size")
+    kernel_sizes = per_stage(self.kernel_size, n, "kernel_size")
     strides = per_stage(self.strides, n, "strides")
     act = activation_fn(self.activation)
     *size, channels = self.output_shape
@@ -123,7 +128,10 @@ class ConvDecoder(nn.Module):
     x = z
     if z.ndim == 2:  # A vector code: project back to the smallest feature map.
       h, w = sizes[-1]
-      x = Dense(h * w * self.features[-1], dtype=self.dtype, name="project")(z)
+      project = kernels_lib.dense(
+        h * w * self.features[-1], kernels=self.kernels, dtype=self.dtype, name="project"
+      )
+      x = project(z)
       x = act(x.reshape(z.shape[0], h, w, self.features[-1]))
     elif tuple(z.shape[1:3]) != sizes[-1]:
       raise ConfigError(
@@ -133,10 +141,15 @@ class ConvDecoder(nn.Module):
       )
     for i in reversed(range(n)):
       out = self.features[i - 1] if i > 0 else channels
-      k, s = kernels[i], strides[i]
-      # genlab's ConvTranspose: nn.ConvTranspose's parameters and outputs, fast gradients.
-      x = ConvTranspose(
-        out, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"deconv_{i}"
+      k, s = kernel_sizes[i], strides[i]
+      x = kernels_lib.conv_transpose(
+        out,
+        (k, k),
+        kernels=self.kernels,
+        strides=(s, s),
+        padding="SAME",
+        dtype=self.dtype,
+        name=f"deconv_{i}",
       )(x)
       h, w = sizes[i]
       x = x[:, :h, :w, :]
@@ -156,6 +169,7 @@ class ConvAutoencoder(nn.Module):
       ConvTranspose at stride 2 covers each output evenly, where 3×3 alternates).
     output_activation: applied to the decoder's logits (`sigmoid` for [0, 1]
       data, `tanh` for [-1, 1], `none`).
+    dtype, kernels: as in `ConvEncoder`.
   """
 
   output_shape: Sequence[int]
@@ -167,6 +181,7 @@ class ConvAutoencoder(nn.Module):
   output_activation: str = "sigmoid"
   decoder_kernel_size: IntOrSeq | None = None
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   def setup(self):
     common = dict(
@@ -174,6 +189,7 @@ class ConvAutoencoder(nn.Module):
       strides=self.strides,
       activation=self.activation,
       dtype=self.dtype,
+      kernels=self.kernels,
     )
     self.encoder = ConvEncoder(latent_dim=self.latent_dim, kernel_size=self.kernel_size, **common)
     decoder_kernel = (

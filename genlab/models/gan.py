@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn
-from genlab.models.vae import MLP
+from genlab.models.mlp import MLP
 
 ARCHITECTURES = ("mlp", "dcgan")
 
@@ -37,6 +37,8 @@ class Generator(nn.Module):
     kernel_size, strides: DCGAN transposed-convolution stages.
     activation: hidden activation.
     output_activation: `tanh` for data in [-1, 1], `sigmoid` for [0, 1].
+    dtype: computation dtype (bfloat16: mixed precision; params stay float32).
+    kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
   """
 
   output_shape: Sequence[int]
@@ -48,11 +50,13 @@ class Generator(nn.Module):
   activation: str = "relu"
   output_activation: str = "tanh"
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     if self.architecture == "mlp":
-      h = MLP((*self.hidden, math.prod(self.output_shape)), self.activation, self.dtype)(z)
+      widths = (*self.hidden, math.prod(self.output_shape))
+      h = MLP(widths, self.activation, self.dtype, self.kernels)(z)
       h = h.reshape(z.shape[0], *self.output_shape)
     elif self.architecture == "dcgan":
       h = ConvDecoder(
@@ -62,6 +66,7 @@ class Generator(nn.Module):
         strides=self.strides,
         activation=self.activation,
         dtype=self.dtype,
+        kernels=self.kernels,
       )(z)
     else:
       raise ConfigError(f"unknown GAN architecture {self.architecture!r}; choose {ARCHITECTURES}")
@@ -69,7 +74,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """Images → one logit per example (sigmoid: P(real))."""
+  """Images → one logit per example (sigmoid: P(real)). Attributes as in `Generator`."""
 
   architecture: str = "dcgan"
   hidden: Sequence[int] = (256, 256)
@@ -78,11 +83,13 @@ class Discriminator(nn.Module):
   strides: int | Sequence[int] = 2
   activation: str = "leaky_relu"
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.architecture == "mlp":
-      logit = MLP((*self.hidden, 1), self.activation, self.dtype)(x.reshape(x.shape[0], -1))
+      mlp = MLP((*self.hidden, 1), self.activation, self.dtype, self.kernels)
+      logit = mlp(x.reshape(x.shape[0], -1))
     elif self.architecture == "dcgan":
       logit = ConvEncoder(
         features=tuple(self.features),
@@ -91,6 +98,7 @@ class Discriminator(nn.Module):
         latent_dim=1,
         activation=self.activation,
         dtype=self.dtype,
+        kernels=self.kernels,
       )(x)
     else:
       raise ConfigError(f"unknown GAN architecture {self.architecture!r}; choose {ARCHITECTURES}")

@@ -19,66 +19,17 @@ length, which may differ from the input's (encoder-decoder mode).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen.dtypes import promote_dtype
-from jax import lax
 
+from genlab import kernels as kernels_lib
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
-from genlab.models.lstm import LSTM, gate_params
-from genlab.models.precision import Dense, is_bfloat16, matmul
-
-
-class LSTMCell(nn.OptimizedLSTMCell):
-  """`nn.OptimizedLSTMCell` (the same parameters, initialisers and float32 values) whose
-  two products per step are `precision.matmul` in bfloat16: they accumulate in float32 on
-  XLA:CPU's bf16 kernel, where flax's `jnp.dot` gave a bf16 product that XLA ran in
-  float32 after converting both operands, and the kernels' gradients stay float32."""
-
-  @nn.compact
-  def __call__(self, carry, inputs):
-    c, h = carry
-    features = h.shape[-1]
-
-    def gates(x, prefix: str, use_bias: bool, kernel_init) -> jax.Array:
-      # One product for the four gates; parameters named as flax's: {i,h}{i,f,g,o}.
-      kernel, bias = gate_params(
-        x, features, prefix, use_bias, kernel_init, self.bias_init, self.param_dtype
-      )
-      if is_bfloat16(self.dtype):
-        # The float32 kernel goes in whole: see `precision.matmul`.
-        x, bias = promote_dtype(x, bias, dtype=self.dtype)
-        y = matmul(x, kernel)
-      else:
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-      return y + bias if use_bias else y
-
-    pre = gates(h, "h", True, self.recurrent_kernel_init) + gates(
-      inputs, "i", False, self.kernel_init
-    )
-    i, f, g, o = jnp.split(pre, 4, axis=-1)
-    i, f, g, o = self.gate_fn(i), self.gate_fn(f), self.activation_fn(g), self.gate_fn(o)
-    new_c = f * c + i * g
-    new_h = o * self.activation_fn(new_c)
-    return (new_c, new_h), new_h
-
-
-CELLS = {"lstm": LSTMCell, "gru": nn.GRUCell}
-
-
-def _rnn(cell: str, hidden_dim: int, name: str, dtype=jnp.float32, **kwargs) -> nn.Module:
-  """An RNN layer: `nn.RNN` over the cell, or in bfloat16 the fused `lstm.LSTM` (2.6× faster
-  there, the same parameters)."""
-  if cell == "lstm" and is_bfloat16(dtype):
-    return LSTM(hidden_dim, dtype=dtype, name=f"{name}_cell", **kwargs)
-  return nn.RNN(CELLS[cell](hidden_dim, dtype=dtype, name=f"{name}_cell"), name=name, **kwargs)
-
 
 # `unroll`: time steps per iteration of the RNN's loop (`nn.RNN(unroll=...)`). It changes
 # how XLA compiles the loop, not the result; XLA's cost analysis counts a loop body once,
@@ -105,37 +56,36 @@ class SequenceEncoder(nn.Module):
   activation: str = "relu"
   unroll: int = 1
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   @nn.compact
   def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
     """z (B, latent_dim) of sequences `x` whose first `lengths` steps are valid."""
     dtype = self.dtype
+    dense = functools.partial(kernels_lib.dense, kernels=self.kernels, dtype=dtype)
+    rnn = functools.partial(
+      kernels_lib.recurrent_layer,
+      self.cell,
+      self.hidden_dim,
+      kernels=self.kernels,
+      dtype=dtype,
+      unroll=self.unroll,
+    )
     if self.vocab_size:
       h = nn.Embed(self.vocab_size, self.embed_dim, dtype=dtype, name="embed")(x)
     else:
       h = x.astype(dtype)
     for i, width in enumerate(self.feature_dims):
-      h = activation_fn(self.activation)(Dense(width, dtype=dtype, name=f"feature_{i}")(h))
+      h = activation_fn(self.activation)(dense(width, name=f"feature_{i}")(h))
     finals = []
     for layer in range(self.num_layers):
-      forward = _rnn(
-        self.cell,
-        self.hidden_dim,
-        f"rnn_{layer}",
-        dtype=dtype,
-        return_carry=True,
-        unroll=self.unroll,
-      )
+      forward = rnn(name=f"rnn_{layer}", return_carry=True)
       if self.bidirectional:
-        backward = _rnn(
-          self.cell,
-          self.hidden_dim,
-          f"rnn_{layer}_backward",
-          dtype=dtype,
+        backward = rnn(
+          name=f"rnn_{layer}_backward",
           return_carry=True,
           reverse=True,
           keep_order=True,
-          unroll=self.unroll,
         )
         bidirectional = nn.Bidirectional(forward, backward, return_carry=True, name=f"bi_{layer}")
         (fwd_carry, bwd_carry), h = bidirectional(h, seq_lengths=lengths)
@@ -144,7 +94,7 @@ class SequenceEncoder(nn.Module):
         carry, h = forward(h, seq_lengths=lengths)
         finals = [_final_hidden(carry, self.cell)]
     final = jnp.concatenate(finals, axis=-1)
-    return Dense(self.latent_dim, dtype=dtype, name="to_latent")(final)
+    return dense(self.latent_dim, name="to_latent")(final)
 
 
 class SequenceDecoder(nn.Module):
@@ -158,6 +108,7 @@ class SequenceDecoder(nn.Module):
   num_layers: int = 1
   unroll: int = 1
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
@@ -170,12 +121,20 @@ class SequenceDecoder(nn.Module):
     h = jnp.concatenate(
       [jnp.broadcast_to(z[:, None, :], shape), jnp.broadcast_to(position, shape)], axis=-1
     )
+    dense = functools.partial(kernels_lib.dense, kernels=self.kernels, dtype=self.dtype)
     for layer in range(self.num_layers):
-      init = Dense(self.hidden_dim, dtype=self.dtype, name=f"init_{layer}")(z)
+      init = dense(self.hidden_dim, name=f"init_{layer}")(z)
       carry = (init, jnp.tanh(init)) if self.cell == "lstm" else jnp.tanh(init)
-      rnn = _rnn(self.cell, self.hidden_dim, f"rnn_{layer}", dtype=self.dtype, unroll=self.unroll)
+      rnn = kernels_lib.recurrent_layer(
+        self.cell,
+        self.hidden_dim,
+        kernels=self.kernels,
+        name=f"rnn_{layer}",
+        dtype=self.dtype,
+        unroll=self.unroll,
+      )
       h = rnn(h, initial_carry=carry)
-    return Dense(self.output_width, dtype=self.dtype, name="output")(h)
+    return dense(self.output_width, name="output")(h)
 
 
 class RecurrentAutoencoder(nn.Module):
@@ -194,6 +153,7 @@ class RecurrentAutoencoder(nn.Module):
   activation: of the feature MLP.
   unroll: time steps per loop iteration of every RNN (see above).
   dtype: computation dtype (bfloat16 for mixed precision; params stay float32).
+  kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
   """
 
   output_dim: int
@@ -210,10 +170,11 @@ class RecurrentAutoencoder(nn.Module):
   activation: str = "relu"
   unroll: int = 1
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   def setup(self):
-    if self.cell not in CELLS:
-      raise ConfigError(f"unknown cell {self.cell!r}; choose one of {sorted(CELLS)}")
+    if self.cell not in kernels_lib.CELLS:
+      raise ConfigError(f"unknown cell {self.cell!r}; choose one of {list(kernels_lib.CELLS)}")
     if self.num_layers < 1:
       raise ConfigError(f"num_layers={self.num_layers} must be at least 1")
     rnn = dict(
@@ -222,6 +183,7 @@ class RecurrentAutoencoder(nn.Module):
       num_layers=self.num_layers,
       unroll=self.unroll,
       dtype=self.dtype,
+      kernels=self.kernels,
     )
     self.encoder = SequenceEncoder(
       latent_dim=self.latent_dim,

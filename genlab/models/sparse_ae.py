@@ -17,9 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genlab import kernels as kernels_lib
 from genlab.errors import ConfigError
 from genlab.models.conv_ae import activation_fn
-from genlab.models.precision import Dense
 
 CODES = ("sigmoid", "relu", "topk")
 
@@ -40,6 +40,7 @@ class SparseAutoencoder(nn.Module):
   code_bias_init: initial bias of the code units' pre-activations (0: the Dense default).
   dtype: computation dtype of the two Dense maps (bfloat16: mixed precision).
     The KL-ρ family starts sigmoid units at logit(ρ), i.e. at the target rate.
+  kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
   """
 
   output_shape: Sequence[int]
@@ -49,19 +50,23 @@ class SparseAutoencoder(nn.Module):
   output_activation: str = "sigmoid"
   code_bias_init: float = 0.0
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   def setup(self):
     if self.code not in CODES:
       raise ConfigError(f"unknown code {self.code!r}; choose one of {CODES}")
     if self.code == "topk" and not 0 < self.k <= self.code_dim:
       raise ConfigError(f"k={self.k} must lie in 1..code_dim={self.code_dim}")
-    self.encoder = Dense(
+    self.encoder = kernels_lib.dense(
       self.code_dim,
+      kernels=self.kernels,
       bias_init=nn.initializers.constant(self.code_bias_init),
       dtype=self.dtype,
       name="encoder",
     )
-    self.decoder = Dense(math.prod(self.output_shape), dtype=self.dtype, name="decoder")
+    self.decoder = kernels_lib.dense(
+      math.prod(self.output_shape), kernels=self.kernels, dtype=self.dtype, name="decoder"
+    )
 
   def pre_activations(self, x: jax.Array) -> jax.Array:
     """The code units' inputs, (examples, code_dim), in float32 (ρ̂ and the KL need it)."""

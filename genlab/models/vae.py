@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from genlab.errors import ConfigError
-from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn
-from genlab.models.precision import Dense
+from genlab.models.conv_ae import ConvDecoder, ConvEncoder
+from genlab.models.mlp import MLP
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -31,23 +31,6 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
   """z = mean + exp(logvar / 2) · ε with ε ~ N(0, I) from `key`; differentiable in mean, logvar."""
   eps = jax.random.normal(key, mean.shape, mean.dtype)
   return mean + jnp.exp(0.5 * logvar) * eps
-
-
-class MLP(nn.Module):
-  """Dense layers with an activation between them (none after the last)."""
-
-  features: Sequence[int]
-  activation: str = "relu"
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    act = activation_fn(self.activation)
-    for i, f in enumerate(self.features):
-      x = Dense(f, dtype=self.dtype, name=f"dense_{i}")(x)
-      if i < len(self.features) - 1:
-        x = act(x)
-    return x
 
 
 class VAE(nn.Module):
@@ -63,6 +46,8 @@ class VAE(nn.Module):
     likelihood: `bernoulli` (logits) or `gaussian`.
     gaussian_variance: `fixed` (σ = `gaussian_sigma`) or `learned` (per pixel).
     gaussian_sigma: the fixed decoder standard deviation.
+    dtype: computation dtype (bfloat16: mixed precision; params stay float32).
+    kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
   """
 
   output_shape: Sequence[int]
@@ -77,6 +62,7 @@ class VAE(nn.Module):
   gaussian_variance: str = "fixed"
   gaussian_sigma: float = 0.1
   dtype: Any = jnp.float32
+  kernels: str = "flax"
 
   def setup(self):
     if self.likelihood not in LIKELIHOODS:
@@ -86,9 +72,10 @@ class VAE(nn.Module):
     *_, channels = self.output_shape
     out_channels = channels * (2 if self.decodes_logvar else 1)
     if self.architecture == "mlp":
-      self.encoder = MLP((*self.hidden, 2 * self.latent_dim), self.activation, self.dtype)
+      mlp = dict(activation=self.activation, dtype=self.dtype, kernels=self.kernels)
+      self.encoder = MLP((*self.hidden, 2 * self.latent_dim), **mlp)
       size = math.prod(self.output_shape[:-1]) * out_channels
-      self.decoder = MLP((*reversed(self.hidden), size), self.activation, self.dtype)
+      self.decoder = MLP((*reversed(self.hidden), size), **mlp)
     elif self.architecture == "conv":
       conv = dict(
         features=tuple(self.features),
@@ -96,6 +83,7 @@ class VAE(nn.Module):
         strides=self.strides,
         activation=self.activation,
         dtype=self.dtype,
+        kernels=self.kernels,
       )
       self.encoder = ConvEncoder(latent_dim=2 * self.latent_dim, **conv)
       self.decoder = ConvDecoder(output_shape=(*self.output_shape[:-1], out_channels), **conv)

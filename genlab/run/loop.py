@@ -1,9 +1,9 @@
-"""The one training loop every family runs on, and the evaluation behind `genlab eval`.
+"""The one training loop every family runs on.
 
-`train_and_evaluate(config, workdir)` loads the data, builds the family, and
-then, from the latest checkpoint in `workdir` if there is one:
+`train(config, workdir)` loads the data, builds the family, and then, from the
+latest checkpoint in `workdir` if there is one:
 
-  for each step: batch = f(seed, step) → compiled family step (jit / pmap / shard_map)
+  for each step: batch = f(seed, step) → the family's step, compiled over the mesh
   every `log_every` steps: mean train metrics → metrics.jsonl, TensorBoard, stdout
   every `eval_every` steps and at the end: the whole test split → `test/*` metrics
   every `image_every` steps and at the end: PNG grids of fixed test examples
@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,84 +36,18 @@ import numpy as np
 import tqdm
 
 from genlab import config as config_lib
-from genlab.data import Batcher, Dataset, ResidentSplit, eval_batches, load_dataset
+from genlab.core.state import TrainState
+from genlab.data import Batcher, ResidentSplit, eval_batches
 from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
-from genlab.families import Family, get_family
-from genlab.train import rngs
-from genlab.train.checkpoint import Checkpointer
-from genlab.train.parallel import Runner
-from genlab.train.preemption import StopSignals
-from genlab.train.state import TrainState
-from genlab.train.writers import MetricWriter, image_grid
+from genlab.run.checkpoint import Checkpointer
+from genlab.run.preemption import StopSignals
+from genlab.run.runner import ResidentFeed, Runner, StreamedFeed
+from genlab.run.setup import Setup, check_workdir, log, setup, warn
+from genlab.run.writers import MetricWriter
 
 CONFIG_FILE = "config.json"
-EVAL_FILE = "eval.json"
-
-
-def log(message: str) -> None:
-  """Prints on process 0 only, without breaking a progress bar."""
-  if jax.process_index() == 0:
-    tqdm.tqdm.write(message, file=sys.stdout)
-
-
-def warn(message: str) -> None:
-  """A warning on stderr, from process 0 only."""
-  if jax.process_index() == 0:
-    tqdm.tqdm.write(f"genlab: warning: {message}", file=sys.stderr)
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything a run or an evaluation builds from a config."""
-
-  config: ml_collections.ConfigDict
-  dataset: Dataset
-  family: Family
-  runner: Runner
-  root_key: jax.Array
-  initial_state: TrainState  # Host arrays; the structure checkpoints restore into.
-
-
-def setup(config: ml_collections.ConfigDict) -> Setup:
-  """Loads the data and builds the family, runner and a fresh state for `config`."""
-  config_lib.validate(config)
-  dataset = load_dataset(
-    config.dataset,
-    data_dir=config.data.data_dir,
-    image_key=config.data.image_key,
-    label_key=config.data.label_key,
-    target_key=config.data.target_key,
-    modality=config.data.get("modality"),
-  )
-  if config.get("num_epochs"):
-    config.num_steps = config.num_epochs * (len(dataset.train["image"]) // config.batch_size)
-  family = get_family(config.family)(config, dataset)
-  runner = Runner(
-    config.parallel,
-    global_batch_size=config.batch_size,
-    eval_batch_size=config.eval_batch_size or config.batch_size,
-  )
-  root_key = rngs.root_key(config.seed)
-  example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
-  try:
-    state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
-  except (TypeError, ValueError, ConfigError) as e:  # Flax reports shape mismatches so.
-    raise ConfigError(
-      f"model {config.model.name!r} cannot take {dataset.name}'s images of shape "
-      f"{dataset.image_shape} (target {dataset.target_shape}): {str(e).splitlines()[0][:300]}"
-    ) from e
-  return Setup(config, dataset, family, runner, root_key, jax.device_get(state))
-
-
-def check_workdir(workdir: pathlib.Path) -> None:
-  """Creates `workdir` and checks that it is writable, before any work starts."""
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f".write_probe_{jax.process_index()}"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
+# Builds what a family needs (`Family.needs`) and hands it over (`Family.provide`).
+Provider = Callable[[Setup], None]
 
 
 def evaluate(
@@ -140,7 +74,7 @@ def evaluate(
   n = totals.pop("num_examples")
   means = s.family.summarize({k: v / n for k, v in totals.items()})
   if split == "test" and include_distribution:
-    means.update(s.family.distribution_metrics(s.runner.unreplicate(state)))
+    means.update(s.family.distribution_metrics(s.runner.to_host(state)))
   return {**means, "num_examples": int(round(n))}
 
 
@@ -150,8 +84,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -> None:
-  """Grids of the first `num_images` test examples (the same ones at every step), and the
-  family's other views."""
+  """The family's views of `state` (host arrays), the grids of the first `num_images` test
+  examples (the same ones at every step)."""
   if not writer.active or s.config.num_images <= 0:
     return
   batch = next(
@@ -159,11 +93,7 @@ def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -
       s.dataset.test, global_batch_size=s.config.num_images, value_range=s.family.value_range
     )
   )
-  for name, rows in s.family.image_rows(state, batch).items():
-    n = int(batch["mask"].sum())
-    grid = image_grid([r[:n] for r in rows], value_range=s.family.value_range)
-    writer.write_image(step, name, grid)
-  for name, image in s.family.extra_images(state, step).items():
+  for name, image in s.views.images(state, batch, step).items():
     writer.write_image(step, name, image)
 
 
@@ -196,13 +126,20 @@ class RunResult:
   workdir: pathlib.Path
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> RunResult:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  *,
+  provide: Provider | None = None,
+) -> RunResult:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
   Args:
     config: an experiment config (see `genlab.config`).
     workdir: where config.json, metrics.jsonl, tensorboard/, images/ and
       checkpoints/ go.
+    provide: builds the resources the family needs (a GAN's feature network) before
+      training; `genlab.run.resources.provide` (what `genlab.train_and_evaluate` passes).
 
   Returns:
     The final state (host arrays), step and test metrics.
@@ -215,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if saved_config.is_file() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
     config_lib.check_resumable(config_lib.from_json(saved_config.read_text()), config)
   s = setup(config)
+  runner = s.runner
   batcher = Batcher(  # Checks the batch size against the data before anything is written.
     s.dataset.train,
     global_batch_size=config.batch_size,
@@ -236,23 +174,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "with --config.steps_per_dispatch=1 (results are the same) or a divisor of the step"
       )
     # Costly one-off preparation (a GAN's feature network) before signals are taken over.
-    s.family.prepare()
+    if provide is not None:
+      provide(s)
     if jax.process_index() == 0:
       saved_config.write_text(config_lib.to_json(config))
-    train_step = s.runner.train_step(s.family.train_step, steps_per_dispatch=k, data=resident)
-    eval_step = s.runner.eval_step(s.family.eval_step)
+    if resident:
+      feed = ResidentFeed(resident, runner, steps_per_dispatch=k)
+    else:
+      feed = StreamedFeed(batcher, runner, start=start, end=config.num_steps, steps_per_dispatch=k)
+    state = runner.place_state(state)
+    train_step = runner.train_step(s.family.train_step, feed, state)
+    eval_step = runner.eval_step(s.family.eval_step)
     writer = MetricWriter(workdir)
     log(
       f"genlab: family={config.family} model={config.model.name} dataset={config.dataset} "
       f"train={batcher.num_examples} test={len(s.dataset.test['image'])} "
-      f"batch={config.batch_size} devices={s.runner.num_devices} "
-      f"processes={jax.process_count()} parallel={s.runner.mode} steps {start}->{config.num_steps}"
-      f" data={'device-resident' if resident else 'streamed'} steps_per_dispatch={k}"
+      f"batch={config.batch_size} {runner.describe()} processes={jax.process_count()} "
+      f"steps {start}->{config.num_steps} data={'device-resident' if resident else 'streamed'} "
+      f"steps_per_dispatch={k}"
     )
-    state = s.runner.replicate(state)
-    arrays = s.runner.replicate(resident.arrays) if resident else None
     test_metrics: dict[str, float] = {}
-    metrics_log = MetricsLog(s.runner, config, ckpt)
+    metrics_log = MetricsLog(runner, config, ckpt)
     timer = TrainTimer()
     progress = tqdm.tqdm(
       total=config.num_steps,
@@ -264,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       test_metrics = evaluate(s, eval_step, state)
       writer.write(0, {f"test/{k}": v for k, v in test_metrics.items()})
       log(f"step 0: test {format_metrics(test_metrics)}")
-      write_images(s, writer, 0, s.runner.unreplicate(state))
+      write_images(s, writer, 0, runner.to_host(state))
   except BaseException:
     if progress is not None:
       progress.close()
@@ -273,20 +215,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ckpt.close()
     raise
   signals = StopSignals(every=math.lcm(config.preemption_check_every, k))
-  dispatches = None if resident else _stacked(batcher.iterate(start, config.num_steps), k)
-  host_orders = orders = None
   try:
     with signals:
       for step in range(start + k, config.num_steps + 1, k):
-        if resident:
-          new_orders = resident.orders(step - k, k)
-          if new_orders is not host_orders:  # A new epoch: its order goes to the devices.
-            host_orders, orders = new_orders, s.runner.replicate(new_orders)
-          state, metrics = train_step(state, s.root_key, arrays, orders)
-        else:
-          batch = next(dispatches)
-          batch = s.runner.shard(batch) if k == 1 else s.runner.shard_steps(batch)
-          state, metrics = train_step(state, batch, s.root_key)
+        state, metrics = train_step(state, s.root_key, feed.inputs(step - k))
         metrics_log.add(step, metrics, count=k)
         progress.update(k)
         if step == start + k:  # Compilation happens here; keep it out of examples/s.
@@ -305,14 +237,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
             log(f"step {step}: test {format_metrics(test_metrics)}")
           if step % config.image_every == 0 or last:
-            write_images(s, writer, step, s.runner.unreplicate(state))
+            write_images(s, writer, step, runner.to_host(state))
           if step % config.checkpoint_every == 0 or last:
             metrics_log.drain()  # Raises first if a non-finite step is pending ('stop').
-            ckpt.save(step, s.runner.unreplicate(state), force=last)
+            ckpt.save(step, runner.to_host(state), force=last)
           if not last and signals.should_stop(step):
             metrics_log.drain()
             if ckpt.latest_step() != step:
-              ckpt.save(step, s.runner.unreplicate(state), force=True)
+              ckpt.save(step, runner.to_host(state), force=True)
             ckpt.wait()
             raise Preempted(
               f"{signals.received or 'a stop signal on another process'} at step {step}: "
@@ -323,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     progress.close()
     ckpt.close()
     writer.close()
-  final = s.runner.unreplicate(state)
+  final = runner.to_host(state)
   return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
 
 
@@ -356,15 +288,6 @@ def resident_split(s: Setup, batcher: Batcher) -> ResidentSplit | None:
     seed=config.seed,
     value_range=s.family.value_range,
   )
-
-
-def _stacked(batches, k: int):
-  """Groups of `k` consecutive batches, stacked on a new leading axis (`k` = 1: as they are)."""
-  if k == 1:
-    yield from batches
-    return
-  while group := [b for _, b in zip(range(k), batches, strict=False)]:
-    yield {key: np.stack([b[key] for b in group]) for key in group[0]}
 
 
 def _restore_or_start(config, ckpt: Checkpointer, initial_state: TrainState) -> TrainState:
@@ -466,109 +389,3 @@ class MetricsLog:
     )
     self.on_host, self.timed_steps = [], 0
     return means, rate
-
-
-# Fields `genlab eval` / `genlab sample` may override: they change how, not what, is evaluated.
-EVAL_OVERRIDES = ("eval_batch_size", "parallel", "vae.nll_k")
-
-
-def restore_workdir(
-  workdir: str | pathlib.Path, overrides: list[str] = ()
-) -> tuple[Setup, TrainState, int]:
-  """The setup of a trained workdir and its newest usable checkpoint (host arrays).
-
-  Args:
-    workdir: a genlab workdir.
-    overrides: `--config.FIELD=VALUE` strings, for the fields in `EVAL_OVERRIDES`.
-  """
-  workdir = pathlib.Path(workdir)
-  config_path = workdir / CONFIG_FILE
-  if not config_path.is_file():
-    raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a genlab workdir?")
-  config = config_lib.from_json(config_path.read_text())
-  for item in overrides:
-    field = item.removeprefix("--config.").split("=", 1)[0]
-    if field not in EVAL_OVERRIDES:
-      raise ConfigError(
-        f"{item}: evaluation may override only {', '.join(EVAL_OVERRIDES)}; the rest comes "
-        f"from {config_path}"
-      )
-  config_lib.apply_overrides(config, list(overrides))
-  s = setup(config)
-  ckpt = Checkpointer(workdir / "checkpoints")
-  try:
-    if not ckpt.all_steps():
-      raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
-    restored, step, unusable = ckpt.find_usable(s.initial_state)
-  finally:
-    ckpt.close()
-  for bad_step, reason in unusable:
-    warn(f"the checkpoint of step {bad_step} is unusable ({reason}); using an older one")
-  if restored is None:
-    raise WorkdirError(f"none of the checkpoints in {workdir / 'checkpoints'} can be restored")
-  return s, restored, step
-
-
-def evaluate_workdir(workdir: str | pathlib.Path, overrides: list[str] = ()) -> dict[str, Any]:
-  """Restores the latest checkpoint of `workdir`, evaluates it on the test split,
-  and writes `<workdir>/eval.json`.
-
-  Returns:
-    The report: the protocol (dataset, split, examples, checkpoint step, seed,
-    value range, the family's own settings), the metrics, including the
-    family's reference baselines, and their definitions.
-  """
-  s, restored, step = restore_workdir(workdir, overrides)
-  config = s.config
-  s.family.prepare()
-  state = s.runner.replicate(restored)
-  metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
-  if s.family.final_eval_step is not None:
-    final_step = s.runner.eval_step(s.family.final_eval_step)
-    final = evaluate(s, final_step, state, include_distribution=False)
-    final.pop("num_examples")
-    metrics.update(final)
-  num_examples = metrics.pop("num_examples")
-  metrics.update(s.family.reference_metrics())
-  if "mse" in metrics and "mse_mean_baseline" in metrics:
-    metrics["mse_to_baseline_ratio"] = metrics["mse"] / metrics["mse_mean_baseline"]
-  if "mse" in metrics and "mse_seq_mean_baseline" in metrics:
-    metrics["mse_to_seq_mean_ratio"] = metrics["mse"] / metrics["mse_seq_mean_baseline"]
-  report = {
-    "dataset": config.dataset,
-    "split": "test",
-    "num_examples": num_examples,
-    "checkpoint_step": int(step),
-    "seed": config.seed,
-    "value_range": None if s.family.value_range is None else list(s.family.value_range),
-    "protocol": s.family.protocol(),
-    "metrics": metrics,
-    "definitions": s.family.definitions(),
-  }
-  if jax.process_index() == 0:
-    (pathlib.Path(workdir) / EVAL_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False))
-  return report
-
-
-def sample_workdir(
-  workdir: str | pathlib.Path, *, num: int, out: str | pathlib.Path, seed: int = 0
-) -> pathlib.Path:
-  """Draws `num` samples from a trained workdir's model and saves them as a PNG grid."""
-  from PIL import Image
-
-  s, state, step = restore_workdir(workdir)
-  if num < 1:
-    raise ConfigError(f"--num must be positive, got {num}")
-  samples = s.family.sample(state, rngs.stream_key(rngs.root_key(seed), "sample"), num)
-  columns = math.ceil(math.sqrt(num))
-  padded = np.concatenate(
-    [samples, np.full((-num % columns, *samples.shape[1:]), s.family.value_range[1])]
-  )
-  grid = image_grid(
-    list(padded.reshape(-1, columns, *samples.shape[1:])), value_range=s.family.value_range
-  )
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(grid).save(out)
-  log(f"{num} samples of the checkpoint of step {step} (sampling seed {seed}) written to {out}")
-  return out

@@ -35,17 +35,11 @@ def is_bfloat16(dtype: Any) -> bool:
   return dtype is not None and jnp.dtype(dtype) == jnp.bfloat16
 
 
-def _xla_cpu() -> bool:
-  """Whether the workarounds below are wanted: they target XLA:CPU (on a GPU, XLA takes a
-  transposed operand and converts to bf16 in one instruction)."""
-  return jax.default_backend() == "cpu"
-
-
 def to_bfloat16(x: jax.Array) -> jax.Array:
-  """x rounded to bf16 (to nearest, ties to even), as `x.astype(bfloat16)`. On XLA:CPU, by
-  integer arithmetic: its convert is scalar code (85 against 54 us for 784×500 float32).
+  """x rounded to bf16 (to nearest, ties to even), as `x.astype(bfloat16)`, by integer
+  arithmetic: XLA:CPU's convert is scalar code (85 against 54 us for 784×500 float32).
   Differentiable as the convert it stands for, to any order."""
-  if x.dtype != jnp.float32 or not _xla_cpu():
+  if x.dtype != jnp.float32:
     return x.astype(jnp.bfloat16)
   return _bfloat16_by_integers(x)
 
@@ -153,7 +147,7 @@ def transposed_copy(x: jax.Array) -> jax.Array:
   """
   if x.ndim != 2:
     raise ValueError(f"transposed_copy takes a matrix, got shape {x.shape}")
-  if x.dtype != jnp.bfloat16 or not _xla_cpu():
+  if x.dtype != jnp.bfloat16:
     return x.T
   return _transpose_by_integers(x)
 

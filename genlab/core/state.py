@@ -1,10 +1,13 @@
-"""The training state every family shares.
+"""The training state every family shares, and the optimizers it is built with.
 
 Parameters and optimizer states are dicts keyed by the part they belong to:
 autoencoders have one part, `model`; a GAN has `generator` and `discriminator`,
-each with its own optimizer. The step counter belongs to the trainer: families
-call `apply_gradients` for the parts they update, and the runner increments
-`step` once per train step (`genlab.train.parallel`).
+each with its own optimizer. State that is updated but not trained (counters,
+running statistics, power-iteration vectors) lives in `stats`, keyed by part
+too, outside `params`: no optimizer sees it, and it is checkpointed and resumed
+with the rest. The step counter belongs to the trainer: families update their
+parts (`genlab.core.step.gradient_step`), and the runner increments `step` once
+per train step (`genlab.run.runner`).
 """
 
 from __future__ import annotations
@@ -20,23 +23,30 @@ from flax.core import FrozenDict
 
 
 class TrainState(struct.PyTreeNode):
-  """Step, per-part parameters and optimizer states, and the (static) optimizers.
+  """Step, per-part parameters, optimizer states and untrained state, and the optimizers.
 
   Attributes:
     step: number of train steps taken (int32 scalar); keys derive from it.
-    params: part name → parameters.
+    params: part name → parameters (what the optimizers train).
     opt_state: part name → optimizer state.
+    stats: part name → state that is updated but not trained (counters, running
+      statistics); empty for most families.
     tx: part name → optax transformation (static: not saved, not traced).
   """
 
   step: jax.Array
   params: dict[str, Any]
   opt_state: dict[str, Any]
+  stats: dict[str, Any]
   tx: FrozenDict = struct.field(pytree_node=False)
 
   @classmethod
   def create(
-    cls, *, params: Mapping[str, Any], tx: Mapping[str, optax.GradientTransformation]
+    cls,
+    *,
+    params: Mapping[str, Any],
+    tx: Mapping[str, optax.GradientTransformation],
+    stats: Mapping[str, Any] | None = None,
   ) -> TrainState:
     """A state at step 0 with each part's optimizer initialised on its params."""
     if set(params) != set(tx):
@@ -45,6 +55,7 @@ class TrainState(struct.PyTreeNode):
       step=jnp.zeros((), jnp.int32),
       params=dict(params),
       opt_state={name: tx[name].init(p) for name, p in params.items()},
+      stats=dict(stats or {}),
       tx=FrozenDict(tx),
     )
 
@@ -113,8 +124,3 @@ def make_optimizer(config) -> optax.GradientTransformation:
   if config.get("grad_clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx
-
-
-def optimization_metrics(grads: Any, params: Any) -> dict[str, jax.Array]:
-  """Global L2 norms of gradients and parameters, for the logs."""
-  return {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params)}

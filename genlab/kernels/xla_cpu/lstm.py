@@ -37,10 +37,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 from flax.linen.recurrent import flip_sequences
 from jax import lax
 
-from genlab.models.precision import product_f32, to_dtype, transposed_copy
+from genlab.kernels.xla_cpu.precision import (
+  is_bfloat16,
+  matmul,
+  product_f32,
+  to_dtype,
+  transposed_copy,
+)
 
 Array = jax.Array
 
@@ -261,4 +268,39 @@ class LSTM(nn.Module):
     return (carry, outputs) if return_carry else outputs
 
 
-__all__ = ["LSTM", "gate_params", "lstm_sequence"]
+class LSTMCell(nn.OptimizedLSTMCell):
+  """`nn.OptimizedLSTMCell` (the same parameters, initialisers and float32 values) whose
+  two products per step are `precision.matmul` in bfloat16: they accumulate in float32 on
+  XLA:CPU's bf16 kernel, where flax's `jnp.dot` gave a bf16 product that XLA ran in
+  float32 after converting both operands, and the kernels' gradients stay float32."""
+
+  @nn.compact
+  def __call__(self, carry, inputs):
+    c, h = carry
+    features = h.shape[-1]
+
+    def gates(x, prefix: str, use_bias: bool, kernel_init) -> jax.Array:
+      # One product for the four gates; parameters named as flax's: {i,h}{i,f,g,o}.
+      kernel, bias = gate_params(
+        x, features, prefix, use_bias, kernel_init, self.bias_init, self.param_dtype
+      )
+      if is_bfloat16(self.dtype):
+        # The float32 kernel goes in whole: see `precision.matmul`.
+        x, bias = promote_dtype(x, bias, dtype=self.dtype)
+        y = matmul(x, kernel)
+      else:
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+      return y + bias if use_bias else y
+
+    pre = gates(h, "h", True, self.recurrent_kernel_init) + gates(
+      inputs, "i", False, self.kernel_init
+    )
+    i, f, g, o = jnp.split(pre, 4, axis=-1)
+    i, f, g, o = self.gate_fn(i), self.gate_fn(f), self.activation_fn(g), self.gate_fn(o)
+    new_c = f * c + i * g
+    new_h = o * self.activation_fn(new_c)
+    return (new_c, new_h), new_h
+
+
+__all__ = ["LSTM", "LSTMCell", "gate_params", "lstm_sequence"]

@@ -1,58 +1,16 @@
-"""What a run leaves in its workdir: metrics.jsonl, TensorBoard events, PNG grids.
+"""Drawing helpers for the views families write beside their metrics (PNG grids, plots).
 
-Only process 0 writes. Each line of `metrics.jsonl` is one JSON object with
-`step` and metrics named `<split>/<name>` (`train/loss`, `test/mse`, ...);
-train values are means over the steps since the previous line, and each line
-says over how many steps (`train/num_steps`) or examples (`test/num_examples`).
+Pure NumPy / matplotlib on the host: a family's `Views` turns its model's outputs
+into uint8 RGB images with these, and the run layer writes them
+(`genlab.run.writers.MetricWriter.write_image`).
 """
 
 from __future__ import annotations
 
-import json
-import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import jax
 import numpy as np
 from PIL import Image
-
-
-class MetricWriter:
-  """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard event files."""
-
-  def __init__(self, workdir: str | pathlib.Path):
-    self.workdir = pathlib.Path(workdir)
-    self.active = jax.process_index() == 0
-    self._tb = None
-    if self.active:
-      from tensorboardX import SummaryWriter
-
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-      self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close().
-
-  def write(self, step: int, metrics: Mapping[str, float | int]) -> None:
-    if not self.active:
-      return
-    self._jsonl.write(json.dumps({"step": int(step), **metrics}) + "\n")
-    self._jsonl.flush()
-    for name, value in metrics.items():
-      if isinstance(value, int | float) and not isinstance(value, bool):
-        self._tb.add_scalar(name, value, step)
-
-  def write_image(self, step: int, name: str, grid: np.ndarray) -> pathlib.Path | None:
-    """Saves a uint8 (H, W, 3) grid as `images/<name>_step_<step>.png` and in TensorBoard."""
-    if not self.active:
-      return None
-    path = self.workdir / "images" / f"{name}_step_{step:06d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
-    self._tb.add_image(name, grid, step, dataformats="HWC")
-    return path
-
-  def close(self) -> None:
-    if self.active:
-      self._jsonl.close()
-      self._tb.close()
 
 
 def _to_rgb_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:

@@ -1,5 +1,7 @@
 """The feature network of GAN metrics: a classifier genlab trains once per dataset and caches.
 
+A resource (`genlab.run.resources`): the GAN family asks for it (`needs`) and
+gets it (`provide`), so the family never trains anything itself.
 `feature_network(dataset, ...)` returns a classifier trained (by the shared
 trainer, `family='classifier'`) on the dataset's labelled train split, cached
 in `$GENLAB_CACHE_DIR/feature_nets/<dataset>-<hash>/` (default
@@ -23,7 +25,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from genlab.config import base_config
 from genlab.data import Dataset
+from genlab.run.evaluation import evaluate_workdir, restore_workdir
+from genlab.run.loop import train
+from genlab.run.setup import log
 
 
 def cache_dir() -> pathlib.Path:
@@ -52,8 +58,7 @@ class FeatureNet:
 
 
 def classifier_config(dataset: Dataset, data_config, steps: int) -> ml_collections.ConfigDict:
-  from genlab.config import base_config
-
+  """The classifier's training config: 2 conv stages, 128 features, Adam 1e-3."""
   config = base_config()
   config.family = "classifier"
   config.dataset = dataset.name
@@ -61,7 +66,6 @@ def classifier_config(dataset: Dataset, data_config, steps: int) -> ml_collectio
   devices = jax.device_count()  # The batch must split evenly over every device.
   config.batch_size = max(devices, min(128, len(dataset.train["image"]) // 2) // devices * devices)
   config.num_steps = steps
-  config.parallel = "auto"
   config.model = ml_collections.ConfigDict(
     {"name": "classifier", "features": (32, 64), "feature_dim": 128}
   )
@@ -80,11 +84,11 @@ def classifier_config(dataset: Dataset, data_config, steps: int) -> ml_collectio
 def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> FeatureNet:
   """The cached classifier of `dataset` (trained now if absent; a file lock guards the cache)."""
   from genlab.data.sources import _file_lock
-  from genlab.train.loop import evaluate_workdir, log, restore_workdir, train_and_evaluate
 
   config = classifier_config(dataset, data_config, steps)
   digest = hashlib.sha256()
-  portable = {k: v for k, v in config.to_dict().items() if k != "data"}
+  # What decides the classifier: not where its data lives, nor which devices or kernels ran.
+  portable = {k: v for k, v in config.to_dict().items() if k not in ("data", "mesh", "kernels")}
   portable["data_range"] = list(data_config.range)
   digest.update(json.dumps(portable, sort_keys=True, default=str).encode())
   for key in sorted(dataset.train):
@@ -99,7 +103,7 @@ def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> Feat
   with lock or contextlib.nullcontext():
     if not (workdir / "eval.json").is_file():
       log(f"training the feature classifier of {dataset.name} for GAN metrics, once: {workdir}")
-      train_and_evaluate(config, workdir)
+      train(config, workdir)
       evaluate_workdir(workdir)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

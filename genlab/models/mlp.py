@@ -1,0 +1,38 @@
+"""A multilayer perceptron: the dense stack of the MLP VAE, GAN and others."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genlab import kernels as kernels_lib
+from genlab.models.conv_ae import activation_fn
+
+
+class MLP(nn.Module):
+  """Dense layers with an activation between them (none after the last).
+
+  Attributes:
+    features: the width of each layer.
+    activation: name of a `flax.linen` activation.
+    dtype: computation dtype (bfloat16: mixed precision; params stay float32).
+    kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
+  """
+
+  features: Sequence[int]
+  activation: str = "relu"
+  dtype: Any = jnp.float32
+  kernels: str = "flax"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = activation_fn(self.activation)
+    for i, f in enumerate(self.features):
+      x = kernels_lib.dense(f, kernels=self.kernels, dtype=self.dtype, name=f"dense_{i}")(x)
+      if i < len(self.features) - 1:
+        x = act(x)
+    return x

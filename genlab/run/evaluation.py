@@ -1,0 +1,147 @@
+"""What `genlab eval` and `genlab sample` do with a trained workdir.
+
+`restore_workdir` rebuilds a workdir's setup from its `config.json` and
+restores its newest usable checkpoint; `evaluate_workdir` evaluates it on the
+whole test split and writes `eval.json` (the protocol, the metrics and what they
+mean); `sample_workdir` draws a grid of samples from a generative family.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from genlab import config as config_lib
+from genlab.core import rngs
+from genlab.core.state import TrainState
+from genlab.errors import ConfigError, WorkdirError
+from genlab.families import get_family
+from genlab.run.checkpoint import Checkpointer
+from genlab.run.loop import CONFIG_FILE, Provider, evaluate
+from genlab.run.setup import Setup, log, setup, warn
+from genlab.views import image_grid
+
+EVAL_FILE = "eval.json"
+# Fields `genlab eval` / `genlab sample` may override for every family: they change how,
+# not what, is evaluated. Families add their own (`Family.eval_overrides`).
+EVAL_OVERRIDES = ("eval_batch_size", "mesh.devices", "mesh.fsdp", "mesh.fsdp_min_size", "kernels")
+
+
+def eval_overrides(family: str) -> tuple[str, ...]:
+  """The fields `genlab eval` may override for a workdir of `family`."""
+  return EVAL_OVERRIDES + get_family(family).family.eval_overrides
+
+
+def restore_workdir(
+  workdir: str | pathlib.Path, overrides: list[str] = ()
+) -> tuple[Setup, TrainState, int]:
+  """The setup of a trained workdir and its newest usable checkpoint (host arrays).
+
+  Args:
+    workdir: a genlab workdir.
+    overrides: `--config.FIELD=VALUE` strings, for the fields of `eval_overrides`.
+  """
+  workdir = pathlib.Path(workdir)
+  config_path = workdir / CONFIG_FILE
+  if not config_path.is_file():
+    raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a genlab workdir?")
+  config = config_lib.from_json(config_path.read_text())
+  allowed = eval_overrides(config.family)
+  for item in overrides:
+    field = item.removeprefix("--config.").split("=", 1)[0]
+    if field not in allowed:
+      raise ConfigError(
+        f"{item}: evaluation may override only {', '.join(allowed)}; the rest comes from "
+        f"{config_path}"
+      )
+  config_lib.apply_overrides(config, list(overrides))
+  s = setup(config)
+  ckpt = Checkpointer(workdir / "checkpoints")
+  try:
+    if not ckpt.all_steps():
+      raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
+    restored, step, unusable = ckpt.find_usable(s.initial_state)
+  finally:
+    ckpt.close()
+  for bad_step, reason in unusable:
+    warn(f"the checkpoint of step {bad_step} is unusable ({reason}); using an older one")
+  if restored is None:
+    raise WorkdirError(f"none of the checkpoints in {workdir / 'checkpoints'} can be restored")
+  return s, restored, step
+
+
+def evaluate_workdir(
+  workdir: str | pathlib.Path, overrides: list[str] = (), *, provide: Provider | None = None
+) -> dict[str, Any]:
+  """Restores the latest checkpoint of `workdir`, evaluates it on the test split,
+  and writes `<workdir>/eval.json`.
+
+  Args:
+    workdir: a trained genlab workdir.
+    overrides: `--config.FIELD=VALUE` strings (see `eval_overrides`).
+    provide: builds the resources the family needs (see `genlab.run.loop.train`).
+
+  Returns:
+    The report: the protocol (dataset, split, examples, checkpoint step, seed,
+    value range, the family's own settings), the metrics, including the
+    family's reference baselines, and their definitions.
+  """
+  s, restored, step = restore_workdir(workdir, overrides)
+  config = s.config
+  if provide is not None:
+    provide(s)
+  state = s.runner.place_state(restored)
+  metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
+  if s.family.final_eval_step is not None:
+    final_step = s.runner.eval_step(s.family.final_eval_step)
+    final = evaluate(s, final_step, state, include_distribution=False)
+    final.pop("num_examples")
+    metrics.update(final)
+  num_examples = metrics.pop("num_examples")
+  metrics.update(s.family.reference_metrics(metrics))
+  report = {
+    "dataset": config.dataset,
+    "split": "test",
+    "num_examples": num_examples,
+    "checkpoint_step": int(step),
+    "seed": config.seed,
+    "value_range": None if s.family.value_range is None else list(s.family.value_range),
+    "protocol": s.report.protocol(),
+    "metrics": metrics,
+    "definitions": s.report.describe(metrics),
+  }
+  if jax.process_index() == 0:
+    (pathlib.Path(workdir) / EVAL_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+  return report
+
+
+def sample_workdir(
+  workdir: str | pathlib.Path, *, num: int, out: str | pathlib.Path, seed: int = 0
+) -> pathlib.Path:
+  """Draws `num` samples from a trained workdir's model and saves them as a PNG grid."""
+  from PIL import Image
+
+  s, state, step = restore_workdir(workdir)
+  if num < 1:
+    raise ConfigError(f"--num must be positive, got {num}")
+  samples = s.family.sample(state, rngs.stream_key(rngs.root_key(seed), "sample"), num)
+  columns = math.ceil(math.sqrt(num))
+  padded = np.concatenate(
+    [samples, np.full((-num % columns, *samples.shape[1:]), s.family.value_range[1])]
+  )
+  grid = image_grid(
+    list(padded.reshape(-1, columns, *samples.shape[1:])), value_range=s.family.value_range
+  )
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(grid).save(out)
+  log(f"{num} samples of the checkpoint of step {step} (sampling seed {seed}) written to {out}")
+  return out
+
+
+__all__ = ["EVAL_FILE", "eval_overrides", "evaluate_workdir", "restore_workdir", "sample_workdir"]

@@ -1,0 +1,110 @@
+"""What a run or an evaluation builds from a config: data, mesh, family, first state.
+
+`setup(config)` loads the dataset, lays the run's devices out as a mesh
+(`Runner`), builds the registered family (its maths, views and words) for those
+devices, and initialises a state on the host (the structure checkpoints restore
+into). `log` and `warn` print on process 0 only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import tqdm
+
+from genlab import config as config_lib
+from genlab.core import rngs
+from genlab.core.state import TrainState
+from genlab.data import Dataset, eval_batches, load_dataset
+from genlab.errors import ConfigError, WorkdirError
+from genlab.families import Family, Report, Views, get_family
+from genlab.run.runner import Runner
+
+
+def log(message: str) -> None:
+  """Prints on process 0 only, without breaking a progress bar."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message, file=sys.stdout)
+
+
+def warn(message: str) -> None:
+  """A warning on stderr, from process 0 only."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(f"genlab: warning: {message}", file=sys.stderr)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run or an evaluation builds from a config."""
+
+  config: ml_collections.ConfigDict
+  dataset: Dataset
+  family: Family
+  views: Views
+  report: Report
+  runner: Runner
+  root_key: jax.Array
+  initial_state: TrainState  # Host arrays; the structure checkpoints restore into.
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  """Loads the data and builds the runner, the family and a fresh state for `config`."""
+  config_lib.validate(config)
+  dataset = load_dataset(
+    config.dataset,
+    data_dir=config.data.data_dir,
+    image_key=config.data.image_key,
+    label_key=config.data.label_key,
+    target_key=config.data.target_key,
+    modality=config.data.get("modality"),
+  )
+  if config.get("num_epochs"):
+    config.num_steps = config.num_epochs * (len(dataset.train["image"]) // config.batch_size)
+  mesh = config_lib.upgrade(config.copy_and_resolve_references()).mesh
+  runner = Runner(
+    global_batch_size=config.batch_size,
+    eval_batch_size=config.eval_batch_size or config.batch_size,
+    devices=mesh.devices,
+    fsdp=mesh.fsdp,
+    fsdp_min_size=mesh.fsdp_min_size,
+    kernels=config.get("kernels", "auto"),
+  )
+  registered = get_family(config.family)
+  family = registered.family(config, dataset, devices=runner.devices)
+  root_key = rngs.root_key(config.seed)
+  example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
+  try:
+    state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
+  except (TypeError, ValueError, ConfigError) as e:  # Flax reports shape mismatches so.
+    raise ConfigError(
+      f"model {config.model.name!r} cannot take {dataset.name}'s images of shape "
+      f"{dataset.image_shape} (target {dataset.target_shape}): {str(e).splitlines()[0][:300]}"
+    ) from e
+  return Setup(
+    config=config,
+    dataset=dataset,
+    family=family,
+    views=registered.views(family),
+    report=registered.report(family),
+    runner=runner,
+    root_key=root_key,
+    initial_state=jax.device_get(state),
+  )
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+  """Creates `workdir` and checks that it is writable, before any work starts."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write_probe_{jax.process_index()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
+
+
+__all__ = ["Setup", "check_workdir", "log", "setup", "warn"]
