@@ -9,6 +9,7 @@ from genlab.errors import ConfigError
 from genlab.families import (
   autoencoder,
   classifier,
+  contractive_ae,
   gan,
   recurrent_ae,
   sparse_ae,
@@ -31,6 +32,11 @@ FAMILIES: dict[str, Registered] = {
   "vae": Registered(vae.VariationalAutoencoder, vae.VAEViews, vae.VAEReport),
   "gan": Registered(gan.GAN, gan.GANViews, gan.GANReport),
   "classifier": Registered(classifier.Classifier, report=classifier.ClassifierReport),
+  "contractive_autoencoder": Registered(
+    contractive_ae.ContractiveAutoencoder,
+    contractive_ae.ContractiveViews,
+    contractive_ae.ContractiveReport,
+  ),
 }
 
 
