@@ -1,9 +1,11 @@
-"""A plain PyTorch eager implementation of genlab's five reference models, timed on the CPU.
+"""Genlab's five reference models in plain PyTorch, eager or `torch.compile`d, timed.
 
 This is the yardstick for scripts/benchmark.py: the same architectures, batches, losses and
 optimizers, written the way a researcher writes PyTorch (`model.train()`,
-`optimizer.zero_grad()`, `loss.backward()`, `optimizer.step()`), with no `torch.compile`,
-no channels_last, no fused or hand-tuned kernels.
+`optimizer.zero_grad()`, `loss.backward()`, `optimizer.step()`), with no channels_last, no
+fused or hand-tuned kernels. `--compile` runs each step's forward pass and loss through
+`torch.compile` (inductor; AOTAutograd compiles the backward pass with it), what a
+performance-minded PyTorch user does; the optimizer step stays eager.
 
 Install. PyTorch is not a dependency of genlab: put it in a virtual environment of its own
 so genlab's stays as it is. A CPU build is enough (and much smaller than the default CUDA
@@ -47,7 +49,8 @@ compare the load, not the frameworks.
 One JSON line per model: `framework` ("pytorch"), `torch_version`, `model`, `batch`,
 `examples_per_s`, `step_ms`, `spread_ms` (fastest and slowest block), `num_params`,
 `threads` (`torch.get_num_threads()`), `device` (`--device`: cpu, or cuda for a GPU),
-`steps`, `warmup`, `repeats`, `loss` (the last step's, a sanity check).
+`dtype`, `compiled` (`--compile`), `steps`, `warmup`, `repeats`, `loss` (the last step's, a
+sanity check).
 
 The reference models (scripts/benchmark.py's `REFERENCE`; genlab's modules named for each):
   mlp_vae    784-500-20 MLP VAE, Bernoulli decoder (BCE from logits summed per example,
@@ -109,6 +112,15 @@ LATENT_GAN = 100
 # (PyTorch's own mixed precision: bf16 products, float32 parameters and optimizer), nothing
 # extra for float32. Backward passes and optimizer steps run outside it, as PyTorch advises.
 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def compiled(fn: Callable) -> Callable:
+  """`fn` (a step's forward pass and loss), or with `--compile`, `torch.compile(fn)`
+  (inductor): its backward pass is compiled too; the optimizer step stays eager."""
+  return torch.compile(fn) if COMPILE else fn
+
+
+COMPILE = False
 
 
 # Models ---------------------------------------------------------------------------------
@@ -217,6 +229,19 @@ def images(batch: int, *, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
   return low + (high - low) * pixels
 
 
+def one_optimizer_step(loss_of, optimizer, data) -> Callable[[int], torch.Tensor]:
+  """`step(i)`: the usual zero_grad → loss → backward → optimizer step on pool batch i."""
+
+  def step(i):
+    optimizer.zero_grad()
+    loss = loss_of(data[i % POOL_BATCHES])
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  return step
+
+
 def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
   """The model's training step `step(i) -> loss` on pool batch i mod POOL_BATCHES, and its
   parameter count."""
@@ -225,35 +250,27 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
 
-    def step(i):
-      x = data[i % POOL_BATCHES]
-      optimizer.zero_grad()
+    @compiled
+    def loss_of(x):
       with autocast():
         logits, mean, logvar = model(x)
         reconstruction = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="sum")
         kl = 0.5 * torch.sum(mean.square() + logvar.exp() - logvar - 1.0)
-        loss = (reconstruction + kl) / x.shape[0]
-      loss.backward()
-      optimizer.step()
-      return loss
+        return (reconstruction + kl) / x.shape[0]
 
-    return step, count(model)
+    return one_optimizer_step(loss_of, optimizer, data), count(model)
 
   if name == "conv_ae":
     model, data = conv_autoencoder(), images(batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
 
-    def step(i):
-      x = data[i % POOL_BATCHES]
-      optimizer.zero_grad()
+    @compiled
+    def loss_of(x):
       with autocast():
-        loss = F.mse_loss(model(x), x)
-      loss.backward()
-      optimizer.step()
-      return loss
+        return F.mse_loss(model(x), x)
 
-    return step, count(model)
+    return one_optimizer_step(loss_of, optimizer, data), count(model)
 
   if name == "dcgan":
     generator, discriminator = dcgan_generator(), dcgan_discriminator()
@@ -264,24 +281,30 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     discriminator.train()
     ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
 
-    def step(i):
-      real = data[i % POOL_BATCHES]
+    @compiled
+    def d_loss_of(real, z):
       # Discriminator: real against G(z), G held fixed.
       with torch.no_grad(), autocast():
-        fake = generator(torch.randn(batch, LATENT_GAN))
-      d_optimizer.zero_grad()
+        fake = generator(z)
       with autocast():
-        d_loss = F.binary_cross_entropy_with_logits(
+        return F.binary_cross_entropy_with_logits(
           discriminator(real), ones
         ) + F.binary_cross_entropy_with_logits(discriminator(fake), zeros)
+
+    @compiled
+    def g_loss_of(z):
+      # Generator: non-saturating −log D(G(z)) on fresh z; D's weights take no gradient.
+      with autocast():
+        return F.binary_cross_entropy_with_logits(discriminator(generator(z)), ones)
+
+    def step(i):
+      d_optimizer.zero_grad()
+      d_loss = d_loss_of(data[i % POOL_BATCHES], torch.randn(batch, LATENT_GAN))
       d_loss.backward()
       d_optimizer.step()
-      # Generator: non-saturating −log D(G(z)) on fresh z; D's weights take no gradient.
       discriminator.requires_grad_(False)
       g_optimizer.zero_grad()
-      with autocast():
-        fake = generator(torch.randn(batch, LATENT_GAN))
-        g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+      g_loss = g_loss_of(torch.randn(batch, LATENT_GAN))
       g_loss.backward()
       g_optimizer.step()
       discriminator.requires_grad_(True)
@@ -295,16 +318,12 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
 
-    def step(i):
-      x = data[i % POOL_BATCHES]
-      optimizer.zero_grad()
+    @compiled
+    def loss_of(x):
       with autocast():
-        loss = F.mse_loss(model(x), x)
-      loss.backward()
-      optimizer.step()
-      return loss
+        return F.mse_loss(model(x), x)
 
-    return step, count(model)
+    return one_optimizer_step(loss_of, optimizer, data), count(model)
 
   if name == "sparse_ae":
     model, data = SparseAutoencoder(), images(batch)
@@ -312,21 +331,17 @@ def build(name: str, batch: int) -> tuple[Callable[[int], torch.Tensor], int]:
     model.train()
     rho, beta, weight_decay, eps = 0.05, 3.0, 1e-4, 1e-6
 
-    def step(i):
-      x = data[i % POOL_BATCHES]
-      optimizer.zero_grad()
+    @compiled
+    def loss_of(x):
       with autocast():
         output, code = model(x)
         squared_error = 0.5 * (output - x).square().sum() / x.shape[0]
         rho_hat = code.float().mean(dim=0).clamp(eps, 1.0 - eps)
         kl = rho * torch.log(rho / rho_hat) + (1.0 - rho) * torch.log((1.0 - rho) / (1.0 - rho_hat))
         decay = model.encoder.weight.square().sum() + model.decoder.weight.square().sum()
-        loss = squared_error + beta * kl.sum() + 0.5 * weight_decay * decay
-      loss.backward()
-      optimizer.step()
-      return loss
+        return squared_error + beta * kl.sum() + 0.5 * weight_decay * decay
 
-    return step, count(model)
+    return one_optimizer_step(loss_of, optimizer, data), count(model)
 
   raise ValueError(f"unknown model {name!r}; choose one of {sorted(BATCH)}")
 
@@ -374,6 +389,7 @@ def benchmark(name: str, args) -> dict:
     "threads": torch.get_num_threads(),
     "device": args.device,
     "dtype": args.dtype,
+    "compiled": COMPILE,
     "steps": args.steps,
     "warmup": args.warmup,
     "repeats": args.repeats,
@@ -394,8 +410,13 @@ def main(argv: list[str]) -> None:
   parser.add_argument(
     "--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast"
   )
+  parser.add_argument(
+    "--compile", action="store_true", help="torch.compile each step's forward pass and loss"
+  )
   parser.add_argument("--json", action="store_true", help="JSON lines only (the default too)")
   args = parser.parse_args(argv)
+  global COMPILE
+  COMPILE = args.compile
   torch.set_default_device(args.device)  # Parameters, data and noise all made there.
   if args.dtype == "bfloat16":
     global autocast
