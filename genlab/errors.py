@@ -38,6 +38,16 @@ class Preempted(TrainingStopped):
   exit_code = 75
 
 
+class CheckpointWriteError(TrainingStopped):
+  """A checkpoint could not be written (disk full, permissions); training stopped at once.
+
+  Exit status 1: the earlier checkpoints are intact, and the same command resumes from the
+  last of them once the cause is fixed.
+  """
+
+  exit_code = 1
+
+
 class NonFiniteError(TrainingStopped):
   """A NaN or Inf loss or gradient with `on_nonfinite='stop'`; nothing was saved after it.
 

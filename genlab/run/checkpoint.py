@@ -16,17 +16,22 @@ was killed before writing it) is still restored, and checked for finiteness.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pathlib
 import shutil
 import sys
+import threading
 import zlib
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from genlab.errors import CheckpointWriteError
 
 INTEGRITY_FILE = "genlab_integrity.json"
 
@@ -38,19 +43,62 @@ class Checkpointer:
     directory: the checkpoints folder.
     keep: how many of the newest checkpoints to keep.
     every: save when `step % every == 0` (and whenever `force=True`).
+    read_only: for readers (`genlab eval`): nothing is created, moved or cleaned.
+
+  A step folder that is not a complete orbax checkpoint (no `_CHECKPOINT_METADATA`: a save
+  that never finished, or a folder someone else made) is never read: a writer moves it to
+  `checkpoints_unusable/` when it opens the folder (`set_aside_on_open` lists them, with
+  why), a reader skips it. Orbax's temporary folders of unfinished saves are removed.
   """
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, every: int = 1000):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True)
+  def __init__(
+    self,
+    directory: str | pathlib.Path,
+    *,
+    keep: int = 3,
+    every: int = 1000,
+    read_only: bool = False,
+  ):
     self.directory = pathlib.Path(directory).absolute()
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self.set_aside_on_open: list[tuple[int, str]] = []
+    if not read_only:
+      incomplete = [(s, r) for s, r in self._step_folders() if r is not None]
+      if incomplete:
+        self._move_aside([s for s, _ in incomplete])
+        self.set_aside_on_open = incomplete
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=every, create=True, cleanup_tmp_directories=True
+      )
+    with _absl_quiet():  # Read-only, orbax warns that it will not save: as asked.
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._unrecorded: list[int] = []
+    self._failed: str | None = None
+    # Exceptions of orbax's background threads: a save that failed there (and whose other
+    # threads may wait on it for minutes) is reported by `check` as one line.
+    self._thread_errors: list[BaseException] = []
+    _watch_orbax_threads(self._thread_errors)
+
+  def _step_folders(self) -> list[tuple[int, str | None]]:
+    """(step, why it is incomplete, or None) for every step-named folder."""
+    if not self.directory.is_dir():
+      return []
+    return [
+      (int(p.name), incomplete(p))
+      for p in self.directory.iterdir()
+      if p.name.isdigit() and p.is_dir()
+    ]
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    steps = self.all_steps()
+    return max(steps) if steps else None
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    """The steps of the complete checkpoints, and of this manager's saves under way."""
+    complete = {s for s, reason in self._step_folders() if reason is None}
+    return sorted(s for s in self._manager.all_steps() if s in complete or s in self._unrecorded)
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Saves `state` (host arrays) at `step` if orbax's policy says so or `force`.
@@ -59,10 +107,49 @@ class Checkpointer:
     is given; the loop calls `save` only at multiples of `every` and at the end.
     """
     self._record_finished()  # The previous save has had `every` steps to finish.
-    saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    self.check()
+    if force or self._manager.should_save(step):
+      # The folder must take a file now: orbax creates its own in a background thread, and
+      # when that fails its other threads wait minutes for it on a barrier.
+      try:
+        probe = self.directory / f".write_probe_{jax.process_index()}"
+        probe.write_text("ok")
+        probe.unlink()
+      except OSError as e:
+        self._fail(step, e)
+    try:
+      saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds.
+      self._fail(step, e)
     if saved:
       self._unrecorded.append(step)
     return saved
+
+  def check(self) -> None:
+    """Raises `CheckpointWriteError` if a background save has failed (cheap: call it often)."""
+    if self._failed is not None:
+      raise CheckpointWriteError(self._failed)
+    step = self._unrecorded[-1] if self._unrecorded else None
+    if self._thread_errors:
+      self._fail(step, self._thread_errors[0])
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      self._fail(step, e)
+
+  def _fail(self, step: int | None, error: BaseException):
+    # What orbax holds as finished (in memory: the folder itself may be what failed).
+    good = [s for s in self._manager.all_steps() if s != step and s not in self._unrecorded[-1:]]
+    last = (
+      f"the last complete checkpoint is step {max(good)}" if good else "no checkpoint is complete"
+    )
+    reason = (str(error).strip().splitlines() or [""])[0][:160]
+    self._failed = (
+      f"the checkpoint of step {step} could not be written to {self.directory} "
+      f"({type(error).__name__}: {reason}); {last}: fix the cause (disk space, permissions) "
+      "and run the same command again to resume from it"
+    )
+    raise CheckpointWriteError(self._failed) from None
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores the checkpoint of `step` (default: latest) into `target`'s structure."""
@@ -78,7 +165,7 @@ class Checkpointer:
       was not. Nothing is moved or deleted: see `set_aside`.
     """
     _drop_closed_loop_reports()
-    unusable = []
+    unusable = [(s, r) for s, r in self._step_folders() if r is not None]  # Never read.
     for step in sorted(self.all_steps(), reverse=True):
       reason = self.damage(step)
       if reason is None:
@@ -115,6 +202,11 @@ class Checkpointer:
   def set_aside(self, steps: list[int]) -> pathlib.Path:
     """Moves the checkpoints of `steps` to `checkpoints_unusable/` (kept, not deleted),
     so that training can save those step numbers again."""
+    aside = self._move_aside(steps)
+    self._manager.reload()
+    return aside
+
+  def _move_aside(self, steps: list[int]) -> pathlib.Path:
     aside = self.directory.parent / "checkpoints_unusable"
     if jax.process_index() == 0:
       aside.mkdir(exist_ok=True)
@@ -127,7 +219,6 @@ class Checkpointer:
       from jax.experimental import multihost_utils
 
       multihost_utils.sync_global_devices("genlab_set_aside_checkpoints")
-    self._manager.reload()
     return aside
 
   def _record_finished(self) -> None:
@@ -151,12 +242,64 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Waits for pending saves and records their integrity."""
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._fail(self._unrecorded[-1] if self._unrecorded else None, e)
     self._record_finished()
 
   def close(self) -> None:
-    self.wait()
-    self._manager.close()
+    """Waits for pending saves (raising `CheckpointWriteError` if one failed) and closes."""
+    try:
+      if self._failed is None:
+        self.wait()
+    finally:
+      with contextlib.suppress(Exception):  # A failed save was reported already.
+        self._manager.close()
+
+
+@contextlib.contextmanager
+def _absl_quiet():
+  """absl's warnings off for the duration (errors still show)."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _watch_orbax_threads(errors: list[BaseException]) -> None:
+  """Routes exceptions raised in orbax's threads into `errors` (the newest Checkpointer's)
+  instead of printing their tracebacks; other threads' exceptions go on as before."""
+  previous = threading.excepthook
+  if getattr(previous, "genlab_orbax_errors", None) is not None:
+    previous.genlab_orbax_errors = errors
+    return
+
+  def hook(args):
+    tb, frames = args.exc_traceback, []
+    while tb is not None:
+      frames.append(tb.tb_frame.f_code.co_filename)
+      tb = tb.tb_next
+    if any(f"{os.sep}orbax{os.sep}" in name for name in frames):
+      hook.genlab_orbax_errors.append(args.exc_value)
+      return
+    previous(args)
+
+  hook.genlab_orbax_errors = errors
+  threading.excepthook = hook
+
+
+def incomplete(folder: pathlib.Path) -> str | None:
+  """Why a step folder is not a complete orbax checkpoint, or None if it is."""
+  if not (folder / "_CHECKPOINT_METADATA").is_file():
+    return (
+      "not a complete checkpoint (no _CHECKPOINT_METADATA: an unfinished save, or a folder "
+      "orbax did not write)"
+    )
+  return None
 
 
 def _drop_closed_loop_reports() -> None:

@@ -3,6 +3,8 @@
     train_and_evaluate(config, workdir)   # genlab train
     evaluate_workdir(workdir)             # genlab eval
     sample_workdir(workdir, num=, out=)   # genlab sample
+    encode_workdir(workdir, out=)         # genlab encode
+    move_aside(workdir)                   # genlab train --fresh
 
 The first two build the resources a family needs (`genlab.run.resources`) before
 the loop or the evaluation takes over.
@@ -13,11 +15,16 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 
+from genlab.data import eval_batches, load_dataset
+from genlab.errors import DataError, WorkdirError
 from genlab.run import evaluation, loop, resources
 from genlab.run.evaluation import restore_workdir, sample_workdir
 from genlab.run.loop import RunResult
+from genlab.run.writers import write_atomically
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> RunResult:
@@ -36,4 +43,74 @@ def evaluate_workdir(workdir: str | pathlib.Path, overrides: list[str] = ()) -> 
   return evaluation.evaluate_workdir(workdir, overrides, provide=resources.provide)
 
 
-__all__ = ["evaluate_workdir", "restore_workdir", "sample_workdir", "train_and_evaluate"]
+def encode_workdir(
+  workdir: str | pathlib.Path,
+  *,
+  out: str | pathlib.Path,
+  split: str = "test",
+  dataset: str | None = None,
+) -> pathlib.Path:
+  """Writes the codes of every example of `split` (of the workdir's dataset, or of
+  `dataset`, a name or a `.npz` with the same shapes) to the `.npz` `out`: the family's
+  named codes (`Family.encode`: μ and log σ² for a VAE, `code` for autoencoders, `z` for
+  recurrent ones), one row per example in the split's order, with `label` when the data has
+  labels. Returns `out`."""
+  s, state, step = restore_workdir(workdir)
+  data = s.dataset
+  if dataset is not None:
+    config = s.config
+    data = load_dataset(
+      dataset,
+      data_dir=config.data.data_dir,
+      image_key=config.data.image_key,
+      label_key=config.data.label_key,
+      target_key=config.data.target_key,
+      modality=config.data.get("modality") or s.dataset.modality,
+    )
+    if data.image_shape != s.dataset.image_shape:
+      raise DataError(
+        f"{dataset}'s examples have shape {data.image_shape}; the model of {workdir} takes "
+        f"{s.dataset.image_shape}"
+      )
+  rows = data.split(split)
+  params = state.params
+  encode = jax.jit(lambda params, batch: s.family.encode(params["model"], batch))
+  size = s.config.eval_batch_size or s.config.batch_size
+  parts = []
+  for batch in eval_batches(rows, global_batch_size=size, value_range=s.family.value_range):
+    keep = batch.pop("mask") > 0
+    codes = encode(params, {k: jax.numpy.asarray(v) for k, v in batch.items()})
+    parts.append({name: np.asarray(v)[keep] for name, v in codes.items()})
+  arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+  if "label" in rows:
+    arrays["label"] = np.asarray(rows["label"])
+  out = pathlib.Path(out)
+  write_atomically(out, lambda f: np.savez(f, **arrays), binary=True)
+  return out
+
+
+def move_aside(workdir: str | pathlib.Path) -> pathlib.Path | None:
+  """Renames an existing, non-empty `workdir` to `WORKDIR.N` (the first free N) so that a run
+  starts afresh there; nothing is deleted. Returns the new name, or None if there was
+  nothing to move."""
+  workdir = pathlib.Path(workdir)
+  if not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir())):
+    return None
+  n = 1
+  while (aside := workdir.with_name(f"{workdir.name}.{n}")).exists():
+    n += 1
+  try:
+    workdir.rename(aside)
+  except OSError as e:
+    raise WorkdirError(f"cannot move {workdir} aside to {aside}: {e.strerror or e}") from e
+  return aside
+
+
+__all__ = [
+  "encode_workdir",
+  "evaluate_workdir",
+  "move_aside",
+  "restore_workdir",
+  "sample_workdir",
+  "train_and_evaluate",
+]

@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 from collections.abc import Callable
 
 import jax
@@ -27,9 +28,10 @@ import numpy as np
 
 from genlab.config import base_config
 from genlab.data import Dataset
+from genlab.errors import GenlabError, WorkdirError
 from genlab.run.evaluation import evaluate_workdir, restore_workdir
 from genlab.run.loop import train
-from genlab.run.setup import log
+from genlab.run.setup import log, warn
 
 
 def cache_dir() -> pathlib.Path:
@@ -105,12 +107,28 @@ def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> Feat
       log(f"training the feature classifier of {dataset.name} for GAN metrics, once: {workdir}")
       train(config, workdir)
       evaluate_workdir(workdir)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices("genlab_feature_net_ready")
-  report = json.loads((workdir / "eval.json").read_text())
-  s, state, _ = restore_workdir(workdir)
+      multihost_utils.sync_global_devices("genlab_feature_net_ready")
+    try:
+      report, (s, state, _) = _read(workdir)
+    except (GenlabError, OSError, ValueError, KeyError) as e:
+      if jax.process_count() > 1:
+        raise WorkdirError(
+          f"the cached feature network in {workdir} cannot be used ({e}); delete that folder "
+          "(it is a cache) and run again"
+        ) from e
+      aside = workdir.with_name(f"{workdir.name}.damaged")
+      shutil.rmtree(aside, ignore_errors=True)
+      workdir.rename(aside)
+      warn(
+        f"the cached feature network in {workdir} cannot be used ({str(e)[:200]}); it was moved "
+        f"to {aside} and is trained again"
+      )
+      train(config, workdir)
+      evaluate_workdir(workdir)
+      report, (s, state, _) = _read(workdir)
   model, params = s.family.model, state.params["model"]
 
   @jax.jit
@@ -124,3 +142,10 @@ def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> Feat
     hash=short,
     workdir=workdir,
   )
+
+
+def _read(workdir: pathlib.Path):
+  """The cached classifier's eval report and restored workdir."""
+  report = json.loads((workdir / "eval.json").read_text())
+  float(report["metrics"]["accuracy"])
+  return report, restore_workdir(workdir)

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import math
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -40,12 +41,26 @@ from genlab.core.state import TrainState
 from genlab.data import Batcher, ResidentSplit, eval_batches
 from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
 from genlab.run.checkpoint import Checkpointer
+from genlab.run.lock import WorkdirLock
 from genlab.run.preemption import StopSignals
 from genlab.run.runner import ResidentFeed, Runner, StreamedFeed
 from genlab.run.setup import Setup, check_workdir, log, setup, warn
-from genlab.run.writers import MetricWriter
+from genlab.run.writers import MetricWriter, write_atomically
 
 CONFIG_FILE = "config.json"
+
+
+def read_saved_config(path: pathlib.Path) -> ml_collections.ConfigDict:
+  """A workdir's config.json, or one line saying why it cannot be read."""
+  try:
+    return config_lib.from_json(path.read_text())
+  except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError.
+    raise WorkdirError(
+      f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); restore "
+      "it from a copy, or start afresh with --fresh (the workdir is moved aside)"
+    ) from e
+
+
 # Builds what a family needs (`Family.needs`) and hands it over (`Family.provide`).
 Provider = Callable[[Setup], None]
 
@@ -78,9 +93,23 @@ def evaluate(
   return {**means, "num_examples": int(round(n))}
 
 
+def format_number(value: float | int) -> str:
+  """A number for a log line: integers as they are, others with 4 significant digits, trailing
+  zeros kept, so that a column of them reads alike (0.06930, 0.02471, 23.30, 1.250e-05)."""
+  if isinstance(value, bool | int):
+    return str(value)
+  if not math.isfinite(value):
+    return str(value)
+  if value != 0 and not 1e-4 <= abs(value) < 1e5:
+    return f"{value:.3e}"
+  return f"{value:#.4g}".rstrip(".")
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
   """`name value` pairs of the scalar metrics, for a log line."""
-  return ", ".join(f"{k} {v:.5g}" for k, v in metrics.items() if isinstance(v, int | float))
+  return ", ".join(
+    f"{k} {format_number(v)}" for k, v in metrics.items() if isinstance(v, int | float)
+  )
 
 
 def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -> None:
@@ -143,14 +172,66 @@ def train(
 
   Returns:
     The final state (host arrays), step and test metrics.
+
+  One trainer at a time: the run holds the workdir's lock (`genlab.run.lock`), and a
+  second one stops at once. A run that fails before it has saved a checkpoint leaves the
+  workdir as it found it: what it created there is removed (nothing that was there before).
   """
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
+  found = sorted(workdir.iterdir()) if workdir.is_dir() else None
   check_workdir(workdir)
+  lock = WorkdirLock(workdir, exclusive=True, what="train")
+  try:
+    lock.acquire()
+  except WorkdirError:
+    if found is None:  # The workdir this call made, still empty: take it back.
+      with contextlib.suppress(OSError):
+        workdir.rmdir()
+    raise
+  try:
+    return _train(config, workdir, provide)
+  except BaseException:
+    _undo_untrained_run(workdir, found)
+    raise
+  finally:
+    lock.release()
+
+
+def _undo_untrained_run(workdir: pathlib.Path, found: list[pathlib.Path] | None) -> None:
+  """Removes what a failed run created in `workdir` (all of it if it created the workdir),
+  unless a checkpoint was saved: then the run is resumable and everything stays."""
   ckpt_dir = workdir / "checkpoints"
+  if jax.process_index() != 0 or not workdir.is_dir():
+    return
+  if ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+    return
+  # Step folders that were set aside are someone's: they stay, and so does their workdir.
+  keep = workdir / "checkpoints_unusable"
+  if found is None and not keep.exists():
+    created = [workdir]
+  else:
+    created = [p for p in workdir.iterdir() if p not in (found or []) and p != keep]
+  for path in created:
+    if path.is_dir() and not path.is_symlink():
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      path.unlink(missing_ok=True)
+
+
+def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult:
+  ckpt_dir = workdir / "checkpoints"
+  check_workdir(ckpt_dir)  # Unwritable checkpoints: one line now, not at the first save.
   saved_config = workdir / CONFIG_FILE
-  if saved_config.is_file() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
-    config_lib.check_resumable(config_lib.from_json(saved_config.read_text()), config)
+  has_checkpoints = any(p.name.isdigit() for p in ckpt_dir.iterdir())
+  if has_checkpoints:
+    if not saved_config.is_file():
+      raise WorkdirError(
+        f"{workdir} has checkpoints but no {CONFIG_FILE}, so nothing says what they were "
+        "trained with; put the run's config.json back, or start afresh with --fresh (the "
+        "workdir is moved aside, not deleted)"
+      )
+    config_lib.check_resumable(read_saved_config(saved_config), config)
   s = setup(config)
   runner = s.runner
   batcher = Batcher(  # Checks the batch size against the data before anything is written.
@@ -164,10 +245,17 @@ def train(
   resident = resident_split(s, batcher)
   k = config.get("steps_per_dispatch", 1)
   ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
+  for step, reason in ckpt.set_aside_on_open:
+    warn(f"{ckpt_dir / str(step)} is {reason}: moved to checkpoints_unusable/, not read")
   writer, progress = None, None
   try:
     state = _restore_or_start(config, ckpt, s.initial_state)
     start = int(state.step)
+    if start > config.num_steps:
+      raise ConfigError(
+        f"the workdir's checkpoint is at step {start}, beyond num_steps={config.num_steps}; "
+        f"pass --config.num_steps={start} or more to go on, or start afresh with --fresh"
+      )
     if start % k:
       raise ConfigError(
         f"the run stopped at step {start}, not a multiple of steps_per_dispatch={k}; resume "
@@ -177,7 +265,7 @@ def train(
     if provide is not None:
       provide(s)
     if jax.process_index() == 0:
-      saved_config.write_text(config_lib.to_json(config))
+      write_atomically(saved_config, lambda f: f.write(config_lib.to_json(config)))
     if resident:
       feed = ResidentFeed(resident, runner, steps_per_dispatch=k)
     else:
@@ -185,7 +273,7 @@ def train(
     state = runner.place_state(state)
     train_step = runner.train_step(s.family.train_step, feed, state)
     eval_step = runner.eval_step(s.family.eval_step)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start)
     log(
       f"genlab: family={config.family} model={config.model.name} dataset={config.dataset} "
       f"train={batcher.num_examples} test={len(s.dataset.test['image'])} "
@@ -194,7 +282,7 @@ def train(
       f"steps_per_dispatch={k}"
     )
     test_metrics: dict[str, float] = {}
-    metrics_log = MetricsLog(runner, config, ckpt)
+    metrics_log = MetricsLog(runner, config, ckpt, headline=s.family.headline)
     timer = TrainTimer()
     progress = tqdm.tqdm(
       total=config.num_steps,
@@ -220,6 +308,7 @@ def train(
       for step in range(start + k, config.num_steps + 1, k):
         state, metrics = train_step(state, s.root_key, feed.inputs(step - k))
         metrics_log.add(step, metrics, count=k)
+        ckpt.check()  # A background save that failed stops the run now, in one line.
         progress.update(k)
         if step == start + k:  # Compilation happens here; keep it out of examples/s.
           jax.block_until_ready(metrics)
@@ -229,7 +318,8 @@ def train(
         last = step == config.num_steps
         if step % config.log_every == 0 or last:
           means, rate = metrics_log.write(step, writer, timer.elapsed())
-          progress.set_postfix(loss=f"{means.get('loss', math.nan):.4g}", ex_per_s=f"{rate:.0f}")
+          shown = {k: format_number(means.get(k, math.nan)) for k in s.family.headline}
+          progress.set_postfix(**shown, ex_per_s=f"{rate:.0f}")
           timer.reset()
         with timer.paused():
           if step % config.eval_every == 0 or last:
@@ -326,8 +416,9 @@ MAX_IN_FLIGHT = 2  # Dispatches the host may queue ahead of the devices.
 class MetricsLog:
   """Train metrics between two log lines: fetched lazily, checked for non-finite steps."""
 
-  def __init__(self, runner: Runner, config, ckpt: Checkpointer):
+  def __init__(self, runner: Runner, config, ckpt: Checkpointer, *, headline=("loss",)):
     self.runner, self.config, self.ckpt = runner, config, ckpt
+    self.headline = headline  # The metrics a log line shows (the family's objectives).
     self.on_device: list[tuple[int, dict[str, jax.Array]]] = []
     self.on_host: list[tuple[int, dict[str, float]]] = []
     self.timed_steps = 0
@@ -383,9 +474,7 @@ class MetricsLog:
     writer.write(step, line)
     note = f", {skipped} non-finite steps skipped" if skipped else ""
     speed = f"{rate:.0f} examples/s" if self.timed_steps else "compiling, no examples/s"
-    log(
-      f"step {step}: train loss {means.get('loss', math.nan):.5g} "
-      f"(mean of {len(good)} steps{note}), {speed}"
-    )
+    shown = {k: means.get(k, math.nan) for k in self.headline}
+    log(f"step {step}: train {format_metrics(shown)} (mean of {len(good)} steps{note}), {speed}")
     self.on_host, self.timed_steps = [], 0
     return means, rate

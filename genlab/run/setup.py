@@ -62,8 +62,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     target_key=config.data.target_key,
     modality=config.data.get("modality"),
   )
-  if config.get("num_epochs"):
-    config.num_steps = config.num_epochs * (len(dataset.train["image"]) // config.batch_size)
+  if config.get("num_epochs") is not None:  # The run's length in steps, from now on.
+    steps_per_epoch = len(dataset.train["image"]) // config.batch_size
+    config.num_steps, config.num_epochs = config.num_epochs * steps_per_epoch, None
+    config_lib.validate(config)
   mesh = config_lib.upgrade(config.copy_and_resolve_references()).mesh
   runner = Runner(
     global_batch_size=config.batch_size,
@@ -97,14 +99,15 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
 
 
 def check_workdir(workdir: pathlib.Path) -> None:
-  """Creates `workdir` and checks that it is writable, before any work starts."""
+  """Creates the folder `workdir` (a workdir, or one inside it) and checks that it is
+  writable, before any work starts."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f".write_probe_{jax.process_index()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
-    raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
+    raise WorkdirError(f"cannot write to {workdir}: {e.strerror or e}") from e
 
 
 __all__ = ["Setup", "check_workdir", "log", "setup", "warn"]

@@ -1,0 +1,261 @@
+"""What a workdir survives, second round: a second trainer, odd step folders, write failures,
+damaged run files, a killed run's metrics, a damaged feature-network cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import chex
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, genlab
+
+from conftest import EXPERIMENTS, genlab_command, make_test_config, restore_latest
+
+MAIN = str(EXPERIMENTS / "conv_ae_digits.py")
+
+
+def _train_args(workdir, data_dir, *overrides):
+  return [
+    genlab_command(),
+    "train",
+    "--config",
+    MAIN,
+    "--workdir",
+    str(workdir),
+    f"--config.data.data_dir={data_dir}",
+    *overrides,
+  ]
+
+
+def _steps(workdir) -> list[int]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    return []
+  return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_for(workdir, step: int, proc, timeout: float = 300) -> None:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    steps = _steps(workdir)
+    if steps and steps[-1] >= step:
+      return
+    time.sleep(0.01)
+  raise AssertionError(f"no step {step} in {timeout} s")
+
+
+def _env():
+  return {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+RUN = [
+  "--config.num_steps=400",
+  "--config.log_every=10",
+  "--config.eval_every=400",
+  "--config.image_every=400",
+  "--config.checkpoint_every=100",
+]
+
+
+def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(data_dir, tmp_path):
+  solo = subprocess.run(
+    _train_args(tmp_path / "solo", data_dir, *RUN), env=_env(), capture_output=True, text=True
+  )
+  assert solo.returncode == 0, solo.stderr[-3000:]
+  first = subprocess.Popen(
+    _train_args(tmp_path / "w", data_dir, *RUN), env=_env(), stderr=subprocess.PIPE, text=True
+  )
+  _wait_for(tmp_path / "w", 20, first)
+  first.send_signal(signal.SIGSTOP)  # Held mid-run (it would finish in a second otherwise).
+  try:
+    begin = time.monotonic()
+    second = subprocess.run(
+      _train_args(tmp_path / "w", data_dir, *RUN, "--config.optimizer.learning_rate=1e-4"),
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    assert time.monotonic() - begin < 30
+    assert_one_line_error(second, f"pid {first.pid}", "is in use")
+    # Nor may an evaluation read its checkpoints meanwhile.
+    assert_one_line_error(genlab("eval", "--workdir", str(tmp_path / "w")), "is in use")
+  finally:
+    first.send_signal(signal.SIGCONT)
+  _, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err[-3000:]
+  _, expected = restore_latest(tmp_path / "solo")
+  step, got = restore_latest(tmp_path / "w")
+  assert step == 400
+  chex.assert_trees_all_equal(got.params, expected.params)
+  assert sorted(_steps(tmp_path / "w")) == sorted(_steps(tmp_path / "solo"))
+
+
+def test_empty_and_foreign_step_folders_are_set_aside_and_never_read(data_dir, tmp_path):
+  from genlab.run import evaluate_workdir, train_and_evaluate
+
+  config = make_test_config(data_dir, num_steps=20, checkpoint_every=10)
+  train_and_evaluate(config, tmp_path / "w")
+  checkpoints = tmp_path / "w" / "checkpoints"
+  (checkpoints / "30").mkdir()  # Empty: as `mkdir checkpoints/30` leaves it.
+  (checkpoints / "40").mkdir()
+  (checkpoints / "40" / "weights.pt").write_text("someone else's")
+  # A reader skips them, reporting them, and evaluates step 20.
+  assert evaluate_workdir(tmp_path / "w")["checkpoint_step"] == 20
+  assert (checkpoints / "30").is_dir()  # Readers move nothing.
+  # A trainer sets them aside and resumes from step 20, exactly as an unbroken run.
+  config = make_test_config(data_dir, num_steps=40, checkpoint_every=10)
+  train_and_evaluate(config, tmp_path / "w")
+  train_and_evaluate(config.copy_and_resolve_references(), tmp_path / "unbroken")
+  aside = tmp_path / "w" / "checkpoints_unusable"
+  assert (aside / "40" / "weights.pt").read_text() == "someone else's" and (aside / "30").is_dir()
+  _, expected = restore_latest(tmp_path / "unbroken")
+  step, got = restore_latest(tmp_path / "w")
+  assert step == 40
+  chex.assert_trees_all_equal(got.params, expected.params)
+
+
+def test_an_unwritable_checkpoints_folder_is_refused_in_seconds(data_dir, tmp_path):
+  (tmp_path / "w").mkdir()
+  (tmp_path / "w" / "checkpoints").write_text("a file where the folder should be")
+  begin = time.monotonic()
+  proc = subprocess.run(
+    _train_args(tmp_path / "w", data_dir, *RUN), env=_env(), capture_output=True, text=True
+  )
+  assert time.monotonic() - begin < 30
+  assert_one_line_error(proc, "cannot write to", "checkpoints")
+  assert len(proc.stderr.strip().splitlines()) <= 3
+  assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["checkpoints"]
+
+
+def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(data_dir, tmp_path):
+  reference = subprocess.run(
+    _train_args(tmp_path / "ref", data_dir, *RUN), env=_env(), capture_output=True, text=True
+  )
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  run = tmp_path / "w"
+  proc = subprocess.Popen(
+    _train_args(run, data_dir, *RUN), env=_env(), stderr=subprocess.PIPE, text=True
+  )
+  _wait_for(run, 150, proc)
+  proc.send_signal(signal.SIGSTOP)  # Between the saves of steps 100 and 200.
+  # The checkpoints folder now leads where nothing can be created: the save of step 200
+  # fails as a full or read-only disk would make it fail.
+  checkpoints, real = run / "checkpoints", run / "checkpoints.real"
+  checkpoints.rename(real)
+  checkpoints.symlink_to("/proc/self/fdinfo")
+  proc.send_signal(signal.SIGCONT)
+  failed_at = time.monotonic()
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1, err[-3000:]
+  assert time.monotonic() - failed_at < 30
+  lines = [line for line in err.strip().splitlines() if line.strip()]
+  assert len(lines) <= 3, err[-3000:]
+  assert "the checkpoint of step 200 could not be written" in err
+  assert "the last complete checkpoint is step 100" in err
+  checkpoints.unlink()
+  real.rename(checkpoints)
+  resumed = subprocess.run(
+    _train_args(run, data_dir, *RUN), env=_env(), capture_output=True, text=True
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from the checkpoint of step 100" in resumed.stdout
+  _, expected = restore_latest(tmp_path / "ref")
+  step, got = restore_latest(run)
+  assert step == 400
+  chex.assert_trees_all_equal(got.params, expected.params)
+  steps = _steps(run)
+  assert len(steps) == len(set(steps)) + steps.count(400) - 1  # Train and test share 400.
+
+
+def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path):
+  run = tmp_path / "w"
+  proc = subprocess.Popen(
+    _train_args(run, data_dir, *RUN, "--config.num_steps=100000"),
+    env=_env(),
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  _wait_for(run, 130, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert max(_steps(run)) >= 130  # Lines past the checkpoint of step 100 were written.
+  resumed = subprocess.run(
+    _train_args(run, data_dir, *RUN), env=_env(), capture_output=True, text=True
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  train_steps = [
+    json.loads(line)["step"]
+    for line in (run / "metrics.jsonl").read_text().splitlines()
+    if "train/loss" in json.loads(line)
+  ]
+  assert train_steps == list(range(10, 401, 10))
+
+
+def test_damaged_run_files_are_one_line(data_dir, tmp_path):
+  from genlab.errors import ConfigError, WorkdirError
+  from genlab.run import train_and_evaluate
+
+  config = make_test_config(data_dir, num_steps=20, checkpoint_every=10)
+  train_and_evaluate(config, tmp_path / "w")
+  saved = (tmp_path / "w" / "config.json").read_text()
+  (tmp_path / "w" / "config.json").write_text(saved[: len(saved) // 2])
+  proc = genlab("train", "--config", MAIN, "--workdir", str(tmp_path / "w"))
+  assert_one_line_error(proc, "config.json cannot be read")
+  (tmp_path / "w" / "config.json").unlink()
+  with pytest.raises(WorkdirError, match="has checkpoints but no config.json"):
+    train_and_evaluate(config, tmp_path / "w")
+  (tmp_path / "w" / "config.json").write_text(saved)
+  # A resume below the checkpoint's step is refused; config.json stays as it was.
+  with pytest.raises(ConfigError, match="checkpoint is at step 20, beyond num_steps=10"):
+    train_and_evaluate(make_test_config(data_dir, num_steps=10), tmp_path / "w")
+  assert (tmp_path / "w" / "config.json").read_text() == saved
+
+
+def test_json_the_run_writes_never_holds_nan(data_dir, tmp_path, monkeypatch):
+  from genlab.families.autoencoder import Autoencoder
+  from genlab.run import evaluate_workdir, train_and_evaluate
+  from genlab.run.writers import dumps
+
+  assert dumps({"a": float("nan"), "b": [1.0, float("inf")]}) == '{"a": null, "b": [1.0, null]}'
+  config = make_test_config(data_dir, num_steps=10)
+  train_and_evaluate(config, tmp_path / "w")
+  monkeypatch.setattr(
+    Autoencoder, "reference_metrics", lambda self, metrics: {"mse_mean_baseline": float("nan")}
+  )
+  report = evaluate_workdir(tmp_path / "w")
+  text = (tmp_path / "w" / "eval.json").read_text()
+
+  def refuse(constant):
+    raise AssertionError(f"eval.json holds {constant}, which JSON has not")
+
+  assert json.loads(text, parse_constant=refuse)["metrics"]["mse_mean_baseline"] is None
+  assert report["definitions"]["mse_mean_baseline"].startswith("null: the value was not finite")
+
+
+def test_a_damaged_feature_network_cache_is_set_aside_and_trained_again(
+  data_dir, tmp_path, monkeypatch, capsys
+):
+  from genlab.data import load_dataset
+  from genlab.run.feature_net import feature_network
+
+  monkeypatch.setenv("GENLAB_CACHE_DIR", str(tmp_path / "cache"))
+  dataset = load_dataset("digits", data_dir=data_dir)
+  config = make_test_config(data_dir)
+  net = feature_network(dataset, config.data, steps=10)
+  for path in (net.workdir / "checkpoints").rglob("*"):
+    if path.is_file() and path.name != "genlab_integrity.json":
+      path.write_bytes(b"\0" * path.stat().st_size)  # Damaged in place.
+  capsys.readouterr()
+  again = feature_network(dataset, config.data, steps=10)
+  assert "cannot be used" in capsys.readouterr().err
+  assert again.workdir == net.workdir
+  assert (net.workdir.parent / f"{net.workdir.name}.damaged").is_dir()
+  probabilities, _ = again(np.zeros((2, 8, 8, 1), np.float32))
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
