@@ -7,10 +7,12 @@ The conv autoencoder of `conv_ae_digits.py` (8×8×1 → Conv(32) → Conv(64) �
 code → ConvTranspose back), trained on MSE + λ·‖∂code/∂input‖²_F with λ = 0.1
 (`genlab.families.contractive_ae`), Adam 2e-3, batch 64, 2,000 steps.
 
-What to expect: see RESULT below (measured on 2 CPU cores, seed 0, the 300 test
-digits): the penalty shrinks the encoder's Jacobian many times over for a small rise in
-reconstruction error; `--config.contractive.weight=0` gives the plain autoencoder's
-figures for comparison.
+What to expect (measured on 2 CPU cores, seed 0, `genlab eval` on the 300 test digits;
+about 65 s of training, the exact Jacobian costing 16 extra backward passes a step):
+`contraction` (‖∂code/∂input‖²_F, mean per digit) 0.019 and `mse` 0.0100, against 1,123
+and 0.0057 with `--config.contractive.weight=0` (the plain autoencoder of
+`conv_ae_digits.py`, to the last digit); the mean-image baseline's mse is 0.073. The code
+is ~60,000 times less sensitive to its input for 1.75 times the reconstruction error.
 """
 
 from genlab.config import base_config

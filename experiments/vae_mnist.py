@@ -31,8 +31,8 @@ def get_config():
   config = base_config("vae")
   config.dataset = "binarized_mnist"
   config.batch_size = 128
-  config.num_epochs = 10
-  config.num_steps = 3900  # Replaced by num_epochs · ⌊N / 128⌋ once the data is loaded.
+  config.num_epochs = 10  # num_steps = 10 · ⌊N / 128⌋ once the data is loaded.
+  config.num_steps = None
   config.model.update(
     name="vae", architecture="mlp", hidden=(500,), latent_dim=20, likelihood="bernoulli"
   )

@@ -1,15 +1,17 @@
-"""The `genlab` command.
+"""The `genlab` command: train, evaluate, sample and encode generative models.
 
     genlab train --config experiments/NAME.py --workdir DIR [--config.FIELD=VALUE ...]
-                 [--cpu_devices N]
     genlab eval --workdir DIR [--config.vae.nll_k=K ...]
     genlab sample --workdir DIR --num 64 --out FILE.png
+    genlab encode --workdir DIR --out codes.npz [--split test] [--dataset D]
+    genlab list
+    genlab config --config experiments/NAME.py [--config.FIELD=VALUE ...]
 
-Exit status: 0 done; 2 bad input (a misspelt field, an unknown dataset, a bad
-`.npz`, an unwritable workdir, a config that differs from the one a workdir was
-trained with), one line `genlab: error: ...`; 3 a NaN/Inf stopped training; 75
-pre-empted by SIGTERM/SIGINT after saving a checkpoint (run the same command
-again to resume).
+Exit status: 0 done; 1 a checkpoint could not be written; 2 bad input (a misspelt
+field, an unknown dataset, a bad `.npz`, an unwritable workdir, a workdir another
+trainer uses, a config that differs from the one a workdir was trained with), one
+line `genlab: error: ...`; 3 a NaN/Inf stopped training; 75 pre-empted by
+SIGTERM/SIGINT after saving a checkpoint (run the same command again to resume).
 
 Several processes (multi-host): pass `--coordinator_address HOST:PORT
 --num_processes N --process_id I` (or set JAX_COORDINATOR_ADDRESS,
@@ -22,26 +24,69 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 
-from genlab.errors import GenlabError, TrainingStopped
+from genlab.errors import CheckpointWriteError, GenlabError, TrainingStopped
 
 EXIT_USER_ERROR = 2
 
+OVERRIDES_HELP = """\
+config fields:
+  --config.FIELD=VALUE  change any field of the experiment's config, keeping its type
+                        (--config.num_steps=3000, --config.model.features='(16,32)',
+                        --config.vae.beta=4.0); `genlab config` prints them all, and
+                        docs/configs.md describes each
+"""
+EXIT_HELP = """\
+exit status:
+  0   done
+  1   a checkpoint could not be written (disk full, permissions): the earlier ones
+      are intact; fix the cause and run the same command again
+  2   bad input, or a workdir another genlab process is using: one line
+      `genlab: error: ...` (nothing was trained)
+  3   a NaN or Inf stopped training (the latest checkpoint is the last good step)
+  75  pre-empted by SIGTERM or SIGINT after saving a checkpoint: run the same
+      command again to resume (a job script can requeue on it)
+"""
+
+
+def _experiments_help() -> str:
+  found = _experiments(pathlib.Path("experiments"))
+  if not found:
+    return "experiments: none in ./experiments (`genlab list` shows what is there)\n"
+  names = ", ".join(sorted(found))
+  return f"experiments in ./experiments (`genlab list` summarises them):\n  {names}\n"
+
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="genlab", description=__doc__.split("\n\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
+  formatter = argparse.RawDescriptionHelpFormatter
+  parser = argparse.ArgumentParser(
+    prog="genlab",
+    description="genlab: train, evaluate, sample and encode generative models (JAX/Flax).",
+    epilog=EXIT_HELP + "\nRun `genlab COMMAND --help` for a command's flags.",
+    formatter_class=formatter,
+  )
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   train = sub.add_parser(
-    "train", help="train an experiment (resumes from the workdir's checkpoints)"
+    "train",
+    help="train an experiment (resumes from the workdir's checkpoints)",
+    description="Trains an experiment in a workdir; a workdir with checkpoints is resumed.",
+    epilog=OVERRIDES_HELP + "\n" + _experiments_help() + "\n" + EXIT_HELP,
+    formatter_class=formatter,
   )
   train.add_argument("--config", required=True, help="experiment file defining get_config()")
   train.add_argument("--workdir", required=True, help="where metrics, images and checkpoints go")
   train.add_argument(
+    "--fresh",
+    action="store_true",
+    help="start afresh: move an existing workdir aside (to WORKDIR.N), never delete it",
+  )
+  train.add_argument(
     "--cpu_devices",
     type=int,
     help="split the CPU into N JAX devices (e.g. one per core), data parallel over the mesh; "
-    "the batch size must divide by N (genlab.run.runner.use_cpu_devices)",
+    "the batch size must divide by N",
   )
   group = train.add_argument_group("several processes (jax.distributed)")
   group.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
@@ -50,13 +95,55 @@ def _parser() -> argparse.ArgumentParser:
   group.add_argument(
     "--distributed", action="store_true", help="let JAX detect the processes (SLURM, MPI, TPU)"
   )
-  evaluate = sub.add_parser("eval", help="evaluate a workdir's latest checkpoint on the test split")
-  evaluate.add_argument("--workdir", required=True)
-  sample = sub.add_parser("sample", help="draw samples from a workdir's model into a PNG grid")
-  sample.add_argument("--workdir", required=True)
+  evaluate = sub.add_parser(
+    "eval",
+    help="evaluate a workdir's latest checkpoint on the test split (writes eval.json)",
+    description="Evaluates a workdir's newest usable checkpoint on the whole test split, "
+    "prints the report and writes it to WORKDIR/eval.json.",
+    epilog="config fields: only those that change how, not what, is evaluated: "
+    "--config.eval_batch_size, --config.mesh.*, --config.kernels, and the family's own "
+    "(--config.vae.nll_k=K for a VAE's importance samples)\n\n" + EXIT_HELP,
+    formatter_class=formatter,
+  )
+  evaluate.add_argument("--workdir", required=True, help="a trained genlab workdir")
+  sample = sub.add_parser(
+    "sample",
+    help="draw samples from a workdir's model into a PNG grid",
+    epilog=EXIT_HELP,
+    formatter_class=formatter,
+  )
+  sample.add_argument("--workdir", required=True, help="a trained genlab workdir (VAE, GAN)")
   sample.add_argument("--num", type=int, default=64, help="how many samples")
   sample.add_argument("--out", required=True, help="the PNG file to write")
   sample.add_argument("--seed", type=int, default=0, help="seeds the samples' keys")
+  encode = sub.add_parser(
+    "encode",
+    help="write the codes of every example of a split to a .npz",
+    description="Writes the codes of every example of a split, as the workdir's model "
+    "computes them at evaluation: μ and log σ² for a VAE, the code for an autoencoder, z "
+    "for a recurrent autoencoder; with the labels when the data has them.",
+    epilog=EXIT_HELP,
+    formatter_class=formatter,
+  )
+  encode.add_argument("--workdir", required=True, help="a trained genlab workdir")
+  encode.add_argument("--out", required=True, help="the .npz file to write")
+  encode.add_argument("--split", default="test", choices=["train", "test"])
+  encode.add_argument(
+    "--dataset", help="another dataset of the same shapes (a name or a .npz), e.g. your own"
+  )
+  sub.add_parser(
+    "list",
+    help="list the experiments, families, models and embedded datasets",
+    description="Lists ./experiments with their one-line summaries, the families, the "
+    "models and the embedded datasets.",
+  )
+  config = sub.add_parser(
+    "config",
+    help="print an experiment's resolved config as JSON",
+    epilog=OVERRIDES_HELP,
+    formatter_class=formatter,
+  )
+  config.add_argument("--config", required=True, help="experiment file defining get_config()")
   return parser
 
 
@@ -69,8 +156,20 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def run(argv: list[str]) -> int:
   args, overrides = _split_overrides(argv)
   parsed = _parser().parse_args(args)
+  if overrides and parsed.command in ("sample", "encode", "list"):
+    raise GenlabError(f"`genlab {parsed.command}` takes no --config.FIELD=VALUE overrides")
   _quiet_libraries()
   from genlab import config as config_lib
+
+  if parsed.command == "list":
+    print(listing(pathlib.Path("experiments")))
+    return 0
+  if parsed.command == "config":
+    config = config_lib.load_experiment(parsed.config)
+    config_lib.apply_overrides(config, overrides)
+    config_lib.validate(config)
+    print(config_lib.to_json(config))
+    return 0
   from genlab.run import commands
   from genlab.run.setup import log
 
@@ -81,16 +180,64 @@ def run(argv: list[str]) -> int:
       use_cpu_devices(parsed.cpu_devices)
     initialize_distributed(parsed)
     config = config_lib.load_experiment(parsed.config)
-    config_lib.apply_overrides(config, overrides)
+    for note in config_lib.apply_overrides(config, overrides):
+      print(f"genlab: note: {note}", file=sys.stderr)
+    if parsed.fresh:
+      moved = commands.move_aside(parsed.workdir)
+      if moved is not None:
+        log(f"moved the existing workdir to {moved}; starting afresh")
     result = commands.train_and_evaluate(config, parsed.workdir)
     log(f"done: step {result.step}, workdir {result.workdir}")
     return 0
   if parsed.command == "sample":
     commands.sample_workdir(parsed.workdir, num=parsed.num, out=parsed.out, seed=parsed.seed)
     return 0
+  if parsed.command == "encode":
+    out = commands.encode_workdir(
+      parsed.workdir, out=parsed.out, split=parsed.split, dataset=parsed.dataset
+    )
+    log(f"codes written to {out}")
+    return 0
   report = commands.evaluate_workdir(parsed.workdir, overrides)
   print(json.dumps(report, indent=2, ensure_ascii=False))
   return 0
+
+
+def _experiments(folder: pathlib.Path) -> dict[str, str]:
+  """`name -> first line of its docstring` for the experiment files in `folder`."""
+  import ast
+
+  found = {}
+  for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
+    try:
+      doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    except (SyntaxError, UnicodeDecodeError):
+      doc = ""
+    found[path.stem] = doc.strip().splitlines()[0] if doc.strip() else ""
+  return found
+
+
+def listing(folder: pathlib.Path) -> str:
+  """What `genlab list` prints: experiments, families, models and embedded datasets."""
+  import inspect
+
+  from genlab import models
+  from genlab.data import EMBEDDED_BUILDERS
+  from genlab.families import FAMILIES
+
+  def first_line(obj) -> str:
+    return (inspect.getdoc(obj) or "").strip().splitlines()[0]
+
+  experiments = _experiments(folder)
+  lines = [f"experiments ({folder}/NAME.py; genlab train --config {folder}/NAME.py ...):"]
+  lines += [f"  {name:24s} {doc}" for name, doc in experiments.items()] or ["  (none here)"]
+  lines += ["", "families (config.family):"]
+  lines += [f"  {n:24s} {first_line(r.family)}" for n, r in sorted(FAMILIES.items())]
+  lines += ["", "models (genlab.models):"]
+  lines += [f"  {n:24s} {first_line(getattr(models, n))}" for n in sorted(models.__all__)]
+  lines += ["", "embedded datasets (config.dataset; built offline, nothing downloaded):"]
+  lines += [f"  {n:24s} {first_line(b)}" for n, b in sorted(EMBEDDED_BUILDERS.items())]
+  return "\n".join(lines)
 
 
 def initialize_distributed(parsed: argparse.Namespace) -> bool:
@@ -149,6 +296,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(EXIT_USER_ERROR)
   except TrainingStopped as e:
     print(f"genlab: stopped: {e}", file=sys.stderr)
+    if isinstance(e, CheckpointWriteError):
+      # Orbax's threads of the failed save wait minutes on barriers for a write that will
+      # never come; the checkpoints before it are complete, so leave without them.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(e.exit_code)
     sys.exit(e.exit_code)
 
 

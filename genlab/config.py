@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 
 from genlab.errors import ConfigError
-from genlab.families import get_family
+from genlab.families import FAMILIES, get_family
 from genlab.kernels import KERNELS
 
 REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "family")
@@ -69,16 +69,16 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   """
   placeholder = ml_collections.config_dict.placeholder
   config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.family = family
+  config.seed = 0  # Seeds the initial parameters, the data order and every key of the run.
+  config.family = family  # The model family (genlab.families.FAMILIES).
   config.dataset = "digits"  # An embedded or TFDS dataset name, or a .npz path.
   config.data = ml_collections.ConfigDict(
     {
       "data_dir": placeholder(str),  # TFDS data dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
-      "image_key": "image",
-      "label_key": "label",
+      "image_key": "image",  # The TFDS feature that is the model's input.
+      "label_key": "label",  # The TFDS feature with the labels, if any.
       "target_key": placeholder(str),  # TFDS feature with the target map, if any.
-      "range": (0.0, 1.0),
+      "range": (0.0, 1.0),  # Pixel values are mapped linearly onto this range.
       # auto | on | off: keep the converted train split on the devices and gather each
       # batch inside the compiled step (auto: one process, split ≤ 1 GiB). Same batches.
       "device_resident": "auto",
@@ -88,8 +88,10 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   )
   config.batch_size = 64  # Global: summed over processes and devices.
   config.eval_batch_size = placeholder(int)  # None: batch_size.
-  config.num_steps = 1000
-  config.num_epochs = placeholder(int)  # If set: num_steps = num_epochs · ⌊train examples / batch⌋.
+  config.num_steps = 1000  # Train steps of the run (a resumed run continues to it).
+  # Or the run's length in epochs, num_steps = num_epochs · ⌊train examples / batch⌋ (set one
+  # of the two, the other to None).
+  config.num_epochs = placeholder(int)
   # The run's devices as a mesh (genlab.run.runner): jax.jit over it, batches split over
   # every device, parameters and optimizer states replicated, or split over `fsdp` devices.
   config.mesh = ml_collections.ConfigDict(
@@ -105,20 +107,34 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   # Steps per call of the compiled step (lax.scan); logging, eval, images and checkpoints
   # happen between calls, so their periods must be multiples of it. Same results as 1.
   config.steps_per_dispatch = 1
+  # The model: `name` and the fields of its Flax module (the family's docs list them).
   config.model = ml_collections.ConfigDict({"name": "conv_ae"})
   # Computation dtype: float32 | bfloat16 (params, optimizer state and losses stay float32).
   config.dtype = "float32"
+  # The reconstruction loss: mse | bce (images); mse | gaussian_nll | cross_entropy (sequences).
   config.loss = "mse"
   config.corruption = ""  # Denoising input noise, e.g. "gaussian:0.5" (genlab.corruptions).
-  config.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3})
-  config.log_every = 100
-  config.eval_every = 500
-  config.image_every = 500
-  config.checkpoint_every = 500
-  config.keep_checkpoints = 3
+  # An optax optimizer by name; the other fields are passed to it when set.
+  config.optimizer = ml_collections.ConfigDict(
+    {
+      "name": "adam",  # Any optax optimizer: adam, adamw, sgd, lion, ...
+      "learning_rate": 1e-3,  # The peak learning rate.
+      "b1": placeholder(float),  # Adam-like β1 (None: optax's default).
+      "b2": placeholder(float),  # Adam-like β2 (None: optax's default).
+      "eps": placeholder(float),  # Adam-like ε (None: optax's default).
+      "weight_decay": placeholder(float),  # For optimizers that take it (adamw, lion, ...).
+      "momentum": placeholder(float),  # For sgd.
+      "warmup_steps": 0,  # The learning rate ramps linearly from 0 over these steps.
+      "grad_clip_norm": placeholder(float),  # Clip gradients to this global norm (None: off).
+    }
+  )
+  config.log_every = 100  # Steps between train-metric lines (means over the steps between).
+  config.eval_every = 500  # Steps between evaluations on the whole test split.
+  config.image_every = 500  # Steps between the family's views (images/).
+  config.checkpoint_every = 500  # Steps between checkpoints (and one at the end).
+  config.keep_checkpoints = 3  # The newest checkpoints kept.
   config.num_images = 8  # Test examples shown in each PNG grid.
   config.eval_at_start = False  # Also evaluate before the first step of a fresh run.
-  # Reliability (README, "What survives what").
   config.on_nonfinite = "stop"  # stop | skip: what a NaN/Inf loss or gradient does.
   config.on_unusable_checkpoints = "fail"  # fail | restart: when no checkpoint can be restored.
   config.preemption_check_every = 1  # Steps between the processes' agreement on a stop signal.
@@ -227,13 +243,28 @@ def _raise_unknown(config: ml_collections.ConfigDict, dotted: str) -> None:
   raise ConfigError(f"unknown config field --config.{dotted}{hint}")
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-  """Applies `--config.a.b=value` strings to `config` in place."""
+# Fields of which a run uses one: the one given on the command line wins over the other.
+EXCLUSIVE = {"num_steps": "num_epochs", "num_epochs": "num_steps"}
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> list[str]:
+  """Applies `--config.a.b=value` strings to `config` in place.
+
+  Returns:
+    Notes for the user on what an override replaced: `--config.num_steps` clears the
+    experiment's `num_epochs`, and `--config.num_epochs` its `num_steps`.
+  """
+  notes = []
   for item in overrides:
     if not item.startswith("--config.") or "=" not in item:
       raise ConfigError(f"cannot read override {item!r}: expected --config.FIELD=VALUE")
     dotted, text = item[len("--config.") :].split("=", 1)
     set_field(config, dotted, text)
+    other = EXCLUSIVE.get(dotted)
+    if other is not None and config.get(other) is not None and config[dotted] is not None:
+      notes.append(f"--config.{dotted} given: the experiment's {other}={config[other]} is not used")
+      config[other] = None
+  return notes
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -255,7 +286,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = mesh.get(name, 0 if name != "fsdp" else 1)
     if not isinstance(value, int) or isinstance(value, bool) or not allowed(value):
       raise ConfigError(f"config.mesh.{name} must be {what}, got {value!r}")
-  for name in ("batch_size", "num_steps"):
+  if config.get("num_epochs") is not None and config.get("num_steps") is not None:
+    raise ConfigError(
+      f"config sets both num_steps={config.num_steps} and num_epochs={config.num_epochs}: a run "
+      "is one or the other; set one to None (a --config. override of one clears the other)"
+    )
+  length = "num_epochs" if config.get("num_epochs") is not None else "num_steps"
+  for name in ("batch_size", length):
     value = config[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ConfigError(f"config.{name} must be a positive integer, got {value!r}")
@@ -271,7 +308,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{name} must be a positive integer, got {config[name]!r}")
   k = config.get("steps_per_dispatch", 1)
   for name in ("num_steps", "log_every", "eval_every", "image_every", "checkpoint_every"):
-    if name in config and config[name] % k:
+    if config.get(name) is not None and config[name] % k:
       raise ConfigError(
         f"config.{name}={config[name]} is not a multiple of steps_per_dispatch={k}: logs, "
         "evaluations and checkpoints happen between dispatches"
@@ -337,12 +374,21 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 
 def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A config saved by an earlier genlab, in today's fields: `parallel` (jit, pmap or
-  shard_map, all now one mesh path, same results) dropped, the mesh and kernels added
-  with their defaults."""
+  shard_map, all now one mesh path, same results) dropped, and every field it lacks added
+  with today's default (each default keeps what a run without the field did)."""
   if "parallel" in config:
     del config["parallel"]
-  if "mesh" not in config:
-    config.mesh = base_config().mesh
-  if "kernels" not in config:
-    config.kernels = "auto"
+  family = config.get("family", "autoencoder")
+  defaults = base_config(family if family in FAMILIES else "autoencoder")
+  _add_missing(config, defaults)
   return config
+
+
+def _add_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+      config[key], ml_collections.ConfigDict
+    ):
+      _add_missing(config[key], value)

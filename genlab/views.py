@@ -26,8 +26,9 @@ def _to_rgb_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.nd
 def image_grid(
   rows: Sequence[np.ndarray],
   *,
+  labels: Sequence[str] | None = None,
   value_range: tuple[float, float] = (0.0, 1.0),
-  min_size: int = 32,
+  min_size: int = 64,
   pad: int = 2,
 ) -> np.ndarray:
   """Lays out one row per kind (e.g. inputs above outputs), examples left to right.
@@ -35,25 +36,65 @@ def image_grid(
   Args:
     rows: arrays (N, H, W, C) with the same N; sizes and channels may differ
       (one channel is shown as grey, three as RGB).
+    labels: one name per row, written in a margin on the left (e.g. "input", "output").
     value_range: the range the values are in (mapped to black..white).
     min_size: small images are enlarged (nearest neighbour) to at least this side.
     pad: white pixels between cells.
 
   Returns:
-    A uint8 (len(rows)·cell, N·cell, 3) image.
+    A uint8 (len(rows)·cell, margin + N·cell, 3) image.
   """
+  if labels is not None and len(labels) != len(rows):
+    raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
   height = max(r.shape[1] for r in rows)
   scale = max(1, -(-min_size // height))
   cells = [_to_rgb_uint8(r, value_range).repeat(scale, axis=1).repeat(scale, axis=2) for r in rows]
   cell_h = max(c.shape[1] for c in cells)
   cell_w = max(c.shape[2] for c in cells)
   n = len(rows[0])
-  grid = np.full((len(cells) * (cell_h + pad) + pad, n * (cell_w + pad) + pad, 3), 255, np.uint8)
+  margin = _label_width(labels) if labels else 0
+  grid = np.full(
+    (len(cells) * (cell_h + pad) + pad, margin + n * (cell_w + pad) + pad, 3), 255, np.uint8
+  )
   for i, row in enumerate(cells):
     for j in range(n):
-      y, x = pad + i * (cell_h + pad), pad + j * (cell_w + pad)
+      y, x = pad + i * (cell_h + pad), margin + pad + j * (cell_w + pad)
       grid[y : y + row.shape[1], x : x + row.shape[2]] = row[j]
+  if labels:
+    grid = _write_labels(grid, labels, row_height=cell_h + pad, pad=pad)
   return grid
+
+
+def _font():
+  from PIL import ImageFont
+
+  return ImageFont.load_default()
+
+
+def _label_width(labels: Sequence[str]) -> int:
+  from PIL import ImageDraw
+
+  draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  return 8 + max(int(draw.textlength(label, font=_font())) for label in labels)
+
+
+def _write_labels(grid: np.ndarray, labels: Sequence[str], *, row_height: int, pad: int):
+  from PIL import ImageDraw
+
+  image = Image.fromarray(grid)
+  draw = ImageDraw.Draw(image)
+  for i, label in enumerate(labels):
+    y = pad + i * row_height + row_height // 2 - 6
+    draw.text((4, y), label, fill=(0, 0, 0), font=_font())
+  return np.asarray(image)
+
+
+def categorical_colours(n: int) -> list:
+  """`n` distinct colours for classes (matplotlib's tab10, or tab20 beyond 10 classes)."""
+  import matplotlib
+
+  cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+  return [cmap(i % cmap.N) for i in range(n)]
 
 
 def subplots(*args, **kwargs):

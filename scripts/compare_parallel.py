@@ -8,9 +8,10 @@ then on an N-device mesh for each of `--modes`:
   `data` — data parallel: batches split over the N devices, the state replicated;
   `fsdp` — fully sharded: batches split too, and every state array of at least
            `--fsdp_min_size` elements split over the N devices as well.
-It logs the train loss at every step and prints one JSON line per mode: the
-per-step losses, the largest relative difference from the one-device losses and
-the largest absolute difference of the final parameters. On a machine without
+It logs the training objective at every step (`loss`, or a GAN's `d_loss` and
+`g_loss`) and prints one JSON line per mode: the per-step objectives, their largest
+relative difference from the one-device run's and the largest absolute difference of
+the final parameters. On a machine without
 accelerators the devices are faked with XLA_FLAGS=--xla_force_host_platform_device_count=N,
 set here before JAX starts.
 """
@@ -64,7 +65,10 @@ def main(argv: list[str]) -> None:
     result = train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       lines = [json.loads(line) for line in f]
-    losses = [line["train/loss"] for line in lines if "train/loss" in line]
+    # The training objective(s): `loss`, or a GAN's `d_loss` and `g_loss`.
+    train = [line for line in lines if any(k.startswith("train/") for k in line)]
+    names = [k for k in ("train/loss", "train/d_loss", "train/g_loss") if k in train[0]]
+    losses = [[line[k] for k in names] for line in train]
     return np.array(losses), result.state.params
 
   with tempfile.TemporaryDirectory() as tmp:

@@ -108,6 +108,7 @@ def restore_latest(workdir) -> tuple[int, object]:
   from genlab.run.checkpoint import Checkpointer
 
   config = config_lib.from_json((pathlib.Path(workdir) / "config.json").read_text())
+  config.mesh.update(devices=0, fsdp=1)  # This process's devices; the state's shape is the same.
   initial = setup(config).initial_state
   ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
   try:
@@ -148,14 +149,16 @@ def compare_parallel(experiment: str, data_dir: str, *overrides: str, steps: int
   return {row["mode"]: row for row in rows}
 
 
-def train_shipped(experiment: str, data_dir: str, workdir) -> dict:
-  """Trains `experiments/<experiment>` as shipped (images and checkpoints only at the end)
-  and returns the metrics `genlab eval` reports on it."""
+def train_shipped(experiment: str, data_dir: str, workdir, *, num_steps: int | None = None) -> dict:
+  """Trains `experiments/<experiment>` as shipped (images and checkpoints only at the end),
+  or for its first `num_steps` steps, and returns the metrics `genlab eval` reports on it."""
   from genlab import config as config_lib
   from genlab.run import evaluate_workdir, train_and_evaluate
 
   config = config_lib.load_experiment(EXPERIMENTS / experiment)
   config.data.data_dir = data_dir
+  if num_steps is not None:
+    config.update(num_steps=num_steps, eval_every=num_steps)
   config.update(image_every=config.num_steps, checkpoint_every=config.num_steps)
   train_and_evaluate(config, workdir)
   return evaluate_workdir(workdir)["metrics"]

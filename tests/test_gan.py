@@ -141,8 +141,9 @@ def test_classifier_score_and_class_entropy_extremes():
   assert metrics.class_histogram_entropy(collapsed) == 0.0
 
 
-def test_dcgan_digits_fd_falls_below_a_quarter_of_its_start(data_dir, tmp_path):
-  """The experiment as shipped: FD at step 0 vs later; then genlab eval and genlab sample."""
+def test_dcgan_digits_fd_falls_below_half_its_start(data_dir, tmp_path):
+  """The experiment for its first 400 steps: FD at step 0 vs 400, log lines naming d_loss
+  and g_loss; then genlab eval and genlab sample."""
   from test_cli import genlab
 
   from conftest import EXPERIMENTS
@@ -155,18 +156,28 @@ def test_dcgan_digits_fd_falls_below_a_quarter_of_its_start(data_dir, tmp_path):
     "--workdir",
     str(workdir),
     f"--config.data.data_dir={data_dir}",
+    # 400 of the shipped 1,500 steps, FD at the start and the end (measured on 2 AMD EPYC
+    # cores: 1,773 at step 0, 1,107 at 100, 705 at 300, 628 at 400, 200 at 750).
+    "--config.num_steps=400",
+    "--config.eval_every=400",
+    "--config.image_every=200",
+    "--config.checkpoint_every=400",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
   fd = {m["step"]: m["test/fd"] for m in lines if "test/fd" in m}
-  assert fd[0] > 0 and fd[1500] < 0.25 * fd[0], fd
-  assert len([p for p in (workdir / "images").iterdir() if p.name.startswith("samples_")]) >= 4
+  assert fd[0] > 0 and fd[400] < 0.5 * fd[0], fd
+  # The log names the two objectives; a GAN has no combined `loss` to report.
+  assert "step 200: train d_loss " in proc.stdout and ", g_loss " in proc.stdout
+  train = [m for m in lines if "train/d_loss" in m]
+  assert train and all("train/loss" not in m for m in train)
+  assert len([p for p in (workdir / "images").iterdir() if p.name.startswith("samples_")]) >= 3
 
   assert genlab("eval", "--workdir", str(workdir)).returncode == 0
   report = json.loads((workdir / "eval.json").read_text())
   m, protocol = report["metrics"], report["protocol"]
   assert {"fd", "fd_floor", "cs", "class_entropy", "d_real", "d_fake"} <= set(m)
-  assert m["fd_floor"] < m["fd"] < 0.25 * fd[0]
+  assert m["fd_floor"] < m["fd"] < 0.5 * fd[0]
   assert protocol["fd_n_real"] == 1497 and protocol["fd_n_fake"] == 1497
   assert protocol["feature_network_test_accuracy"] > 0.9
   assert (

@@ -101,8 +101,14 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("name", sorted(MODELS))
+# Parameters do not depend on the dtype; bf16 outputs are checked where the kernels differ
+# most (bf16 products, the fused LSTM, ConvTranspose).
+CASES = [(name, jnp.float32) for name in sorted(MODELS)] + [
+  (name, jnp.bfloat16) for name in ("vae_mlp", "generator", "rnn_lstm_bidirectional")
+]
+
+
+@pytest.mark.parametrize(("name", "dtype"), CASES)
 def test_both_kernels_give_the_same_parameters_and_outputs(name, dtype):
   build, inputs = MODELS[name]
   args = inputs()
@@ -177,8 +183,8 @@ def _traced_train_step(name, data_dir, devices):
     dataset.train, global_batch_size=config.batch_size, seed=0, value_range=family.value_range
   )
   batch = jax.tree.map(jnp.asarray, batcher.batch(0))
-  state = jax.jit(family.init_state)(rngs.root_key(0), batch)
-  # The compiled step's program, with each op's source location.
+  state = jax.eval_shape(family.init_state, rngs.root_key(0), batch)  # Shapes: no compile.
+  # The step's program as lowered for compilation, with each op's source location.
   lowered = jax.jit(family.train_step).lower(state, batch, jax.random.key(0))
   return family, lowered.as_text(debug_info=True)
 
@@ -195,7 +201,7 @@ def unreachable():
 kernels._xla_cpu = unreachable
 out = {}
 for name in sorted(t.FAMILY_CONFIGS):
-  for devices in ([t.GPU], [t.TPU, t.TPU]):
+  for devices in ([t.GPU],):  # TPUs resolve alike: test_auto_picks_genlab_kernels_only_when...
     family, program = t._traced_train_step(name, DATA_DIR, devices)
     out[f"{name} {devices[0].platform}"] = [family.kernels, t._xla_cpu_sources() in program]
 print(json.dumps(out))
@@ -207,7 +213,7 @@ def test_on_gpus_families_build_flax_layers_and_compile_no_genlab_kernel(data_di
   # their first call, so a program traced after an XLA:CPU one may cite genlab's files.
   code = ON_GPUS.replace("DATA_DIR", repr(data_dir))
   out = json.loads(run_python(code).strip().splitlines()[-1])
-  assert len(out) == 2 * len(FAMILY_CONFIGS)
+  assert len(out) == len(FAMILY_CONFIGS)
   for name, (chosen, cites_genlab_kernels) in out.items():
     assert chosen == "flax", name
     # No op of the compiled step comes from genlab's XLA:CPU kernels.

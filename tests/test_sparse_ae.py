@@ -193,16 +193,26 @@ def test_kl_family_starts_code_units_at_the_target_rate_and_checks_the_gradient(
 
 
 def test_shipped_patches_experiment_meets_the_sparse_ae_bar(data_dir, tmp_path):
-  """The experiment as shipped (~30 s of training): at the end, eval.json's mean ρ̂ within
-  10% of ρ and fewer than 5% dead units on the test split (the sparse-AE issue's bar)."""
+  """The experiment for 5,000 of its 20,000 steps: eval.json's mean ρ̂ within 10% of ρ and
+  fewer than 5% dead units on the test split (the sparse-AE issue's bar; measured as shipped,
+  test split: ρ̂ 0.0543 and no unit dead at step 4,000, 0.0536 at 5,000, 0.0532 at 8,000,
+  0.0510 at 20,000)."""
   from test_cli import genlab
 
   from conftest import EXPERIMENTS
 
   workdir = tmp_path / "run"
   experiment = str(EXPERIMENTS / "sparse_ae_patches.py")
+  steps = [f"--config.{name}=5000" for name in ("num_steps", "eval_every", "checkpoint_every")]
   train = genlab(
-    "train", "--config", experiment, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}"
+    "train",
+    "--config",
+    experiment,
+    "--workdir",
+    str(workdir),
+    f"--config.data.data_dir={data_dir}",
+    *steps,
+    "--config.image_every=5000",
   )
   assert train.returncode == 0, train.stderr[-3000:]
   assert genlab("eval", "--workdir", str(workdir)).returncode == 0
@@ -210,23 +220,24 @@ def test_shipped_patches_experiment_meets_the_sparse_ae_bar(data_dir, tmp_path):
   m, protocol = report["metrics"], report["protocol"]
   rho = protocol["sparsity"]["rho"]
   assert report["split"] == "test" and report["num_examples"] == 5000
-  assert report["checkpoint_step"] == 20000
+  assert report["checkpoint_step"] == 5000
   assert abs(m["rho_hat_mean"] / rho - 1) < 0.1, m
   assert m["dead_fraction"] < 0.05, m
   assert m["l0"] > 0.1 and m["mse_to_baseline_ratio"] < 0.3, m
   assert protocol["code_units"] == 25 and protocol["sparsity"]["kl_gradient"] == "leave_one_out"
-  assert (workdir / "images" / "filters_step_020000.png").stat().st_size > 0
+  assert (workdir / "images" / "filters_step_005000.png").stat().st_size > 0
 
 
 def test_auxk_revives_dead_topk_latents(data_dir, tmp_path):
   """TopK with k = 4 of 64 units on the patches leaves most units dead; AuxK (Gao et al.
-  2024) gives the dead ones a gradient: fewer dead units on test and a lower nmse."""
+  2024) gives the dead ones a gradient: fewer dead units on test and a lower nmse (measured
+  at 400 steps: dead 0.77 -> 0.58, mse/baseline 0.40 -> 0.31)."""
   from conftest import restore_latest
   from genlab.run import evaluate_workdir, train_and_evaluate
 
   results = {}
   for aux_k in (0, 32):
-    config = _short_patches_config(data_dir, num_steps=1000)
+    config = _short_patches_config(data_dir, num_steps=400)
     config.model.update(code="topk", code_dim=64, k=4)
     config.sparsity.update(kind="topk", aux_k=aux_k, aux_dead_after=2560)
     workdir = tmp_path / f"aux_k_{aux_k}"

@@ -140,8 +140,9 @@ def test_denoising_run_reports_psnr_of_output_and_of_noisy_input(test_config, tm
 
 
 def test_denoising_digits_as_shipped_gains_6_db_over_the_noisy_input(data_dir, tmp_path):
-  # The denoising bar: at σ = 0.5 on [0, 1] digits, test PSNR ≥ noisy PSNR + 6 dB.
+  # The denoising bar: at σ = 0.5 on [0, 1] digits, test PSNR ≥ noisy PSNR + 6 dB, reached
+  # by half the shipped 4,000 steps (measured: +6.31 dB at 2,000, +6.38 at 4,000).
   from conftest import train_shipped
 
-  m = train_shipped("denoising_digits.py", data_dir, tmp_path)
+  m = train_shipped("denoising_digits.py", data_dir, tmp_path, num_steps=2000)
   assert m["psnr"] - m["psnr_noisy"] >= 6.0, m

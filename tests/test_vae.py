@@ -165,8 +165,8 @@ def test_genlab_sample_writes_a_grid(trained_vae_workdir, tmp_path):
   out = sample_workdir(trained_vae_workdir, num=10, out=tmp_path / "s.png", seed=3)
   image = np.asarray(Image.open(out))
   assert image.ndim == 3 and image.shape[2] == 3
-  # 10 samples on a 4-wide grid: 3 rows of 32-pixel cells (8×8 enlarged) with 2-pixel gaps.
-  assert image.shape[:2] == (3 * 34 + 2, 4 * 34 + 2)
+  # 10 samples on a 4-wide grid: 3 rows of 64-pixel cells (8×8 enlarged) with 2-pixel gaps.
+  assert image.shape[:2] == (3 * 66 + 2, 4 * 66 + 2)
 
 
 def test_kl_warmup_and_dynamic_binarization(test_config, data_dir):

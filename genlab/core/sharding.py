@@ -40,7 +40,10 @@ def make_mesh(devices: Sequence[jax.Device], fsdp: int = 1) -> Mesh:
   """
   n = len(devices)
   if fsdp < 1 or n % fsdp:
-    raise ConfigError(f"mesh.fsdp={fsdp} must divide the {n} devices of the run")
+    raise ConfigError(
+      f"mesh.fsdp={fsdp} must divide the {n} devices of the run; pass "
+      "--config.mesh.fsdp=1 (or another divisor) to run here"
+    )
   return Mesh(np.array(devices).reshape(n // fsdp, fsdp), (DATA, FSDP))
 
 

@@ -109,7 +109,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
   kwargs = {}
   for field in ("b1", "b2", "weight_decay", "momentum", "eps"):
-    if field in config and config[field] is not None:
+    if config.get(field) is not None:
       kwargs[field] = config[field]
   lr = config.learning_rate
   if config.get("warmup_steps"):

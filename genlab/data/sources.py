@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import io
+import logging
 import os
 import pathlib
 
@@ -240,15 +242,45 @@ def _file_lock(path: pathlib.Path):
 
 
 def _prepare_embedded(name: str, data_dir: str | None) -> None:
-  builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
-  # Two processes (pytest-xdist workers, several hosts) may race to prepare it.
-  with _file_lock(pathlib.Path(builder.data_dir).parent / f".{name}.prepare.lock"):
-    if not builder.is_prepared():
-      tfds.display_progress_bar(False)
-      try:
-        builder.download_and_prepare()
-      finally:
-        tfds.display_progress_bar(True)
+  """Builds an embedded dataset into the TFDS data dir, once, from the data inside its
+  registry package. TFDS's own messages ("Downloading and preparing dataset...", "Variant
+  folder ... has no dataset_info.json") would say it downloads, which it does not: they are
+  replaced by one line of genlab's."""
+  with _quiet_tfds():
+    builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    # Two processes (pytest-xdist workers, several hosts) may race to prepare it.
+    with _file_lock(pathlib.Path(builder.data_dir).parent / f".{name}.prepare.lock"):
+      if not builder.is_prepared():
+        print(
+          f"genlab: building the embedded dataset {name} in {builder.data_dir} (once; from "
+          "data inside an installed package, nothing is downloaded)",
+          flush=True,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):
+          builder.download_and_prepare()
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's progress bars and absl warnings off, for the duration."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  tfds.display_progress_bar(False)
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+    tfds.display_progress_bar(True)
+
+
+def _not_prepared(name: str, data_dir: str | None) -> str:
+  where = data_dir or tfds.core.constants.DATA_DIR
+  return (
+    f"TFDS dataset {name!r} is not prepared as array_record in {where}; genlab never "
+    f"downloads: run `tfds build {name} --file_format=array_record --data_dir={where}` where "
+    "there is network (config.data.data_dir or TFDS_DATA_DIR picks the dir), or pass a .npz"
+  )
 
 
 def _load_tfds_split(
@@ -263,17 +295,14 @@ def _load_tfds_split(
     ) from e
   except (AssertionError, NotImplementedError, FileNotFoundError) as e:
     # Not prepared in `data_dir`, or prepared without random access (TFRecord).
-    where = data_dir or tfds.core.constants.DATA_DIR
-    raise DataError(
-      f"TFDS dataset {name!r} is not prepared as array_record in {where}; genlab never "
-      f"downloads: run `tfds build {name} --file_format=array_record` where there is network "
-      "(TFDS_DATA_DIR or config.data.data_dir picks the dir), or pass a .npz"
-    ) from e
+    raise DataError(_not_prepared(name, data_dir)) from e
   except (ValueError, KeyError) as e:
     raise DataError(f"TFDS dataset {name!r} has no usable {split!r} split: {e}") from e
   n = len(source)
   if n == 0:
-    raise DataError(f"TFDS dataset {name!r}: split {split!r} is empty")
+    raise DataError(
+      f"TFDS dataset {name!r}: split {split!r} is empty; " + _not_prepared(name, data_dir)
+    )
   first = source[0]
   for role, key in keys.items():
     if key is not None and key not in first and role not in ("label", "length", "start"):

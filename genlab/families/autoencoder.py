@@ -91,6 +91,10 @@ class Autoencoder(Family):
   def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     return gradient_step(state, "model", lambda params: self.batch_loss(params, batch, key))
 
+  def encode(self, params, batch):
+    """The code of each (uncorrupted) input."""
+    return {"code": self.model.apply({"params": params}, batch["image"], method="encode")}
+
   def eval_step(self, state, batch) -> Metrics:
     loss, parts, aux = self.per_example_loss(state.params["model"], batch, self.eval_key)
     if self.corrupt is not None:  # Denoising: the output and the noisy input against the clean.
@@ -156,13 +160,19 @@ class AutoencoderViews(Views):
     n = int(batch["mask"].sum())
     model_input = np.asarray(family.model_input(batch, family.eval_key))
     output = self._predict(state.params["model"], model_input)
-    rows = [model_input] if family.corrupt is None else [model_input, batch["image"]]
+    rows, labels = [model_input], ["input"]
+    if family.corrupt is not None:
+      rows.append(batch["image"])
+      labels = ["noisy input", "clean"]
     if "target" in batch:
       rows.append(batch["target"])
+      labels.append("target")
     rows.append(np.asarray(output))
+    labels.append("output")
     name = "prediction" if "target" in batch else "reconstruction"
     name = "denoising" if family.corrupt is not None else name
-    return {name: image_grid([r[:n] for r in rows], value_range=family.value_range)}
+    grid = image_grid([r[:n] for r in rows], labels=labels, value_range=family.value_range)
+    return {name: grid}
 
 
 class AutoencoderReport(Report):

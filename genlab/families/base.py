@@ -54,6 +54,8 @@ class Family(abc.ABC):
   # Fields `genlab eval` may override for this family (they change how it evaluates,
   # not what was trained), e.g. `vae.nll_k`.
   eval_overrides: ClassVar[tuple[str, ...]] = ()
+  # The train metrics each log line and the progress bar show: the training objective(s).
+  headline: ClassVar[tuple[str, ...]] = ("loss",)
   # Resources the run layer builds and hands over with `provide` before training or
   # evaluation (e.g. `feature_net`, a trained classifier); see `needs`.
   resources: dict[str, Any]
@@ -156,6 +158,11 @@ class Family(abc.ABC):
   def sample(self, state: TrainState, key: jax.Array, num: int) -> np.ndarray:
     """`num` generated examples (N, H, W, C) in the data's value range, for `genlab sample`."""
     raise GenlabError(f"the {type(self).__name__} family does not generate samples")
+
+  def encode(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The codes of a batch's examples, as the model computes them at evaluation (named
+    arrays with one row per example), for `genlab encode`."""
+    raise GenlabError(f"the {type(self).__name__} family has no encoder to export codes of")
 
   # Resources -----------------------------------------------------------------------
 

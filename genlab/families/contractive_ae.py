@@ -33,7 +33,11 @@ from genlab.views import image_grid
 
 def options(**overrides) -> ml_collections.ConfigDict:
   """`config.contractive`, the family's options, with their defaults."""
-  group = ml_collections.ConfigDict({"weight": 0.1})  # λ, the weight of the penalty.
+  group = ml_collections.ConfigDict(
+    {
+      "weight": 0.1,  # λ, the weight of the Jacobian penalty.
+    }
+  )
   group.update(overrides)
   return group
 
@@ -87,6 +91,10 @@ class ContractiveAutoencoder(Family):
     parts = self.per_example(state.params["model"], batch)
     return {name: masked_sum(values, batch["mask"]) for name, values in parts.items()}
 
+  def encode(self, params, batch):
+    """The code of each input, for `genlab encode`."""
+    return {"code": self.model.apply({"params": params}, batch["image"], method="encode")}
+
 
 class ContractiveViews(Views):
   """Test inputs above their reconstructions."""
@@ -95,7 +103,8 @@ class ContractiveViews(Views):
     family, n = self.family, int(batch["mask"].sum())
     output, _ = family.model.apply({"params": state.params["model"]}, batch["image"][:n])
     rows = [batch["image"][:n], np.asarray(output)]
-    return {"reconstruction": image_grid(rows, value_range=family.value_range)}
+    grid = image_grid(rows, labels=["input", "output"], value_range=family.value_range)
+    return {"reconstruction": grid}
 
 
 class ContractiveReport(Report):

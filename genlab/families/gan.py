@@ -59,6 +59,8 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
       "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
       "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
+      # The discriminator's learning rate, if not the generator's (config.optimizer's).
+      "disc_learning_rate": ml_collections.config_dict.placeholder(float),
     }
   )
   group.update(overrides)
@@ -70,6 +72,7 @@ class GAN(Family):
 
   options_group = "gan"
   default_options = staticmethod(options)
+  headline = ("d_loss", "g_loss")  # Two networks, two objectives: no single `loss`.
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
@@ -84,7 +87,9 @@ class GAN(Family):
     self.options = self.family_options()
     if self.options.generator_loss not in losses.GENERATOR_LOSSES:
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
-    disc_optimizer = config.get("disc_optimizer") or config.optimizer
+    disc_optimizer = config.optimizer.copy_and_resolve_references()
+    if self.options.disc_learning_rate is not None:  # Two time-scales (TTUR).
+      disc_optimizer.learning_rate = self.options.disc_learning_rate
     self.tx = {
       "generator": make_optimizer(config.optimizer),
       "discriminator": make_optimizer(disc_optimizer),
@@ -152,7 +157,6 @@ class GAN(Family):
     state, g_metrics = self.generator_step(state, stream_key(key, "generator"), batch["index"])
     out = jax.tree.map(lambda *xs: sum(xs) / len(xs), *d_metrics)
     out.update(g_metrics)
-    out["loss"] = out["d_loss"] + out["g_loss"]  # For the log line; each net has its own.
     return state, out
 
   def eval_step(self, state, batch) -> Metrics:

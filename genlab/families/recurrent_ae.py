@@ -146,6 +146,11 @@ class RecurrentAutoencoder(Family):
 
     return gradient_step(state, "model", loss_fn)
 
+  def encode(self, params, batch):
+    """z of each sequence (its valid steps)."""
+    z = self.model.apply({"params": params}, batch["image"], batch["length"], method="encode")
+    return {"z": z}
+
   def eval_step(self, state, batch) -> Metrics:
     loss, parts, _ = self.per_example(state.params["model"], batch)
     mask = batch["mask"]

@@ -76,10 +76,10 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "l1": 1e-3,  # Weight of the code's L1 norm (l1).
       "weight_decay": 1e-4,  # λ of λ/2·(‖W_enc‖² + ‖W_dec‖²).
       # TopK dead-latent loss (AuxK, Gao et al. 2024): the aux_k largest pre-activations of
-      # dead units model the residual (0: off), weighted by aux_weight; a unit is dead after
-      # aux_dead_after training examples without firing (theirs: 10M tokens).
+      # dead units model the residual (0: off).
       "aux_k": 0,
-      "aux_weight": 1 / 32,
+      "aux_weight": 1 / 32,  # The AuxK term's weight (theirs: α = 1/32).
+      # A unit is dead after this many training examples without firing (theirs: 10M tokens).
       "aux_dead_after": 10000,
     }
   )
@@ -242,20 +242,38 @@ class SparseAutoencoder(Autoencoder):
 
   def eval_step(self, state, batch):
     sums = super().eval_step(state, batch)
-    _, _, aux = self.per_example_loss(state.params["model"], batch, self.eval_key)
+    params = state.params["model"]
+    _, _, aux = self.per_example_loss(params, batch, self.eval_key)
     mask = batch["mask"][:, None]
     active = (aux["code"] > self.active_above) * mask
     sums["unit_mean"] = jnp.sum(aux["code"] * mask, axis=0)
     sums["unit_active"] = jnp.sum(active, axis=0)
     sums["l0"] = jnp.sum(active)
+    sums["code_l1"] = jnp.sum(jnp.abs(aux["code"]) * mask)
+    kernels = [params["encoder"]["kernel"], params["decoder"]["kernel"]]
+    decay = 0.5 * self.sparsity.weight_decay * sum(jnp.sum(w**2) for w in kernels)
+    sums["weight_decay_term"] = decay * jnp.sum(batch["mask"])  # Its mean: the term.
     return sums
 
   def summarize(self, means):
+    """The test split's metrics, and its `loss`: the training objective with ρ̂ over the
+    whole split (the AuxK term, which depends on training's dead-unit count, left out)."""
     means = dict(means)
     unit_mean = np.asarray(means.pop("unit_mean"))
     active_rate = np.asarray(means.pop("unit_active"))
+    code_l1 = float(means.pop("code_l1"))
     means["rho_hat_mean"] = float(unit_mean.mean())
     means["dead_fraction"] = float(np.mean(active_rate == 0))
+    if self.sparsity.kind == "kl":
+      kl = np.asarray(losses.bernoulli_kl(self.sparsity.rho, jnp.asarray(unit_mean)))
+      penalty = self.sparsity.beta * float(np.sum(kl))
+    elif self.sparsity.kind == "l1":
+      penalty = self.sparsity.l1 * code_l1
+    else:
+      penalty = 0.0
+    means["sparsity_penalty"] = penalty
+    reconstruction = 0.5 * self.num_pixels * float(means["mse"])
+    means["loss"] = reconstruction + float(means.pop("weight_decay_term")) + penalty
     return means
 
   def unit_means(self, params) -> np.ndarray:
@@ -281,9 +299,7 @@ class SparseAutoencoderViews(AutoencoderViews):
     filters = (filters - lo) / np.maximum(hi - lo, 1e-12)
     columns = int(np.ceil(np.sqrt(len(filters))))
     padded = np.concatenate([filters, np.ones((-len(filters) % columns, *filters.shape[1:]))])
-    views["filters"] = image_grid(
-      list(padded.reshape(-1, columns, *filters.shape[1:])), min_size=24
-    )
+    views["filters"] = image_grid(list(padded.reshape(-1, columns, *filters.shape[1:])))
     views["rho_hat_histogram"] = self._rho_histogram(family.unit_means(params), step)
     return views
 
@@ -301,6 +317,10 @@ class SparseAutoencoderViews(AutoencoderViews):
 class SparseAutoencoderReport(AutoencoderReport):
   definitions = {
     **AutoencoderReport.definitions,
+    "loss": "the training objective on the test split: ½·Σ_pixels (x − x̂)² per example "
+    "(mean) + weight decay + the sparsity penalty with ρ̂ over the whole split",
+    "sparsity_penalty": "the sparsity term of the objective (kl: β·Σ_j KL(ρ ‖ ρ̂_j); l1: "
+    "λ·mean ‖code‖₁; topk: 0)",
     "rho_hat_mean": "mean over code units of ρ̂_j, unit j's mean activation on the test split",
     "l0": "mean number of active code units per test example",
     "dead_fraction": "fraction of code units never active on the whole test split",

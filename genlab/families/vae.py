@@ -43,7 +43,7 @@ from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
 from genlab.models.vae import VAE, reparameterize
-from genlab.views import figure_pixels, image_grid, subplots
+from genlab.views import categorical_colours, figure_pixels, image_grid, subplots
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 NLL_ROWS_PER_CHUNK = 8192  # Decoder rows (examples × samples) per scan step.
@@ -174,9 +174,14 @@ class VariationalAutoencoder(Family):
     decoded = self.model.apply({"params": params}, z, method=VAE.decode)
     return self.model.mean_image(decoded)
 
-  def encode(self, params, x) -> tuple[jax.Array, jax.Array]:
+  def posterior(self, params, x) -> tuple[jax.Array, jax.Array]:
     """(μ, log σ²) of q(z|x)."""
     return self.model.apply({"params": params}, x, method=VAE.encode)
+
+  def encode(self, params, batch):
+    """μ and log σ² of q(z|x) for the x evaluation sees (binarized from the fixed key)."""
+    mean, logvar = self.posterior(params, self.observe(batch, self.eval_key))
+    return {"mean": mean, "logvar": logvar}
 
   def sample(self, state, key: jax.Array, num: int) -> np.ndarray:
     """E[x|z] for `num` draws z ~ N(0, I) from `key`."""
@@ -192,10 +197,12 @@ class VAEViews(Views):
     family, params = self.family, state.params["model"]
     n = int(batch["mask"].sum())
     x = np.asarray(family.observe(batch, family.eval_key))[:n]
-    mean, _ = family.encode(params, x)
+    mean, _ = family.posterior(params, x)
     views = {
       "reconstruction": image_grid(
-        [x, np.asarray(family.mean_image(params, mean))], value_range=family.value_range
+        [x, np.asarray(family.mean_image(params, mean))],
+        labels=["x", "E[x|z=μ(x)]"],
+        value_range=family.value_range,
       )
     }
     samples = family.sample(state, stream_key(family.eval_key, "prior_samples"), 64)
@@ -206,14 +213,16 @@ class VAEViews(Views):
     pairs = min(4, len(test["image"]) // 2)
     if pairs:
       x = scale_values(test["image"][: 2 * pairs], family.value_range)
-      mean, _ = family.encode(params, x)
+      mean, _ = family.posterior(params, x)
       starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
       t = np.linspace(0.0, 1.0, 8)
       for name, path in (("interpolation_linear", lerp), ("interpolation_spherical", slerp)):
         z = np.stack([path(a, b, t) for a, b in zip(starts, ends, strict=True)])  # (pairs, 8, K)
         images = np.asarray(family.mean_image(params, z.reshape(-1, z.shape[-1])))
         views[name] = image_grid(
-          list(images.reshape(pairs, 8, *images.shape[1:])), value_range=family.value_range
+          list(images.reshape(pairs, 8, *images.shape[1:])),
+          labels=[f"test {2 * i} → {2 * i + 1}" for i in range(pairs)],
+          value_range=family.value_range,
         )
     views["latent_cloud"] = self.latent_cloud(params, step)
     return views
@@ -223,7 +232,7 @@ class VAEViews(Views):
     family = self.family
     x = scale_values(family.dataset.test["image"][:2000], family.value_range)
     mean = np.concatenate(
-      [np.asarray(family.encode(params, x[i : i + 500])[0]) for i in range(0, len(x), 500)]
+      [np.asarray(family.posterior(params, x[i : i + 500])[0]) for i in range(0, len(x), 500)]
     )
     if mean.shape[1] > 2:
       centred = mean - mean.mean(axis=0)
@@ -236,8 +245,13 @@ class VAEViews(Views):
     if labels is None:
       ax.scatter(points[:, 0], points[:, 1], s=6)
     else:
-      scatter = ax.scatter(points[:, 0], points[:, 1], s=6, c=labels[: len(points)], cmap="tab10")
-      fig.colorbar(scatter, ax=ax, label="label")
+      labels = np.asarray(labels[: len(points)])
+      classes = np.unique(labels)
+      colours = categorical_colours(len(classes))
+      for colour, value in zip(colours, classes, strict=True):  # Classes, not a colour scale.
+        where = labels == value
+        ax.scatter(points[where, 0], points[where, 1], s=6, color=colour, label=str(value))
+      ax.legend(title="label", fontsize=7, markerscale=2, loc="best", ncols=2)
     ax.set(xlabel=axes[0], ylabel=axes[1], title=f"E[z|x], {len(points)} test images, step {step}")
     return figure_pixels(fig)
 

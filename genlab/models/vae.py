@@ -33,6 +33,18 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
   return mean + jnp.exp(0.5 * logvar) * eps
 
 
+def check_example_keys(keys: jax.Array, batch: int) -> None:
+  """Raises a one-line ValueError unless `keys` holds one PRNG key per example of a batch of
+  `batch` (typed keys (batch,), or raw uint32 keys (batch, 2))."""
+  typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+  expected = (batch,) if typed else (batch, 2)
+  if tuple(keys.shape) != expected:
+    raise ValueError(
+      f"one key per example is needed: keys of shape {expected} for a batch of {batch}, got "
+      f"{tuple(keys.shape)}; make them with jax.random.split(key, {batch})"
+    )
+
+
 class VAE(nn.Module):
   """Encoder → (μ, log σ²) → z → decoder → parameters of p(x|z).
 
@@ -122,6 +134,7 @@ class VAE(nn.Module):
   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Returns (decoded, aux): p(x|z)'s parameters for one z ~ q(z|x) per example, and
     aux with `mean`, `logvar`, `z`. `key` is one key per example (shape (batch,))."""
+    check_example_keys(key, x.shape[0])
     mean, logvar = self.encode(x)
     z = jax.vmap(reparameterize)(key, mean, logvar)
     return self.decode(z), {"mean": mean, "logvar": logvar, "z": z}

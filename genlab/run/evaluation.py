@@ -8,7 +8,6 @@ mean); `sample_workdir` draws a grid of samples from a generative family.
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 from typing import Any
@@ -22,8 +21,10 @@ from genlab.core.state import TrainState
 from genlab.errors import ConfigError, WorkdirError
 from genlab.families import get_family
 from genlab.run.checkpoint import Checkpointer
-from genlab.run.loop import CONFIG_FILE, Provider, evaluate
+from genlab.run.lock import WorkdirLock
+from genlab.run.loop import CONFIG_FILE, Provider, evaluate, read_saved_config
 from genlab.run.setup import Setup, log, setup, warn
+from genlab.run.writers import dumps, json_safe, write_atomically
 from genlab.views import image_grid
 
 EVAL_FILE = "eval.json"
@@ -50,7 +51,7 @@ def restore_workdir(
   config_path = workdir / CONFIG_FILE
   if not config_path.is_file():
     raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a genlab workdir?")
-  config = config_lib.from_json(config_path.read_text())
+  config = read_saved_config(config_path)
   allowed = eval_overrides(config.family)
   for item in overrides:
     field = item.removeprefix("--config.").split("=", 1)[0]
@@ -61,13 +62,16 @@ def restore_workdir(
       )
   config_lib.apply_overrides(config, list(overrides))
   s = setup(config)
-  ckpt = Checkpointer(workdir / "checkpoints")
-  try:
-    if not ckpt.all_steps():
-      raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
-    restored, step, unusable = ckpt.find_usable(s.initial_state)
-  finally:
-    ckpt.close()
+  if not (workdir / "checkpoints").is_dir():
+    raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
+  with WorkdirLock(workdir, exclusive=False, what="eval"):
+    ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+    try:
+      if not ckpt.all_steps():
+        raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
+      restored, step, unusable = ckpt.find_usable(s.initial_state)
+    finally:
+      ckpt.close()
   for bad_step, reason in unusable:
     warn(f"the checkpoint of step {bad_step} is unusable ({reason}); using an older one")
   if restored is None:
@@ -93,6 +97,12 @@ def evaluate_workdir(
   """
   s, restored, step = restore_workdir(workdir, overrides)
   config = s.config
+  # Found out now, not after a long evaluation: then the report is printed only.
+  unwritable = _unwritable(pathlib.Path(workdir) / EVAL_FILE)
+  if unwritable:
+    warn(
+      f"cannot write {pathlib.Path(workdir) / EVAL_FILE} ({unwritable}): printing the report only"
+    )
   if provide is not None:
     provide(s)
   state = s.runner.place_state(restored)
@@ -104,6 +114,10 @@ def evaluate_workdir(
     metrics.update(final)
   num_examples = metrics.pop("num_examples")
   metrics.update(s.family.reference_metrics(metrics))
+  metrics, not_finite = json_safe(metrics)
+  definitions = s.report.describe(metrics)
+  for name in not_finite:
+    definitions[name] = f"null: the value was not finite (NaN or ±Inf). {definitions.get(name, '')}"
   report = {
     "dataset": config.dataset,
     "split": "test",
@@ -113,11 +127,23 @@ def evaluate_workdir(
     "value_range": None if s.family.value_range is None else list(s.family.value_range),
     "protocol": s.report.protocol(),
     "metrics": metrics,
-    "definitions": s.report.describe(metrics),
+    "definitions": definitions,
   }
-  if jax.process_index() == 0:
-    (pathlib.Path(workdir) / EVAL_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+  if jax.process_index() == 0 and not unwritable:
+    text = dumps(report, indent=2, ensure_ascii=False)
+    write_atomically(pathlib.Path(workdir) / EVAL_FILE, lambda f: f.write(text))
   return report
+
+
+def _unwritable(path: pathlib.Path) -> str | None:
+  """Why `path` cannot be written, or None if it can (tried with a file beside it)."""
+  probe = path.with_name(f".{path.name}.probe")
+  try:
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    return e.strerror or str(e)
+  return None
 
 
 def sample_workdir(
