@@ -81,7 +81,15 @@ def test_config_prints_the_resolved_config_with_overrides():
 
 # The conv autoencoder's codes: in test_train_on_fresh_data_then_encode_then_train_fresh_on_the_
 # command_line.
-FAMILIES_WITH_CODES = {
+FAMILIES_WITH_CODES = {  # The conv autoencoder: the command-line test below.
+  "sparse_autoencoder": (
+    {"family": "sparse_autoencoder", "model": {"name": "sparse_ae", "code_dim": 8}},
+    {"code": (8,)},
+  ),
+  "contractive_autoencoder": (
+    {"family": "contractive_autoencoder"},  # make_test_config's conv AE, latent_dim 8.
+    {"code": (8,)},
+  ),
   "vae": (
     {"family": "vae", "model": {"name": "vae", "hidden": (32,), "latent_dim": 4}},
     {"mean": (4,), "logvar": (4,)},
@@ -130,9 +138,12 @@ def test_encode_writes_every_examples_codes_as_evaluation_computes_them(family, 
     _, _, aux = s.family.elbo_terms(params, batch, s.family.eval_key)
     np.testing.assert_allclose(codes["mean"][:8], aux["mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(codes["logvar"][:8], aux["logvar"], rtol=1e-5, atol=1e-6)
-  else:
+  elif family == "recurrent_autoencoder":
     _, aux = s.family.model.apply({"params": params}, batch["image"], batch["length"])
     np.testing.assert_allclose(codes["z"][:8], aux["z"], rtol=1e-5, atol=1e-6)
+  else:  # The code the model's forward pass (and so the loss) sees.
+    _, aux = s.family.model.apply({"params": params}, batch["image"])
+    np.testing.assert_allclose(codes["code"][:8], aux["code"], rtol=1e-5, atol=1e-6)
 
 
 def test_train_on_fresh_data_then_encode_then_train_fresh_on_the_command_line(tmp_path):
