@@ -181,3 +181,15 @@ def primitive_eqns(fn, *args, names=("dot_general",)) -> list:
 
   walk(jax.make_jaxpr(fn)(*args).jaxpr)
   return found
+
+
+def logged_steps(workdir) -> list[int]:
+  """The steps of `workdir/metrics.jsonl`'s complete lines, read while a run appends to it
+  (a line being written may show only in part: it is left for the next read)."""
+  import json
+
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    return []
+  *complete, _ = path.read_text().split("\n")
+  return [json.loads(line)["step"] for line in complete if line.strip()]

@@ -18,7 +18,7 @@ import time
 import chex
 import pytest
 
-from conftest import EXPERIMENTS, free_port, genlab_command, restore_latest
+from conftest import EXPERIMENTS, free_port, genlab_command, logged_steps, restore_latest
 
 EXIT_PREEMPTED = 75
 
@@ -46,14 +46,12 @@ def _env(devices: int) -> dict:
 def _wait_for_step(workdir: pathlib.Path, step: int, procs, timeout: float = 300) -> int:
   """Blocks until metrics.jsonl has a line at `step` or later; returns the step seen."""
   deadline = time.monotonic() + timeout
-  path = workdir / "metrics.jsonl"
   while time.monotonic() < deadline:
     for p in procs:
       assert p.poll() is None, f"exited early ({p.returncode}): {p.stderr.read()[-3000:]}"
-    if path.is_file():
-      steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line]
-      if steps and steps[-1] >= step:
-        return steps[-1]
+    steps = logged_steps(workdir)
+    if steps and steps[-1] >= step:
+      return steps[-1]
     time.sleep(0.01)
   raise AssertionError(f"no step {step} within {timeout}s")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, genlab
 
-from conftest import EXPERIMENTS, genlab_command, make_test_config, restore_latest
+from conftest import EXPERIMENTS, genlab_command, logged_steps, make_test_config, restore_latest
 
 MAIN = str(EXPERIMENTS / "conv_ae_digits.py")
 
@@ -33,18 +32,11 @@ def _train_args(workdir, data_dir, *overrides):
   ]
 
 
-def _steps(workdir) -> list[int]:
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  if not path.is_file():
-    return []
-  return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
-
-
 def _wait_for(workdir, step: int, proc, timeout: float = 300) -> None:
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     assert proc.poll() is None, proc.stderr.read()[-3000:]
-    steps = _steps(workdir)
+    steps = logged_steps(workdir)
     if steps and steps[-1] >= step:
       return
     time.sleep(0.01)
@@ -94,7 +86,7 @@ def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(
   step, got = restore_latest(tmp_path / "w")
   assert step == 400
   chex.assert_trees_all_equal(got.params, expected.params)
-  assert sorted(_steps(tmp_path / "w")) == sorted(_steps(tmp_path / "solo"))
+  assert sorted(logged_steps(tmp_path / "w")) == sorted(logged_steps(tmp_path / "solo"))
 
 
 def test_empty_and_foreign_step_folders_are_set_aside_and_never_read(data_dir, tmp_path):
@@ -170,7 +162,7 @@ def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(d
   step, got = restore_latest(run)
   assert step == 400
   chex.assert_trees_all_equal(got.params, expected.params)
-  steps = _steps(run)
+  steps = logged_steps(run)
   assert len(steps) == len(set(steps)) + steps.count(400) - 1  # Train and test share 400.
 
 
@@ -185,7 +177,7 @@ def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path
   _wait_for(run, 130, proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
-  assert max(_steps(run)) >= 130  # Lines past the checkpoint of step 100 were written.
+  assert max(logged_steps(run)) >= 130  # Lines past the checkpoint of step 100 were written.
   resumed = subprocess.run(
     _train_args(run, data_dir, *RUN), env=_env(), capture_output=True, text=True
   )
