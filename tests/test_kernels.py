@@ -283,3 +283,31 @@ def test_runner_compiles_with_the_options_of_its_kernels(monkeypatch):
   step = plain.eval_step(lambda state, batch: {"sum": jnp.sum(batch["x"])})
   batch = {"x": np.ones((2, 3), np.float32), "mask": np.ones(2, np.float32)}
   assert float(step(None, plain.shard(batch))["sum"]) == 6.0
+
+
+def _total(outputs) -> jax.Array:
+  return sum(jnp.sum(y) for y in jax.tree.leaves(outputs))
+
+
+def test_multi_step_dispatches_are_unrolled_on_cpus_only_when_the_step_convolves():
+  """XLA:CPU runs a convolution's gradient ~100× slower inside a loop, so a dispatch of a
+  step that convolves is unrolled; any other step stays a loop (smaller, faster program)."""
+  x = jnp.ones((2, 8, 8, 1))
+  conv_ae = ConvAutoencoder(output_shape=(8, 8, 1), features=(4,), kernels="xla_cpu")
+  params = conv_ae.init(jax.random.key(0), x)
+
+  def conv_step(p):  # Convolutions inside grad, custom_vjp (the ConvTranspose) and pjit.
+    return jax.jit(jax.grad(lambda q: _total(conv_ae.apply(q, x))))(p)
+
+  lstm = RecurrentAutoencoder(output_dim=1, output_length=5, hidden_dim=4, kernels="xla_cpu")
+  seq, lengths = jnp.ones((2, 5, 1)), jnp.full((2,), 5)
+  lstm_params = lstm.init(jax.random.key(0), seq, lengths)
+
+  def lstm_step(p):  # Products inside a scan inside grad: no convolution.
+    return jax.grad(lambda q: _total(lstm.apply(q, seq, lengths)))(p)
+
+  assert kernels.has_convolution(jax.make_jaxpr(conv_step)(params).jaxpr)
+  assert not kernels.has_convolution(jax.make_jaxpr(lstm_step)(lstm_params).jaxpr)
+  assert kernels.scan_unroll("xla_cpu", 10, conv_step, params) == 10
+  assert kernels.scan_unroll("xla_cpu", 10, lstm_step, lstm_params) == 1
+  assert kernels.scan_unroll("flax", 10, conv_step, params) == 1

@@ -8,7 +8,8 @@ Models take their Dense, ConvTranspose and recurrent layers from here, by a
   runs on GPUs and TPUs, and what a model built outside a run gets.
 * `xla_cpu` — genlab's versions for XLA:CPU (`genlab.kernels.xla_cpu`): custom
   gradients for `ConvTranspose`, bf16 products accumulated in float32, a fused
-  bf16 LSTM layer, genlab's compiler options and unrolled multi-step dispatches.
+  bf16 LSTM layer, genlab's compiler options, and multi-step dispatches unrolled
+  when the step convolves.
   They exist only to make XLA:CPU fast (docs/performance.md measures them).
 * `auto` — `xla_cpu` when every device of the run is a CPU, else `flax`.
 
@@ -110,11 +111,30 @@ def recurrent_layer(
   return nn.RNN(cells[cell](features, dtype=dtype, name=f"{name}_cell"), name=name, **rnn_kwargs)
 
 
-def scan_unroll(kernels: str, steps: int) -> int:
-  """How far to unroll a `lax.scan` of `steps` train steps: fully for `xla_cpu`
-  (XLA:CPU ran a Conv's gradient ~100× slower inside a while loop: 5 s vs 43 ms), not at
-  all otherwise."""
-  return steps if kernels == "xla_cpu" else 1
+def scan_unroll(kernels: str, steps: int, step_fn=None, *args) -> int:
+  """How far to unroll a `lax.scan` of `steps` train steps `step_fn(*args)`: fully for
+  `xla_cpu` when the step has a convolution (XLA:CPU ran a Conv's gradient ~100× slower
+  inside a while loop: 5 s vs 43 ms), not at all otherwise. Unrolled, the program holds K
+  copies of the step and their temporaries: lstm_ae's 10-step dispatch went 2.9k → 4.1k
+  examples/s rolled (docs/performance.md). Without `step_fn`, as if it had a convolution."""
+  if kernels != "xla_cpu":
+    return 1
+  if step_fn is None or has_convolution(jax.make_jaxpr(step_fn)(*args).jaxpr):
+    return steps
+  return 1
+
+
+def has_convolution(jaxpr) -> bool:
+  """Whether `jaxpr` or a jaxpr inside it (scan, cond, custom_vjp, pjit, ...) convolves."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      return True
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # A ClosedJaxpr's, or a Jaxpr itself.
+        if hasattr(inner, "eqns") and has_convolution(inner):
+          return True
+  return False
 
 
 def compiler_options(kernels: str) -> dict[str, str] | None:
@@ -156,6 +176,7 @@ __all__ = [
   "compiler_options",
   "conv_transpose",
   "dense",
+  "has_convolution",
   "recurrent_layer",
   "resolve",
   "scan_unroll",

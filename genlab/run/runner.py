@@ -177,7 +177,7 @@ class Runner:
 
       if k == 1:
         return step(state, 0)
-      unroll = kernels_lib.scan_unroll(self.kernels, k)
+      unroll = kernels_lib.scan_unroll(self.kernels, k, step, state, 0)
       return jax.lax.scan(step, state, jnp.arange(k), unroll=unroll)
 
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
