@@ -49,6 +49,7 @@ SAFE_ON_RESUME = (
   "preemption_check_every",
   "data.data_dir",
   "data.device_resident",  # The same batches either way.
+  "data.workers",  # The same batches either way.
   "steps_per_dispatch",  # The same steps, fewer calls.
 )
 
@@ -82,6 +83,15 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
       # auto | on | off: keep the converted train split on the devices and gather each
       # batch inside the compiled step (auto: one process, split ≤ 1 GiB). Same batches.
       "device_resident": "auto",
+      # Streamed batches (not device-resident) are built by a grain pipeline: in one
+      # thread (0), or in this many worker processes. Same batches either way.
+      "workers": 0,
+      # Per-example augmentations of the streamed training images, in order: "" (none),
+      # or names from genlab.data.augment: "flip", "crop" (e.g. "flip,crop"). Keyed by
+      # each example's position in the run; device-resident data is not augmented, so
+      # auto streams when this is set.
+      "augment": "",
+      "crop_padding": 4,  # "crop": a random window of the image reflected by this many pixels.
       # A .npz's x_*: image | series | tokens (None: image; named datasets know theirs).
       "modality": placeholder(str),
     }
@@ -315,9 +325,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
       )
   if config.get("dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"config.dtype={config.dtype!r}; choose float32 or bfloat16")
-  resident = config.get("data", {}).get("device_resident", "off")
+  data = config.get("data", {})
+  resident = data.get("device_resident", "off")
   if resident not in ("auto", "on", "off"):
     raise ConfigError(f"config.data.device_resident={resident!r}; choose one of auto, on, off")
+  workers = data.get("workers", 0)
+  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+    raise ConfigError(f"config.data.workers must be a non-negative integer, got {workers!r}")
+  if data.get("augment") and resident == "on":
+    raise ConfigError(
+      f"config.data.augment={data.augment!r} with data.device_resident='on': device-resident "
+      "batches are not augmented; set device_resident to auto or off"
+    )
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

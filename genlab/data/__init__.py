@@ -1,5 +1,6 @@
 """Datasets (embedded, TFDS, `.npz`) and deterministic batching."""
 
+from genlab.data import augment
 from genlab.data.embedded import EMBEDDED_BUILDERS, Digits
 from genlab.data.pipeline import (
   Batch,
@@ -9,6 +10,7 @@ from genlab.data.pipeline import (
   eval_batches,
   scale_values,
 )
+from genlab.data.records import RecordSplit, image_records, write_image_records
 from genlab.data.sources import Dataset, Split, load_dataset
 
 __all__ = [
@@ -17,10 +19,14 @@ __all__ = [
   "Batcher",
   "Dataset",
   "Digits",
+  "RecordSplit",
   "ResidentSplit",
   "Split",
+  "augment",
   "epoch_permutation",
   "eval_batches",
+  "image_records",
   "load_dataset",
   "scale_values",
+  "write_image_records",
 ]

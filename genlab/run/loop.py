@@ -38,7 +38,7 @@ import tqdm
 
 from genlab import config as config_lib
 from genlab.core.state import TrainState
-from genlab.data import Batcher, ResidentSplit, eval_batches
+from genlab.data import Batcher, ResidentSplit, augment, eval_batches
 from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
 from genlab.run.checkpoint import Checkpointer
 from genlab.run.lock import WorkdirLock
@@ -241,13 +241,20 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     value_range=s.family.value_range,
+    augmentations=augment.parse(
+      config.data.get("augment", ""),
+      crop_padding=config.data.get("crop_padding", 4),
+      image_shape=s.dataset.image_shape if s.dataset.modality == "image" else (),
+      target_shape=s.dataset.target_shape,
+    ),
+    workers=config.data.get("workers", 0),
   )
   resident = resident_split(s, batcher)
   k = config.get("steps_per_dispatch", 1)
   ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
   for step, reason in ckpt.set_aside_on_open:
     warn(f"{ckpt_dir / str(step)} is {reason}: moved to checkpoints_unusable/, not read")
-  writer, progress = None, None
+  writer, progress, feed = None, None, None
   try:
     state = _restore_or_start(config, ckpt, s.initial_state)
     start = int(state.step)
@@ -278,7 +285,7 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
       f"genlab: family={config.family} model={config.model.name} dataset={config.dataset} "
       f"train={batcher.num_examples} test={len(s.dataset.test['image'])} "
       f"batch={config.batch_size} {runner.describe()} processes={jax.process_count()} "
-      f"steps {start}->{config.num_steps} data={'device-resident' if resident else 'streamed'} "
+      f"steps {start}->{config.num_steps} data={data_path(batcher, resident)} "
       f"steps_per_dispatch={k}"
     )
     test_metrics: dict[str, float] = {}
@@ -300,6 +307,8 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
       progress.close()
     if writer is not None:
       writer.close()
+    if feed is not None:
+      feed.close()
     ckpt.close()
     raise
   signals = StopSignals(every=math.lcm(config.preemption_check_every, k))
@@ -343,6 +352,7 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
             )
   finally:
     progress.close()
+    feed.close()
     ckpt.close()
     writer.close()
   final = runner.to_host(state)
@@ -355,11 +365,11 @@ RESIDENT_MAX_BYTES = 1 << 30
 
 def resident_split(s: Setup, batcher: Batcher) -> ResidentSplit | None:
   """The device-resident train split, when `config.data.device_resident` asks for it
-  ('on', or 'auto': one process and at most `RESIDENT_MAX_BYTES`); else None (streamed).
-  Either way the batches are the same (`genlab.data.pipeline`)."""
+  ('on', or 'auto': one process, no augmentation and at most `RESIDENT_MAX_BYTES`); else
+  None (streamed). Either way the batches are the same (`genlab.data.pipeline`)."""
   config = s.config
   mode = config.data.get("device_resident", "off")
-  if mode == "off" or (mode == "auto" and jax.process_count() > 1):
+  if mode == "off" or (mode == "auto" and (jax.process_count() > 1 or batcher.augmentations)):
     return None
   if jax.process_count() > 1:
     raise ConfigError("data.device_resident='on' needs one process; use 'auto' or 'off'")
@@ -378,6 +388,16 @@ def resident_split(s: Setup, batcher: Batcher) -> ResidentSplit | None:
     seed=config.seed,
     value_range=s.family.value_range,
   )
+
+
+def data_path(batcher: Batcher, resident: ResidentSplit | None) -> str:
+  """How the train batches reach the steps, for the run's first log line."""
+  if resident is not None:
+    return "device-resident"
+  how = f"streamed(grain, workers={batcher.workers}"
+  if batcher.augmentations:
+    how += ", augmented"
+  return how + ")"
 
 
 def _restore_or_start(config, ckpt: Checkpointer, initial_state: TrainState) -> TrainState:

@@ -244,6 +244,10 @@ class StreamedFeed:
     stacked = {key: np.stack([b[key] for b in group]) for key in group[0]}
     return self._runner.shard(stacked, leading=1)
 
+  def close(self) -> None:
+    """Stops the pipeline (its worker processes, if any) and frees what it prefetched."""
+    self._batches.close()
+
   @staticmethod
   def batch(inputs, i, step):
     """Step `i` of the dispatch's batches (traced)."""
@@ -266,6 +270,9 @@ class ResidentFeed:
     if orders is not self._host_orders:  # A new epoch: its order goes to the devices.
       self._host_orders, self._orders = orders, self._runner.replicate(orders)
     return {"arrays": self._arrays, "orders": self._orders}
+
+  def close(self) -> None:
+    """Nothing to stop: the split stays on the devices until the feed is dropped."""
 
   def batch(self, inputs, i, step):
     """The global batch of `step` (traced), gathered from the resident split."""

@@ -1,0 +1,113 @@
+"""Training splits read example by example from a random-access source of records.
+
+For data that should not be converted whole into memory: an ArrayRecord file of
+encoded images (`grain.sources.ArrayRecordDataSource`), a TFDS dataset prepared as
+array_record (`tfds.data_source(name, split=...)`), or any sequence with `len` and
+integer indexing. `RecordSplit(source, decode)` gives its examples as dicts of arrays
+(`image`, optional `label`, `target`), decoded one at a time when a batch asks for
+them; `genlab.data.Batcher` takes it in place of a split of arrays and builds the
+same batches from it, in grain worker processes when asked (`workers`).
+
+genlab's own record format, written by `write_image_records` (what
+`scripts/benchmark_input.py` generates): one msgpack map per example,
+`{"png": bytes, "label": int}`, the image PNG-encoded (uint8, (H, W, C)).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+from PIL import Image
+
+Example = dict[str, np.ndarray]
+
+
+class RecordSplit:
+  """A split whose examples are decoded from `source[i]` on demand.
+
+  Args:
+    source: random access to records (`len(source)`, `source[i]`); picklable, since
+      grain worker processes receive it (grain's and TFDS's array_record sources are).
+    decode: record → example dict of arrays (`image` required); `None` when the
+      source already gives such dicts (`tfds.data_source`).
+  """
+
+  def __init__(self, source: Sequence[Any], decode: Callable[[Any], Example] | None = None):
+    self.source = source
+    self.decode = decode
+    if len(source) == 0:
+      raise ValueError("the record source is empty")
+    first = self.example(0)
+    if "image" not in first:
+      raise ValueError(f"a decoded record has no 'image' (it has {sorted(first)})")
+    self.keys = tuple(sorted(first))
+    self.shapes = {key: np.shape(value) for key, value in first.items()}
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def example(self, index: int) -> Example:
+    record = self.source[int(index)]
+    return dict(record) if self.decode is None else self.decode(record)
+
+  def rows(self, rows: Iterable[int]) -> dict[str, np.ndarray]:
+    """The examples at `rows`, stacked per key (values as stored: no conversion)."""
+    examples = [self.example(r) for r in rows]
+    return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in self.keys}
+
+
+def encode_image_example(image: np.ndarray, label: int | None = None) -> bytes:
+  """One record of genlab's format: a uint8 (H, W, C) image as PNG, and its label."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"images must be uint8 (H, W, 1|3|4), got {image.dtype} {image.shape}")
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+  return msgpack.packb({"png": buffer.getvalue(), "label": None if label is None else int(label)})
+
+
+def decode_image_example(record: bytes) -> Example:
+  """The example of one record of genlab's format: `image` uint8 (H, W, C), `label` int32."""
+  fields = msgpack.unpackb(record)
+  image = np.asarray(Image.open(io.BytesIO(fields["png"])))
+  example = {"image": image[..., None] if image.ndim == 2 else image}
+  if fields.get("label") is not None:
+    example["label"] = np.int32(fields["label"])
+  return example
+
+
+def write_image_records(path: str, images: Iterable[np.ndarray], labels=None) -> int:
+  """Writes `images` (uint8 (H, W, C) each) and optional `labels` to one ArrayRecord file
+  in genlab's record format; returns how many were written."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  writer = ArrayRecordWriter(str(path), "group_size:1")
+  count = 0
+  try:
+    for i, image in enumerate(images):
+      writer.write(encode_image_example(image, None if labels is None else labels[i]))
+      count += 1
+  finally:
+    writer.close()
+  return count
+
+
+def image_records(paths: str | Sequence[str]) -> RecordSplit:
+  """A `RecordSplit` of ArrayRecord files in genlab's record format (grain's source)."""
+  import grain
+
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  return RecordSplit(grain.sources.ArrayRecordDataSource(paths), decode_image_example)
+
+
+__all__ = [
+  "RecordSplit",
+  "decode_image_example",
+  "encode_image_example",
+  "image_records",
+  "write_image_records",
+]

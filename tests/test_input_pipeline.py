@@ -1,0 +1,150 @@
+"""The streamed input pipeline (grain): the batch of step s is a pure function of (seed, s),
+whether built in a thread or in worker processes, read from arrays or decoded from records,
+augmented or not, and a run through it resumes bit for bit."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from conftest import make_test_config
+from genlab.data import Batcher, augment, image_records, load_dataset, write_image_records
+from genlab.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def digits(data_dir):
+  return load_dataset("digits", data_dir=data_dir).train
+
+
+def _batches(batcher, start, end):
+  return list(batcher.iterate(start, end))
+
+
+def test_the_pipeline_gives_each_steps_batch_in_order_in_a_thread_and_in_workers(digits):
+  """23 steps per epoch at batch 64: steps 20..27 cross an epoch boundary."""
+  expected = [Batcher(digits, global_batch_size=64, seed=3).batch(s) for s in range(20, 28)]
+  for workers in (0, 2):
+    batcher = Batcher(digits, global_batch_size=64, seed=3, workers=workers)
+    got = _batches(batcher, 20, 28)
+    assert len(got) == len(expected), workers
+    for step, (a, b) in enumerate(zip(got, expected, strict=True), start=20):
+      chex.assert_trees_all_equal(a, b, custom_message=f"workers={workers} step={step}")
+
+
+def test_records_decoded_one_by_one_give_the_same_batches_as_the_arrays(digits, tmp_path):
+  path = tmp_path / "digits.array_record"
+  assert write_image_records(path, digits["image"], digits["label"]) == len(digits["image"])
+  records = image_records(str(path))
+  assert len(records) == len(digits["image"]) and records.shapes["image"] == (8, 8, 1)
+  for value_range in [(0.0, 1.0), (-1.0, 1.0)]:
+    from_arrays = Batcher(digits, global_batch_size=32, seed=1, value_range=value_range)
+    from_records = Batcher(records, global_batch_size=32, seed=1, value_range=value_range)
+    for step in (0, 45, 46, 47):  # 46 steps per epoch.
+      chex.assert_trees_all_equal(from_records.batch(step), from_arrays.batch(step))
+
+
+def _image_and_target(n=6, size=8):
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+  return {"image": image, "target": image[..., :1].copy(), "label": np.arange(n)}
+
+
+def test_augmentations_are_pure_functions_of_seed_and_position_and_move_the_target_along():
+  augmentations = augment.parse("flip,crop", crop_padding=2, image_shape=(8, 8, 3))
+  batch = _image_and_target()
+  once = augment.augment_batch(augmentations, batch, seed=0, first_position=100)
+  again = augment.augment_batch(augmentations, batch, seed=0, first_position=100)
+  chex.assert_trees_all_equal(once, again)
+  chex.assert_trees_all_equal_shapes_and_dtypes(once, batch)
+  np.testing.assert_array_equal(once["label"], batch["label"])
+  # The target map got the same flip and window as the image's first channel.
+  np.testing.assert_array_equal(once["target"], once["image"][..., :1])
+  assert not np.array_equal(once["image"], batch["image"])
+  # Another position, or another seed, draws another augmentation.
+  shifted = augment.augment_batch(augmentations, batch, seed=0, first_position=101)
+  other_seed = augment.augment_batch(augmentations, batch, seed=1, first_position=100)
+  assert not np.array_equal(shifted["image"], once["image"])
+  assert not np.array_equal(other_seed["image"], once["image"])
+  # Example j depends on its position only: a batch split in two gives the same examples.
+  halves = [
+    augment.augment_batch(
+      augmentations, {k: v[i : i + 3] for k, v in batch.items()}, seed=0, first_position=100 + i
+    )
+    for i in (0, 3)
+  ]
+  np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), once["image"])
+
+
+def test_flip_and_crop_against_numpy():
+  image = np.arange(4 * 5 * 1).reshape(4, 5, 1)
+  flipped = None
+  for position in range(20):  # Some positions flip, some do not.
+    rng = augment.example_generator(0, position)
+    out = augment.flip({"image": image}, rng)["image"]
+    assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
+    flipped = flipped or np.array_equal(out, image[:, ::-1])
+  assert flipped
+  rng = augment.example_generator(0, 7)
+  dy, dx = augment.example_generator(0, 7).integers(0, 5, size=2)
+  out = augment.crop(2)({"image": image}, rng)["image"]
+  padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="reflect")
+  np.testing.assert_array_equal(out, padded[dy : dy + 4, dx : dx + 5])
+
+
+def test_an_augmented_batch_does_not_depend_on_the_process_split(digits):
+  augmentations = augment.parse("flip,crop", crop_padding=2, image_shape=(8, 8, 1))
+  whole = Batcher(digits, global_batch_size=32, seed=5, augmentations=augmentations).batch(9)
+  parts = [
+    Batcher(
+      digits,
+      global_batch_size=32,
+      seed=5,
+      process_index=p,
+      process_count=2,
+      augmentations=augmentations,
+    ).batch(9)
+    for p in (0, 1)
+  ]
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key], key)
+
+
+@pytest.mark.parametrize(
+  "overrides, needle",
+  [
+    ({"data.augment": "rotate"}, "unknown ['rotate']"),
+    ({"data.augment": "crop", "data.crop_padding": 8}, "smaller than the image"),
+    ({"data.augment": "flip", "data.device_resident": "on"}, "not augmented"),
+    ({"data.workers": -1}, "non-negative integer"),
+  ],
+)
+def test_bad_pipeline_settings_are_refused_in_one_line(overrides, needle, data_dir, tmp_path):
+  from genlab.run import train_and_evaluate
+
+  config = make_test_config(data_dir, **overrides)
+  with pytest.raises(ConfigError) as error:
+    train_and_evaluate(config, tmp_path / "run")
+  assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_run_through_worker_processes_with_augmentation_resumes_bit_exactly(data_dir, tmp_path):
+  from genlab.run import train_and_evaluate
+
+  overrides = {"data.workers": 2, "data.augment": "flip,crop", "data.crop_padding": 2}
+  unbroken = train_and_evaluate(make_test_config(data_dir, **overrides), tmp_path / "unbroken")
+  first_half = make_test_config(data_dir, **overrides, num_steps=10)
+  train_and_evaluate(first_half, tmp_path / "resumed")
+  resumed = train_and_evaluate(make_test_config(data_dir, **overrides), tmp_path / "resumed")
+  assert int(resumed.state.step) == int(unbroken.state.step) == 20
+  chex.assert_trees_all_equal(
+    jax.device_get(resumed.state.params), jax.device_get(unbroken.state.params)
+  )
+  # And augmentation changed what was trained on (the run is not the plain one).
+  plain = train_and_evaluate(make_test_config(data_dir), tmp_path / "plain")
+  assert not np.array_equal(
+    jax.tree.leaves(jax.device_get(plain.state.params))[0],
+    jax.tree.leaves(jax.device_get(unbroken.state.params))[0],
+  )
