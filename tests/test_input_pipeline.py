@@ -38,7 +38,7 @@ def test_records_decoded_one_by_one_give_the_same_batches_as_the_arrays(digits, 
   path = tmp_path / "digits.array_record"
   assert write_image_records(path, digits["image"], digits["label"]) == len(digits["image"])
   records = image_records(str(path))
-  assert len(records) == len(digits["image"]) and records.shapes["image"] == (8, 8, 1)
+  assert len(records["image"]) == len(digits["image"]) and records["image"].shape[1:] == (8, 8, 1)
   for value_range in [(0.0, 1.0), (-1.0, 1.0)]:
     from_arrays = Batcher(digits, global_batch_size=32, seed=1, value_range=value_range)
     from_records = Batcher(records, global_batch_size=32, seed=1, value_range=value_range)
@@ -148,3 +148,45 @@ def test_a_run_through_worker_processes_with_augmentation_resumes_bit_exactly(da
     jax.tree.leaves(jax.device_get(plain.state.params))[0],
     jax.tree.leaves(jax.device_get(unbroken.state.params))[0],
   )
+
+
+def test_a_records_directory_trains_as_the_same_images_in_memory(digits, data_dir, tmp_path):
+  """The train split stays on disk (a RecordSplit, streamed); the run equals one on the same
+  images and labels given as a .npz, step for step."""
+  from genlab.run import train_and_evaluate
+
+  test = load_dataset("digits", data_dir=data_dir).test
+  records = tmp_path / "records"
+  records.mkdir()
+  write_image_records(records / "train-0.array_record", digits["image"], digits["label"])
+  write_image_records(records / "test-0.array_record", test["image"], test["label"])
+  npz = tmp_path / "digits.npz"
+  np.savez(
+    npz,
+    x_train=digits["image"],
+    y_train=digits["label"],
+    x_test=test["image"],
+    y_test=test["label"],
+  )
+  dataset = load_dataset(str(records))
+  assert not isinstance(dataset.train, dict) and isinstance(dataset.test["image"], np.ndarray)
+  runs = {}
+  for name, spec in (("records", records), ("npz", npz)):
+    config = make_test_config(data_dir, dataset=str(spec), **{"data.device_resident": "off"})
+    runs[name] = train_and_evaluate(config, tmp_path / name)
+  chex.assert_trees_all_equal(
+    jax.device_get(runs["records"].state.params), jax.device_get(runs["npz"].state.params)
+  )
+  assert runs["records"].test_metrics == runs["npz"].test_metrics
+
+
+def test_a_directory_without_records_is_refused_in_one_line(tmp_path):
+  from genlab.errors import DataError
+
+  (tmp_path / "train-0.array_record").write_bytes(b"")
+  with pytest.raises(DataError) as error:
+    load_dataset(str(tmp_path))
+  assert "test*.array_record" in str(error.value) and "\n" not in str(error.value)
+  (tmp_path / "test-0.array_record").write_bytes(b"not an array record")
+  with pytest.raises(DataError, match="cannot read"):
+    load_dataset(str(tmp_path))

@@ -9,6 +9,7 @@ from genlab.data.pipeline import (
   epoch_permutation,
   eval_batches,
   scale_values,
+  scaled_mean,
 )
 from genlab.data.records import RecordSplit, image_records, write_image_records
 from genlab.data.sources import Dataset, Split, load_dataset
@@ -28,5 +29,6 @@ __all__ = [
   "image_records",
   "load_dataset",
   "scale_values",
+  "scaled_mean",
   "write_image_records",
 ]

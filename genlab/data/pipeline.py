@@ -57,6 +57,22 @@ def scale_values(array: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0
   return np.float32(lo) + x * np.float32(hi - lo)
 
 
+def scaled_mean(
+  array, value_range: tuple[float, float] = (0.0, 1.0), chunk: int = 4096
+) -> np.ndarray:
+  """The mean over the first axis of `scale_values(array)`: at once for an array, in chunks
+  of `chunk` rows (summed in float64) for a column of a `RecordSplit`, which is never
+  decoded whole."""
+  if isinstance(array, np.ndarray):
+    return scale_values(array, value_range).mean(axis=0)
+  total = 0.0
+  for start in range(0, len(array), chunk):
+    total = total + scale_values(array[start : start + chunk], value_range).sum(
+      axis=0, dtype=np.float64
+    )
+  return (total / len(array)).astype(np.float32)
+
+
 INTEGER_KEYS = ("label", "length", "start")
 DATA_STREAM = 0x0DA7A  # Folded into the seed's key: the data order's own stream.
 
@@ -79,7 +95,9 @@ def host_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.asarray(_host_permutation_fn(num_examples)(seed, epoch))
 
 
-def _make_batch(split: Split, rows: np.ndarray, value_range) -> Batch:
+def _make_batch(split: Split | RecordSplit, rows: np.ndarray, value_range) -> Batch:
+  if isinstance(split, RecordSplit):  # Each row decoded once, for all its keys.
+    split, rows = split.rows(rows), slice(None)
   batch = {}
   for key, array in split.items():
     values = array[rows]
@@ -131,7 +149,7 @@ class Batcher:
     augmentations: Sequence[Augmentation] = (),
     workers: int = 0,
   ):
-    self.num_examples = len(split) if isinstance(split, RecordSplit) else len(split["image"])
+    self.num_examples = len(split["image"])
     if global_batch_size > self.num_examples:
       raise DataError(
         f"batch_size {global_batch_size} exceeds the {self.num_examples} training examples"
@@ -170,10 +188,7 @@ class Batcher:
     """This process's part of the global batch of `step`."""
     start = self.process_index * self.local_batch_size
     rows = self.global_rows(step)[start : start + self.local_batch_size]
-    if isinstance(self.split, RecordSplit):
-      batch = _make_batch(self.split.rows(rows), np.arange(len(rows)), self.value_range)
-    else:
-      batch = _make_batch(self.split, rows, self.value_range)
+    batch = _make_batch(self.split, rows, self.value_range)
     batch = augment_batch(
       self.augmentations,
       batch,

@@ -16,7 +16,8 @@ genlab's own record format, written by `write_image_records` (what
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -26,29 +27,50 @@ from PIL import Image
 Example = dict[str, np.ndarray]
 
 
-class RecordSplit:
+class RecordSplit(Mapping):
   """A split whose examples are decoded from `source[i]` on demand.
+
+  It reads like a split of arrays: `split["image"]` is a `RecordColumn` with `len`,
+  `shape`, `dtype` and row indexing (`column[rows]` decodes those rows only), and
+  `np.asarray(column)` decodes every row (what a whole-split statistic needs).
+  `split.rows(rows)` decodes each row once for all keys.
 
   Args:
     source: random access to records (`len(source)`, `source[i]`); picklable, since
       grain worker processes receive it (grain's and TFDS's array_record sources are).
     decode: record → example dict of arrays (`image` required); `None` when the
       source already gives such dicts (`tfds.data_source`).
+    files: the files the source reads, if any: they identify it (`fingerprint`).
   """
 
-  def __init__(self, source: Sequence[Any], decode: Callable[[Any], Example] | None = None):
+  def __init__(
+    self,
+    source: Sequence[Any],
+    decode: Callable[[Any], Example] | None = None,
+    *,
+    files: Sequence[str] = (),
+  ):
     self.source = source
     self.decode = decode
-    if len(source) == 0:
+    self.files = [str(f) for f in files]
+    self.num_examples = len(source)
+    if self.num_examples == 0:
       raise ValueError("the record source is empty")
     first = self.example(0)
     if "image" not in first:
       raise ValueError(f"a decoded record has no 'image' (it has {sorted(first)})")
-    self.keys = tuple(sorted(first))
-    self.shapes = {key: np.shape(value) for key, value in first.items()}
+    self._first = {key: np.asarray(value) for key, value in first.items()}
 
-  def __len__(self) -> int:
-    return len(self.source)
+  def __getitem__(self, key: str) -> RecordColumn:
+    if key not in self._first:
+      raise KeyError(key)
+    return RecordColumn(self, key)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(sorted(self._first))
+
+  def __len__(self) -> int:  # A mapping's: its keys. Examples: `len(split["image"])`.
+    return len(self._first)
 
   def example(self, index: int) -> Example:
     record = self.source[int(index)]
@@ -57,7 +79,39 @@ class RecordSplit:
   def rows(self, rows: Iterable[int]) -> dict[str, np.ndarray]:
     """The examples at `rows`, stacked per key (values as stored: no conversion)."""
     examples = [self.example(r) for r in rows]
-    return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in self.keys}
+    return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in self._first}
+
+  def fingerprint(self) -> str:
+    """What identifies the records without reading them all: their files (path, size,
+    modification time), else the source's type and length."""
+    if self.files:
+      return repr([(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in self.files])
+    return f"{type(self.source).__name__}:{self.num_examples}"
+
+
+class RecordColumn:
+  """One key of a `RecordSplit`, indexed like an array of its examples."""
+
+  def __init__(self, split: RecordSplit, key: str):
+    self.split, self.key = split, key
+    first = split._first[key]
+    self.shape = (split.num_examples, *first.shape)
+    self.dtype = first.dtype
+    self.ndim = len(self.shape)
+
+  def __len__(self) -> int:
+    return self.split.num_examples
+
+  def __getitem__(self, rows) -> np.ndarray:
+    if isinstance(rows, (int, np.integer)):
+      return np.asarray(self.split.example(rows)[self.key])
+    indices = np.arange(len(self))[rows]  # Slices, boolean masks and index arrays alike.
+    return np.stack([np.asarray(self.split.example(i)[self.key]) for i in indices])
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    del copy
+    values = self[:]
+    return values if dtype is None else values.astype(dtype)
 
 
 def encode_image_example(image: np.ndarray, label: int | None = None) -> bytes:
@@ -101,10 +155,11 @@ def image_records(paths: str | Sequence[str]) -> RecordSplit:
   import grain
 
   paths = [paths] if isinstance(paths, str) else list(paths)
-  return RecordSplit(grain.sources.ArrayRecordDataSource(paths), decode_image_example)
+  return RecordSplit(grain.sources.ArrayRecordDataSource(paths), decode_image_example, files=paths)
 
 
 __all__ = [
+  "RecordColumn",
   "RecordSplit",
   "decode_image_example",
   "encode_image_example",

@@ -1,6 +1,10 @@
 """Loading a dataset by name or path into in-memory NumPy splits.
 
 `load_dataset(spec)` accepts, in this order:
+  * a directory of ArrayRecord files in genlab's image record format
+    (`genlab.data.records`): `train*.array_record` and `test*.array_record`. The
+    train split stays on disk, a `RecordSplit` decoded batch by batch (streamed, in
+    `data.workers` processes when asked); the test split is read into memory;
   * a path to a `.npz` file with `x_train`, `x_test` and optional `y_train`,
     `y_test`, `target_train`, `target_test` (the layout of Keras' mnist.npz);
   * the name of a dataset embedded in genlab (`digits`), prepared on first use;
@@ -34,9 +38,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genlab.data.embedded import EMBEDDED_BUILDERS
+from genlab.data.records import image_records
 from genlab.errors import DataError
 
-Split = dict[str, np.ndarray]
+Split = dict[str, np.ndarray]  # Or a `RecordSplit`, read alike (a records directory's train).
 SPLITS = ("train", "test")
 MODALITIES = ("image", "series", "tokens")
 # TFDS datasets whose integer pixels do not span 0..255: the value of white.
@@ -105,6 +110,8 @@ def load_dataset(
   """
   if modality is not None and modality not in MODALITIES:
     raise DataError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
+  if os.path.isdir(spec):
+    return _load_records(spec)
   if spec.endswith(".npz") or os.path.sep in spec:
     return _load_npz(spec, modality or "image")
   modality = "image"
@@ -161,6 +168,35 @@ def _load_npz(path: str, modality: str = "image") -> Dataset:
   dataset = Dataset(name=path, modality=modality, **splits)
   _validate(dataset, source=path)
   return dataset
+
+
+def _load_records(directory: str) -> Dataset:
+  """Train as a `RecordSplit` of `train*.array_record`, test as arrays of `test*...`."""
+  files = {
+    s: sorted(str(p) for p in pathlib.Path(directory).glob(f"{s}*.array_record")) for s in SPLITS
+  }
+  missing = [s for s in SPLITS if not files[s]]
+  if missing:
+    raise DataError(
+      f"{directory} is a directory, read as ArrayRecord files of genlab's image records; it "
+      f"has no {' and no '.join(f'{s}*.array_record' for s in missing)} "
+      "(genlab.data.write_image_records writes them)"
+    )
+  try:
+    train = image_records(files["train"])
+    test_records = image_records(files["test"])
+    test = test_records.rows(range(len(test_records["image"])))
+  except Exception as e:  # A foreign or damaged file: array_record, msgpack or PIL says how.
+    raise DataError(f"cannot read {directory}'s records as genlab image records: {e}") from e
+  for key in ("image", "label"):
+    if (key in train) != (key in test):
+      raise DataError(f"{directory}: train and test records differ: only one has {key!r}")
+  if train["image"].shape[1:] != test["image"].shape[1:]:
+    raise DataError(
+      f"{directory}: train images are {train['image'].shape[1:]}, test images "
+      f"{test['image'].shape[1:]}"
+    )
+  return Dataset(name=directory, train=train, test=test, modality="image")
 
 
 def _as_images(array: np.ndarray, what: str) -> np.ndarray:

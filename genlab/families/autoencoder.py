@@ -29,7 +29,7 @@ from genlab.core import (
   masked_sum,
   stream_key,
 )
-from genlab.data import scale_values
+from genlab.data import scale_values, scaled_mean
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
 from genlab.models import ConvAutoencoder, SparseAutoencoder
@@ -138,7 +138,7 @@ class Autoencoder(Family):
     measured MSE's ratio to it."""
     train = self.dataset.train.get("target", self.dataset.train["image"])
     test = self.dataset.test.get("target", self.dataset.test["image"])
-    mean = scale_values(train, self.value_range).mean(axis=0)
+    mean = scaled_mean(train, self.value_range)
     test = scale_values(test, self.value_range)
     per_example = ((test - mean) ** 2).reshape(len(test), -1).mean(axis=1)
     baseline = {"mse_mean_baseline": float(per_example.mean())}

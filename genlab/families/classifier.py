@@ -8,6 +8,7 @@ caches it (`genlab.run.feature_net`).
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
@@ -24,7 +25,7 @@ class Classifier(Family):
     if "label" not in dataset.train:
       raise DataError(f"{dataset.name} has no labels: a classifier cannot be trained on it")
     _, fields = self.model_fields("classifier")
-    self.num_classes = int(max(dataset.train["label"].max(), dataset.test["label"].max())) + 1
+    self.num_classes = int(max(np.max(dataset.train["label"]), np.max(dataset.test["label"]))) + 1
     self.model = self.build(ImageClassifier, num_classes=self.num_classes, **fields)
     self.tx = make_optimizer(config.optimizer)
 

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from genlab.config import base_config
-from genlab.data import Dataset
+from genlab.data import Dataset, RecordSplit
 from genlab.errors import GenlabError, WorkdirError
 from genlab.run.evaluation import evaluate_workdir, restore_workdir
 from genlab.run.loop import train
@@ -93,8 +93,11 @@ def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> Feat
   portable = {k: v for k, v in config.to_dict().items() if k not in ("data", "mesh", "kernels")}
   portable["data_range"] = list(data_config.range)
   digest.update(json.dumps(portable, sort_keys=True, default=str).encode())
-  for key in sorted(dataset.train):
-    digest.update(np.ascontiguousarray(dataset.train[key]).tobytes())
+  if isinstance(dataset.train, RecordSplit):  # Identified by its files, not read whole.
+    digest.update(dataset.train.fingerprint().encode())
+  else:
+    for key in sorted(dataset.train):
+      digest.update(np.ascontiguousarray(dataset.train[key]).tobytes())
   short = digest.hexdigest()[:12]
   name = re.sub(r"[^A-Za-z0-9_.-]+", "_", pathlib.Path(dataset.name).stem)
   workdir = cache_dir() / "feature_nets" / f"{name}-{short}"
