@@ -10,6 +10,16 @@ does not depend on the device count. The loss is the batch mean of
 with the KL in closed form. `neg_elbo` (β = 1), `reconstruction` (−log p(x|z))
 and `kl` are reported separately, in nats per example.
 
+With `vae.objective='iwae'` (Burda et al. 2016) the loss is instead the batch mean
+of the negative importance-weighted bound with k = `vae.train_k` samples,
+
+    −L_k = −log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x),   z_i ~ q(z|x),
+
+computed by the same on-device sampler as `nll` below (sample i of an example is
+keyed by (its key, i)); L_k ≥ the ELBO of the same samples, and it tightens as k
+grows. `train_k = 1` is the ELBO objective itself (closed-form KL), which L_1 equals
+in expectation; β and the KL warm-up apply to the ELBO only.
+
 Evaluation (test split, fixed keys so numbers are comparable across steps):
 `neg_elbo`, `reconstruction`, `kl` (one z per example), `kl_per_dim`, and
 `active_units` (dimensions d with Var_x(E_q[z_d|x]) > 0.01, Burda et al. 2016).
@@ -57,6 +67,8 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "kl_warmup_steps": 0,  # β ramps linearly from 0 over these steps (0: no warm-up).
       "binarize": "none",  # none | dynamic (a fresh Bernoulli draw of x at every step).
       "nll_k": 5000,  # Importance samples per test example for `nll` in `genlab eval`.
+      "objective": "elbo",  # elbo | iwae (the k-sample importance-weighted bound).
+      "train_k": 5,  # Samples per example of the iwae objective (1: the elbo objective).
     }
   )
   group.update(overrides)
@@ -77,6 +89,10 @@ class VariationalAutoencoder(Family):
     options = self.family_options()
     if options.binarize not in ("none", "dynamic"):
       raise ConfigError("config.vae.binarize must be 'none' or 'dynamic'")
+    if options.objective not in ("elbo", "iwae"):
+      raise ConfigError(f"config.vae.objective={options.objective!r}; choose elbo or iwae")
+    if not isinstance(options.train_k, int) or options.train_k < 1:
+      raise ConfigError(f"config.vae.train_k must be a positive integer, got {options.train_k!r}")
     if self.model.likelihood == "bernoulli" and self.value_range != (0.0, 1.0):
       raise ConfigError(
         "a Bernoulli decoder needs data in [0, 1]: set config.data.range=(0.0, 1.0)"
@@ -121,7 +137,24 @@ class VariationalAutoencoder(Family):
     params = self.model.init(key, x, jax.random.split(key, 1))["params"]
     return TrainState.create(params={"model": params}, tx={"model": self.tx})
 
+  def iwae_bound(self, params, batch, key, k: int) -> jax.Array:
+    """L_k per example: the k-sample importance-weighted bound on log p(x), with the
+    train step's keys (sample i of an example from (its z key, i))."""
+    x = self.observe(batch, key)
+    keys = example_keys(stream_key(key, "z"), batch["index"])
+    return -importance_sampled_nll(
+      self.model, params, x, keys, num_samples=k, log_likelihood=self.log_likelihood
+    )
+
   def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
+    if self.options.objective == "iwae" and self.options.train_k > 1:
+      k = self.options.train_k
+
+      def iwae_loss(params):
+        neg_bound = -jnp.mean(self.iwae_bound(params, batch, key, k))
+        return neg_bound, {"neg_iwae_bound": neg_bound}
+
+      return gradient_step(state, "model", iwae_loss)
     beta = self.beta(state.step)
 
     def loss_fn(params):
@@ -270,6 +303,8 @@ class VAEReport(Report):
   def protocol(self):
     options = self.family.options
     return {
+      "objective": options.objective,
+      **({"train_k": options.train_k} if options.objective == "iwae" else {}),
       "nll_k": options.nll_k,
       "binarize": options.binarize,
       "z_samples_for_elbo": 1,
