@@ -1,4 +1,5 @@
-"""Distribution metrics on features: Fréchet distance, classifier score, class-histogram entropy."""
+"""Distribution metrics on features: Fréchet distance, classifier score, class-histogram
+entropy, and precision, recall, density and coverage of k-NN balls."""
 
 from __future__ import annotations
 
@@ -45,3 +46,55 @@ def class_histogram_entropy(probabilities: np.ndarray) -> float:
   counts = np.bincount(predicted, minlength=probabilities.shape[1]).astype(np.float64)
   freq = counts[counts > 0] / counts.sum()
   return float(-(freq * np.log(freq)).sum())
+
+
+def _pairwise_distances(a: np.ndarray, b: np.ndarray, chunk: int = 2048):
+  """Yields (start, D) with D the Euclidean distances of rows a[start:start+chunk] to every
+  row of b, in float64, a chunk of rows at a time (memory: chunk × len(b))."""
+  b = np.asarray(b, np.float64)
+  b_sq = np.sum(b * b, axis=1)
+  for start in range(0, len(a), chunk):
+    rows = np.asarray(a[start : start + chunk], np.float64)
+    squared = np.sum(rows * rows, axis=1)[:, None] + b_sq[None, :] - 2.0 * rows @ b.T
+    yield start, np.sqrt(np.clip(squared, 0.0, None))
+
+
+def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
+  """Each row's distance to its k-th nearest other row (itself excluded)."""
+  if not 1 <= k < len(features):
+    raise ValueError(f"k = {k} needs more than k features (got {len(features)})")
+  radii = np.empty(len(features))
+  for start, d in _pairwise_distances(features, features):
+    d[np.arange(len(d)), start + np.arange(len(d))] = np.inf  # Not its own neighbour.
+    radii[start : start + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
+  return radii
+
+
+def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
+  """Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage
+  (Naeem et al. 2020) of `fake` against `real` features, with k-NN balls:
+
+  * precision: fraction of fakes inside some real ball (radius: that real's k-th NN
+    distance among the reals) — are the samples realistic?
+  * recall: fraction of reals inside some fake ball (radii among the fakes) — is the
+    data's variety covered?
+  * density: mean number of real balls a fake falls in, over k (≈ 1 for matching sets;
+    can exceed 1);
+  * coverage: fraction of reals whose ball holds at least one fake.
+  """
+  real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+  real_radii, fake_radii = knn_radii(real, k), knn_radii(fake, k)
+  inside_counts = np.zeros(len(fake))  # Per fake: how many real balls hold it.
+  covered = np.zeros(len(real), bool)  # Per real: does its ball hold a fake?
+  recalled = np.zeros(len(real), bool)  # Per real: is it inside some fake ball?
+  for start, d in _pairwise_distances(real, fake):  # d[i, j]: real start+i to fake j.
+    radii = real_radii[start : start + len(d), None]
+    inside_counts += np.sum(d <= radii, axis=0)
+    covered[start : start + len(d)] = np.min(d, axis=1) <= radii[:, 0]
+    recalled[start : start + len(d)] = np.any(d <= fake_radii[None, :], axis=1)
+  return {
+    "precision": float(np.mean(inside_counts > 0)),
+    "recall": float(np.mean(recalled)),
+    "density": float(np.mean(inside_counts) / k),
+    "coverage": float(np.mean(covered)),
+  }

@@ -141,6 +141,52 @@ def test_classifier_score_and_class_entropy_extremes():
   assert metrics.class_histogram_entropy(collapsed) == 0.0
 
 
+def _naive_prdc(real, fake, k):
+  """The four metrics from their definitions, by brute force."""
+  d_rr = np.linalg.norm(real[:, None] - real[None], axis=-1)
+  d_ff = np.linalg.norm(fake[:, None] - fake[None], axis=-1)
+  d_rf = np.linalg.norm(real[:, None] - fake[None], axis=-1)
+  r_real = np.sort(d_rr, axis=1)[:, k]  # Column 0 is the point itself.
+  r_fake = np.sort(d_ff, axis=1)[:, k]
+  inside = d_rf <= r_real[:, None]  # inside[i, j]: fake j in real i's ball.
+  return {
+    "precision": inside.any(axis=0).mean(),
+    "recall": (d_rf <= r_fake[None, :]).any(axis=1).mean(),
+    "density": inside.sum(axis=0).mean() / k,
+    "coverage": inside.any(axis=1).mean(),
+  }
+
+
+def _clusters(rng, n, classes, dim=8):
+  centres = np.random.default_rng(123).normal(0, 4, (10, dim))
+  return centres[classes] + rng.normal(size=(n, dim))
+
+
+def test_precision_recall_density_coverage_against_their_definitions():
+  rng = np.random.default_rng(0)
+  real = _clusters(rng, 300, rng.integers(0, 10, 300))
+  fake = _clusters(rng, 200, rng.integers(0, 5, 200)) + 0.5
+  for k in (1, 3, 5):
+    got = metrics.precision_recall_density_coverage(real, fake, k=k)
+    expected = _naive_prdc(real, fake, k)
+    for name in expected:
+      np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, err_msg=f"{name} k={k}")
+
+
+def test_precision_and_recall_of_real_against_real_and_of_a_collapsed_generator():
+  rng = np.random.default_rng(1)
+  train = _clusters(rng, 3000, rng.integers(0, 10, 3000))
+  test = _clusters(rng, 1000, rng.integers(0, 10, 1000))
+  same = metrics.precision_recall_density_coverage(train, test, k=5)
+  assert same["precision"] >= 0.9 and same["recall"] >= 0.9, same
+  # 1,000 samples cannot reach every one of 3,000 real balls; density stays near 1.
+  assert same["coverage"] > 0.6 and 0.8 < same["density"] < 1.2, same
+  collapsed = _clusters(rng, 1000, np.zeros(1000, int))  # Every sample from one class.
+  one_class = metrics.precision_recall_density_coverage(train, collapsed, k=5)
+  assert one_class["precision"] >= 0.9, one_class  # Realistic samples...
+  assert one_class["recall"] < 0.2 and one_class["coverage"] < 0.2, one_class  # ...of one mode.
+
+
 def test_dcgan_digits_fd_falls_below_half_its_start(data_dir, tmp_path):
   """The experiment for its first 400 steps: FD at step 0 vs 400, log lines naming d_loss
   and g_loss; then genlab eval and genlab sample."""
@@ -177,6 +223,10 @@ def test_dcgan_digits_fd_falls_below_half_its_start(data_dir, tmp_path):
   report = json.loads((workdir / "eval.json").read_text())
   m, protocol = report["metrics"], report["protocol"]
   assert {"fd", "fd_floor", "cs", "class_entropy", "d_real", "d_fake"} <= set(m)
+  assert all(0.0 <= m[name] <= 1.0 for name in ("precision", "recall", "coverage"))
+  assert m["density"] >= 0.0 and protocol["prdc_k"] == 5
+  # Real test images against real train images: near 1, the reference the samples approach.
+  assert m["precision_floor"] >= 0.9 and m["recall_floor"] >= 0.9, m
   assert m["fd_floor"] < m["fd"] < 0.5 * fd[0]
   assert protocol["fd_n_real"] == 1497 and protocol["fd_n_fake"] == 1497
   assert protocol["feature_network_test_accuracy"] > 0.9

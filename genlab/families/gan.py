@@ -23,7 +23,11 @@ and of `fd_n_fake` samples (from a fixed z); `fd_floor`, train vs test images;
 `cs`, the classifier score exp(E KL(p(y|x) ‖ p(y))) of the samples (the
 Inception score's formula); `class_entropy`, the entropy of the samples'
 predicted-class histogram (mode collapse lowers it; log 10 ≈ 2.303 is
-balanced); and mean D(x) on test images and mean D(G(z)).
+balanced); `precision`, `recall`, `density` and `coverage` of the samples'
+features against the same real ones, with k-NN balls (k = `gan.prdc_k`;
+Kynkäänniemi et al. 2019, Naeem et al. 2020: precision says the samples look
+real, recall that the data's variety is reached); and mean D(x) on test images
+and mean D(G(z)).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "n_disc": 1,  # Discriminator steps per generator step.
       "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
       "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
+      "prdc_k": 5,  # The k of the k-NN balls of precision, recall, density and coverage.
       "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
       # The discriminator's learning rate, if not the generator's (config.optimizer's).
       "disc_learning_rate": ml_collections.config_dict.placeholder(float),
@@ -190,6 +195,9 @@ class GAN(Family):
       _, real = self.feature_net(scale_values(train[rows], self.value_range))
       _, test = self.feature_net(scale_values(self.dataset.test["image"], self.value_range))
       self._real_stats = metrics.gaussian_statistics(real)
+      self._real_features = real
+      floor = metrics.precision_recall_density_coverage(real, test, k=self.options.prdc_k)
+      self._prdc_floor = {"precision_floor": floor["precision"], "recall_floor": floor["recall"]}
       self._floor = metrics.frechet_distance(*self._real_stats, *metrics.gaussian_statistics(test))
       self.n_real, self.n_test = n_real, len(test)
     return self._real_stats
@@ -205,9 +213,14 @@ class GAN(Family):
         for i in range(0, n_fake, 500)
       ]
     )
+    prdc = metrics.precision_recall_density_coverage(
+      self._real_features, features, k=self.options.prdc_k
+    )
     return {
       "fd": metrics.frechet_distance(*real_stats, *metrics.gaussian_statistics(features)),
       "fd_floor": self._floor,
+      **prdc,
+      **self._prdc_floor,
       "cs": metrics.classifier_score(probabilities),
       "class_entropy": metrics.class_histogram_entropy(probabilities),
       "d_fake": float(np.mean(1.0 / (1.0 + np.exp(-fake_logits)))),
@@ -246,6 +259,16 @@ class GANReport(Report):
     "diverse; at most the number of classes)",
     "class_entropy": "entropy in nats of the samples' predicted-class histogram (log 10 = 2.303 "
     "is balanced; mode collapse lowers it)",
+    "precision": "fraction of the fd_n_fake samples whose features lie within the k-NN ball "
+    "of some real image's features (k = prdc_k, among the fd_n_real train images): realism",
+    "recall": "fraction of the real images' features within the k-NN ball of some sample's "
+    "features (k = prdc_k, among the samples): how much of the data's variety is reached",
+    "density": "mean number of real k-NN balls holding a sample's features, divided by k (about "
+    "1 when samples and data match; above 1 where samples crowd dense regions)",
+    "coverage": "fraction of real images whose k-NN ball holds some sample's features",
+    "precision_floor": "precision of the test images' features against the same real ones "
+    "(as fd_floor): what a generator that matches the data would score",
+    "recall_floor": "recall of the test images against the same real ones (as fd_floor)",
     "d_real": "mean D(x) = P(real) on test images",
     "d_fake": "mean D(G(z)) on the fd_n_fake samples",
   }
@@ -258,6 +281,9 @@ class GANReport(Report):
       "fd_real_split": "train",
       "fd_n_fake": family.options.fd_n_fake or family.n_real,
       "fd_floor": f"train ({family.n_real}) vs test ({family.n_test}) images",
+      "prdc_k": family.options.prdc_k,
+      "prdc_space": "the feature network's features, the fd_n_real train images against the "
+      "fd_n_fake samples",
       "generator_loss": family.options.generator_loss,
       "n_disc": family.options.n_disc,
       **family.feature_net.protocol(),
