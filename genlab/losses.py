@@ -106,7 +106,8 @@ def gaussian_log_density(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> ja
 # GANs, from discriminator logits ℓ (D = sigmoid(ℓ) is P(real)); numerically stable forms:
 # log D = −softplus(−ℓ), log(1 − D) = −softplus(ℓ).
 
-GENERATOR_LOSSES = ("non_saturating", "minimax", "hinge")
+GENERATOR_LOSSES = ("non_saturating", "minimax", "hinge", "wasserstein")
+GRADIENT_PENALTIES = ("none", "gp", "r1")
 
 
 def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
@@ -119,6 +120,39 @@ def discriminator_hinge_loss(real_logits: jax.Array, fake_logits: jax.Array) -> 
   return jax.nn.relu(1.0 - real_logits) + jax.nn.relu(1.0 + fake_logits)
 
 
+def discriminator_wasserstein_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """ℓ_fake − ℓ_real per pair: the critic's loss of a Wasserstein GAN (Arjovsky et al. 2017),
+  ℓ read as the critic's value, not a logit; pair it with a gradient penalty (WGAN-GP)."""
+  return fake_logits - real_logits
+
+
+def _input_gradient(critic, x: jax.Array) -> jax.Array:
+  """∇ₓ critic(x) per example, flattened to (B, -1): the gradient of the sum, since each
+  example's value depends on that example only."""
+  grad = jax.grad(lambda inputs: jnp.sum(critic(inputs)))(x)
+  return grad.reshape(grad.shape[0], -1).astype(jnp.float32)
+
+
+def wgan_gradient_penalty(critic, real: jax.Array, fake: jax.Array, mix: jax.Array) -> jax.Array:
+  """(‖∇ critic(x̂)‖₂ − 1)² per example at x̂ = mix·x + (1 − mix)·x̃ (Gulrajani et al. 2017).
+
+  Args:
+    critic: images (B, ...) → one value per example (B,).
+    real, fake: batches of the same shape.
+    mix: (B,) interpolation weights, U[0, 1] draws in WGAN-GP.
+  """
+  mix = mix.reshape((-1,) + (1,) * (real.ndim - 1)).astype(real.dtype)
+  grad = _input_gradient(critic, mix * real + (1.0 - mix) * fake)
+  # The 1e-12 keeps the norm's own derivative finite where the gradient is 0.
+  return jnp.square(jnp.sqrt(jnp.sum(jnp.square(grad), axis=1) + 1e-12) - 1.0)
+
+
+def r1_penalty(critic, real: jax.Array) -> jax.Array:
+  """‖∇ critic(x)‖₂² per real example (Mescheder et al. 2018); the loss adds γ/2 times its
+  mean."""
+  return jnp.sum(jnp.square(_input_gradient(critic, real)), axis=1)
+
+
 def generator_loss(fake_logits: jax.Array, *, kind: str = "non_saturating") -> jax.Array:
   """The generator's loss per fake example.
 
@@ -127,13 +161,13 @@ def generator_loss(fake_logits: jax.Array, *, kind: str = "non_saturating") -> j
     kind: `minimax`: log(1 − D(G(z))), the original objective's term (its gradient
       vanishes while D confidently rejects fakes, early in training);
       `non_saturating`: −log D(G(z)), the same fixed point with strong gradients
-      when D wins (Goodfellow et al. 2014, the default); `hinge`: −ℓ.
+      when D wins (Goodfellow et al. 2014, the default); `hinge` and `wasserstein`: −ℓ.
   """
   if kind == "non_saturating":
     return softplus(-fake_logits)
   if kind == "minimax":
     return -softplus(fake_logits)
-  if kind == "hinge":
+  if kind in ("hinge", "wasserstein"):
     return -fake_logits
   raise ValueError(f"unknown generator loss {kind!r}; choose one of {GENERATOR_LOSSES}")
 

@@ -13,7 +13,14 @@ generator minimises, by default, the non-saturating −E_z[log D(G(z))]
 (`'minimax'`) has the same fixed point but its gradient vanishes while D
 confidently rejects the fakes — which is how training starts — so G barely
 learns; −log D(G(z)) gives strong gradients exactly then. `'hinge'` pairs with
-the hinge discriminator loss.
+the hinge discriminator loss; `'wasserstein'` makes D a critic (its loss
+E[D(G(z))] − E[D(x)], the generator's −E[D(G(z))]).
+
+`gan.penalty` adds a gradient penalty to the discriminator's loss, weighted by
+`gan.penalty_weight`: `'gp'` (WGAN-GP, Gulrajani et al. 2017), λ·E[(‖∇D(x̂)‖ − 1)²]
+at x̂ = ε·x + (1 − ε)·G(z), ε ~ U[0, 1] per example (keyed); `'r1'` (Mescheder et
+al. 2018), γ/2·E[‖∇D(x)‖²] on the real images. Both differentiate D's input
+gradient, a second-order derivative (genlab's bf16 layers give it too).
 
 Evaluation, in the feature space of a classifier trained on the same dataset's
 labelled train split (the `feature_net` resource, which the run layer trains once
@@ -60,6 +67,8 @@ def options(**overrides) -> ml_collections.ConfigDict:
     {
       "generator_loss": "non_saturating",  # non_saturating | minimax | hinge.
       "n_disc": 1,  # Discriminator steps per generator step.
+      "penalty": "none",  # none | gp (WGAN-GP) | r1: the discriminator's gradient penalty.
+      "penalty_weight": 10.0,  # λ of gp, γ of r1 (whose term is γ/2 · E‖∇D(x)‖²).
       "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
       "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
       "prdc_k": 5,  # The k of the k-NN balls of precision, recall, density and coverage.
@@ -92,6 +101,8 @@ class GAN(Family):
     self.options = self.family_options()
     if self.options.generator_loss not in losses.GENERATOR_LOSSES:
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
+    if self.options.penalty not in losses.GRADIENT_PENALTIES:
+      raise ConfigError(f"config.gan.penalty must be one of {losses.GRADIENT_PENALTIES}")
     disc_optimizer = config.optimizer.copy_and_resolve_references()
     if self.options.disc_learning_rate is not None:  # Two time-scales (TTUR).
       disc_optimizer.learning_rate = self.options.disc_learning_rate
@@ -113,7 +124,21 @@ class GAN(Family):
   def d_loss(self, real_logits, fake_logits):
     if self.options.generator_loss == "hinge":
       return losses.discriminator_hinge_loss(real_logits, fake_logits)
+    if self.options.generator_loss == "wasserstein":
+      return losses.discriminator_wasserstein_loss(real_logits, fake_logits)
     return losses.discriminator_loss(real_logits, fake_logits)
+
+  def gradient_penalty(self, params, real, fake, key, index) -> jax.Array:
+    """The weighted penalty term of the discriminator's loss (a scalar; 0 for 'none')."""
+    kind, weight = self.options.penalty, self.options.penalty_weight
+    critic = lambda x: self.discriminator.apply({"params": params}, x)  # noqa: E731
+    if kind == "gp":
+      keys = example_keys(stream_key(key, "gp_mix"), index)
+      mix = jax.vmap(lambda k: jax.random.uniform(k))(keys)
+      return weight * jnp.mean(losses.wgan_gradient_penalty(critic, real, fake, mix))
+    if kind == "r1":
+      return 0.5 * weight * jnp.mean(losses.r1_penalty(critic, real))
+    return jnp.zeros(())
 
   def discriminator_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     """One update of the discriminator on real `batch['image']` and G(z), z from `key`."""
@@ -127,7 +152,11 @@ class GAN(Family):
       fake_logits = self.discriminator.apply({"params": params}, fake)
       loss = self.d_loss(real_logits, fake_logits).mean()
       d_real, d_fake = jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean()
-      return loss, {"d_real": d_real, "d_fake": d_fake}
+      parts = {"d_real": d_real, "d_fake": d_fake}
+      if self.options.penalty != "none":
+        penalty = self.gradient_penalty(params, batch["image"], fake, key, batch["index"])
+        loss, parts["d_penalty"] = loss + penalty, penalty
+      return loss, parts
 
     return gradient_step(state, "discriminator", loss_fn, prefix="d_")
 
@@ -285,6 +314,12 @@ class GANReport(Report):
       "prdc_space": "the feature network's features, the fd_n_real train images against the "
       "fd_n_fake samples",
       "generator_loss": family.options.generator_loss,
+      "penalty": family.options.penalty,
+      **(
+        {"penalty_weight": family.options.penalty_weight}
+        if family.options.penalty != "none"
+        else {}
+      ),
       "n_disc": family.options.n_disc,
       **family.feature_net.protocol(),
     }
