@@ -190,3 +190,21 @@ def test_a_directory_without_records_is_refused_in_one_line(tmp_path):
   (tmp_path / "test-0.array_record").write_bytes(b"not an array record")
   with pytest.raises(DataError, match="cannot read"):
     load_dataset(str(tmp_path))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_record_stops_the_pipeline_naming_it(digits, tmp_path, workers):
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  from genlab.data.records import encode_image_example
+  from genlab.errors import DataError
+
+  path = tmp_path / "damaged.array_record"
+  writer = ArrayRecordWriter(str(path), "group_size:1")
+  for i in range(64):
+    record = encode_image_example(digits["image"][i], digits["label"][i])
+    writer.write(record if i != 37 else record[: len(record) // 2])  # Record 37 cut short.
+  writer.close()
+  batcher = Batcher(image_records(str(path)), global_batch_size=64, seed=0, workers=workers)
+  with pytest.raises(DataError, match=r"record 37 of .*damaged.array_record cannot be decoded"):
+    next(batcher.iterate(0, 1))

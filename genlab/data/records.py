@@ -24,6 +24,8 @@ import msgpack
 import numpy as np
 from PIL import Image
 
+from genlab.errors import DataError
+
 Example = dict[str, np.ndarray]
 
 
@@ -74,7 +76,15 @@ class RecordSplit(Mapping):
 
   def example(self, index: int) -> Example:
     record = self.source[int(index)]
-    return dict(record) if self.decode is None else self.decode(record)
+    if self.decode is None:
+      return dict(record)
+    try:
+      return self.decode(record)
+    except Exception as e:  # A damaged record: say which, in one line.
+      where = f" of {', '.join(self.files)}" if self.files else ""
+      raise DataError(
+        f"record {int(index)}{where} cannot be decoded: {type(e).__name__}: {e}"
+      ) from e
 
   def rows(self, rows: Iterable[int]) -> dict[str, np.ndarray]:
     """The examples at `rows`, stacked per key (values as stored: no conversion)."""
