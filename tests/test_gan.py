@@ -362,3 +362,59 @@ def test_dcgan_mnist_runs_on_mock_tfds(tmp_path):
     report = evaluate_workdir(tmp_path)
   assert report["dataset"] == "mnist" and np.isfinite(report["metrics"]["fd"])
   assert report["protocol"]["fd_n_real"] == 32
+
+
+def test_spectral_norm_divides_each_kernel_by_its_largest_singular_value():
+  from genlab.models import Discriminator
+
+  x = jnp.float32(np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 1)))
+  sn = Discriminator(architecture="mlp", hidden=(12, 8), spectral_norm=True)
+  variables = sn.init(jax.random.key(0), x)
+  for _ in range(200):  # Power iteration, one step per call, as in training.
+    _, updated = sn.apply(variables, x, update_stats=True, mutable=["batch_stats"])
+    variables = {**variables, **updated}
+  plain_params = {"MLP_0": {}}
+  for i in range(3):
+    kernel = np.asarray(variables["params"]["MLP_0"][f"dense_{i}"]["kernel"], np.float64)
+    sigma = float(
+      variables["batch_stats"]["MLP_0"][f"spectral_norm_{i}"][f"dense_{i}/kernel/sigma"]
+    )
+    np.testing.assert_allclose(sigma, np.linalg.svd(kernel, compute_uv=False)[0], rtol=1e-3)
+    plain_params["MLP_0"][f"dense_{i}"] = {
+      "kernel": jnp.float32(kernel / sigma),
+      "bias": variables["params"]["MLP_0"][f"dense_{i}"]["bias"],
+    }
+  # The normalized network is the plain one with every kernel divided by its σ.
+  plain = Discriminator(architecture="mlp", hidden=(12, 8))
+  np.testing.assert_allclose(
+    sn.apply(variables, x), plain.apply({"params": plain_params}, x), rtol=1e-5, atol=1e-6
+  )
+
+
+def test_sngan_keeps_its_power_iteration_outside_params_and_resumes_exactly(data_dir, tmp_path):
+  from conftest import EXPERIMENTS
+  from genlab import config as config_lib
+  from genlab.run import train_and_evaluate
+
+  def config(steps):
+    c = config_lib.load_experiment(EXPERIMENTS / "sngan_digits.py")
+    c.data.data_dir = data_dir
+    c.model.generator.features = (8, 16)
+    c.model.discriminator.features = (8, 16)
+    c.gan.fd_n_real = 200
+    c.update(num_steps=steps, eval_every=10, image_every=20, checkpoint_every=10)
+    c.update(eval_at_start=False)
+    return c
+
+  unbroken = train_and_evaluate(config(20), tmp_path / "unbroken").state
+  train_and_evaluate(config(10), tmp_path / "resumed")
+  resumed = train_and_evaluate(config(20), tmp_path / "resumed").state
+  stats = unbroken.stats["discriminator"]
+  leaves = jax.tree_util.tree_flatten_with_path(stats)[0]
+  assert any("sigma" in jax.tree_util.keystr(path) for path, _ in leaves)
+  assert not any(
+    "sigma" in jax.tree_util.keystr(p)
+    for p, _ in jax.tree_util.tree_flatten_with_path(unbroken.params)[0]
+  )
+  chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(unbroken.params))
+  chex.assert_trees_all_equal(jax.device_get(resumed.stats), jax.device_get(unbroken.stats))

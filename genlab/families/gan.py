@@ -112,9 +112,24 @@ class GAN(Family):
     }
     self.eval_key = stream_key(jax.random.key(config.seed), "gan_eval")
     self._generate = jax.jit(lambda params, z: self.generator.apply({"params": params}, z))
-    self._discriminate = jax.jit(lambda params, x: self.discriminator.apply({"params": params}, x))
+    self._discriminate = jax.jit(lambda params, stats, x: self.critic(params, x, stats))
 
   # Keyed pieces -----------------------------------------------------------------
+
+  @property
+  def spectral_norm(self) -> bool:
+    return self.discriminator.spectral_norm
+
+  def critic(self, state_or_params, x, stats=None) -> jax.Array:
+    """D's logits on `x`, with its spectral-norm estimates (`state.stats`) when it has them,
+    not updated. Takes a TrainState, or params and stats."""
+    if isinstance(state_or_params, TrainState):
+      params = state_or_params.params["discriminator"]
+      stats = state_or_params.stats.get("discriminator")
+    else:
+      params = state_or_params
+    variables = {"params": params, **({"batch_stats": stats} if self.spectral_norm else {})}
+    return self.discriminator.apply(variables, x)
 
   def latents(self, key: jax.Array, index: jax.Array) -> jax.Array:
     """One z ~ N(0, I) per example, from its position in the global batch."""
@@ -128,10 +143,10 @@ class GAN(Family):
       return losses.discriminator_wasserstein_loss(real_logits, fake_logits)
     return losses.discriminator_loss(real_logits, fake_logits)
 
-  def gradient_penalty(self, params, real, fake, key, index) -> jax.Array:
+  def gradient_penalty(self, params, stats, real, fake, key, index) -> jax.Array:
     """The weighted penalty term of the discriminator's loss (a scalar; 0 for 'none')."""
     kind, weight = self.options.penalty, self.options.penalty_weight
-    critic = lambda x: self.discriminator.apply({"params": params}, x)  # noqa: E731
+    critic = lambda x: self.critic(params, x, stats)  # noqa: E731
     if kind == "gp":
       keys = example_keys(stream_key(key, "gp_mix"), index)
       mix = jax.vmap(lambda k: jax.random.uniform(k))(keys)
@@ -148,17 +163,24 @@ class GAN(Family):
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(params):
-      real_logits = self.discriminator.apply({"params": params}, batch["image"])
-      fake_logits = self.discriminator.apply({"params": params}, fake)
+      if self.spectral_norm:  # One power-iteration step per update, on the real pass.
+        variables = {"params": params, "batch_stats": state.stats["discriminator"]}
+        real_logits, updated = self.discriminator.apply(
+          variables, batch["image"], update_stats=True, mutable=["batch_stats"]
+        )
+        stats = updated["batch_stats"]
+      else:
+        real_logits, stats = self.critic(params, batch["image"]), None
+      fake_logits = self.critic(params, fake, stats)
       loss = self.d_loss(real_logits, fake_logits).mean()
       d_real, d_fake = jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean()
       parts = {"d_real": d_real, "d_fake": d_fake}
       if self.options.penalty != "none":
-        penalty = self.gradient_penalty(params, batch["image"], fake, key, batch["index"])
+        penalty = self.gradient_penalty(params, stats, batch["image"], fake, key, batch["index"])
         loss, parts["d_penalty"] = loss + penalty, penalty
-      return loss, parts
+      return loss, ((parts, stats) if self.spectral_norm else parts)
 
-    return gradient_step(state, "discriminator", loss_fn, prefix="d_")
+    return gradient_step(state, "discriminator", loss_fn, prefix="d_", has_stats=self.spectral_norm)
 
   def generator_step(self, state, key, index) -> tuple[TrainState, Metrics]:
     """One update of the generator; z for example i of the global batch from (key, index[i])."""
@@ -166,7 +188,7 @@ class GAN(Family):
 
     def loss_fn(params):
       fake = self.generator.apply({"params": params}, z)
-      logits = self.discriminator.apply({"params": state.params["discriminator"]}, fake)
+      logits = self.critic(state, fake)
       return losses.generator_loss(logits, kind=self.options.generator_loss).mean(), {}
 
     return gradient_step(state, "generator", loss_fn, prefix="g_")
@@ -176,11 +198,13 @@ class GAN(Family):
   def init_state(self, key, batch) -> TrainState:
     g_key, d_key = jax.random.split(key)
     z = jnp.zeros((1, self.latent_dim))
+    d_variables = self.discriminator.init(d_key, jnp.asarray(batch["image"][:1]))
     params = {
       "generator": self.generator.init(g_key, z)["params"],
-      "discriminator": self.discriminator.init(d_key, jnp.asarray(batch["image"][:1]))["params"],
+      "discriminator": d_variables["params"],
     }
-    return TrainState.create(params=params, tx=self.tx)
+    stats = {"discriminator": d_variables["batch_stats"]} if self.spectral_norm else {}
+    return TrainState.create(params=params, tx=self.tx, stats=stats)
 
   def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     d_metrics = []
@@ -194,7 +218,7 @@ class GAN(Family):
     return state, out
 
   def eval_step(self, state, batch) -> Metrics:
-    logits = self.discriminator.apply({"params": state.params["discriminator"]}, batch["image"])
+    logits = self.critic(state, batch["image"])
     return {"d_real": masked_sum(jax.nn.sigmoid(logits), batch["mask"])}
 
   # Distribution metrics, in the feature network's space ------------------------------
@@ -236,9 +260,10 @@ class GAN(Family):
     n_fake = self.options.fd_n_fake or self.n_real
     samples = self.sample(state, self.eval_key, n_fake)
     probabilities, features = self.feature_net(samples)
+    d_params, d_stats = state.params["discriminator"], state.stats.get("discriminator")
     fake_logits = np.concatenate(
       [
-        np.asarray(self._discriminate(state.params["discriminator"], samples[i : i + 500]))
+        np.asarray(self._discriminate(d_params, d_stats, samples[i : i + 500]))
         for i in range(0, n_fake, 500)
       ]
     )
@@ -314,6 +339,7 @@ class GANReport(Report):
       "prdc_space": "the feature network's features, the fd_n_real train images against the "
       "fd_n_fake samples",
       "generator_loss": family.options.generator_loss,
+      "discriminator_spectral_norm": family.spectral_norm,
       "penalty": family.options.penalty,
       **(
         {"penalty_weight": family.options.penalty_weight}

@@ -60,6 +60,13 @@ def stage_sizes(size: Sequence[int], strides: Sequence[int]) -> list[tuple[int, 
   return sizes
 
 
+def spectrally_normalized(layer: nn.Module, on: bool, name: str, x, update_stats: bool):
+  """`layer(x)`, or with `on` its spectrally normalized version (Miyato et al. 2018)."""
+  if not on:
+    return layer(x)
+  return nn.SpectralNorm(layer, name=name)(x, update_stats=update_stats)
+
+
 class ConvEncoder(nn.Module):
   """Strided convolutions, then (if `latent_dim`) a Dense code.
 
@@ -71,6 +78,7 @@ class ConvEncoder(nn.Module):
     activation: name of a `flax.linen` activation.
     dtype: computation dtype (bfloat16: mixed precision; params stay float32).
     kernels: `flax` (flax's layers) or `xla_cpu` (genlab's; see `genlab.kernels`).
+    spectral_norm: every layer spectrally normalized (as in `genlab.models.mlp.MLP`).
   """
 
   features: Sequence[int] = (32, 64)
@@ -80,20 +88,24 @@ class ConvEncoder(nn.Module):
   activation: str = "relu"
   dtype: Any = jnp.float32
   kernels: str = "flax"
+  spectral_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     n = len(self.features)
     kernel_sizes = per_stage(self.kernel_size, n, "kernel_size")
     strides = per_stage(self.strides, n, "strides")
     act = activation_fn(self.activation)
+    sn = self.spectral_norm
     for i, (f, k, s) in enumerate(zip(self.features, kernel_sizes, strides, strict=True)):
-      x = nn.Conv(f, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"conv_{i}")(x)
-      x = act(x)
+      conv = nn.Conv(f, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"conv_{i}")
+      x = act(spectrally_normalized(conv, sn, f"spectral_norm_{i}", x, update_stats))
     if self.latent_dim is None:
       return x
     code = kernels_lib.dense(self.latent_dim, kernels=self.kernels, dtype=self.dtype, name="code")
-    return code(x.reshape(x.shape[0], -1))
+    return spectrally_normalized(
+      code, sn, "spectral_norm_code", x.reshape(x.shape[0], -1), update_stats
+    )
 
 
 class ConvDecoder(nn.Module):

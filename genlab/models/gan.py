@@ -84,12 +84,15 @@ class Discriminator(nn.Module):
   activation: str = "leaky_relu"
   dtype: Any = jnp.float32
   kernels: str = "flax"
+  # SNGAN (Miyato et al. 2018): every layer spectrally normalized, its power-iteration
+  # vectors in the `batch_stats` collection (genlab keeps them in TrainState.stats).
+  spectral_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     if self.architecture == "mlp":
-      mlp = MLP((*self.hidden, 1), self.activation, self.dtype, self.kernels)
-      logit = mlp(x.reshape(x.shape[0], -1))
+      mlp = MLP((*self.hidden, 1), self.activation, self.dtype, self.kernels, self.spectral_norm)
+      logit = mlp(x.reshape(x.shape[0], -1), update_stats)
     elif self.architecture == "dcgan":
       logit = ConvEncoder(
         features=tuple(self.features),
@@ -99,7 +102,8 @@ class Discriminator(nn.Module):
         activation=self.activation,
         dtype=self.dtype,
         kernels=self.kernels,
-      )(x)
+        spectral_norm=self.spectral_norm,
+      )(x, update_stats)
     else:
       raise ConfigError(f"unknown GAN architecture {self.architecture!r}; choose {ARCHITECTURES}")
     return logit[:, 0].astype(jnp.float32)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from genlab import kernels as kernels_lib
-from genlab.models.conv_ae import activation_fn
+from genlab.models.conv_ae import activation_fn, spectrally_normalized
 
 
 class MLP(nn.Module):
@@ -21,18 +21,23 @@ class MLP(nn.Module):
     activation: name of a `flax.linen` activation.
     dtype: computation dtype (bfloat16: mixed precision; params stay float32).
     kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
+    spectral_norm: every layer's kernel divided by its largest singular value, estimated
+      by power iteration (`nn.SpectralNorm`; its vectors in the `batch_stats` collection,
+      updated when called with `update_stats=True`).
   """
 
   features: Sequence[int]
   activation: str = "relu"
   dtype: Any = jnp.float32
   kernels: str = "flax"
+  spectral_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
     act = activation_fn(self.activation)
     for i, f in enumerate(self.features):
-      x = kernels_lib.dense(f, kernels=self.kernels, dtype=self.dtype, name=f"dense_{i}")(x)
+      layer = kernels_lib.dense(f, kernels=self.kernels, dtype=self.dtype, name=f"dense_{i}")
+      x = spectrally_normalized(layer, self.spectral_norm, f"spectral_norm_{i}", x, update_stats)
       if i < len(self.features) - 1:
         x = act(x)
     return x
