@@ -235,13 +235,22 @@ def numpy_mlp(layers, h):
   return h
 
 
-def test_importance_sampled_nll_equals_a_plain_numpy_importance_sampler():
+@pytest.mark.parametrize("conditional", [False, True])
+def test_importance_sampled_nll_equals_a_plain_numpy_importance_sampler(conditional):
   """The on-device sampler (chunked scan, running log-sum-exp, float32) against the textbook
-  estimator in float64 NumPy: −log (1/k) Σ_s p(x|z_s) p(z_s) / q(z_s|x), on the same draws."""
-  model = VAE(output_shape=(4, 4, 1), latent_dim=3, hidden=(16,))
+  estimator in float64 NumPy: −log (1/k) Σ_s p(x|z_s) p(z_s) / q(z_s|x), on the same draws;
+  and, for a conditional VAE, −log p(x|y) with the one-hot y beside x and beside z."""
+  classes = 3 if conditional else None
+  model = VAE(output_shape=(4, 4, 1), latent_dim=3, hidden=(16,), num_classes=classes)
   n, k, latent = 6, 300, 3
   x = jax.random.bernoulli(jax.random.key(0), 0.4, (n, 4, 4, 1)).astype(jnp.float32)
-  params = model.init(jax.random.key(1), x[:1], jax.random.split(jax.random.key(2), 1))["params"]
+  labels = jnp.array([0, 1, 2, 2, 1, 0]) if conditional else None
+  params = model.init(
+    jax.random.key(1),
+    x[:1],
+    jax.random.split(jax.random.key(2), 1),
+    None if labels is None else labels[:1],
+  )["params"]
   keys = jax.random.split(jax.random.key(3), n)
   got = importance_sampled_nll(
     model,
@@ -250,16 +259,20 @@ def test_importance_sampled_nll_equals_a_plain_numpy_importance_sampler():
     keys,
     num_samples=k,
     log_likelihood=lambda d, xs: losses.bernoulli_log_likelihood(d["logits"], xs),
+    labels=labels,
   )
 
   # The sampler's documented draws: sample s of example b is N(0, I) from fold_in(keys[b], s).
   draw = lambda kb, s: jax.random.normal(jax.random.fold_in(kb, s), (latent,))  # noqa: E731
   eps = np.float64(jax.vmap(lambda kb: jax.vmap(lambda s: draw(kb, s))(jnp.arange(k)))(keys))
   xs = np.asarray(x, np.float64).reshape(n, -1)
-  h = numpy_mlp(params["encoder"], xs)
+  y = np.eye(3)[np.asarray(labels)] if conditional else np.zeros((n, 0))
+  h = numpy_mlp(params["encoder"], np.concatenate([xs, y], axis=1))
   mean, logvar = h[:, :latent], h[:, latent:]
   z = mean[:, None] + np.exp(0.5 * logvar)[:, None] * eps
-  logits = numpy_mlp(params["decoder"], z.reshape(n * k, latent)).reshape(n, k, -1)
+  y_rows = np.repeat(y, k, axis=0)
+  decoder_in = np.concatenate([z.reshape(n * k, latent), y_rows], axis=1)
+  logits = numpy_mlp(params["decoder"], decoder_in).reshape(n, k, -1)
   log_px = np.sum(xs[:, None] * logits - np.logaddexp(0.0, logits), axis=-1)
   log_pz = -0.5 * np.sum(z**2 + np.log(2 * np.pi), axis=-1)
   log_qz = -0.5 * np.sum(eps**2 + logvar[:, None] + np.log(2 * np.pi), axis=-1)
@@ -268,11 +281,27 @@ def test_importance_sampled_nll_equals_a_plain_numpy_importance_sampler():
   expected = -(top + np.log(np.mean(np.exp(log_w - top[:, None]), axis=1)))
 
   # The reference decoder is the model's: checked, so a mismatch below is the sampler's.
-  decoded = model.apply({"params": params}, jnp.float32(z[0]), method=VAE.decode)["logits"]
+  first_labels = None if labels is None else jnp.full((k,), labels[0])
+  decoded = model.apply({"params": params}, jnp.float32(z[0]), first_labels, method=VAE.decode)[
+    "logits"
+  ]
   np.testing.assert_allclose(np.asarray(decoded).reshape(k, -1), logits[0], atol=1e-4)
   chex.assert_shape(got, (n,))
   np.testing.assert_allclose(np.asarray(got, np.float64), expected, atol=0.05)
   assert np.max(np.abs(np.asarray(got, np.float64) - expected)) < 1e-3  # float32 rounding only
+
+
+def test_a_conditional_vae_refuses_missing_labels_in_one_line_and_uses_them():
+  model = VAE(output_shape=(4, 4, 1), latent_dim=2, hidden=(8,), num_classes=10)
+  x = jnp.ones((3, 4, 4, 1))
+  keys = jax.random.split(jax.random.key(0), 3)
+  with pytest.raises(ValueError, match=r"needs one integer label per example: shape \(3,\)"):
+    model.init(jax.random.key(1), x, keys)
+  params = model.init(jax.random.key(1), x, keys, jnp.array([0, 1, 2]))["params"]
+  z = jnp.zeros((2, 2))
+  a = model.apply({"params": params}, z, jnp.array([3, 3]), method=VAE.decode)["logits"]
+  b = model.apply({"params": params}, z, jnp.array([4, 4]), method=VAE.decode)["logits"]
+  assert not np.allclose(a, b)  # The same z decodes differently given another class.
 
 
 def _vae_setup(test_config, **vae_overrides):
@@ -365,3 +394,19 @@ def test_iwae_mnist_experiment_runs_on_mock_mnist(tmp_path):
   assert report["protocol"]["objective"] == "iwae" and report["protocol"]["train_k"] == 50
   assert len(report["metrics"]["kl_per_dim"]) == 50
   assert np.isfinite(report["metrics"]["nll"])
+
+
+def test_a_conditional_vae_run_reports_and_samples_by_class(test_config, tmp_path):
+  from genlab.families.vae import options as vae_options
+  from genlab.run import evaluate_workdir, setup, train_and_evaluate
+
+  config = test_config(family="vae", num_steps=100, eval_every=100, image_every=100)
+  config.model = config.model.__class__({"name": "vae", "hidden": (32,), "latent_dim": 4})
+  config.vae = vae_options(binarize="dynamic", conditional=True, nll_k=50)
+  train_and_evaluate(config, tmp_path)
+  report = evaluate_workdir(tmp_path)
+  assert report["protocol"]["conditional_on"] == "label"
+  assert report["metrics"]["nll"] <= report["metrics"]["neg_elbo"]
+  assert (tmp_path / "images" / "samples_step_000100.png").is_file()
+  family = setup(config).family
+  np.testing.assert_array_equal(family.sample_labels(12), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])

@@ -20,6 +20,10 @@ keyed by (its key, i)); L_k ≥ the ELBO of the same samples, and it tightens as
 grows. `train_k = 1` is the ELBO objective itself (closed-form KL), which L_1 equals
 in expectation; β and the KL warm-up apply to the ELBO only.
 
+With `vae.conditional` (a conditional VAE, Sohn et al. 2015) every term is given the
+example's label y: q(z|x, y), p(x|z, y), and `nll` estimates −log p(x|y); samples
+cycle through the classes, and the samples view has one row per class.
+
 Evaluation (test split, fixed keys so numbers are comparable across steps):
 `neg_elbo`, `reconstruction`, `kl` (one z per example), `kl_per_dim`, and
 `active_units` (dimensions d with Var_x(E_q[z_d|x]) > 0.01, Burda et al. 2016).
@@ -69,6 +73,8 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "nll_k": 5000,  # Importance samples per test example for `nll` in `genlab eval`.
       "objective": "elbo",  # elbo | iwae (the k-sample importance-weighted bound).
       "train_k": 5,  # Samples per example of the iwae objective (1: the elbo objective).
+      # A conditional VAE: the label feeds the encoder and the decoder (needs labels).
+      "conditional": False,
     }
   )
   group.update(overrides)
@@ -85,8 +91,13 @@ class VariationalAutoencoder(Family):
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
     _, fields = self.model_fields("vae")
-    self.model = self.build(VAE, output_shape=dataset.image_shape, **fields)
     options = self.family_options()
+    if options.conditional:
+      if "label" not in dataset.train:
+        raise ConfigError(f"config.vae.conditional needs labels, and {dataset.name} has none")
+      labels = (np.max(dataset.train["label"]), np.max(dataset.test["label"]))
+      fields["num_classes"] = int(max(labels)) + 1
+    self.model = self.build(VAE, output_shape=dataset.image_shape, **fields)
     if options.binarize not in ("none", "dynamic"):
       raise ConfigError("config.vae.binarize must be 'none' or 'dynamic'")
     if options.objective not in ("elbo", "iwae"):
@@ -117,10 +128,14 @@ class VariationalAutoencoder(Family):
       return losses.bernoulli_log_likelihood(decoded["logits"], x)
     return losses.gaussian_log_density(x, decoded["mean"], decoded["logvar"])
 
+  def labels(self, batch) -> jax.Array | None:
+    """The batch's labels for a conditional VAE; None otherwise."""
+    return batch["label"] if self.options.conditional else None
+
   def elbo_terms(self, params, batch, key):
     x = self.observe(batch, key)
     keys = example_keys(stream_key(key, "z"), batch["index"])
-    decoded, aux = self.model.apply({"params": params}, x, keys)
+    decoded, aux = self.model.apply({"params": params}, x, keys, self.labels(batch))
     reconstruction = -self.log_likelihood(decoded, x)
     kl_per_dim = losses.kl_to_standard_normal_per_dim(aux["mean"], aux["logvar"])
     return reconstruction, kl_per_dim, aux
@@ -134,7 +149,8 @@ class VariationalAutoencoder(Family):
 
   def init_state(self, key, batch) -> TrainState:
     x = jnp.asarray(batch["image"][:1])
-    params = self.model.init(key, x, jax.random.split(key, 1))["params"]
+    labels = None if not self.options.conditional else jnp.asarray(batch["label"][:1])
+    params = self.model.init(key, x, jax.random.split(key, 1), labels)["params"]
     return TrainState.create(params={"model": params}, tx={"model": self.tx})
 
   def iwae_bound(self, params, batch, key, k: int) -> jax.Array:
@@ -143,7 +159,13 @@ class VariationalAutoencoder(Family):
     x = self.observe(batch, key)
     keys = example_keys(stream_key(key, "z"), batch["index"])
     return -importance_sampled_nll(
-      self.model, params, x, keys, num_samples=k, log_likelihood=self.log_likelihood
+      self.model,
+      params,
+      x,
+      keys,
+      num_samples=k,
+      log_likelihood=self.log_likelihood,
+      labels=self.labels(batch),
     )
 
   def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
@@ -199,27 +221,36 @@ class VariationalAutoencoder(Family):
       keys,
       num_samples=self.options.nll_k,
       log_likelihood=self.log_likelihood,
+      labels=self.labels(batch),
     )
     return {"nll": masked_sum(nll, batch["mask"])}
 
-  def mean_image(self, params, z) -> jax.Array:
-    """E[x|z] for latents `z` (N, K)."""
-    decoded = self.model.apply({"params": params}, z, method=VAE.decode)
+  def mean_image(self, params, z, labels=None) -> jax.Array:
+    """E[x|z] (E[x|z, y] with `labels`) for latents `z` (N, K)."""
+    decoded = self.model.apply({"params": params}, z, labels, method=VAE.decode)
     return self.model.mean_image(decoded)
 
-  def posterior(self, params, x) -> tuple[jax.Array, jax.Array]:
-    """(μ, log σ²) of q(z|x)."""
-    return self.model.apply({"params": params}, x, method=VAE.encode)
+  def posterior(self, params, x, labels=None) -> tuple[jax.Array, jax.Array]:
+    """(μ, log σ²) of q(z|x) (q(z|x, y) with `labels`)."""
+    return self.model.apply({"params": params}, x, labels, method=VAE.encode)
 
   def encode(self, params, batch):
     """μ and log σ² of q(z|x) for the x evaluation sees (binarized from the fixed key)."""
-    mean, logvar = self.posterior(params, self.observe(batch, self.eval_key))
+    x = self.observe(batch, self.eval_key)
+    mean, logvar = self.posterior(params, x, self.labels(batch))
     return {"mean": mean, "logvar": logvar}
 
   def sample(self, state, key: jax.Array, num: int) -> np.ndarray:
-    """E[x|z] for `num` draws z ~ N(0, I) from `key`."""
+    """E[x|z] for `num` draws z ~ N(0, I) from `key`; a conditional VAE's sample i is of
+    class i mod num_classes (`sample_labels`)."""
     z = jax.random.normal(key, (num, self.model.latent_dim))
-    return np.asarray(self.mean_image(state.params["model"], z))
+    return np.asarray(self.mean_image(state.params["model"], z, self.sample_labels(num)))
+
+  def sample_labels(self, num: int) -> jax.Array | None:
+    """The classes of `sample`'s draws: 0, 1, …, C − 1, 0, 1, … (conditional); else None."""
+    if not self.options.conditional:
+      return None
+    return jnp.arange(num, dtype=jnp.int32) % self.model.num_classes
 
 
 class VAEViews(Views):
@@ -230,28 +261,47 @@ class VAEViews(Views):
     family, params = self.family, state.params["model"]
     n = int(batch["mask"].sum())
     x = np.asarray(family.observe(batch, family.eval_key))[:n]
-    mean, _ = family.posterior(params, x)
+    y = None if family.labels(batch) is None else np.asarray(batch["label"])[:n]
+    mean, _ = family.posterior(params, x, y)
     views = {
       "reconstruction": image_grid(
-        [x, np.asarray(family.mean_image(params, mean))],
+        [x, np.asarray(family.mean_image(params, mean, y))],
         labels=["x", "E[x|z=μ(x)]"],
         value_range=family.value_range,
       )
     }
-    samples = family.sample(state, stream_key(family.eval_key, "prior_samples"), 64)
-    views["samples"] = image_grid(
-      list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
-    )
+    key = stream_key(family.eval_key, "prior_samples")
+    if family.options.conditional:  # One row per class (at most 10), 8 draws each.
+      classes = min(10, family.model.num_classes)
+      z = jax.random.normal(key, (8, family.model.latent_dim))
+      z = jnp.tile(z, (classes, 1))
+      y_rows = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), 8)
+      samples = np.asarray(family.mean_image(params, z, y_rows))
+      views["samples"] = image_grid(
+        list(samples.reshape(classes, 8, *samples.shape[1:])),
+        labels=[f"y = {c}" for c in range(classes)],
+        value_range=family.value_range,
+      )
+    else:
+      samples = family.sample(state, key, 64)
+      views["samples"] = image_grid(
+        list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
+      )
     test = family.dataset.test
     pairs = min(4, len(test["image"]) // 2)
     if pairs:
       x = scale_values(test["image"][: 2 * pairs], family.value_range)
-      mean, _ = family.posterior(params, x)
+      y = None
+      if family.options.conditional:
+        y = jnp.asarray(np.asarray(test["label"][: 2 * pairs]), jnp.int32)
+      mean, _ = family.posterior(params, x, y)
       starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
       t = np.linspace(0.0, 1.0, 8)
+      # A conditional VAE decodes the whole path with the starting image's label.
+      path_labels = None if y is None else jnp.repeat(y[0::2], len(t))
       for name, path in (("interpolation_linear", lerp), ("interpolation_spherical", slerp)):
         z = np.stack([path(a, b, t) for a, b in zip(starts, ends, strict=True)])  # (pairs, 8, K)
-        images = np.asarray(family.mean_image(params, z.reshape(-1, z.shape[-1])))
+        images = np.asarray(family.mean_image(params, z.reshape(-1, z.shape[-1]), path_labels))
         views[name] = image_grid(
           list(images.reshape(pairs, 8, *images.shape[1:])),
           labels=[f"test {2 * i} → {2 * i + 1}" for i in range(pairs)],
@@ -264,8 +314,16 @@ class VAEViews(Views):
     """Posterior means of the test split in 2-D (first two principal axes when K > 2)."""
     family = self.family
     x = scale_values(family.dataset.test["image"][:2000], family.value_range)
+    y = None
+    if family.options.conditional:
+      y = jnp.asarray(np.asarray(family.dataset.test["label"][:2000]), jnp.int32)
     mean = np.concatenate(
-      [np.asarray(family.posterior(params, x[i : i + 500])[0]) for i in range(0, len(x), 500)]
+      [
+        np.asarray(
+          family.posterior(params, x[i : i + 500], None if y is None else y[i : i + 500])[0]
+        )
+        for i in range(0, len(x), 500)
+      ]
     )
     if mean.shape[1] > 2:
       centred = mean - mean.mean(axis=0)
@@ -295,7 +353,8 @@ class VAEReport(Report):
     "reconstruction": "mean over test examples of −log p(x|z), one z ~ q(z|x) each, nats",
     "kl": "mean over test examples of the closed-form KL(q(z|x) ‖ N(0, I)), nats",
     "nll": "mean over test examples of the importance-sampled −log p(x), nll_k samples from "
-    "q(z|x) each, nats",
+    "q(z|x) each, nats (with conditional_on in the protocol, every term is given the label y: "
+    "−log p(x|y), q(z|x, y), p(x|z, y))",
     "kl_per_dim": "mean KL of each latent dimension",
     "active_units": "latent dimensions with Var over test x of E_q[z_d|x] > 0.01",
   }
@@ -304,6 +363,7 @@ class VAEReport(Report):
     options = self.family.options
     return {
       "objective": options.objective,
+      **({"conditional_on": "label"} if options.conditional else {}),
       **({"train_k": options.train_k} if options.objective == "iwae" else {}),
       "nll_k": options.nll_k,
       "binarize": options.binarize,
@@ -327,7 +387,7 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def importance_sampled_nll(
-  model: VAE, params, x, keys, *, num_samples: int, log_likelihood
+  model: VAE, params, x, keys, *, num_samples: int, log_likelihood, labels=None
 ) -> jax.Array:
   """−log p(x) per example by importance sampling from q(z|x) (see the module docstring).
 
@@ -338,13 +398,14 @@ def importance_sampled_nll(
     keys: one key per example; sample s of example b uses fold_in(keys[b], s).
     num_samples: k.
     log_likelihood: `(decoded, x) -> log p(x|z)` per row.
+    labels: (B,) labels of a conditional VAE (then −log p(x|y) is estimated), or None.
 
   Returns:
     (B,) estimates of −log p(x), in nats.
   """
   batch = x.shape[0]
   chunk = _chunk_size(num_samples, max(1, NLL_ROWS_PER_CHUNK // batch))
-  mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
+  mean, logvar = model.apply({"params": params}, x, labels, method=VAE.encode)
   latent = mean.shape[1]
 
   def log_weights(i):
@@ -353,7 +414,10 @@ def importance_sampled_nll(
     draw = lambda k, s: jax.random.normal(jax.random.fold_in(k, s), (latent,))  # noqa: E731
     eps = jax.vmap(lambda k: jax.vmap(lambda s: draw(k, s))(sample_ids))(keys)
     z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps  # (B, chunk, K)
-    decoded = model.apply({"params": params}, z.reshape(batch * chunk, latent), method=VAE.decode)
+    rows = None if labels is None else jnp.repeat(labels, chunk)  # Row b·chunk + s: example b.
+    decoded = model.apply(
+      {"params": params}, z.reshape(batch * chunk, latent), rows, method=VAE.decode
+    )
     x_rep = jnp.broadcast_to(x[:, None], (batch, chunk, *x.shape[1:])).reshape(
       batch * chunk, *x.shape[1:]
     )

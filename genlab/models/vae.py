@@ -8,6 +8,11 @@ parameters of p(x|z): Bernoulli logits, or a Gaussian mean (and, with
 
 Encoders and decoders are an MLP (the flax example's 784-500-20 is
 `hidden=(500,)`) or the core's conv stacks (`ConvEncoder`, `ConvDecoder`).
+
+With `num_classes`, a conditional VAE (Sohn et al. 2015): the one-hot label y goes
+into the encoder (concatenated to the flattened image, or to its channels for the
+conv encoder) and into the decoder (concatenated to z), giving q(z|x, y) and
+p(x|z, y); the prior stays N(0, I).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class VAE(nn.Module):
     likelihood: `bernoulli` (logits) or `gaussian`.
     gaussian_variance: `fixed` (σ = `gaussian_sigma`) or `learned` (per pixel).
     gaussian_sigma: the fixed decoder standard deviation.
+    num_classes: if set, a conditional VAE on integer labels in [0, num_classes).
     dtype: computation dtype (bfloat16: mixed precision; params stay float32).
     kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
   """
@@ -73,6 +79,7 @@ class VAE(nn.Module):
   likelihood: str = "bernoulli"
   gaussian_variance: str = "fixed"
   gaussian_sigma: float = 0.1
+  num_classes: int | None = None
   dtype: Any = jnp.float32
   kernels: str = "flax"
 
@@ -106,15 +113,38 @@ class VAE(nn.Module):
   def decodes_logvar(self) -> bool:
     return self.likelihood == "gaussian" and self.gaussian_variance == "learned"
 
-  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(μ, log σ²) of q(z|x), each (batch, latent_dim)."""
+  def one_hot(self, labels: jax.Array | None, batch: int) -> jax.Array | None:
+    """The labels as one-hot rows (conditional VAEs; checked), or None."""
+    if self.num_classes is None:
+      return None
+    if labels is None or tuple(labels.shape) != (batch,):
+      got = None if labels is None else tuple(labels.shape)
+      raise ValueError(
+        f"a conditional VAE (num_classes={self.num_classes}) needs one integer label per "
+        f"example: shape ({batch},), got {got}"
+      )
+    return jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+
+  def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(μ, log σ²) of q(z|x) (or q(z|x, y)), each (batch, latent_dim)."""
+    y = self.one_hot(labels, x.shape[0])
+    x = jnp.asarray(x)
     if self.architecture == "mlp":
       x = x.reshape(x.shape[0], -1)
+      if y is not None:
+        x = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
+    elif y is not None:  # The label as constant channels of the image.
+      planes = jnp.broadcast_to(y[:, None, None, :], (*x.shape[:-1], y.shape[-1]))
+      x = jnp.concatenate([x, planes.astype(x.dtype)], axis=-1)
     h = self.encoder(x).astype(jnp.float32)
     return h[:, : self.latent_dim], h[:, self.latent_dim :]
 
-  def decode(self, z: jax.Array) -> dict[str, jax.Array]:
-    """Parameters of p(x|z): {'logits'} (Bernoulli) or {'mean', 'logvar'} (Gaussian)."""
+  def decode(self, z: jax.Array, labels: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Parameters of p(x|z) (or p(x|z, y)): {'logits'} (Bernoulli) or {'mean', 'logvar'}."""
+    y = self.one_hot(labels, z.shape[0])
+    if y is not None:
+      z = jnp.asarray(z)  # NumPy float64 latents become JAX's float32 first.
+      z = jnp.concatenate([z, y.astype(z.dtype)], axis=-1)
     h = self.decoder(z).astype(jnp.float32)
     *size, channels = self.output_shape
     h = h.reshape(z.shape[0], *size, -1)
@@ -130,11 +160,12 @@ class VAE(nn.Module):
     return nn.sigmoid(decoded["logits"]) if "logits" in decoded else decoded["mean"]
 
   def __call__(
-    self, x: jax.Array, key: jax.Array
+    self, x: jax.Array, key: jax.Array, labels: jax.Array | None = None
   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Returns (decoded, aux): p(x|z)'s parameters for one z ~ q(z|x) per example, and
-    aux with `mean`, `logvar`, `z`. `key` is one key per example (shape (batch,))."""
+    aux with `mean`, `logvar`, `z`. `key` is one key per example (shape (batch,));
+    `labels` (batch,) for a conditional VAE."""
     check_example_keys(key, x.shape[0])
-    mean, logvar = self.encode(x)
+    mean, logvar = self.encode(x, labels)
     z = jax.vmap(reparameterize)(key, mean, logvar)
-    return self.decode(z), {"mean": mean, "logvar": logvar, "z": z}
+    return self.decode(z, labels), {"mean": mean, "logvar": logvar, "z": z}
