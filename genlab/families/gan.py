@@ -65,7 +65,7 @@ def options(**overrides) -> ml_collections.ConfigDict:
   """`config.gan`, the GAN family's options, with their defaults."""
   group = ml_collections.ConfigDict(
     {
-      "generator_loss": "non_saturating",  # non_saturating | minimax | hinge.
+      "generator_loss": "non_saturating",  # non_saturating | minimax | hinge | wasserstein.
       "n_disc": 1,  # Discriminator steps per generator step.
       "penalty": "none",  # none | gp (WGAN-GP) | r1: the discriminator's gradient penalty.
       "penalty_weight": 10.0,  # λ of gp, γ of r1 (whose term is γ/2 · E‖∇D(x)‖²).
