@@ -418,3 +418,46 @@ def test_sngan_keeps_its_power_iteration_outside_params_and_resumes_exactly(data
   )
   chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(unbroken.params))
   chex.assert_trees_all_equal(jax.device_get(resumed.stats), jax.device_get(unbroken.stats))
+
+
+def test_projection_discriminator_is_psi_of_phi_plus_the_class_embedding_projection():
+  from genlab.models import Discriminator, Generator
+  from genlab.models.conv_ae import activation_fn
+
+  d = Discriminator(architecture="mlp", hidden=(12, 8), num_classes=5)
+  x = jnp.float32(np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 1)))
+  y = jnp.array([0, 3, 4, 3])
+  params = d.init(jax.random.key(0), x, y)["params"]
+  logits, state = d.apply({"params": params}, x, y, capture_intermediates=True)
+  phi = activation_fn("leaky_relu")(state["intermediates"]["MLP_0"]["__call__"][0])
+  psi = phi @ params["psi"]["kernel"] + params["psi"]["bias"]
+  expected = psi[:, 0] + jnp.sum(params["class_embedding"][y] * phi, axis=1)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r"needs one integer label per example: shape \(4,\)"):
+    d.apply({"params": params}, x)
+  g = Generator(output_shape=(4, 4, 1), architecture="mlp", hidden=(8,), num_classes=5)
+  z = jnp.ones((2, 3))
+  g_params = g.init(jax.random.key(1), z, jnp.array([0, 0]))
+  assert not np.allclose(
+    g.apply(g_params, z, jnp.array([1, 1])), g.apply(g_params, z, jnp.array([2, 2]))
+  )
+
+
+def test_a_conditional_gan_reports_class_accuracy_and_per_class_fd(data_dir, tmp_path):
+  from conftest import EXPERIMENTS
+  from genlab import config as config_lib
+  from genlab.run import evaluate_workdir, setup, train_and_evaluate
+
+  config = config_lib.load_experiment(EXPERIMENTS / "cgan_digits.py")
+  config.data.data_dir = data_dir
+  config.update(num_steps=200, eval_every=200, image_every=200, checkpoint_every=200)
+  config.update(eval_at_start=False)
+  train_and_evaluate(config, tmp_path)
+  report = evaluate_workdir(tmp_path)
+  m = report["metrics"]
+  assert report["protocol"]["conditional_on"] == "label"
+  assert 0.0 <= m["class_accuracy"] <= 1.0 and np.isfinite(m["fd_class_mean"])
+  assert m["class_accuracy"] > 0.1  # Above chance among 10 classes after 200 steps.
+  assert (tmp_path / "images" / "samples_step_000200.png").is_file()
+  family = setup(config).family
+  np.testing.assert_array_equal(family.sample_labels(12), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])

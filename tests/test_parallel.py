@@ -24,11 +24,12 @@ from genlab.core.sharding import fsdp_spec
     ("gan_digits.py", 20, ("data", "fsdp")),
     ("sparse_ae_patches.py", 20, ("data",)),
     # The variants' own randomness and state: IWAE's k samples per example, the labels a
-    # conditional VAE reads, WGAN-GP's per-example mixing weights and second-order penalty,
-    # SNGAN's power iteration.
+    # conditional VAE or GAN reads and draws, WGAN-GP's per-example mixing weights and
+    # second-order penalty, SNGAN's power iteration.
     ("iwae_digits.py", 10, ("data",)),
     ("cvae_digits.py", 10, ("data",)),
     ("wgan_gp_digits.py", 10, ("data",)),
+    ("cgan_digits.py", 10, ("data",)),
     ("sngan_digits.py", 4, ("data",)),
   ],
 )

@@ -35,6 +35,11 @@ features against the same real ones, with k-NN balls (k = `gan.prdc_k`;
 Kynkäänniemi et al. 2019, Naeem et al. 2020: precision says the samples look
 real, recall that the data's variety is reached); and mean D(x) on test images
 and mean D(G(z)).
+
+With `gan.conditional` the generator takes the label beside z and D is a projection
+discriminator (`genlab.models.gan`); fakes are drawn for uniform random classes
+(keyed per example like z), samples for classes 0, 1, … in turn, and the eval adds
+`class_accuracy` and `fd_class_mean`.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
       "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
       "prdc_k": 5,  # The k of the k-NN balls of precision, recall, density and coverage.
+      # Class-conditional: the label feeds G (beside z) and a projection discriminator.
+      "conditional": False,
       "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
       # The discriminator's learning rate, if not the generator's (config.optimizer's).
       "disc_learning_rate": ml_collections.config_dict.placeholder(float),
@@ -92,13 +99,26 @@ class GAN(Family):
     super().__init__(config, dataset, **kwargs)
     _, fields = self.model_fields("gan")
     self.latent_dim, architecture = fields["latent_dim"], fields["architecture"]
+    self.options = self.family_options()
+    self.num_classes = None
+    if self.options.conditional:
+      if "label" not in dataset.train:
+        raise ConfigError(f"config.gan.conditional needs labels, and {dataset.name} has none")
+      top = max(np.max(dataset.train["label"]), np.max(dataset.test["label"]))
+      self.num_classes = int(top) + 1
     self.generator = self.build(
-      Generator, output_shape=dataset.image_shape, architecture=architecture, **fields["generator"]
+      Generator,
+      output_shape=dataset.image_shape,
+      architecture=architecture,
+      num_classes=self.num_classes,
+      **fields["generator"],
     )
     self.discriminator = self.build(
-      Discriminator, architecture=architecture, **fields["discriminator"]
+      Discriminator,
+      architecture=architecture,
+      num_classes=self.num_classes,
+      **fields["discriminator"],
     )
-    self.options = self.family_options()
     if self.options.generator_loss not in losses.GENERATOR_LOSSES:
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
     if self.options.penalty not in losses.GRADIENT_PENALTIES:
@@ -111,8 +131,10 @@ class GAN(Family):
       "discriminator": make_optimizer(disc_optimizer),
     }
     self.eval_key = stream_key(jax.random.key(config.seed), "gan_eval")
-    self._generate = jax.jit(lambda params, z: self.generator.apply({"params": params}, z))
-    self._discriminate = jax.jit(lambda params, stats, x: self.critic(params, x, stats))
+    self._generate = jax.jit(self.generate)
+    self._discriminate = jax.jit(
+      lambda params, stats, x, labels: self.critic(params, x, stats, labels)
+    )
 
   # Keyed pieces -----------------------------------------------------------------
 
@@ -120,16 +142,29 @@ class GAN(Family):
   def spectral_norm(self) -> bool:
     return self.discriminator.spectral_norm
 
-  def critic(self, state_or_params, x, stats=None) -> jax.Array:
-    """D's logits on `x`, with its spectral-norm estimates (`state.stats`) when it has them,
-    not updated. Takes a TrainState, or params and stats."""
+  def critic(self, state_or_params, x, stats=None, labels=None) -> jax.Array:
+    """D's logits on `x` (given `labels` when conditional), with its spectral-norm estimates
+    (`state.stats`) when it has them, not updated. Takes a TrainState, or params and stats."""
     if isinstance(state_or_params, TrainState):
       params = state_or_params.params["discriminator"]
       stats = state_or_params.stats.get("discriminator")
     else:
       params = state_or_params
     variables = {"params": params, **({"batch_stats": stats} if self.spectral_norm else {})}
-    return self.discriminator.apply(variables, x)
+    return self.discriminator.apply(variables, x, labels)
+
+  def fake_labels(self, key: jax.Array, index: jax.Array) -> jax.Array | None:
+    """The classes the generator is asked for: uniform, one per example, keyed like z."""
+    if self.num_classes is None:
+      return None
+    keys = example_keys(stream_key(key, "y"), index)
+    return jax.vmap(lambda k: jax.random.randint(k, (), 0, self.num_classes))(keys)
+
+  def real_labels(self, batch) -> jax.Array | None:
+    return batch["label"] if self.num_classes is not None else None
+
+  def generate(self, params, z, labels=None) -> jax.Array:
+    return self.generator.apply({"params": params}, z, labels)
 
   def latents(self, key: jax.Array, index: jax.Array) -> jax.Array:
     """One z ~ N(0, I) per example, from its position in the global batch."""
@@ -143,10 +178,11 @@ class GAN(Family):
       return losses.discriminator_wasserstein_loss(real_logits, fake_logits)
     return losses.discriminator_loss(real_logits, fake_logits)
 
-  def gradient_penalty(self, params, stats, real, fake, key, index) -> jax.Array:
+  def gradient_penalty(self, params, stats, real, fake, key, index, labels=None) -> jax.Array:
     """The weighted penalty term of the discriminator's loss (a scalar; 0 for 'none')."""
     kind, weight = self.options.penalty, self.options.penalty_weight
-    critic = lambda x: self.critic(params, x, stats)  # noqa: E731
+    # Conditional: the penalty's points are judged under the real images' labels.
+    critic = lambda x: self.critic(params, x, stats, labels)  # noqa: E731
     if kind == "gp":
       keys = example_keys(stream_key(key, "gp_mix"), index)
       mix = jax.vmap(lambda k: jax.random.uniform(k))(keys)
@@ -157,26 +193,27 @@ class GAN(Family):
 
   def discriminator_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     """One update of the discriminator on real `batch['image']` and G(z), z from `key`."""
-    fake = self.generator.apply(
-      {"params": state.params["generator"]}, self.latents(key, batch["index"])
-    )
+    fake_y, real_y = self.fake_labels(key, batch["index"]), self.real_labels(batch)
+    fake = self.generate(state.params["generator"], self.latents(key, batch["index"]), fake_y)
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(params):
       if self.spectral_norm:  # One power-iteration step per update, on the real pass.
         variables = {"params": params, "batch_stats": state.stats["discriminator"]}
         real_logits, updated = self.discriminator.apply(
-          variables, batch["image"], update_stats=True, mutable=["batch_stats"]
+          variables, batch["image"], real_y, update_stats=True, mutable=["batch_stats"]
         )
         stats = updated["batch_stats"]
       else:
-        real_logits, stats = self.critic(params, batch["image"]), None
-      fake_logits = self.critic(params, fake, stats)
+        real_logits, stats = self.critic(params, batch["image"], labels=real_y), None
+      fake_logits = self.critic(params, fake, stats, fake_y)
       loss = self.d_loss(real_logits, fake_logits).mean()
       d_real, d_fake = jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean()
       parts = {"d_real": d_real, "d_fake": d_fake}
       if self.options.penalty != "none":
-        penalty = self.gradient_penalty(params, stats, batch["image"], fake, key, batch["index"])
+        penalty = self.gradient_penalty(
+          params, stats, batch["image"], fake, key, batch["index"], real_y
+        )
         loss, parts["d_penalty"] = loss + penalty, penalty
       return loss, ((parts, stats) if self.spectral_norm else parts)
 
@@ -184,11 +221,11 @@ class GAN(Family):
 
   def generator_step(self, state, key, index) -> tuple[TrainState, Metrics]:
     """One update of the generator; z for example i of the global batch from (key, index[i])."""
-    z = self.latents(key, index)
+    z, y = self.latents(key, index), self.fake_labels(key, index)
 
     def loss_fn(params):
-      fake = self.generator.apply({"params": params}, z)
-      logits = self.critic(state, fake)
+      fake = self.generate(params, z, y)
+      logits = self.critic(state, fake, labels=y)
       return losses.generator_loss(logits, kind=self.options.generator_loss).mean(), {}
 
     return gradient_step(state, "generator", loss_fn, prefix="g_")
@@ -198,9 +235,10 @@ class GAN(Family):
   def init_state(self, key, batch) -> TrainState:
     g_key, d_key = jax.random.split(key)
     z = jnp.zeros((1, self.latent_dim))
-    d_variables = self.discriminator.init(d_key, jnp.asarray(batch["image"][:1]))
+    y = None if self.num_classes is None else jnp.zeros((1,), jnp.int32)
+    d_variables = self.discriminator.init(d_key, jnp.asarray(batch["image"][:1]), y)
     params = {
-      "generator": self.generator.init(g_key, z)["params"],
+      "generator": self.generator.init(g_key, z, y)["params"],
       "discriminator": d_variables["params"],
     }
     stats = {"discriminator": d_variables["batch_stats"]} if self.spectral_norm else {}
@@ -218,7 +256,7 @@ class GAN(Family):
     return state, out
 
   def eval_step(self, state, batch) -> Metrics:
-    logits = self.critic(state, batch["image"])
+    logits = self.critic(state, batch["image"], labels=self.real_labels(batch))
     return {"d_real": masked_sum(jax.nn.sigmoid(logits), batch["mask"])}
 
   # Distribution metrics, in the feature network's space ------------------------------
@@ -249,6 +287,8 @@ class GAN(Family):
       _, test = self.feature_net(scale_values(self.dataset.test["image"], self.value_range))
       self._real_stats = metrics.gaussian_statistics(real)
       self._real_features = real
+      if self.num_classes is not None:
+        self._real_labels = np.asarray(self.dataset.train["label"][rows])
       floor = metrics.precision_recall_density_coverage(real, test, k=self.options.prdc_k)
       self._prdc_floor = {"precision_floor": floor["precision"], "recall_floor": floor["recall"]}
       self._floor = metrics.frechet_distance(*self._real_stats, *metrics.gaussian_statistics(test))
@@ -261,16 +301,21 @@ class GAN(Family):
     samples = self.sample(state, self.eval_key, n_fake)
     probabilities, features = self.feature_net(samples)
     d_params, d_stats = state.params["discriminator"], state.stats.get("discriminator")
+    labels = self.sample_labels(n_fake)
+
+    def chunk_labels(i):
+      return None if labels is None else labels[i : i + 500]
+
     fake_logits = np.concatenate(
       [
-        np.asarray(self._discriminate(d_params, d_stats, samples[i : i + 500]))
+        np.asarray(self._discriminate(d_params, d_stats, samples[i : i + 500], chunk_labels(i)))
         for i in range(0, n_fake, 500)
       ]
     )
     prdc = metrics.precision_recall_density_coverage(
       self._real_features, features, k=self.options.prdc_k
     )
-    return {
+    out = {
       "fd": metrics.frechet_distance(*real_stats, *metrics.gaussian_statistics(features)),
       "fd_floor": self._floor,
       **prdc,
@@ -279,25 +324,63 @@ class GAN(Family):
       "class_entropy": metrics.class_histogram_entropy(probabilities),
       "d_fake": float(np.mean(1.0 / (1.0 + np.exp(-fake_logits)))),
     }
+    if labels is not None:
+      labels = np.asarray(labels)
+      out["class_accuracy"] = float(np.mean(np.argmax(probabilities, axis=1) == labels))
+      per_class = [
+        metrics.frechet_distance_of(
+          self._real_features[self._real_labels == c], features[labels == c]
+        )
+        for c in range(self.num_classes)
+        if np.sum(self._real_labels == c) > 1 and np.sum(labels == c) > 1
+      ]
+      out["fd_class_mean"] = float(np.mean(per_class))
+    return out
 
-  def sample(self, state, key, num: int) -> np.ndarray:
+  def sample_labels(self, num: int) -> jax.Array | None:
+    """The classes of `sample`'s draws: 0, 1, …, C − 1, 0, 1, … (conditional); else None."""
+    if self.num_classes is None:
+      return None
+    return jnp.arange(num, dtype=jnp.int32) % self.num_classes
+
+  def sample(self, state, key, num: int, labels=None) -> np.ndarray:
+    """G(z) for `num` z from `key`; a conditional GAN's draws are of `labels`, by default
+    cycling through the classes (`sample_labels`)."""
     z = self.latents(key, jnp.arange(num))
+    if labels is None:
+      labels = self.sample_labels(num)
+    params = state.params["generator"]
     return np.concatenate(
       [
-        np.asarray(self._generate(state.params["generator"], z[i : i + 500]))
+        np.asarray(
+          self._generate(params, z[i : i + 500], None if labels is None else labels[i : i + 500])
+        )
         for i in range(0, num, 500)
       ]
     )
 
 
 class GANViews(Views):
-  """64 samples from a fixed z, the same at every step."""
+  """64 samples from a fixed z, the same at every step; a conditional GAN's as one row per
+  class (at most 10), the same 8 z in every row."""
 
   def images(self, state, batch, step):
     family = self.family
-    samples = family.sample(state, stream_key(family.eval_key, "grid"), 64)
+    key = stream_key(family.eval_key, "grid")
+    if family.num_classes is None:
+      samples = family.sample(state, key, 64)
+      grid = image_grid(
+        list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
+      )
+      return {"samples": grid}
+    classes = min(10, family.num_classes)
+    z = jnp.tile(family.latents(key, jnp.arange(8)), (classes, 1))
+    labels = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), 8)
+    samples = np.asarray(family.generate(state.params["generator"], z, labels))
     grid = image_grid(
-      list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
+      list(samples.reshape(classes, 8, *samples.shape[1:])),
+      labels=[f"y = {c}" for c in range(classes)],
+      value_range=family.value_range,
     )
     return {"samples": grid}
 
@@ -325,6 +408,10 @@ class GANReport(Report):
     "recall_floor": "recall of the test images against the same real ones (as fd_floor)",
     "d_real": "mean D(x) = P(real) on test images",
     "d_fake": "mean D(G(z)) on the fd_n_fake samples",
+    "class_accuracy": "conditional GANs: fraction of the fd_n_fake samples (classes 0, 1, …, "
+    "C − 1 in turn) that the feature network classifies as the class they were drawn for",
+    "fd_class_mean": "conditional GANs: mean over classes of the Fréchet distance between the "
+    "real images of a class (among the fd_n_real) and the samples drawn for it",
   }
 
   def protocol(self):
@@ -347,5 +434,6 @@ class GANReport(Report):
         else {}
       ),
       "n_disc": family.options.n_disc,
+      **({"conditional_on": "label"} if family.num_classes is not None else {}),
       **family.feature_net.protocol(),
     }

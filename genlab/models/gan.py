@@ -7,6 +7,11 @@
   sigmoid is P(real). `mlp`: Dense layers; `dcgan`: `ConvEncoder` — a strided
   Conv stack → Dense(1). Leaky ReLU by default.
 (No batch normalisation: both networks stay pure functions of their params.)
+
+With `num_classes`, class-conditional networks: the generator takes the one-hot
+label beside z; the discriminator is a projection discriminator (Miyato & Koyama
+2018), D(x, y) = ψ(φ(x)) + ⟨e_y, φ(x)⟩ with φ(x) its last hidden features and e_y a
+learned embedding of the class.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genlab import kernels as kernels_lib
 from genlab.errors import ConfigError
-from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn
+from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn, spectrally_normalized
 from genlab.models.mlp import MLP
 
 ARCHITECTURES = ("mlp", "dcgan")
@@ -37,6 +43,7 @@ class Generator(nn.Module):
     kernel_size, strides: DCGAN transposed-convolution stages.
     activation: hidden activation.
     output_activation: `tanh` for data in [-1, 1], `sigmoid` for [0, 1].
+    num_classes: if set, conditional on integer labels (one-hot beside z).
     dtype: computation dtype (bfloat16: mixed precision; params stay float32).
     kernels: `flax` or `xla_cpu` (see `genlab.kernels`).
   """
@@ -49,11 +56,14 @@ class Generator(nn.Module):
   strides: int | Sequence[int] = 2
   activation: str = "relu"
   output_activation: str = "tanh"
+  num_classes: int | None = None
   dtype: Any = jnp.float32
   kernels: str = "flax"
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
+  def __call__(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    if self.num_classes is not None:
+      z = jnp.concatenate([z, one_hot(labels, self.num_classes, z.shape[0])], axis=-1)
     if self.architecture == "mlp":
       widths = (*self.hidden, math.prod(self.output_shape))
       h = MLP(widths, self.activation, self.dtype, self.kernels)(z)
@@ -87,9 +97,15 @@ class Discriminator(nn.Module):
   # SNGAN (Miyato et al. 2018): every layer spectrally normalized, its power-iteration
   # vectors in the `batch_stats` collection (genlab keeps them in TrainState.stats).
   spectral_norm: bool = False
+  # A projection discriminator on labels in [0, num_classes) (see the module docstring).
+  num_classes: int | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, labels: jax.Array | None = None, update_stats: bool = False
+  ) -> jax.Array:
+    if self.num_classes is not None:
+      return self.projection(x, labels, update_stats)
     if self.architecture == "mlp":
       mlp = MLP((*self.hidden, 1), self.activation, self.dtype, self.kernels, self.spectral_norm)
       logit = mlp(x.reshape(x.shape[0], -1), update_stats)
@@ -107,3 +123,43 @@ class Discriminator(nn.Module):
     else:
       raise ConfigError(f"unknown GAN architecture {self.architecture!r}; choose {ARCHITECTURES}")
     return logit[:, 0].astype(jnp.float32)
+
+  def projection(self, x: jax.Array, labels: jax.Array, update_stats: bool) -> jax.Array:
+    """ψ(φ(x)) + ⟨e_y, φ(x)⟩: φ the network without its last Dense, ψ that Dense."""
+    y = one_hot(labels, self.num_classes, x.shape[0])  # Checks the labels' shape.
+    act = activation_fn(self.activation)
+    if self.architecture == "mlp":
+      mlp = MLP(tuple(self.hidden), self.activation, self.dtype, self.kernels, self.spectral_norm)
+      phi = act(mlp(x.reshape(x.shape[0], -1), update_stats))
+    elif self.architecture == "dcgan":
+      maps = ConvEncoder(
+        features=tuple(self.features),
+        kernel_size=self.kernel_size,
+        strides=self.strides,
+        latent_dim=None,
+        activation=self.activation,
+        dtype=self.dtype,
+        kernels=self.kernels,
+        spectral_norm=self.spectral_norm,
+      )(x, update_stats)
+      phi = maps.reshape(x.shape[0], -1)
+    else:
+      raise ConfigError(f"unknown GAN architecture {self.architecture!r}; choose {ARCHITECTURES}")
+    psi = kernels_lib.dense(1, kernels=self.kernels, dtype=self.dtype, name="psi")
+    logit = spectrally_normalized(psi, self.spectral_norm, "spectral_norm_psi", phi, update_stats)
+    embed = self.param(
+      "class_embedding", nn.initializers.normal(0.02), (self.num_classes, phi.shape[-1])
+    )
+    projected = jnp.sum((y @ embed) * phi.astype(jnp.float32), axis=-1)
+    return logit[:, 0].astype(jnp.float32) + projected
+
+
+def one_hot(labels: jax.Array | None, num_classes: int, batch: int) -> jax.Array:
+  """One-hot rows of integer `labels` (batch,), refused in one line if absent or misshapen."""
+  if labels is None or tuple(jnp.shape(labels)) != (batch,):
+    got = None if labels is None else tuple(jnp.shape(labels))
+    raise ValueError(
+      f"a class-conditional network (num_classes={num_classes}) needs one integer label per "
+      f"example: shape ({batch},), got {got}"
+    )
+  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
