@@ -65,6 +65,20 @@ def image_grid(
   return grid
 
 
+def class_rows(draw, z: np.ndarray, num_classes: int, value_range) -> np.ndarray:
+  """A class-conditional model's samples as a grid: one row per class (at most 10), the
+  same latents `z` (one per column) in every row; `draw(z, labels)` gives the images."""
+  classes = min(10, num_classes)
+  z = np.asarray(z)
+  labels = np.repeat(np.arange(classes, dtype=np.int32), len(z))
+  images = np.asarray(draw(np.tile(z, (classes, 1)), labels))
+  return image_grid(
+    list(images.reshape(classes, len(z), *images.shape[1:])),
+    labels=[f"y = {c}" for c in range(classes)],
+    value_range=value_range,
+  )
+
+
 def _font():
   from PIL import ImageFont
 

@@ -38,6 +38,11 @@ from genlab.data import Dataset
 from genlab.errors import ConfigError, GenlabError
 
 
+def label_count(dataset: Dataset) -> int:
+  """The classes of a labelled dataset: its largest label in either split, plus one."""
+  return int(max(np.max(dataset.train["label"]), np.max(dataset.test["label"]))) + 1
+
+
 class Family(abc.ABC):
   """The maths of one model family: its state, its steps and its evaluation.
 
@@ -59,6 +64,8 @@ class Family(abc.ABC):
   # Resources the run layer builds and hands over with `provide` before training or
   # evaluation (e.g. `feature_net`, a trained classifier); see `needs`.
   resources: dict[str, Any]
+  # The classes a class-conditional family draws from (`conditional_classes`); None if not.
+  num_classes: int | None = None
 
   @staticmethod
   def default_options() -> ml_collections.ConfigDict | None:
@@ -93,6 +100,20 @@ class Family(abc.ABC):
     merged = defaults.copy_and_resolve_references()
     merged.update(given.to_dict())
     return merged
+
+  def conditional_classes(self, option: str) -> int:
+    """The number of classes of a class-conditional family, asked for by config `option`:
+    the dataset's largest label plus one; no labels is a config error."""
+    if "label" not in self.dataset.train:
+      raise ConfigError(f"{option} needs labels, and {self.dataset.name} has none")
+    return label_count(self.dataset)
+
+  def sample_labels(self, num: int) -> jax.Array | None:
+    """The classes of a conditional family's `num` samples: 0, 1, …, C − 1, 0, 1, …; None
+    if the family is not conditional."""
+    if self.num_classes is None:
+      return None
+    return jnp.arange(num, dtype=jnp.int32) % self.num_classes
 
   def model_fields(self, *names: str) -> tuple[str, dict[str, Any]]:
     """`config.model` as (name, the other fields), the name checked against `names`."""

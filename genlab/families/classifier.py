@@ -8,12 +8,11 @@ caches it (`genlab.run.feature_net`).
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
 from genlab.errors import DataError
-from genlab.families.base import Family, Report
+from genlab.families.base import Family, Report, label_count
 from genlab.models import ImageClassifier
 
 
@@ -25,7 +24,7 @@ class Classifier(Family):
     if "label" not in dataset.train:
       raise DataError(f"{dataset.name} has no labels: a classifier cannot be trained on it")
     _, fields = self.model_fields("classifier")
-    self.num_classes = int(max(np.max(dataset.train["label"]), np.max(dataset.test["label"]))) + 1
+    self.num_classes = label_count(dataset)
     self.model = self.build(ImageClassifier, num_classes=self.num_classes, **fields)
     self.tx = make_optimizer(config.optimizer)
 

@@ -63,7 +63,7 @@ from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
 from genlab.models.gan import Discriminator, Generator
-from genlab.views import image_grid
+from genlab.views import class_rows, image_grid
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
@@ -100,12 +100,8 @@ class GAN(Family):
     _, fields = self.model_fields("gan")
     self.latent_dim, architecture = fields["latent_dim"], fields["architecture"]
     self.options = self.family_options()
-    self.num_classes = None
     if self.options.conditional:
-      if "label" not in dataset.train:
-        raise ConfigError(f"config.gan.conditional needs labels, and {dataset.name} has none")
-      top = max(np.max(dataset.train["label"]), np.max(dataset.test["label"]))
-      self.num_classes = int(top) + 1
+      self.num_classes = self.conditional_classes("config.gan.conditional")
     self.generator = self.build(
       Generator,
       output_shape=dataset.image_shape,
@@ -337,12 +333,6 @@ class GAN(Family):
       out["fd_class_mean"] = float(np.mean(per_class))
     return out
 
-  def sample_labels(self, num: int) -> jax.Array | None:
-    """The classes of `sample`'s draws: 0, 1, …, C − 1, 0, 1, … (conditional); else None."""
-    if self.num_classes is None:
-      return None
-    return jnp.arange(num, dtype=jnp.int32) % self.num_classes
-
   def sample(self, state, key, num: int, labels=None) -> np.ndarray:
     """G(z) for `num` z from `key`; a conditional GAN's draws are of `labels`, by default
     cycling through the classes (`sample_labels`)."""
@@ -373,14 +363,12 @@ class GANViews(Views):
         list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
       )
       return {"samples": grid}
-    classes = min(10, family.num_classes)
-    z = jnp.tile(family.latents(key, jnp.arange(8)), (classes, 1))
-    labels = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), 8)
-    samples = np.asarray(family.generate(state.params["generator"], z, labels))
-    grid = image_grid(
-      list(samples.reshape(classes, 8, *samples.shape[1:])),
-      labels=[f"y = {c}" for c in range(classes)],
-      value_range=family.value_range,
+    params = state.params["generator"]
+    grid = class_rows(
+      lambda z, y: family.generate(params, z, y),
+      family.latents(key, jnp.arange(8)),
+      family.num_classes,
+      family.value_range,
     )
     return {"samples": grid}
 

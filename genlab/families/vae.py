@@ -57,7 +57,7 @@ from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
 from genlab.models.vae import VAE, reparameterize
-from genlab.views import categorical_colours, figure_pixels, image_grid, subplots
+from genlab.views import categorical_colours, class_rows, figure_pixels, image_grid, subplots
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 NLL_ROWS_PER_CHUNK = 8192  # Decoder rows (examples × samples) per scan step.
@@ -93,11 +93,10 @@ class VariationalAutoencoder(Family):
     _, fields = self.model_fields("vae")
     options = self.family_options()
     if options.conditional:
-      if "label" not in dataset.train:
-        raise ConfigError(f"config.vae.conditional needs labels, and {dataset.name} has none")
-      labels = (np.max(dataset.train["label"]), np.max(dataset.test["label"]))
-      fields["num_classes"] = int(max(labels)) + 1
-    self.model = self.build(VAE, output_shape=dataset.image_shape, **fields)
+      self.num_classes = self.conditional_classes("config.vae.conditional")
+    self.model = self.build(
+      VAE, output_shape=dataset.image_shape, num_classes=self.num_classes, **fields
+    )
     if options.binarize not in ("none", "dynamic"):
       raise ConfigError("config.vae.binarize must be 'none' or 'dynamic'")
     if options.objective not in ("elbo", "iwae"):
@@ -131,6 +130,12 @@ class VariationalAutoencoder(Family):
   def labels(self, batch) -> jax.Array | None:
     """The batch's labels for a conditional VAE; None otherwise."""
     return batch["label"] if self.options.conditional else None
+
+  def test_labels(self, n: int) -> jax.Array | None:
+    """The first `n` test labels (int32) for a conditional VAE's views; None otherwise."""
+    if not self.options.conditional:
+      return None
+    return jnp.asarray(np.asarray(self.dataset.test["label"][:n]), jnp.int32)
 
   def elbo_terms(self, params, batch, key):
     x = self.observe(batch, key)
@@ -246,12 +251,6 @@ class VariationalAutoencoder(Family):
     z = jax.random.normal(key, (num, self.model.latent_dim))
     return np.asarray(self.mean_image(state.params["model"], z, self.sample_labels(num)))
 
-  def sample_labels(self, num: int) -> jax.Array | None:
-    """The classes of `sample`'s draws: 0, 1, …, C − 1, 0, 1, … (conditional); else None."""
-    if not self.options.conditional:
-      return None
-    return jnp.arange(num, dtype=jnp.int32) % self.model.num_classes
-
 
 class VAEViews(Views):
   """Reconstructions (of the posterior means), 64 samples from the prior, linear and
@@ -271,16 +270,10 @@ class VAEViews(Views):
       )
     }
     key = stream_key(family.eval_key, "prior_samples")
-    if family.options.conditional:  # One row per class (at most 10), 8 draws each.
-      classes = min(10, family.model.num_classes)
+    if family.num_classes is not None:  # One row per class, the same 8 z in each.
       z = jax.random.normal(key, (8, family.model.latent_dim))
-      z = jnp.tile(z, (classes, 1))
-      y_rows = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), 8)
-      samples = np.asarray(family.mean_image(params, z, y_rows))
-      views["samples"] = image_grid(
-        list(samples.reshape(classes, 8, *samples.shape[1:])),
-        labels=[f"y = {c}" for c in range(classes)],
-        value_range=family.value_range,
+      views["samples"] = class_rows(
+        lambda z, y: family.mean_image(params, z, y), z, family.num_classes, family.value_range
       )
     else:
       samples = family.sample(state, key, 64)
@@ -291,9 +284,7 @@ class VAEViews(Views):
     pairs = min(4, len(test["image"]) // 2)
     if pairs:
       x = scale_values(test["image"][: 2 * pairs], family.value_range)
-      y = None
-      if family.options.conditional:
-        y = jnp.asarray(np.asarray(test["label"][: 2 * pairs]), jnp.int32)
+      y = family.test_labels(2 * pairs)
       mean, _ = family.posterior(params, x, y)
       starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
       t = np.linspace(0.0, 1.0, 8)
@@ -314,9 +305,7 @@ class VAEViews(Views):
     """Posterior means of the test split in 2-D (first two principal axes when K > 2)."""
     family = self.family
     x = scale_values(family.dataset.test["image"][:2000], family.value_range)
-    y = None
-    if family.options.conditional:
-      y = jnp.asarray(np.asarray(family.dataset.test["label"][:2000]), jnp.int32)
+    y = family.test_labels(2000)
     mean = np.concatenate(
       [
         np.asarray(

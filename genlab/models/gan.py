@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from genlab import kernels as kernels_lib
 from genlab.errors import ConfigError
+from genlab.models.conditioning import one_hot_labels
 from genlab.models.conv_ae import ConvDecoder, ConvEncoder, activation_fn, spectrally_normalized
 from genlab.models.mlp import MLP
 
@@ -63,7 +64,7 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, labels: jax.Array | None = None) -> jax.Array:
     if self.num_classes is not None:
-      z = jnp.concatenate([z, one_hot(labels, self.num_classes, z.shape[0])], axis=-1)
+      z = jnp.concatenate([z, one_hot_labels(labels, self.num_classes, z.shape[0])], axis=-1)
     if self.architecture == "mlp":
       widths = (*self.hidden, math.prod(self.output_shape))
       h = MLP(widths, self.activation, self.dtype, self.kernels)(z)
@@ -126,7 +127,7 @@ class Discriminator(nn.Module):
 
   def projection(self, x: jax.Array, labels: jax.Array, update_stats: bool) -> jax.Array:
     """ψ(φ(x)) + ⟨e_y, φ(x)⟩: φ the network without its last Dense, ψ that Dense."""
-    y = one_hot(labels, self.num_classes, x.shape[0])  # Checks the labels' shape.
+    y = one_hot_labels(labels, self.num_classes, x.shape[0])  # Checks their shape.
     act = activation_fn(self.activation)
     if self.architecture == "mlp":
       mlp = MLP(tuple(self.hidden), self.activation, self.dtype, self.kernels, self.spectral_norm)
@@ -152,14 +153,3 @@ class Discriminator(nn.Module):
     )
     projected = jnp.sum((y @ embed) * phi.astype(jnp.float32), axis=-1)
     return logit[:, 0].astype(jnp.float32) + projected
-
-
-def one_hot(labels: jax.Array | None, num_classes: int, batch: int) -> jax.Array:
-  """One-hot rows of integer `labels` (batch,), refused in one line if absent or misshapen."""
-  if labels is None or tuple(jnp.shape(labels)) != (batch,):
-    got = None if labels is None else tuple(jnp.shape(labels))
-    raise ValueError(
-      f"a class-conditional network (num_classes={num_classes}) needs one integer label per "
-      f"example: shape ({batch},), got {got}"
-    )
-  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)

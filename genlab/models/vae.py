@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from genlab.errors import ConfigError
+from genlab.models.conditioning import one_hot_labels
 from genlab.models.conv_ae import ConvDecoder, ConvEncoder
 from genlab.models.mlp import MLP
 
@@ -115,15 +116,7 @@ class VAE(nn.Module):
 
   def one_hot(self, labels: jax.Array | None, batch: int) -> jax.Array | None:
     """The labels as one-hot rows (conditional VAEs; checked), or None."""
-    if self.num_classes is None:
-      return None
-    if labels is None or tuple(labels.shape) != (batch,):
-      got = None if labels is None else tuple(labels.shape)
-      raise ValueError(
-        f"a conditional VAE (num_classes={self.num_classes}) needs one integer label per "
-        f"example: shape ({batch},), got {got}"
-      )
-    return jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+    return None if self.num_classes is None else one_hot_labels(labels, self.num_classes, batch)
 
   def encode(self, x: jax.Array, labels: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(μ, log σ²) of q(z|x) (or q(z|x, y)), each (batch, latent_dim)."""
