@@ -7,10 +7,12 @@ shows how to write one.
 
 from genlab.errors import ConfigError
 from genlab.families import (
+  activation_sae,
   autoencoder,
   classifier,
   contractive_ae,
   gan,
+  language_model,
   recurrent_ae,
   sparse_ae,
   vae,
@@ -32,6 +34,16 @@ FAMILIES: dict[str, Registered] = {
   "vae": Registered(vae.VariationalAutoencoder, vae.VAEViews, vae.VAEReport),
   "gan": Registered(gan.GAN, gan.GANViews, gan.GANReport),
   "classifier": Registered(classifier.Classifier, report=classifier.ClassifierReport),
+  "activation_sae": Registered(
+    activation_sae.ActivationSAE,
+    activation_sae.ActivationSAEViews,
+    activation_sae.ActivationSAEReport,
+  ),
+  "language_model": Registered(
+    language_model.LanguageModel,
+    language_model.LanguageModelViews,
+    language_model.LanguageModelReport,
+  ),
   "contractive_autoencoder": Registered(
     contractive_ae.ContractiveAutoencoder,
     contractive_ae.ContractiveViews,

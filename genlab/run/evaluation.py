@@ -39,13 +39,14 @@ def eval_overrides(family: str) -> tuple[str, ...]:
 
 
 def restore_workdir(
-  workdir: str | pathlib.Path, overrides: list[str] = ()
+  workdir: str | pathlib.Path, overrides: list[str] = (), *, provide: Provider | None = None
 ) -> tuple[Setup, TrainState, int]:
   """The setup of a trained workdir and its newest usable checkpoint (host arrays).
 
   Args:
     workdir: a genlab workdir.
     overrides: `--config.FIELD=VALUE` strings, for the fields of `eval_overrides`.
+    provide: builds the resources the family needs (see `genlab.run.loop.train`).
   """
   workdir = pathlib.Path(workdir)
   config_path = workdir / CONFIG_FILE
@@ -61,7 +62,7 @@ def restore_workdir(
         f"{config_path}"
       )
   config_lib.apply_overrides(config, list(overrides))
-  s = setup(config)
+  s = setup(config, provide=provide)
   if not (workdir / "checkpoints").is_dir():
     raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
   with WorkdirLock(workdir, exclusive=False, what="eval"):
@@ -95,7 +96,7 @@ def evaluate_workdir(
     value range, the family's own settings), the metrics, including the
     family's reference baselines, and their definitions.
   """
-  s, restored, step = restore_workdir(workdir, overrides)
+  s, restored, step = restore_workdir(workdir, overrides, provide=provide)
   config = s.config
   # Found out now, not after a long evaluation: then the report is printed only.
   unwritable = _unwritable(pathlib.Path(workdir) / EVAL_FILE)
@@ -103,8 +104,6 @@ def evaluate_workdir(
     warn(
       f"cannot write {pathlib.Path(workdir) / EVAL_FILE} ({unwritable}): printing the report only"
     )
-  if provide is not None:
-    provide(s)
   state = s.runner.place_state(restored)
   metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
   if s.family.final_eval_step is not None:

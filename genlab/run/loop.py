@@ -232,7 +232,7 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
         "workdir is moved aside, not deleted)"
       )
     config_lib.check_resumable(read_saved_config(saved_config), config)
-  s = setup(config)
+  s = setup(config, provide=provide)
   runner = s.runner
   batcher = Batcher(  # Checks the batch size against the data before anything is written.
     s.dataset.train,
@@ -268,9 +268,6 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
         f"the run stopped at step {start}, not a multiple of steps_per_dispatch={k}; resume "
         "with --config.steps_per_dispatch=1 (results are the same) or a divisor of the step"
       )
-    # Costly one-off preparation (a GAN's feature network) before signals are taken over.
-    if provide is not None:
-      provide(s)
     if jax.process_index() == 0:
       write_atomically(saved_config, lambda f: f.write(config_lib.to_json(config)))
     if resident:

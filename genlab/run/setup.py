@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sys
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -48,11 +49,17 @@ class Setup:
   report: Report
   runner: Runner
   root_key: jax.Array
-  initial_state: TrainState  # Host arrays; the structure checkpoints restore into.
+  initial_state: TrainState | None  # Host arrays; the structure checkpoints restore into.
 
 
-def setup(config: ml_collections.ConfigDict) -> Setup:
-  """Loads the data and builds the runner, the family and a fresh state for `config`."""
+def setup(
+  config: ml_collections.ConfigDict, *, provide: Callable[[Setup], None] | None = None
+) -> Setup:
+  """Loads the data and builds the runner, the family and a fresh state for `config`.
+
+  `provide` builds the resources the family needs (`genlab.run.resources.provide`); it
+  runs before the first state is made, since a family's shapes may depend on them (an
+  SAE's input width is its host model's)."""
   config_lib.validate(config)
   dataset = load_dataset(
     config.dataset,
@@ -78,6 +85,18 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   registered = get_family(config.family)
   family = registered.family(config, dataset, devices=runner.devices)
   root_key = rngs.root_key(config.seed)
+  s = Setup(
+    config=config,
+    dataset=dataset,
+    family=family,
+    views=registered.views(family),
+    report=registered.report(family),
+    runner=runner,
+    root_key=root_key,
+    initial_state=None,
+  )
+  if provide is not None:
+    provide(s)
   example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
   try:
     state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
@@ -86,16 +105,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       f"model {config.model.name!r} cannot take {dataset.name}'s images of shape "
       f"{dataset.image_shape} (target {dataset.target_shape}): {str(e).splitlines()[0][:300]}"
     ) from e
-  return Setup(
-    config=config,
-    dataset=dataset,
-    family=family,
-    views=registered.views(family),
-    report=registered.report(family),
-    runner=runner,
-    root_key=root_key,
-    initial_state=jax.device_get(state),
-  )
+  s.initial_state = jax.device_get(state)
+  return s
 
 
 def check_workdir(workdir: pathlib.Path) -> None:

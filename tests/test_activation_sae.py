@@ -1,0 +1,348 @@
+"""SAEs on a host model's activations: the activation source, the SAE variants (BatchTopK,
+JumpReLU), the metrics (loss recovered), and the worked example's pieces end to end."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import EXPERIMENTS
+
+
+class TinyHost(nn.Module):
+  """A host for tests: (B, P, 6) inputs → `hidden` (B, P, 8) → logits over 3 classes."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(8, name="hidden")(x)
+    self.sow("intermediates", "hidden_relu", nn.relu(h))
+    return nn.Dense(3, name="out")(nn.relu(h))
+
+
+def _tiny_host_and_data(seed=0, n=512, positions=4):
+  """A TinyHost with random params and a dataset of sparse-ish inputs with labels."""
+  from genlab.data import Dataset
+  from genlab.models.activations import HostModel
+
+  rng = np.random.default_rng(seed)
+  atoms = rng.normal(size=(24, 6)).astype(np.float32)
+
+  def split(count):
+    mix = rng.random((count, positions, 24)) < 0.1
+    x = (mix * rng.exponential(size=mix.shape)) @ atoms
+    labels = rng.integers(0, 3, size=(count, positions))
+    return {"image": x.astype(np.float32), "label": labels}
+
+  model = TinyHost()
+  train, test = split(n), split(n // 4)
+  params = model.init(jax.random.key(seed), jnp.asarray(train["image"][:1]))["params"]
+
+  def token_loss(logits, batch):
+    import optax
+
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return loss, jnp.ones_like(loss)
+
+  host = HostModel(
+    model=model,
+    params=params,
+    layer="hidden",
+    inputs=lambda batch: (batch["image"],),
+    positions=lambda batch: jnp.ones(batch["image"].shape[:2]),
+    token_loss=token_loss,
+    description="TinyHost, random params",
+  )
+  return host, Dataset("tiny", train, test, modality="series")
+
+
+def _sae_family(code="batchtopk", dtype="float32", model=None, learning_rate=3e-3, **sae):
+  from genlab.config import base_config
+  from genlab.families.activation_sae import ActivationSAE
+
+  host, dataset = _tiny_host_and_data()
+  config = base_config("activation_sae")
+  config.dtype = dtype
+  config.mesh.devices = 1
+  config.kernels = "flax"
+  config.model.update(name="sparse_ae", code=code, code_dim=32, k=2, **(model or {}))
+  config.sae.update(host_factory="tests:unused", normalize="norm", **sae)
+  config.optimizer.learning_rate = learning_rate
+  family = ActivationSAE(config, dataset)
+  family.provide({"host_model": host})
+  return family
+
+
+def _train(family, steps, seed=0):
+  state = family.init_state(jax.random.key(seed), None)
+  step = jax.jit(family.train_step)
+  train = family.dataset.train
+  for i in range(steps):
+    start = (i * 64) % (len(train["image"]) - 64)
+    batch = {k: jnp.asarray(v[start : start + 64]) for k, v in train.items()}
+    state, metrics = step(state, batch, jax.random.key(i))
+  return state, metrics
+
+
+def _eval(family, state):
+  test = family.dataset.test
+  batch = {k: jnp.asarray(v) for k, v in test.items()} | {"mask": jnp.ones(len(test["image"]))}
+  sums = jax.jit(family.eval_step)(state, batch)
+  n = len(test["image"])
+  return family.summarize({k: np.asarray(v) / n for k, v in sums.items()})
+
+
+# The activation source -------------------------------------------------------------------
+
+
+def test_capture_gives_exactly_what_capture_intermediates_gives():
+  from genlab.models.activations import capture
+  from genlab.models.transformer import CausalTransformer
+
+  model = CausalTransformer(vocab_size=20, max_length=10, width=16, depth=3, heads=2)
+  tokens = jax.random.randint(jax.random.key(0), (3, 10), 1, 20)
+  variables = model.init(jax.random.key(1), tokens)
+
+  @jax.jit
+  def direct(v, t):
+    out, state = model.apply(v, t, capture_intermediates=True, mutable=["intermediates"])
+    return out, state["intermediates"]["block_1"]["__call__"][0]
+
+  out, activation = jax.jit(lambda v, t: capture(model, v, "block_1", t))(variables, tokens)
+  want_out, want = direct(variables, tokens)
+  chex.assert_shape(activation, (3, 10, 16))
+  np.testing.assert_array_equal(activation, want)
+  np.testing.assert_array_equal(out, want_out)
+
+
+def test_capture_reads_sown_values_and_names_a_missing_layer():
+  from genlab.errors import ConfigError
+  from genlab.models.activations import capture, splice
+
+  host, data = _tiny_host_and_data()
+  x = jnp.asarray(data.test["image"][:2])
+  variables = {"params": host.params}
+  _, sown = capture(host.model, variables, "intermediates/hidden_relu", x)
+  _, hidden = capture(host.model, variables, "hidden", x)
+  np.testing.assert_allclose(sown, jax.nn.relu(hidden))
+  with pytest.raises(ConfigError, match="no submodule"):
+    capture(host.model, variables, "hiden", x)
+  with pytest.raises(ConfigError, match="can be read, not replaced"):
+    splice(host.model, variables, "intermediates/hidden_relu", lambda a: a, x)
+
+
+def test_splicing_the_activation_itself_gives_the_clean_output_and_zeros_change_it():
+  host, data = _tiny_host_and_data()
+  batch = {k: jnp.asarray(v[:8]) for k, v in data.test.items()}
+  clean, _ = host.capture(batch)
+  np.testing.assert_array_equal(host.splice(batch, lambda a: a), clean)
+  assert not np.allclose(host.splice(batch, jnp.zeros_like), clean)
+
+
+def test_a_perfect_reconstruction_recovers_the_clean_loss():
+  family = _sae_family()
+
+  class Perfect(type(family)):
+    def reconstruct(self, params, x, weights, stats, *, train):
+      x_hat, code, pre, threshold = super().reconstruct(params, x, weights, stats, train=train)
+      return x, code, pre, threshold
+
+  family.__class__ = Perfect
+  state = family.init_state(jax.random.key(0), None)
+  m = _eval(family, state)
+  assert m["loss_sae"] == pytest.approx(m["loss_clean"], abs=1e-6)
+  assert m["kl_sae"] == pytest.approx(0.0, abs=1e-6)
+  assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+  assert m["fvu"] == pytest.approx(0.0, abs=1e-6) and m["loss_zero"] != m["loss_clean"]
+
+
+# The variants ------------------------------------------------------------------------------
+
+
+def test_kth_largest_and_top_k_match_a_sort():
+  from genlab.models.sparse_ae import batch_top_k, keep_top_k, kth_largest_relu
+
+  x = jax.random.normal(jax.random.key(0), (50, 40))
+  sorted_desc = -np.sort(-np.maximum(np.asarray(x), 0).ravel())
+  assert float(kth_largest_relu(x, 37)) == sorted_desc[36]
+  row = np.asarray(kth_largest_relu(x, 5, axis=-1))[:, 0]
+  np.testing.assert_array_equal(row, -np.sort(-np.maximum(np.asarray(x), 0), axis=1)[:, 4])
+  code = keep_top_k(x, 5)
+  assert np.all(np.sum(np.asarray(code) > 0, axis=1) == 5)
+  weights = (jnp.arange(50) < 41).astype(jnp.float32)
+  code, threshold = jax.jit(batch_top_k, static_argnums=1)(x, 3, weights)
+  active = np.asarray(code) > 0
+  assert active.sum() == 3 * 41 and not active[41:].any()  # Mean L0 over valid rows: k.
+  assert float(threshold) == pytest.approx(np.asarray(x)[:41][active[:41]].min())
+
+
+def test_batchtopk_trains_at_mean_l0_k_and_its_threshold_gives_l0_near_k_on_held_out_data():
+  family = _sae_family("batchtopk")
+  state, metrics = _train(family, 300)
+  assert float(metrics["l0"]) == pytest.approx(2.0, abs=1e-6)  # Exactly k in training.
+  m = _eval(family, state)  # The test split, at the learned inference threshold.
+  assert abs(m["l0"] - 2.0) <= 0.2 * 2.0, m
+  assert m["explained_variance"] > 0.5, m
+
+
+def _jumprelu_reference(z, theta, eps, g):
+  """NumPy: the paper's pseudo-derivatives (Rajamanoharan et al. 2024, eqs. 11–12)."""
+  kernel = (np.abs((z - theta) / eps) < 0.5).astype(np.float64)
+  dz_jump = g * (z > theta)
+  dtheta_jump = (g * (-theta / eps) * kernel).sum(0)
+  dtheta_step = (g * (-1.0 / eps) * kernel).sum(0)
+  return dz_jump, dtheta_jump, dtheta_step
+
+
+def test_jumprelu_straight_through_gradients_match_the_papers_formulas():
+  from genlab.models.sparse_ae import heaviside_step, jump_relu
+
+  rng = np.random.default_rng(0)
+  z = rng.uniform(0, 1, size=(64, 5)).astype(np.float32)
+  theta = np.array([0.1, 0.3, 0.5, 0.52, 0.9], np.float32)
+  g = rng.normal(size=z.shape).astype(np.float32)
+  eps = 0.05
+  dz, dtheta = jax.grad(lambda z, t: jnp.sum(jump_relu(z, t, eps) * g), argnums=(0, 1))(z, theta)
+  dz_step, dtheta_step = jax.grad(
+    lambda z, t: jnp.sum(heaviside_step(z, t, eps) * g), argnums=(0, 1)
+  )(z, theta)
+  want_dz, want_dtheta, want_dtheta_step = _jumprelu_reference(z, theta, eps, g)
+  np.testing.assert_allclose(dz, want_dz, rtol=1e-6)
+  np.testing.assert_allclose(dtheta, want_dtheta, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dtheta_step, want_dtheta_step, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(dz_step, 0.0)
+  np.testing.assert_array_equal(jump_relu(z, theta, eps), z * (z > theta))
+  assert np.any(dtheta != 0) and np.any(dtheta_step != 0)
+
+
+def test_jumprelu_thresholds_stay_float32_and_learn_in_bfloat16():
+  family = _sae_family("jumprelu", dtype="bfloat16", l0=0.5)
+  state = family.init_state(jax.random.key(0), None)
+  before = state.params["model"]["log_threshold"]
+  assert before.dtype == jnp.float32
+  state, _ = _train(family, 30)
+  after = state.params["model"]["log_threshold"]
+  assert after.dtype == jnp.float32
+  assert np.abs(np.asarray(after) - np.asarray(before)).max() > 1e-3  # It learns.
+
+
+def test_a_larger_l0_coefficient_gives_a_sparser_jumprelu_code():
+  l0 = {}
+  for coefficient in (0.01, 0.3):
+    # Tiny data and few steps: θ must move far, and Adam moves log θ by ≲ lr per step.
+    model = {"threshold_init": 0.1, "bandwidth": 0.1}
+    family = _sae_family("jumprelu", model=model, learning_rate=1e-2, l0=coefficient)
+    state, _ = _train(family, 200)
+    l0[coefficient] = _eval(family, state)["l0"]
+  assert l0[0.3] < 0.8 * l0[0.01], l0
+
+
+def test_the_family_refuses_bad_settings():
+  from genlab.errors import ConfigError
+
+  with pytest.raises(ConfigError, match="exactly one of host_workdir and host_factory"):
+    _sae_family(host_workdir="runs/x")
+  with pytest.raises(ConfigError, match="activation SAEs take one of"):
+    _sae_family("sigmoid")
+  with pytest.raises(ConfigError, match="needs code topk or batchtopk"):
+    _sae_family("relu", aux_k=4)
+
+
+# The worked example, tiny: a language model, then an SAE on its residual stream ---------
+
+
+def _lm_config(data_dir):
+  from genlab import config as config_lib
+
+  config = config_lib.load_experiment(EXPERIMENTS / "char_lm_pydoc.py")
+  config.data.data_dir = data_dir
+  config.mesh.devices = 1
+  config.model.update(width=16, depth=2, heads=2)
+  config.optimizer.update(learning_rate=1e-2, warmup_steps=0)
+  config.eval_batch_size = 1024
+  config.update(num_steps=30, log_every=10, eval_every=30, image_every=30, checkpoint_every=30)
+  return config
+
+
+def _sae_config(data_dir, host, **sae):
+  from genlab import config as config_lib
+
+  config = config_lib.load_experiment(EXPERIMENTS / "sae_pydoc_residual.py")
+  config.data.data_dir = data_dir
+  config.mesh.devices = 1
+  config.model.update(code_dim=64, k=4)
+  config.sae.update(host_workdir=str(host), layer="block_0", aux_k=8, **sae)
+  config.update(num_steps=20, log_every=10, eval_every=20, image_every=20, checkpoint_every=20)
+  return config
+
+
+@pytest.fixture(scope="module")
+def language_model(data_dir, tmp_path_factory):
+  from genlab.run import train_and_evaluate
+
+  workdir = tmp_path_factory.mktemp("char_lm")
+  result = train_and_evaluate(_lm_config(data_dir), workdir)
+  return workdir, result
+
+
+def test_the_language_model_learns_and_beats_the_unigram_baseline(language_model):
+  from genlab.run import evaluate_workdir
+
+  workdir, _ = language_model
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").open()]
+  train = [m["train/loss"] for m in lines if "train/loss" in m]
+  assert train[-1] < 0.9 * train[0]
+  m = evaluate_workdir(workdir)["metrics"]
+  assert m["cross_entropy"] < m["cross_entropy_unigram_baseline"]
+  assert m["bits_per_token"] == pytest.approx(m["cross_entropy"] / np.log(2))
+  assert (workdir / "images" / "continuations_step_000030.png").is_file()
+
+
+def test_next_token_loss_matches_numpy():
+  from genlab.families.language_model import next_token_loss
+
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+  tokens = np.array([[3, 1, 4, 1, 5], [2, 6, 0, 0, 0]])
+  batch = {"image": jnp.asarray(tokens), "length": jnp.asarray([5, 2])}
+  loss, weights = next_token_loss(jnp.asarray(logits), batch)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  want = np.zeros((2, 5))
+  for b, length in enumerate([5, 2]):
+    for t in range(length - 1):
+      want[b, t] = -log_p[b, t, tokens[b, t + 1]]
+  np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(weights, want > 0)
+
+
+def test_an_sae_on_the_language_models_residual_stream_trains_and_reports_loss_recovered(
+  language_model, data_dir, tmp_path
+):
+  from genlab.run import evaluate_workdir, train_and_evaluate
+
+  host, _ = language_model
+  cache = tmp_path / "cache"
+  on_the_fly = train_and_evaluate(_sae_config(data_dir, host), tmp_path / "fly")
+  cached = train_and_evaluate(
+    _sae_config(data_dir, host, cache_dir=str(cache)), tmp_path / "cached"
+  )
+  # The cache holds the same activations the step computes: the same run.
+  assert len(list(cache.glob("*.npy"))) == 1
+  chex.assert_trees_all_close(on_the_fly.state.params, cached.state.params, rtol=1e-5, atol=1e-6)
+  report = evaluate_workdir(tmp_path / "cached")
+  m, protocol = report["metrics"], report["protocol"]
+  for name in ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "kl_sae"):
+    assert np.isfinite(m[name]), name
+  assert min(m["loss_zero"], m["loss_sae"], m["loss_clean"]) > 0  # 20 steps: no quality bar.
+  assert m["loss_recovered"] == pytest.approx(
+    (m["loss_zero"] - m["loss_sae"]) / (m["loss_zero"] - m["loss_clean"])
+  )
+  assert protocol["layer"] == "block_0" and "checkpoint step 30" in protocol["host"]
+  assert m["eval_positions"] > 2293 and protocol["normalize"] == "norm"
+  assert (tmp_path / "cached" / "images" / "top_contexts_step_000020.png").is_file()
+  assert (tmp_path / "cached" / "images" / "latent_density_step_000020.png").is_file()
