@@ -216,8 +216,13 @@ class ActivationSAE(Family):
     stats = {"examples_since_fired": jnp.zeros((self.model.code_dim,), jnp.int32)}
     if self.code == "batchtopk":
       stats |= {"threshold": jnp.zeros(()), "threshold_updates": jnp.zeros((), jnp.int32)}
+    # The host's params ride in the state's untrained part: the runner places them on the
+    # devices like any state (replicated, or split with mesh.fsdp), steps take them as an
+    # argument rather than baking them into the program as constants, and a checkpoint
+    # holds the host its SAE was trained with.
+    host = jax.tree.map(jnp.asarray, self.host.params)
     return TrainState.create(
-      params={"model": params}, tx={"model": self.tx}, stats={"model": stats}
+      params={"model": params}, tx={"model": self.tx}, stats={"model": stats, "host": host}
     )
 
   def _unit_norm(self, params):
@@ -227,12 +232,12 @@ class ActivationSAE(Family):
     norm = jnp.linalg.norm(kernel, axis=1, keepdims=True)
     return {**params, "decoder": {**params["decoder"], "kernel": kernel / jnp.maximum(norm, 1e-8)}}
 
-  def activations(self, batch) -> tuple[jax.Array, jax.Array]:
+  def activations(self, batch, host_params) -> tuple[jax.Array, jax.Array]:
     """(normalised activations, one row per position; their weights: 1 on examples)."""
     if "activations" in batch:
       act = batch["activations"]
     else:
-      act = jax.lax.stop_gradient(self.host.capture(batch)[1])
+      act = jax.lax.stop_gradient(self.host.capture(batch, host_params)[1])
     rows = (as_rows(act).astype(jnp.float32) - self.shift) * self.scale
     return rows, self.host.positions(batch).reshape(-1).astype(jnp.float32)
 
@@ -300,7 +305,7 @@ class ActivationSAE(Family):
 
   def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     del key  # Deterministic.
-    x, weights = self.activations(batch)
+    x, weights = self.activations(batch, state.stats["host"])
     stats = state.stats["model"]
 
     def loss_fn(params):
@@ -313,8 +318,8 @@ class ActivationSAE(Family):
 
   def eval_step(self, state, batch) -> Metrics:
     """Sums over the batch's example positions (and its sequences where `mask` is 1)."""
-    params, stats = state.params["model"], state.stats["model"]
-    output, act = self.host.capture(batch)
+    params, stats, host_params = state.params["model"], state.stats["model"], state.stats["host"]
+    output, act = self.host.capture(batch, host_params)
     x = (as_rows(act).astype(jnp.float32) - self.shift) * self.scale
     rows_per_example = x.shape[0] // batch["mask"].shape[0]
     weights = self.host.positions(batch).reshape(-1) * jnp.repeat(batch["mask"], rows_per_example)
@@ -334,8 +339,10 @@ class ActivationSAE(Family):
     shape = act.shape
     where = self.host.positions(batch).reshape(*shape[:-1], 1) > 0
     x_hat_raw = (x_hat / self.scale + self.shift).reshape(shape).astype(act.dtype)
-    spliced = self.host.splice(batch, lambda a: jnp.where(where, x_hat_raw, a))
-    zeroed = self.host.splice(batch, lambda a: jnp.where(where, 0.0, a).astype(a.dtype))
+    spliced = self.host.splice(batch, lambda a: jnp.where(where, x_hat_raw, a), host_params)
+    zeroed = self.host.splice(
+      batch, lambda a: jnp.where(where, 0.0, a).astype(a.dtype), host_params
+    )
     clean_loss, token_weights = self.host.token_loss(output, batch)
     token_weights = token_weights * batch["mask"].reshape(-1, *[1] * (token_weights.ndim - 1))
     sums["tokens"] = jnp.sum(token_weights)
@@ -374,14 +381,15 @@ class ActivationSAE(Family):
 
   # Views --------------------------------------------------------------------------------
 
-  def latent_activity(self, params, stats, split="test"):
+  def latent_activity(self, state, split="test"):
     """(code of every example position (positions, latents), (sequence, position) of
     each row), over a split; for the views."""
     data = self.dataset.split(split)
+    params, stats = state.params["model"], state.stats["model"]
 
     @jax.jit
-    def codes(batch):
-      x, weights = self.activations(batch)
+    def codes(batch, host_params):
+      x, weights = self.activations(batch, host_params)
       _, code, _, _ = self.reconstruct(params, x, weights, stats, train=False)
       return code, weights
 
@@ -390,7 +398,7 @@ class ActivationSAE(Family):
       batch = {
         k: jnp.asarray(v[start : start + 512]) for k, v in data.items() if k != "activations"
       }
-      code, weights = (np.asarray(a) for a in codes(batch))
+      code, weights = (np.asarray(a) for a in codes(batch, state.stats["host"]))
       per = len(weights) // len(batch["image"])
       index = np.stack(np.divmod(np.arange(len(weights)), per), axis=1)
       index[:, 0] += start
@@ -428,7 +436,7 @@ class ActivationSAEViews(Views):
 
   def images(self, state, batch, step):
     family = self.family
-    codes, where = family.latent_activity(state.params["model"], state.stats["model"])
+    codes, where = family.latent_activity(state)
     rate = np.mean(codes > 0, axis=0)
     fig, ax = subplots(figsize=(5, 3))
     alive = rate[rate > 0]

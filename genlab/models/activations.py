@@ -127,13 +127,21 @@ class HostModel:
   token_loss: Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]
   description: str = ""
 
-  def capture(self, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
-    """(the model's output, its activation at `layer`) on `batch`."""
-    return capture(self.model, {"params": self.params}, self.layer, *self.inputs(batch))
+  def capture(self, batch: dict[str, jax.Array], params: Any = None) -> tuple[Any, jax.Array]:
+    """(the model's output, its activation at `layer`) on `batch`, with `params` (default:
+    `self.params`; a compiled step passes them as an argument, not as constants)."""
+    variables = {"params": self.params if params is None else params}
+    return capture(self.model, variables, self.layer, *self.inputs(batch))
 
-  def splice(self, batch: dict[str, jax.Array], replace: Callable[[jax.Array], jax.Array]) -> Any:
+  def splice(
+    self,
+    batch: dict[str, jax.Array],
+    replace: Callable[[jax.Array], jax.Array],
+    params: Any = None,
+  ) -> Any:
     """The model's output on `batch` with the activation at `layer` replaced."""
-    return splice(self.model, {"params": self.params}, self.layer, replace, *self.inputs(batch))
+    variables = {"params": self.params if params is None else params}
+    return splice(self.model, variables, self.layer, replace, *self.inputs(batch))
 
 
 def as_rows(activation: jax.Array) -> jax.Array:
