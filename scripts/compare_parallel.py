@@ -10,8 +10,8 @@ then on an N-device mesh for each of `--modes`:
            `--fsdp_min_size` elements split over the N devices as well.
 It logs the training objective at every step (`loss`, or a GAN's `d_loss` and
 `g_loss`) and prints one JSON line per mode: the per-step objectives, their largest
-relative difference from the one-device run's and the largest absolute difference of
-the final parameters. On a machine without
+relative difference from the one-device run's and the largest absolute differences of
+the final parameters and untrained state (`stats`). On a machine without
 accelerators the devices are faked with XLA_FLAGS=--xla_force_host_platform_device_count=N,
 set here before JAX starts.
 """
@@ -69,18 +69,17 @@ def main(argv: list[str]) -> None:
     train = [line for line in lines if any(k.startswith("train/") for k in line)]
     names = [k for k in ("train/loss", "train/d_loss", "train/g_loss") if k in train[0]]
     losses = [[line[k] for k in names] for line in train]
-    return np.array(losses), result.state.params
+    return np.array(losses), result.state.params, result.state.stats
 
   with tempfile.TemporaryDirectory() as tmp:
-    reference, reference_params = run("one", os.path.join(tmp, "one"))
+    reference, reference_params, reference_stats = run("one", os.path.join(tmp, "one"))
     print(json.dumps({"mode": "one", "devices": 1, "losses": reference.tolist()}))
     for mode in args.modes.split(","):
-      losses, params = run(mode, os.path.join(tmp, mode))
+      losses, params, stats = run(mode, os.path.join(tmp, mode))
       rel = np.abs(losses - reference) / np.abs(reference)
-      param_diff = max(
-        float(np.max(np.abs(a - b)))
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params), strict=True)
-      )
+      param_diff = max_abs_diff(params, reference_params)
+      # Untrained state (an EMA codebook, counters) must agree as well.
+      stats_diff = max_abs_diff(stats, reference_stats)
       print(
         json.dumps(
           {
@@ -90,9 +89,19 @@ def main(argv: list[str]) -> None:
             "losses": losses.tolist(),
             "max_rel_loss_diff_vs_1_device": float(rel.max()),
             "max_abs_param_diff_vs_1_device": param_diff,
+            "max_abs_stats_diff_vs_1_device": stats_diff,
           }
         )
       )
+
+
+def max_abs_diff(tree, reference) -> float:
+  """The largest absolute difference between two trees' arrays (0.0 for empty trees)."""
+  import jax
+  import numpy as np
+
+  pairs = zip(jax.tree.leaves(tree), jax.tree.leaves(reference), strict=True)
+  return max((float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs), default=0.0)
 
 
 if __name__ == "__main__":

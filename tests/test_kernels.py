@@ -17,6 +17,7 @@ from genlab import kernels
 from genlab.errors import ConfigError
 from genlab.models import (
   VAE,
+  VQVAE,
   ConvAutoencoder,
   Discriminator,
   Generator,
@@ -79,6 +80,17 @@ MODELS = {
   "sparse_ae": (
     lambda k, dtype: SparseAutoencoder(output_shape=(8, 8, 1), code_dim=16, kernels=k, dtype=dtype),
     lambda: (jnp.ones((1, 8, 8, 1)),),
+  ),
+  "vq_vae": (
+    lambda k, dtype: VQVAE(
+      output_shape=(28, 28, 1),
+      features=(8, 16),
+      codebook_size=8,
+      code_dim=4,
+      kernels=k,
+      dtype=dtype,
+    ),
+    lambda: (jnp.ones(IMAGE),),
   ),
   "rnn_lstm_bidirectional": (
     lambda k, dtype: RecurrentAutoencoder(

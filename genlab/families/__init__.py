@@ -16,6 +16,7 @@ from genlab.families import (
   recurrent_ae,
   sparse_ae,
   vae,
+  vq_vae,
 )
 from genlab.families.base import Family, Registered, Report, Views
 
@@ -49,6 +50,7 @@ FAMILIES: dict[str, Registered] = {
     contractive_ae.ContractiveViews,
     contractive_ae.ContractiveReport,
   ),
+  "vq_vae": Registered(vq_vae.VectorQuantizedVAE, vq_vae.VQVAEViews, vq_vae.VQVAEReport),
 }
 
 

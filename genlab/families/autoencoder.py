@@ -15,6 +15,8 @@ comparable across steps.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,14 +49,18 @@ def target_of(batch) -> jax.Array:
 class Autoencoder(Family):
   """Reconstruction (or image → map) with a single model and optimizer."""
 
+  # The models `config.model.name` may name; a subclass with a model of its own (the
+  # VQ-VAE) names it here and keeps the rest.
+  models: ClassVar[dict[str, type]] = MODELS
+
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
-    name, fields = self.model_fields(*MODELS)
+    name, fields = self.model_fields(*self.models)
     if config.loss not in losses.RECONSTRUCTION_LOSSES:
       raise ConfigError(
         f"config.loss={config.loss!r}; choose one of {losses.RECONSTRUCTION_LOSSES}"
       )
-    self.model = self.build(MODELS[name], output_shape=dataset.target_shape, **fields)
+    self.model = self.build(self.models[name], output_shape=dataset.target_shape, **fields)
     self.tx = make_optimizer(config.optimizer)
     self.corrupt = corruptions.parse(config.get("corruption", ""), value_range=self.value_range)
     # Test inputs are corrupted from this fixed key: the same noise at every evaluation.
@@ -97,6 +103,11 @@ class Autoencoder(Family):
 
   def eval_step(self, state, batch) -> Metrics:
     loss, parts, aux = self.per_example_loss(state.params["model"], batch, self.eval_key)
+    return self.eval_sums(loss, parts, aux, batch)
+
+  def eval_sums(self, loss, parts, aux, batch) -> Metrics:
+    """The masked sums of the per-example `loss` and `parts`, with the denoising or
+    image → map metrics of the outputs in `aux` where they apply."""
     if self.corrupt is not None:  # Denoising: the output and the noisy input against the clean.
       parts.update(self.denoising_metrics(aux["output"], aux["input"], batch["image"]))
     if "target" in batch and batch["target"].shape[-1] == 1:  # Image → map.

@@ -11,10 +11,12 @@ from genlab.models.mlp import MLP
 from genlab.models.recurrent_ae import RecurrentAutoencoder, SequenceDecoder, SequenceEncoder
 from genlab.models.sparse_ae import SparseAutoencoder
 from genlab.models.vae import VAE, reparameterize
+from genlab.models.vq_vae import VQVAE, VectorQuantizer
 
 __all__ = [
   "MLP",
   "VAE",
+  "VQVAE",
   "ConvAutoencoder",
   "ConvDecoder",
   "ConvEncoder",
@@ -25,6 +27,7 @@ __all__ = [
   "SequenceDecoder",
   "SequenceEncoder",
   "SparseAutoencoder",
+  "VectorQuantizer",
   "activation_fn",
   "reparameterize",
 ]
