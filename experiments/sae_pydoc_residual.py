@@ -8,7 +8,7 @@ The host is the language model of experiments/char_lm_pydoc.py (trained first, i
 `runs/char_lm_pydoc`; `--config.sae.host_workdir=...` points elsewhere). The SAE
 reads the residual stream after its middle block (`block_1`, width 96) at every
 character position but the first, normalised so that E‖x‖² = 96; 16× expansion
-(1,536 latents), BatchTopK with k = 16 (`--config.model.code=topk` for TopK,
+(1,536 latents), BatchTopK with k = 32 (`--config.model.code=topk` for TopK,
 `jumprelu` with `--config.sae.l0=...`, `relu` with `--config.sae.l1=...`), decoder
 rows kept at unit norm, AuxK (k_aux = 256) for dead latents; Adam 1e-3 (warm-up
 200 steps), batch 64 sequences (≈ 1,600 positions), 3,000 steps.
@@ -29,7 +29,7 @@ def get_config():
   config.batch_size = 64
   config.eval_batch_size = 512
   config.num_steps = 3000
-  config.model.update(name="sparse_ae", code="batchtopk", code_dim=1536, k=16)
+  config.model.update(name="sparse_ae", code="batchtopk", code_dim=1536, k=32)
   config.sae.update(host_workdir="runs/char_lm_pydoc", layer="block_1", skip_first=1, aux_k=256)
   config.optimizer.update(learning_rate=1e-3, warmup_steps=200)
   config.log_every = 200

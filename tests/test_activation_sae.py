@@ -346,3 +346,36 @@ def test_an_sae_on_the_language_models_residual_stream_trains_and_reports_loss_r
   assert m["eval_positions"] > 2293 and protocol["normalize"] == "norm"
   assert (tmp_path / "cached" / "images" / "top_contexts_step_000020.png").is_file()
   assert (tmp_path / "cached" / "images" / "latent_density_step_000020.png").is_file()
+
+
+def random_transformer_host():
+  """A `sae.host_factory` for tests: an untrained CausalTransformer over pydoc_text's ids."""
+  from genlab.families.language_model import next_token_loss
+  from genlab.models.activations import HostModel
+  from genlab.models.transformer import CausalTransformer
+
+  model = CausalTransformer(vocab_size=96, max_length=32, width=16, depth=2, heads=2)
+  params = model.init(jax.random.key(0), jnp.ones((1, 32), jnp.int32))["params"]
+  return HostModel(
+    model=model,
+    params=params,
+    layer="block_1",
+    inputs=lambda batch: (batch["image"],),
+    positions=lambda batch: (jnp.arange(32)[None, :] < batch["length"][:, None]).astype(
+      jnp.float32
+    ),
+    token_loss=next_token_loss,
+    description="an untrained CausalTransformer (tests)",
+  )
+
+
+def test_a_host_factory_points_an_sae_at_any_flax_model(data_dir, tmp_path):
+  from genlab.run import evaluate_workdir, train_and_evaluate
+
+  config = _sae_config(data_dir, "", host_factory="test_activation_sae:random_transformer_host")
+  config.sae.layer = "ignored: the factory's HostModel names its layer"
+  train_and_evaluate(config, tmp_path)
+  report = evaluate_workdir(tmp_path)
+  assert report["protocol"]["host"] == "an untrained CausalTransformer (tests)"
+  assert report["protocol"]["layer"] == "block_1"
+  assert np.isfinite(report["metrics"]["loss_recovered"])

@@ -66,12 +66,14 @@ def options(**overrides) -> ml_collections.ConfigDict:
   """`config.sae`, the activation-SAE family's options, with their defaults."""
   group = ml_collections.ConfigDict(
     {
-      # The host: a genlab language_model workdir (its latest checkpoint) ...
+      # The host: a genlab language_model workdir (its newest usable checkpoint); or "".
       "host_workdir": "",
-      # ... or 'package.module:function', a function of no arguments returning a HostModel.
+      # Or 'package.module:function': a function of no arguments returning a HostModel.
       "host_factory": "",
-      "layer": "block_1",  # The host's submodule (path) whose output the SAE reads.
-      "skip_first": 1,  # Positions dropped at the start of every sequence (host_workdir).
+      # With host_workdir: the host's submodule (path) whose output the SAE reads.
+      "layer": "block_1",
+      # With host_workdir: positions dropped at the start of every sequence.
+      "skip_first": 1,
       "normalize": "norm",  # none | norm (E‖x‖² = width) | per_dimension ((x − μ)/σ).
       "normalize_examples": 8192,  # Train positions the normalisation is estimated on.
       "l1": 0.05,  # relu: weight of the L1 penalty.
@@ -468,8 +470,8 @@ class ActivationSAEReport(Report):
     return {
       "split": "test (the host's inputs; every example position)",
       "host": family.host.description if family.host else None,
-      "layer": o.layer,
-      "skip_first": o.skip_first,
+      "layer": family.host.layer if family.host else o.layer,
+      "skip_first": o.skip_first if o.host_workdir else "the host factory's positions",
       "normalize": o.normalize,
       "normalize_examples": o.normalize_examples,
       "normalize_scale_mean": float(np.mean(family.scale)),
