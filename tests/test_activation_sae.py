@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, compare_parallel
 
 
 class TinyHost(nn.Module):
@@ -379,3 +379,25 @@ def test_a_host_factory_points_an_sae_at_any_flax_model(data_dir, tmp_path):
   assert report["protocol"]["host"] == "an untrained CausalTransformer (tests)"
   assert report["protocol"]["layer"] == "block_1"
   assert np.isfinite(report["metrics"]["loss_recovered"])
+
+
+def test_four_devices_match_one_device_with_the_host_split_too(language_model, data_dir):
+  # BatchTopK's k·n largest are over the global batch, the AuxK counters count global
+  # positions, and with fsdp the host's params (in the state's untrained part) are split.
+  host, _ = language_model
+  rows = compare_parallel(
+    "sae_pydoc_residual.py",
+    data_dir,
+    f"--config.sae.host_workdir={host}",
+    "--config.model.code_dim=64",
+    "--config.model.k=4",
+    "--config.sae.aux_k=8",
+    "--config.sae.aux_dead_after=256",
+    steps=8,
+    modes="data,fsdp",
+  )
+  for mode in ("data", "fsdp"):
+    np.testing.assert_allclose(rows[mode]["losses"], rows["one"]["losses"], rtol=1e-4)
+    assert rows[mode]["devices"] == 4
+    assert rows[mode]["max_abs_param_diff_vs_1_device"] < 1e-5, rows[mode]
+    assert rows[mode]["max_abs_stats_diff_vs_1_device"] < 1e-5, rows[mode]
