@@ -16,7 +16,9 @@ images/continuations_step_*.png (greedy continuations of test prefixes).
 This run is the host of experiments/sae_pydoc_residual.py, an SAE on the
 residual stream after its middle block (`block_1`).
 
-What to expect (2 CPU cores, seed 0): see docs/families/sparse_ae.md.
+What to expect (2 CPU cores, seed 0; about 5 minutes): on the 2,293 test chunks,
+cross_entropy 1.242 nats per character (1.79 bits), token_accuracy 0.660, against 3.272
+for the unigram model.
 """
 
 from genlab.config import base_config

@@ -493,10 +493,12 @@ class ActivationSAEReport(Report):
     "dead_fraction": "fraction of latents never active over the test positions",
     "dense_fraction": "fraction of latents active on more than sae.dense_above of the test "
     "positions",
-    "loss_clean": "the host's loss per predicted token (its own), clean",
-    "loss_sae": "the host's loss with the layer's activation at the example positions "
+    "loss_clean": "the host's own loss, clean: its sum over every predicted token of the test "
+    "split over their number (a mean over tokens, not over sequences as a language model's "
+    "cross_entropy is)",
+    "loss_sae": "the same loss with the layer's activation at the example positions "
     "replaced by the SAE's reconstruction",
-    "loss_zero": "the host's loss with that activation replaced by zeros",
+    "loss_zero": "the same loss with that activation replaced by zeros (zero-ablation)",
     "loss_recovered": "(loss_zero − loss_sae) / (loss_zero − loss_clean)",
     "kl_sae": "KL(clean ‖ spliced) of the host's output distribution, nats per predicted token",
     "kl_zero": "KL(clean ‖ zero-ablated), nats per predicted token",
