@@ -277,7 +277,7 @@ def _sae_config(data_dir, host, **sae):
   config.mesh.devices = 1
   config.model.update(code_dim=64, k=4)
   config.sae.update(host_workdir=str(host), layer="block_0", aux_k=8, **sae)
-  config.update(num_steps=20, log_every=10, eval_every=20, image_every=20, checkpoint_every=20)
+  config.update(num_steps=10, log_every=5, eval_every=10, image_every=10, checkpoint_every=10)
   return config
 
 
@@ -338,14 +338,14 @@ def test_an_sae_on_the_language_models_residual_stream_trains_and_reports_loss_r
   m, protocol = report["metrics"], report["protocol"]
   for name in ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "kl_sae"):
     assert np.isfinite(m[name]), name
-  assert min(m["loss_zero"], m["loss_sae"], m["loss_clean"]) > 0  # 20 steps: no quality bar.
+  assert min(m["loss_zero"], m["loss_sae"], m["loss_clean"]) > 0  # 10 steps: no quality bar.
   assert m["loss_recovered"] == pytest.approx(
     (m["loss_zero"] - m["loss_sae"]) / (m["loss_zero"] - m["loss_clean"])
   )
   assert protocol["layer"] == "block_0" and "checkpoint step 30" in protocol["host"]
   assert m["eval_positions"] > 2293 and protocol["normalize"] == "norm"
-  assert (tmp_path / "cached" / "images" / "top_contexts_step_000020.png").is_file()
-  assert (tmp_path / "cached" / "images" / "latent_density_step_000020.png").is_file()
+  assert (tmp_path / "cached" / "images" / "top_contexts_step_000010.png").is_file()
+  assert (tmp_path / "cached" / "images" / "latent_density_step_000010.png").is_file()
 
 
 def random_transformer_host():
@@ -393,10 +393,10 @@ def test_four_devices_match_one_device_with_the_host_split_too(language_model, d
     "--config.model.k=4",
     "--config.sae.aux_k=8",
     "--config.sae.aux_dead_after=256",
-    steps=8,
-    modes="data,fsdp",
+    steps=6,
+    modes="fsdp",  # Batches split over the 4 devices, and the state (the host's too).
   )
-  for mode in ("data", "fsdp"):
+  for mode in ("fsdp",):
     np.testing.assert_allclose(rows[mode]["losses"], rows["one"]["losses"], rtol=1e-4)
     assert rows[mode]["devices"] == 4
     assert rows[mode]["max_abs_param_diff_vs_1_device"] < 1e-5, rows[mode]

@@ -255,7 +255,7 @@ def test_steps_are_deterministic_under_a_fixed_key(data_dir):
   assert np.isfinite(float(metrics["loss"])) and float(metrics["perplexity"]) >= 1.0
 
 
-@pytest.mark.parametrize("update", ["ema", "loss"])
+@pytest.mark.parametrize("update", ["ema"])  # The untrained codebook; `loss` is plain params.
 def test_one_and_four_devices_give_the_same_run(update, data_dir):
   # The shipped experiment for 16 steps: at step 11 about 30 codes unused since the start
   # die and are re-initialised from the global batch, and a few more at each later step

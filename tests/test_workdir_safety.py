@@ -251,3 +251,16 @@ def test_a_damaged_feature_network_cache_is_set_aside_and_trained_again(
   assert (net.workdir.parent / f"{net.workdir.name}.damaged").is_dir()
   probabilities, _ = again(np.zeros((2, 8, 8, 1), np.float32))
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_eval_without_checkpoints_says_so_before_building_resources(data_dir, tmp_path):
+  from genlab.errors import WorkdirError
+  from genlab.run import train_and_evaluate
+  from genlab.run.evaluation import evaluate_workdir
+
+  train_and_evaluate(make_test_config(data_dir, num_steps=10), tmp_path / "w")
+  (tmp_path / "w" / "checkpoints").rename(tmp_path / "aside")
+  built = []  # A GAN's feature network, an SAE's host: costly, and not needed to say this.
+  with pytest.raises(WorkdirError, match="has no checkpoint to evaluate"):
+    evaluate_workdir(tmp_path / "w", provide=built.append)
+  assert built == []

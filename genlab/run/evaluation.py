@@ -62,9 +62,9 @@ def restore_workdir(
         f"{config_path}"
       )
   config_lib.apply_overrides(config, list(overrides))
-  s = setup(config, provide=provide)
-  if not (workdir / "checkpoints").is_dir():
+  if not (workdir / "checkpoints").is_dir():  # Said before any costly resource is built.
     raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
+  s = setup(config, provide=provide)
   with WorkdirLock(workdir, exclusive=False, what="eval"):
     ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
