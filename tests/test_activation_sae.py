@@ -323,18 +323,24 @@ def test_next_token_loss_matches_numpy():
 def test_an_sae_on_the_language_models_residual_stream_trains_and_reports_loss_recovered(
   language_model, data_dir, tmp_path
 ):
-  from genlab.run import evaluate_workdir, train_and_evaluate
+  from genlab.run import evaluate_workdir, resources, restore_workdir, train_and_evaluate
 
   host, _ = language_model
   cache = tmp_path / "cache"
-  on_the_fly = train_and_evaluate(_sae_config(data_dir, host), tmp_path / "fly")
-  cached = train_and_evaluate(
-    _sae_config(data_dir, host, cache_dir=str(cache)), tmp_path / "cached"
+  train_and_evaluate(_sae_config(data_dir, host, cache_dir=str(cache)), tmp_path / "sae")
+  # The cache holds what the step would compute from the tokens (up to the last bits: the
+  # cache is computed in batches of 512).
+  (cached,) = list(cache.glob("*.npy"))
+  s, state, _ = restore_workdir(tmp_path / "sae", provide=resources.provide)
+  family = s.family
+  tokens = {k: jnp.asarray(v[:8]) for k, v in family.dataset.train.items() if k != "activations"}
+  np.testing.assert_allclose(
+    np.load(cached, mmap_mode="r")[:8],
+    family.host.capture(tokens, state.stats["host"])[1],
+    rtol=1e-5,
+    atol=1e-5,
   )
-  # The cache holds the same activations the step computes: the same run.
-  assert len(list(cache.glob("*.npy"))) == 1
-  chex.assert_trees_all_close(on_the_fly.state.params, cached.state.params, rtol=1e-5, atol=1e-6)
-  report = evaluate_workdir(tmp_path / "cached")
+  report = evaluate_workdir(tmp_path / "sae")
   m, protocol = report["metrics"], report["protocol"]
   for name in ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "kl_sae"):
     assert np.isfinite(m[name]), name
@@ -344,8 +350,8 @@ def test_an_sae_on_the_language_models_residual_stream_trains_and_reports_loss_r
   )
   assert protocol["layer"] == "block_0" and "checkpoint step 30" in protocol["host"]
   assert m["eval_positions"] > 2293 and protocol["normalize"] == "norm"
-  assert (tmp_path / "cached" / "images" / "top_contexts_step_000010.png").is_file()
-  assert (tmp_path / "cached" / "images" / "latent_density_step_000010.png").is_file()
+  assert (tmp_path / "sae" / "images" / "top_contexts_step_000010.png").is_file()
+  assert (tmp_path / "sae" / "images" / "latent_density_step_000010.png").is_file()
 
 
 def random_transformer_host():
@@ -369,16 +375,24 @@ def random_transformer_host():
   )
 
 
-def test_a_host_factory_points_an_sae_at_any_flax_model(data_dir, tmp_path):
-  from genlab.run import evaluate_workdir, train_and_evaluate
+def test_a_host_factory_points_an_sae_at_any_flax_model():
+  from genlab.errors import ConfigError
+  from genlab.models.activations import HostModel
+  from genlab.run.resources import PROVIDERS
 
-  config = _sae_config(data_dir, "", host_factory="test_activation_sae:random_transformer_host")
-  config.sae.layer = "ignored: the factory's HostModel names its layer"
-  train_and_evaluate(config, tmp_path)
-  report = evaluate_workdir(tmp_path)
-  assert report["protocol"]["host"] == "an untrained CausalTransformer (tests)"
-  assert report["protocol"]["layer"] == "block_1"
-  assert np.isfinite(report["metrics"]["loss_recovered"])
+  build = PROVIDERS["host_model"]
+  host = build(None, factory="test_activation_sae:random_transformer_host")
+  assert isinstance(host, HostModel) and host.layer == "block_1"
+  batch = {"image": jnp.ones((2, 32), jnp.int32), "length": jnp.array([32, 5])}
+  chex.assert_shape(host.capture(batch)[1], (2, 32, 16))
+  with pytest.raises(ConfigError, match="host_factory='nowhere:thing'"):
+    build(None, factory="nowhere:thing")
+  with pytest.raises(ConfigError, match="returned a tuple, not a HostModel"):
+    build(None, factory="test_activation_sae:not_a_host")
+
+
+def not_a_host():
+  return ()
 
 
 def test_four_devices_match_one_device_with_the_host_split_too(language_model, data_dir):
