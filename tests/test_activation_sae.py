@@ -376,7 +376,7 @@ def random_transformer_host():
 
 
 def test_a_host_factory_points_an_sae_at_any_flax_model():
-  from genlab.errors import ConfigError
+  from genlab.errors import ConfigError, WorkdirError
   from genlab.models.activations import HostModel
   from genlab.run.resources import PROVIDERS
 
@@ -389,6 +389,8 @@ def test_a_host_factory_points_an_sae_at_any_flax_model():
     build(None, factory="nowhere:thing")
   with pytest.raises(ConfigError, match="returned a tuple, not a HostModel"):
     build(None, factory="test_activation_sae:not_a_host")
+  with pytest.raises(WorkdirError, match="does not exist: train the host there first"):
+    build(None, workdir="runs/no_such_host")
 
 
 def not_a_host():

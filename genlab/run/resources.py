@@ -10,8 +10,9 @@ genlab workdir or made by a user's function (`genlab.models.activations.HostMode
 from __future__ import annotations
 
 import importlib
+import pathlib
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, WorkdirError
 from genlab.models.activations import HostModel
 from genlab.run.evaluation import restore_workdir
 from genlab.run.feature_net import feature_network
@@ -37,6 +38,12 @@ def _host_model(
     if not isinstance(host, HostModel):
       raise ConfigError(f"{factory} returned a {type(host).__name__}, not a HostModel")
     return host
+  if not pathlib.Path(workdir).is_dir():
+    raise WorkdirError(
+      f"config.sae.host_workdir={workdir!r} does not exist: train the host there first (for "
+      "experiments/sae_pydoc_residual.py, the command in experiments/char_lm_pydoc.py), or "
+      "point the option at a trained language_model run"
+    )
   host_setup, state, step = restore_workdir(workdir)
   family = host_setup.family
   if not hasattr(family, "host_model"):
