@@ -170,6 +170,29 @@ class ConvDecoder(nn.Module):
     return x
 
 
+def conv_stacks(
+  model: nn.Module, *, latent_dim: int | None, output_shape: Sequence[int]
+) -> tuple[ConvEncoder, ConvDecoder]:
+  """The encoder and decoder stacks of a conv model (autoencoder, VAE, VQ-VAE) from its
+  fields `features`, `kernel_size`, `strides`, `activation`, `dtype`, `kernels` and, if
+  it has one and it is set, `decoder_kernel_size`; call it in the model's `setup`."""
+  common = dict(
+    features=tuple(model.features),
+    strides=model.strides,
+    activation=model.activation,
+    dtype=model.dtype,
+    kernels=model.kernels,
+  )
+  decoder_kernel = getattr(model, "decoder_kernel_size", None)
+  encoder = ConvEncoder(latent_dim=latent_dim, kernel_size=model.kernel_size, **common)
+  decoder = ConvDecoder(
+    output_shape=tuple(output_shape),
+    kernel_size=model.kernel_size if decoder_kernel is None else decoder_kernel,
+    **common,
+  )
+  return encoder, decoder
+
+
 class ConvAutoencoder(nn.Module):
   """`ConvEncoder` → code → `ConvDecoder`, mapping an image to `output_shape`.
 
@@ -196,19 +219,8 @@ class ConvAutoencoder(nn.Module):
   kernels: str = "flax"
 
   def setup(self):
-    common = dict(
-      features=tuple(self.features),
-      strides=self.strides,
-      activation=self.activation,
-      dtype=self.dtype,
-      kernels=self.kernels,
-    )
-    self.encoder = ConvEncoder(latent_dim=self.latent_dim, kernel_size=self.kernel_size, **common)
-    decoder_kernel = (
-      self.kernel_size if self.decoder_kernel_size is None else self.decoder_kernel_size
-    )
-    self.decoder = ConvDecoder(
-      output_shape=tuple(self.output_shape), kernel_size=decoder_kernel, **common
+    self.encoder, self.decoder = conv_stacks(
+      self, latent_dim=self.latent_dim, output_shape=self.output_shape
     )
 
   def encode(self, x: jax.Array) -> jax.Array:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from genlab.errors import ConfigError
 from genlab.models.conditioning import one_hot_labels
-from genlab.models.conv_ae import ConvDecoder, ConvEncoder
+from genlab.models.conv_ae import conv_stacks
 from genlab.models.mlp import MLP
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -97,16 +97,9 @@ class VAE(nn.Module):
       size = math.prod(self.output_shape[:-1]) * out_channels
       self.decoder = MLP((*reversed(self.hidden), size), **mlp)
     elif self.architecture == "conv":
-      conv = dict(
-        features=tuple(self.features),
-        kernel_size=self.kernel_size,
-        strides=self.strides,
-        activation=self.activation,
-        dtype=self.dtype,
-        kernels=self.kernels,
+      self.encoder, self.decoder = conv_stacks(
+        self, latent_dim=2 * self.latent_dim, output_shape=(*self.output_shape[:-1], out_channels)
       )
-      self.encoder = ConvEncoder(latent_dim=2 * self.latent_dim, **conv)
-      self.decoder = ConvDecoder(output_shape=(*self.output_shape[:-1], out_channels), **conv)
     else:
       raise ConfigError(f"unknown VAE architecture {self.architecture!r}; choose mlp or conv")
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genlab.models.conv_ae import ConvDecoder, ConvEncoder, IntOrSeq, activation_fn
+from genlab.models.conv_ae import IntOrSeq, activation_fn, conv_stacks
 
 
 def nearest_code(z: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -95,22 +95,9 @@ class VQVAE(nn.Module):
   kernels: str = "flax"
 
   def setup(self):
-    common = dict(
-      features=tuple(self.features),
-      strides=self.strides,
-      activation=self.activation,
-      dtype=self.dtype,
-      kernels=self.kernels,
-    )
-    self.encoder = ConvEncoder(latent_dim=None, kernel_size=self.kernel_size, **common)
+    self.encoder, self.decoder = conv_stacks(self, latent_dim=None, output_shape=self.output_shape)
     self.pre_quantization = nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)
     self.quantizer = VectorQuantizer(codebook_size=self.codebook_size, code_dim=self.code_dim)
-    decoder_kernel = (
-      self.kernel_size if self.decoder_kernel_size is None else self.decoder_kernel_size
-    )
-    self.decoder = ConvDecoder(
-      output_shape=tuple(self.output_shape), kernel_size=decoder_kernel, **common
-    )
 
   def encode(self, x: jax.Array) -> jax.Array:
     """z_e, the encoder's (B, H', W', D) map, before quantisation."""
