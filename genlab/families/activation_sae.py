@@ -139,7 +139,10 @@ class ActivationSAE(Family):
     self.model = self.build(
       SparseAutoencoder, output_shape=(self.width,), output_activation="none", **self.fields
     )
-    self._capture = jax.jit(lambda batch: self.host.capture(batch)[1])
+    # The host's params are arguments, not constants compiled into the program.
+    capture = jax.jit(lambda batch, params: self.host.capture(batch, params)[1])
+    self._capture = lambda batch: capture(batch, self.host.params)
+    self._codes = jax.jit(self._codes_of)
     self.shift, self.scale = self._normalization()
     self.eval_positions = int(
       sum(float(jnp.sum(self.host.positions(b))) for b in self._host_batches(self.dataset.test))
@@ -240,8 +243,11 @@ class ActivationSAE(Family):
       act = batch["activations"]
     else:
       act = jax.lax.stop_gradient(self.host.capture(batch, host_params)[1])
-    rows = (as_rows(act).astype(jnp.float32) - self.shift) * self.scale
-    return rows, self.host.positions(batch).reshape(-1).astype(jnp.float32)
+    return self.normalized(act), self.host.positions(batch).reshape(-1).astype(jnp.float32)
+
+  def normalized(self, act: jax.Array) -> jax.Array:
+    """The host's activation as the SAE sees it: one row per position, (x − shift)·scale."""
+    return (as_rows(act).astype(jnp.float32) - self.shift) * self.scale
 
   def reconstruct(self, params, x, weights, stats, *, train: bool):
     """(x̂, code, pre-activations, the batch's BatchTopK threshold or None)."""
@@ -322,9 +328,10 @@ class ActivationSAE(Family):
     """Sums over the batch's example positions (and its sequences where `mask` is 1)."""
     params, stats, host_params = state.params["model"], state.stats["model"], state.stats["host"]
     output, act = self.host.capture(batch, host_params)
-    x = (as_rows(act).astype(jnp.float32) - self.shift) * self.scale
+    x = self.normalized(act)
+    positions = self.host.positions(batch)
     rows_per_example = x.shape[0] // batch["mask"].shape[0]
-    weights = self.host.positions(batch).reshape(-1) * jnp.repeat(batch["mask"], rows_per_example)
+    weights = positions.reshape(-1) * jnp.repeat(batch["mask"], rows_per_example)
     x_hat, code, pre, _ = self.reconstruct(params, x, weights, stats, train=False)
     w = weights[:, None]
     active = (code > 0) * w
@@ -339,7 +346,7 @@ class ActivationSAE(Family):
     }
     # The host with the layer replaced at the example positions (denormalised x̂), or zeroed.
     shape = act.shape
-    where = self.host.positions(batch).reshape(*shape[:-1], 1) > 0
+    where = positions.reshape(*shape[:-1], 1) > 0
     x_hat_raw = (x_hat / self.scale + self.shift).reshape(shape).astype(act.dtype)
     spliced = self.host.splice(batch, lambda a: jnp.where(where, x_hat_raw, a), host_params)
     zeroed = self.host.splice(
@@ -383,24 +390,23 @@ class ActivationSAE(Family):
 
   # Views --------------------------------------------------------------------------------
 
+  def _codes_of(self, state, batch):
+    """(the SAE's code of every position of `batch`, the positions' weights)."""
+    x, weights = self.activations(batch, state.stats["host"])
+    params, stats = state.params["model"], state.stats["model"]
+    _, code, _, _ = self.reconstruct(params, x, weights, stats, train=False)
+    return code, weights
+
   def latent_activity(self, state, split="test"):
     """(code of every example position (positions, latents), (sequence, position) of
     each row), over a split; for the views."""
     data = self.dataset.split(split)
-    params, stats = state.params["model"], state.stats["model"]
-
-    @jax.jit
-    def codes(batch, host_params):
-      x, weights = self.activations(batch, host_params)
-      _, code, _, _ = self.reconstruct(params, x, weights, stats, train=False)
-      return code, weights
-
     rows, where = [], []
     for start in range(0, len(data["image"]), 512):
       batch = {
         k: jnp.asarray(v[start : start + 512]) for k, v in data.items() if k != "activations"
       }
-      code, weights = (np.asarray(a) for a in codes(batch, state.stats["host"]))
+      code, weights = (np.asarray(a) for a in self._codes(state, batch))
       per = len(weights) // len(batch["image"])
       index = np.stack(np.divmod(np.arange(len(weights)), per), axis=1)
       index[:, 0] += start

@@ -70,6 +70,7 @@ class LanguageModel(Family):
       **fields,
     )
     self.tx = make_optimizer(config.optimizer)
+    self._logits = jax.jit(lambda params, x: self.model.apply({"params": params}, x))
 
   def init_state(self, key, batch) -> TrainState:
     params = self.model.init(key, jnp.asarray(batch["image"][:1]))["params"]
@@ -137,11 +138,10 @@ class LanguageModel(Family):
   def continue_text(self, params, prefixes: np.ndarray, lengths: np.ndarray, steps: int):
     """Greedy continuations: each prefix extended by `steps` argmax tokens (host arrays)."""
     tokens = np.array(prefixes)
-    apply = jax.jit(lambda p, x: self.model.apply({"params": p}, x))
     for i in range(steps):
       at = lengths + i
       inside = at < tokens.shape[1]
-      logits = np.asarray(apply(params, jnp.asarray(tokens)))
+      logits = np.asarray(self._logits(params, jnp.asarray(tokens)))
       rows = np.arange(len(tokens))[inside]
       tokens[rows, at[inside]] = np.argmax(logits[rows, at[inside] - 1, 1:], axis=-1) + 1
     return tokens
