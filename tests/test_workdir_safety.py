@@ -43,6 +43,14 @@ def _wait_for(workdir, step: int, proc, timeout: float = 300) -> None:
   raise AssertionError(f"no step {step} in {timeout} s")
 
 
+def _wait_for_file(path, proc, timeout: float = 60) -> None:
+  deadline = time.monotonic() + timeout
+  while not path.is_file():
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.monotonic() < deadline, f"no {path} in {timeout} s"
+    time.sleep(0.01)
+
+
 def _env():
   return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -136,9 +144,16 @@ def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(d
     _train_args(run, data_dir, *RUN), env=_env(), stderr=subprocess.PIPE, text=True
   )
   _wait_for(run, 150, proc)
-  proc.send_signal(signal.SIGSTOP)  # Between the saves of steps 100 and 200.
-  # The checkpoints folder now leads where nothing can be created: the save of step 200
-  # fails as a full or read-only disk would make it fail.
+  # Step 100's save finishes in the background (its folder appears once orbax's commit has
+  # renamed it): wait for it, so that the break usually hits step 200's save.
+  _wait_for_file(run / "checkpoints" / "100" / "_CHECKPOINT_METADATA", proc)
+  proc.send_signal(signal.SIGSTOP)
+  # Which save the break hits is whichever comes after the newest complete checkpoint (a slow
+  # machine may still be committing one): the test states it rather than assume it.
+  folders = (run / "checkpoints").glob("*/_CHECKPOINT_METADATA")
+  last = max(int(p.parent.name) for p in folders if p.parent.name.isdigit())
+  # The checkpoints folder now leads where nothing can be created: the next save fails as a
+  # full or read-only disk would make it fail.
   checkpoints, real = run / "checkpoints", run / "checkpoints.real"
   checkpoints.rename(real)
   checkpoints.symlink_to("/proc/self/fdinfo")
@@ -149,21 +164,55 @@ def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(d
   assert time.monotonic() - failed_at < 30
   lines = [line for line in err.strip().splitlines() if line.strip()]
   assert len(lines) <= 3, err[-3000:]
-  assert "the checkpoint of step 200 could not be written" in err
-  assert "the last complete checkpoint is step 100" in err
+  assert f"the checkpoint of step {last + 100} could not be written" in err, err
+  assert f"the last complete checkpoint is step {last}" in err, err
   checkpoints.unlink()
   real.rename(checkpoints)
   resumed = subprocess.run(
     _train_args(run, data_dir, *RUN), env=_env(), capture_output=True, text=True
   )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resuming from the checkpoint of step 100" in resumed.stdout
+  assert f"resuming from the checkpoint of step {last}" in resumed.stdout
   _, expected = restore_latest(tmp_path / "ref")
   step, got = restore_latest(run)
   assert step == 400
   chex.assert_trees_all_equal(got.params, expected.params)
   steps = logged_steps(run)
   assert len(steps) == len(set(steps)) + steps.count(400) - 1  # Train and test share 400.
+
+
+def test_a_save_that_fails_in_the_background_is_one_error_naming_its_step(tmp_path, caplog):
+  """A save that fails after `save` returned (orbax's commit thread: the disk filled up while
+  it wrote) stops training with the same one-line error, and orbax's logs of it (tracebacks,
+  about 200 lines) are not printed."""
+  from orbax.checkpoint._src.path import atomicity
+
+  from genlab.errors import CheckpointWriteError
+  from genlab.run.checkpoint import Checkpointer
+
+  checkpointer = Checkpointer(tmp_path / "checkpoints", every=10)
+  state = {"w": np.arange(3.0)}
+  checkpointer.save(10, state)
+  checkpointer.wait()
+
+  async def disk_full(self):
+    raise OSError(28, "No space left on device")
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
+    assert checkpointer.save(20, state)  # Returns at once; the commit fails behind it.
+    with pytest.raises(CheckpointWriteError) as raised:
+      checkpointer.save(30, state)
+  message = str(raised.value)
+  assert "the checkpoint of step 20 could not be written" in message
+  assert "No space left on device" in message
+  assert "the last complete checkpoint is step 10" in message
+  assert "\n" not in message
+  assert not [r for r in caplog.records if r.levelno >= 40], caplog.text[-2000:]
+  with pytest.raises(CheckpointWriteError):  # And stays failed.
+    checkpointer.check()
+  checkpointer.close()
+  assert Checkpointer(tmp_path / "checkpoints", read_only=True).all_steps() == [10]
 
 
 def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path):

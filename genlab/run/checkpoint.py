@@ -80,6 +80,8 @@ class Checkpointer:
     # threads may wait on it for minutes) is reported by `check` as one line.
     self._thread_errors: list[BaseException] = []
     _watch_orbax_threads(self._thread_errors)
+    self._error_logs: list[logging.LogRecord] = []
+    _hold_orbax_error_logs(self._error_logs)
 
   def _step_folders(self) -> list[tuple[int, str | None]]:
     """(step, why it is incomplete, or None) for every step-named folder."""
@@ -136,6 +138,8 @@ class Checkpointer:
       self._manager.check_for_errors()
     except Exception as e:  # noqa: BLE001
       self._fail(step, e)
+    if self._error_logs:  # Orbax logged a failure that it has not raised (yet).
+      self._fail(step, self._error_logs[0].exc_info[1])
 
   def _fail(self, step: int | None, error: BaseException):
     # What orbax holds as finished (in memory: the folder itself may be what failed).
@@ -154,7 +158,11 @@ class Checkpointer:
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores the checkpoint of `step` (default: latest) into `target`'s structure."""
     step = self.latest_step() if step is None else step
-    return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    logged = len(self._error_logs)
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    finally:  # A failed read raises here; its logs are not a save's failure.
+      del self._error_logs[logged:]
 
   def find_usable(self, target: Any) -> tuple[Any, int | None, list[tuple[int, str]]]:
     """Restores the newest checkpoint that is intact and reads back whole and finite.
@@ -225,7 +233,10 @@ class Checkpointer:
     """Writes the integrity record of every save that has finished (waits for them)."""
     if not self._unrecorded:
       return
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - a background save failed: one line, as `check`.
+      self._fail(self._unrecorded[-1], e)
     if jax.process_index() == 0:
       for step in self._unrecorded:
         folder = self.directory / str(step)
@@ -290,6 +301,41 @@ def _watch_orbax_threads(errors: list[BaseException]) -> None:
 
   hook.genlab_orbax_errors = errors
   threading.excepthook = hook
+
+
+class _OrbaxErrorLogs(logging.Filter):
+  """Holds orbax's error logs that carry a traceback instead of printing them.
+
+  When a save fails in one of orbax's threads (a full disk, a folder gone), orbax logs the
+  exception with its traceback from each thread it passes through (about 200 lines), then
+  raises it at the next `check_for_errors` or `wait_until_finished`. `Checkpointer` reports
+  that as one line, and turns a held log whose exception was not raised into the same error,
+  so that nothing is lost. Orbax's other logs pass.
+  """
+
+  def __init__(self, held: list[logging.LogRecord]):
+    super().__init__()
+    self.held = held
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if (
+      record.levelno >= logging.ERROR
+      and record.exc_info
+      and f"{os.sep}orbax{os.sep}" in record.pathname
+    ):
+      self.held.append(record)
+      return False
+    return True
+
+
+def _hold_orbax_error_logs(held: list[logging.LogRecord]) -> None:
+  """Holds them in `held` (the newest Checkpointer's)."""
+  logger = logging.getLogger("absl")
+  for f in logger.filters:
+    if isinstance(f, _OrbaxErrorLogs):
+      f.held = held
+      return
+  logger.addFilter(_OrbaxErrorLogs(held))
 
 
 def incomplete(folder: pathlib.Path) -> str | None:
