@@ -69,13 +69,14 @@ def main(argv: list[str]) -> None:
     train = [line for line in lines if any(k.startswith("train/") for k in line)]
     names = [k for k in ("train/loss", "train/d_loss", "train/g_loss") if k in train[0]]
     losses = [[line[k] for k in names] for line in train]
-    return np.array(losses), result.state.params, result.state.stats
+    return np.array(losses), result.state.params, result.state.stats, train
 
   with tempfile.TemporaryDirectory() as tmp:
-    reference, reference_params, reference_stats = run("one", os.path.join(tmp, "one"))
-    print(json.dumps({"mode": "one", "devices": 1, "losses": reference.tolist()}))
+    reference, reference_params, reference_stats, logs = run("one", os.path.join(tmp, "one"))
+    # The 1-device run's train log lines too, to check what the steps did (e.g. resampled).
+    print(json.dumps({"mode": "one", "devices": 1, "losses": reference.tolist(), "logs": logs}))
     for mode in args.modes.split(","):
-      losses, params, stats = run(mode, os.path.join(tmp, mode))
+      losses, params, stats, _ = run(mode, os.path.join(tmp, mode))
       rel = np.abs(losses - reference) / np.abs(reference)
       param_diff = max_abs_diff(params, reference_params)
       # Untrained state (an EMA codebook, counters) must agree as well.

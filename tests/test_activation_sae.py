@@ -86,6 +86,7 @@ def _train(family, steps, seed=0):
     start = (i * 64) % (len(train["image"]) - 64)
     batch = {k: jnp.asarray(v[start : start + 64]) for k, v in train.items()}
     state, metrics = step(state, batch, jax.random.key(i))
+    state = state.replace(step=state.step + 1)  # As the runner counts them.
   return state, metrics
 
 
@@ -242,6 +243,65 @@ def test_a_larger_l0_coefficient_gives_a_sparser_jumprelu_code():
   assert l0[0.3] < 0.8 * l0[0.01], l0
 
 
+def test_resampling_gives_dead_latents_the_worst_rows_directions_and_resets_their_moments():
+  from genlab.families.activation_sae import resample_dead_latents
+
+  family = _sae_family("topk", dead_after=1, resample_every=2)
+  state = family.init_state(jax.random.key(0), None)
+  params = state.params["model"]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(16, family.width)), jnp.float32)
+  loss = jnp.zeros(16).at[5].set(2.0)  # One badly reconstructed row: every draw takes it.
+  dead = jnp.zeros(32, bool).at[jnp.array([3, 17])].set(True)
+  new, reset = resample_dead_latents(jax.random.key(1), params, x, loss, dead, 0.2)
+  unit = np.asarray(x[5] / jnp.linalg.norm(x[5]))
+  live_norm = np.linalg.norm(np.asarray(params["encoder"]["kernel"]), axis=0)[~np.asarray(dead)]
+  for j in (3, 17):
+    np.testing.assert_allclose(new["decoder"]["kernel"][j], unit, rtol=1e-6)
+    np.testing.assert_allclose(
+      new["encoder"]["kernel"][:, j], 0.2 * live_norm.mean() * unit, rtol=1e-5
+    )
+    assert float(new["encoder"]["bias"][j]) == 0.0
+  live = np.flatnonzero(~np.asarray(dead))
+  np.testing.assert_array_equal(new["decoder"]["kernel"][live], params["decoder"]["kernel"][live])
+  np.testing.assert_array_equal(
+    new["encoder"]["kernel"][:, live], params["encoder"]["kernel"][:, live]
+  )
+  np.testing.assert_array_equal(new["decoder"]["bias"], params["decoder"]["bias"])
+  assert int(reset["encoder"]["kernel"].sum()) == 2 * family.width
+  assert not reset["decoder"]["bias"].any()
+
+  # In a step: Adam's moments of exactly the resampled entries restart from zero.
+  state, _ = _train(family, 3)  # dead_after=1: some TopK latents die at once.
+  stats = state.stats["model"]
+  dead = np.asarray(stats["examples_since_fired"] >= 1)
+  assert dead.any()
+  batch = {k: jnp.asarray(v[:64]) for k, v in family.dataset.train.items()}
+  x, weights = family.activations(batch, state.stats["host"])
+  assert int(state.step) == 3
+  resample = jax.jit(family.resample)
+  after, count = resample(state.replace(step=4), x, weights, jax.random.key(7))
+  assert int(count) == dead.sum()
+  adam = after.opt_state["model"]
+  mu = [s for s in jax.tree.leaves(adam, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu")]
+  mu = mu[0].mu["decoder"]["kernel"]
+  assert not np.asarray(mu)[dead].any() and np.asarray(mu)[~dead].any()
+  assert not np.asarray(after.stats["model"]["examples_since_fired"])[dead].any()
+  # Not on a step resample_every does not divide.
+  later, count = resample(state, x, weights, jax.random.key(7))
+  assert int(count) == 0
+  chex.assert_trees_all_equal(later.params, state.params)
+
+
+def test_resampling_revives_the_dead_latents_of_a_relu_sae():
+  dead = {}
+  for every in (0, 25):  # A strong L1 penalty kills latents (2 of 32 on the test split).
+    family = _sae_family("relu", dead_after=512, resample_every=every, learning_rate=1e-2, l1=3)
+    state, _ = _train(family, 100)
+    dead[every] = _eval(family, state)["dead_fraction"]
+  assert dead[0] > 0 and dead[25] < 0.5 * dead[0], dead
+
+
 def test_the_family_refuses_bad_settings():
   from genlab.errors import ConfigError
 
@@ -251,6 +311,9 @@ def test_the_family_refuses_bad_settings():
     _sae_family("sigmoid")
   with pytest.raises(ConfigError, match="needs code topk or batchtopk"):
     _sae_family("relu", aux_k=4)
+  for bad in ({"dead_after": 0}, {"resample_every": -1}, {"resample_encoder_scale": 0.0}):
+    with pytest.raises(ConfigError, match="dead_after=.* must be positive, resample_every"):
+      _sae_family("relu", **bad)
 
 
 # The worked example, tiny: a language model, then an SAE on its residual stream ---------
@@ -399,19 +462,24 @@ def not_a_host():
 
 def test_four_devices_match_one_device_with_the_host_split_too(language_model, data_dir):
   # BatchTopK's k·n largest are over the global batch, the AuxK counters count global
-  # positions, and with fsdp the host's params (in the state's untrained part) are split.
+  # positions, resampling draws from the global batch, and with fsdp the host's params (in
+  # the state's untrained part) are split.
   host, _ = language_model
   rows = compare_parallel(
     "sae_pydoc_residual.py",
     data_dir,
     f"--config.sae.host_workdir={host}",
-    "--config.model.code_dim=64",
+    "--config.model.code_dim=1024",  # With 4·1,600 firings per batch, some die at once.
     "--config.model.k=4",
     "--config.sae.aux_k=8",
-    "--config.sae.aux_dead_after=256",
+    "--config.sae.dead_after=1",
+    "--config.sae.resample_every=2",
     steps=6,
     modes="fsdp",  # Batches split over the 4 devices, and the state (the host's too).
   )
+  logs = rows["one"]["logs"]
+  assert max(line["train/dead_latents"] for line in logs) > 0.5  # AuxK has dead latents.
+  assert sum(line["train/resampled_latents"] for line in logs) > 0
   for mode in ("fsdp",):
     np.testing.assert_allclose(rows[mode]["losses"], rows["one"]["losses"], rtol=1e-4)
     assert rows[mode]["devices"] == 4

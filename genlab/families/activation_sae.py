@@ -25,7 +25,8 @@ position, averaged over positions, plus by `config.model.code`:
 * `jumprelu`: `sae.l0` · Σ_j H(z_j − θ_j), the thresholds trained through the
   paper's straight-through estimators (θ in float32 whatever `dtype` is).
 With `sae.unit_norm_decoder` the decoder's rows are put back on the unit sphere
-after every update.
+after every update. A latent is dead after `sae.dead_after` positions without firing;
+with `sae.resample_every` the dead ones are resampled (`resample_dead_latents`).
 
 Reported on the test split (the host's inputs; every example position): `mse`
 (per dimension), `fvu` = Σ‖x − x̂‖² / Σ‖x − x̄‖² and `explained_variance` = 1 − fvu,
@@ -48,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from genlab.core import Metrics, TrainState, gradient_step, make_optimizer
+from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, stream_key
 from genlab.data.sequences import decode_text
 from genlab.errors import ConfigError, GenlabError
 from genlab.families.base import Family, Report, Views
@@ -82,7 +84,13 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "unit_norm_decoder": True,  # Decoder rows back to norm 1 after every update.
       "aux_k": 0,  # topk / batchtopk: AuxK's dead latents per position (0: off).
       "aux_weight": 1 / 32,  # AuxK's weight.
-      "aux_dead_after": 200_000,  # A latent is dead after this many positions without firing.
+      # A latent is dead after this many positions without firing (AuxK, resampling, logs).
+      "dead_after": 200_000,
+      # Every this many steps, dead latents are resampled (Anthropic's 2023 recipe: new
+      # directions from the batch's badly reconstructed positions, their Adam moments reset;
+      # `resample_dead_latents`). 0: never.
+      "resample_every": 0,
+      "resample_encoder_scale": 0.2,  # A new encoder row's norm over the live rows' mean.
       "threshold_decay": 0.99,  # batchtopk: EMA decay of the inference threshold.
       "dense_above": 0.1,  # A latent firing on more than this fraction of positions is dense.
       # Cache the train split's activations here (a memory-mapped .npy per host and layer)
@@ -118,6 +126,12 @@ class ActivationSAE(Family):
       raise ConfigError(f"config.model.code={self.code!r}; activation SAEs take one of {CODES}")
     if o.aux_k and self.code not in ("topk", "batchtopk"):
       raise ConfigError("config.sae.aux_k (the dead-latent loss) needs code topk or batchtopk")
+    if o.dead_after < 1 or o.resample_every < 0 or o.resample_encoder_scale <= 0:
+      raise ConfigError(
+        f"config.sae: dead_after={o.dead_after} must be positive, resample_every="
+        f"{o.resample_every} 0 (off) or positive, resample_encoder_scale="
+        f"{o.resample_encoder_scale} positive"
+      )
     self.tx = make_optimizer(config.optimizer)
     self.host: HostModel | None = None
     self.model: SparseAutoencoder | None = None
@@ -290,7 +304,7 @@ class ActivationSAE(Family):
     o = self.options
     penalty = self.penalty_sum(params, code, pre, weights) / count
     since = stats["examples_since_fired"]
-    dead = since >= o.aux_dead_after
+    dead = since >= o.dead_after
     if o.aux_k:
       aux = auxk_reconstruction_error(
         x, x_hat, pre, dead, params["decoder"]["kernel"], aux_k=o.aux_k
@@ -312,8 +326,12 @@ class ActivationSAE(Family):
     return mean(squared) + penalty, parts, new
 
   def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
-    del key  # Deterministic.
+    """One update; with `sae.resample_every`, dead latents are resampled first on the
+    steps it divides (the only use of `key`)."""
     x, weights = self.activations(batch, state.stats["host"])
+    resampled = None
+    if self.options.resample_every:
+      state, resampled = self.resample(state, x, weights, key)
     stats = state.stats["model"]
 
     def loss_fn(params):
@@ -321,8 +339,43 @@ class ActivationSAE(Family):
       return loss, (parts, new)
 
     state, metrics = gradient_step(state, "model", loss_fn, has_stats=True)
+    if resampled is not None:
+      metrics["resampled_latents"] = resampled
     params = self._unit_norm(state.params["model"])
     return state.replace(params={**state.params, "model": params}), metrics
+
+  def resample(self, state, x, weights, key) -> tuple[TrainState, jax.Array]:
+    """`state` with its dead latents resampled from the rows `x` if `state.step` is a
+    positive multiple of `sae.resample_every` (else unchanged), and how many were."""
+    o = self.options
+    params, stats = state.params["model"], state.stats["model"]
+    dead = stats["examples_since_fired"] >= o.dead_after
+    due = (state.step > 0) & (state.step % o.resample_every == 0) & jnp.any(dead)
+
+    def resample(parts):
+      params, opt_state, since = parts
+      x_hat, _, _, _ = self.reconstruct(params, x, weights, stats, train=False)
+      loss = jnp.sum((x - x_hat) ** 2, axis=1) * weights
+      params, reset = resample_dead_latents(
+        stream_key(key, "resample"), params, x, loss, dead, o.resample_encoder_scale
+      )
+      opt_state = optax.tree_utils.tree_map_params(
+        self.tx,
+        lambda moment, mask: jnp.where(mask, jnp.zeros_like(moment), moment),
+        opt_state,
+        reset,
+        transform_non_params=lambda leaf: leaf,
+      )
+      return params, opt_state, jnp.where(dead, 0, since)
+
+    parts = (params, state.opt_state["model"], stats["examples_since_fired"])
+    params, opt_state, since = jax.lax.cond(due, resample, lambda parts: parts, parts)
+    state = state.replace(
+      params={**state.params, "model": params},
+      opt_state={**state.opt_state, "model": opt_state},
+      stats={**state.stats, "model": {**stats, "examples_since_fired": since}},
+    )
+    return state, jnp.where(due, jnp.sum(dead), 0)
 
   def eval_step(self, state, batch) -> Metrics:
     """Sums over the batch's example positions (and its sequences where `mask` is 1)."""
@@ -413,6 +466,64 @@ class ActivationSAE(Family):
       rows.append(code[weights > 0])
       where.append(index[weights > 0])
     return np.concatenate(rows), np.concatenate(where)
+
+
+def resample_dead_latents(
+  key: jax.Array,
+  params: dict,
+  x: jax.Array,
+  loss: jax.Array,
+  dead: jax.Array,
+  encoder_scale: float = 0.2,
+) -> tuple[dict, dict]:
+  """Dead latents given new directions (Bricken et al. 2023, "Towards Monosemanticity",
+  neuron resampling).
+
+  For each dead latent j a row x_i of `x` (n, d) is drawn with probability ∝ `loss[i]`²
+  (rows of zero loss, e.g. padding, are never drawn; uniformly among the rows when every
+  loss is zero); with u = x_i/‖x_i‖, the decoder row j becomes u, the encoder column j
+  `encoder_scale` · (mean norm of the live latents' encoder columns) · u, and the encoder
+  bias j zero. JumpReLU's thresholds are kept.
+
+  Returns:
+    `(params, reset)`: the new params, and a tree of the params' structure whose entries
+    are True where a value was replaced (to reset the optimizer's moments there).
+  """
+  encoder, decoder = params["encoder"], params["decoder"]
+  weights = loss.astype(jnp.float32) ** 2
+  weights = jnp.where(jnp.sum(weights) > 0, weights, (loss >= 0).astype(jnp.float32))
+  rows = jax.random.choice(key, x.shape[0], (dead.shape[0],), p=weights / jnp.sum(weights))
+  chosen = x[rows]
+  unit = chosen / jnp.maximum(jnp.linalg.norm(chosen, axis=1, keepdims=True), 1e-8)
+  norms = jnp.linalg.norm(encoder["kernel"], axis=0)
+  live = ~dead
+  live_norm = jnp.sum(norms * live) / jnp.maximum(jnp.sum(live), 1)
+  live_norm = jnp.where(jnp.any(live), live_norm, 1.0)
+  new = {
+    **params,
+    "encoder": {
+      "kernel": jnp.where(
+        dead[None, :],
+        (encoder_scale * live_norm * unit.T).astype(encoder["kernel"].dtype),
+        encoder["kernel"],
+      ),
+      "bias": jnp.where(dead, 0.0, encoder["bias"]).astype(encoder["bias"].dtype),
+    },
+    "decoder": {
+      **decoder,
+      "kernel": jnp.where(dead[:, None], unit.astype(decoder["kernel"].dtype), decoder["kernel"]),
+    },
+  }
+  reset = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, bool), params)
+  reset["encoder"] = {
+    "kernel": jnp.broadcast_to(dead[None, :], encoder["kernel"].shape),
+    "bias": dead,
+  }
+  reset["decoder"] = {
+    **reset["decoder"],
+    "kernel": jnp.broadcast_to(dead[:, None], decoder["kernel"].shape),
+  }
+  return new, reset
 
 
 def categorical_kl(clean_logits: jax.Array, other_logits: jax.Array) -> jax.Array:
