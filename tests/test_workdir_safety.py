@@ -4,6 +4,7 @@ damaged run files, a killed run's metrics, a damaged feature-network cache."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -213,6 +214,9 @@ def test_a_save_that_fails_in_the_background_is_one_error_naming_its_step(tmp_pa
     checkpointer.check()
   checkpointer.close()
   assert Checkpointer(tmp_path / "checkpoints", read_only=True).all_steps() == [10]
+  # Once closed, orbax's error logs are no longer held back (nor is anything else's).
+  Checkpointer(tmp_path / "other").close()
+  assert not logging.getLogger("absl").filters
 
 
 def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path):

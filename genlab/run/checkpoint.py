@@ -267,6 +267,7 @@ class Checkpointer:
     finally:
       with contextlib.suppress(Exception):  # A failed save was reported already.
         self._manager.close()
+      _release_orbax_error_logs(self._error_logs)
 
 
 @contextlib.contextmanager
@@ -336,6 +337,14 @@ def _hold_orbax_error_logs(held: list[logging.LogRecord]) -> None:
       f.held = held
       return
   logger.addFilter(_OrbaxErrorLogs(held))
+
+
+def _release_orbax_error_logs(held: list[logging.LogRecord]) -> None:
+  """Orbax's error logs print again (once the Checkpointer that holds them is closed)."""
+  logger = logging.getLogger("absl")
+  for f in list(logger.filters):
+    if isinstance(f, _OrbaxErrorLogs) and f.held is held:
+      logger.removeFilter(f)
 
 
 def incomplete(folder: pathlib.Path) -> str | None:
