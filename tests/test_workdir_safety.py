@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import chex
@@ -217,6 +218,30 @@ def test_a_save_that_fails_in_the_background_is_one_error_naming_its_step(tmp_pa
   # Once closed, orbax's error logs are no longer held back (nor is anything else's).
   Checkpointer(tmp_path / "other").close()
   assert not logging.getLogger("absl").filters
+
+
+def test_orbax_errors_are_held_but_a_failed_removal_of_an_old_checkpoint_is_shown():
+  from genlab.run.checkpoint import _OrbaxErrorLogs
+
+  held = []
+  logs = _OrbaxErrorLogs(held)
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+
+  def record(message, level=logging.ERROR, path=orbax_file, exc=True):
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError:
+      info = sys.exc_info() if exc else None
+    return logging.LogRecord("absl", level, path, 1, message, (), info)
+
+  assert not logs.filter(record("Failed to write metadata=%s path=%s"))  # A save failed.
+  assert len(held) == 1 and isinstance(held[0].exc_info[1], OSError)
+  # Orbax logs this one and goes on (an old checkpoint stays on disk): shown, not held.
+  assert logs.filter(record("Failed to remove checkpoint (%s)"))
+  assert logs.filter(record("a warning", level=logging.WARNING))
+  assert logs.filter(record("no traceback", exc=False))
+  assert logs.filter(record("not orbax's", path=os.path.join(os.sep, "mine", "x.py")))
+  assert len(held) == 1
 
 
 def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path):
