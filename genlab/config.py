@@ -50,6 +50,7 @@ SAFE_ON_RESUME = (
   "data.data_dir",
   "data.device_resident",  # The same batches either way.
   "data.workers",  # The same batches either way.
+  "data.stream_train",  # The same batches either way.
   "steps_per_dispatch",  # The same steps, fewer calls.
 )
 
@@ -94,6 +95,10 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
       "crop_padding": 4,  # "crop": a random window of the image reflected by this many pixels.
       # A .npz's x_*: image | series | tokens (None: image; named datasets know theirs).
       "modality": placeholder(str),
+      # A TFDS or embedded dataset by name: read the train split from disk batch by batch
+      # (tfds.data_source) rather than into memory, for datasets larger than memory. The
+      # same batches either way. Directories of ArrayRecord files are always read so.
+      "stream_train": False,
     }
   )
   config.batch_size = 64  # Global: summed over processes and devices.

@@ -180,6 +180,51 @@ def test_a_records_directory_trains_as_the_same_images_in_memory(digits, data_di
   assert runs["records"].test_metrics == runs["npz"].test_metrics
 
 
+def test_a_tfds_train_split_streamed_from_disk_gives_the_same_batches(digits, data_dir):
+  """`stream_train`: the train split of a dataset by name stays in TFDS's ArrayRecord files
+  (a RecordSplit over tfds.data_source), in a thread or in worker processes."""
+  from genlab.data import RecordSplit
+
+  streamed = load_dataset("digits", data_dir=data_dir, stream_train=True)
+  assert isinstance(streamed.train, RecordSplit) and isinstance(streamed.test["image"], np.ndarray)
+  assert streamed.train.files and all(
+    "digits-train.array_record" in f for f in streamed.train.files
+  )
+  assert streamed.image_shape == (8, 8, 1) and len(streamed.train["image"]) == len(digits["image"])
+  chex.assert_trees_all_equal(
+    streamed.train.rows(range(5, 9)), {k: v[5:9] for k, v in digits.items()}
+  )
+  expected = Batcher(digits, global_batch_size=64, seed=3)
+  for workers in (0, 2):
+    batcher = Batcher(streamed.train, global_batch_size=64, seed=3, workers=workers)
+    for step, got in enumerate(_batches(batcher, 21, 25), start=21):  # An epoch boundary.
+      chex.assert_trees_all_equal(got, expected.batch(step), custom_message=f"{workers=}")
+
+
+def test_a_tfds_dataset_streamed_by_name_has_the_in_memory_examples(data_dir):
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=5):
+    streamed = load_dataset("mnist", data_dir=data_dir, stream_train=True)
+    whole = load_dataset("mnist", data_dir=data_dir)
+    assert streamed.train["image"].shape == (5, 28, 28, 1)  # The channel axis, per example.
+    chex.assert_trees_all_equal(streamed.train.rows(range(5)), whole.train)
+
+
+def test_a_run_streamed_from_tfds_files_equals_the_run_in_memory(data_dir, tmp_path):
+  from genlab.run import train_and_evaluate
+
+  runs = {}
+  for stream in (True, False):
+    overrides = {"data.device_resident": "off", "data.stream_train": stream}
+    config = make_test_config(data_dir, **overrides)
+    runs[stream] = train_and_evaluate(config, tmp_path / str(stream))
+  chex.assert_trees_all_equal(
+    jax.device_get(runs[True].state.params), jax.device_get(runs[False].state.params)
+  )
+  assert runs[True].test_metrics == runs[False].test_metrics
+
+
 def test_a_directory_without_records_is_refused_in_one_line(tmp_path):
   from genlab.errors import DataError
 

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genlab.data.embedded import EMBEDDED_BUILDERS
-from genlab.data.records import image_records
+from genlab.data.records import RecordSplit, image_records
 from genlab.errors import DataError
 
 Split = dict[str, np.ndarray]  # Or a `RecordSplit`, read alike (a records directory's train).
@@ -50,7 +50,8 @@ TFDS_INTEGER_MAX = {"binarized_mnist": 1}
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Train and test splits of one dataset, held in host memory.
+  """Train and test splits of one dataset, held in host memory (the train split may
+  instead be a `RecordSplit` read from disk batch by batch).
 
   Attributes:
     name: what the user asked for (dataset name or `.npz` path).
@@ -87,6 +88,7 @@ def load_dataset(
   label_key: str | None = "label",
   target_key: str | None = None,
   modality: str | None = None,
+  stream_train: bool = False,
 ) -> Dataset:
   """Loads train and test splits of `spec` (a `.npz` path or a dataset name).
 
@@ -101,6 +103,9 @@ def load_dataset(
       floats) or 'tokens' ((N, T) integer ids); sequences may come with
       `length_train` / `length_test` (default: every step valid). Named datasets
       know their own modality.
+    stream_train: for a TFDS or embedded dataset by name, keep the train split on disk, a
+      `RecordSplit` over `tfds.data_source` decoded batch by batch, instead of reading it
+      into memory (for datasets larger than memory). The examples are the same.
 
   Returns:
     The validated `Dataset`.
@@ -122,7 +127,10 @@ def load_dataset(
       image_key = "sequence"  # The sequence sets' input feature.
   keys = {"image": image_key, "label": label_key, "target": target_key}
   keys |= {"length": "length", "start": "start"}  # Sequence sets: valid steps, series position.
-  splits = {s: _load_tfds_split(spec, s, data_dir, keys, modality) for s in SPLITS}
+  splits = {
+    s: _load_tfds_split(spec, s, data_dir, keys, modality, stream=stream_train and s == "train")
+    for s in SPLITS
+  }
   dataset = Dataset(name=spec, modality=modality, **splits)
   _validate(dataset, source=f"TFDS dataset {spec!r}")
   return dataset
@@ -230,12 +238,15 @@ def _validate(dataset: Dataset, *, source: str) -> None:
 
 
 def _validate_images(split: Split, *, source: str, s: str) -> None:
-  """Images and target maps: uint8-like integers in [0, 255] or finite floats in [0, 1]."""
+  """Images and target maps: uint8-like integers in [0, 255] or finite floats in [0, 1]
+  (a streamed split's values are not read: its dtypes are checked)."""
   for key, array in split.items():
     if key in ("label", "length", "start"):
       continue
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
       raise DataError(f"{source}: {s} {key} has dtype {array.dtype}; expected uint8 or float")
+    if isinstance(split, RecordSplit):
+      continue
     if np.issubdtype(array.dtype, np.floating):
       if not np.all(np.isfinite(array)):
         raise DataError(f"{source}: {s} {key} holds NaN or Inf values")
@@ -255,6 +266,15 @@ def _validate_sequences(split: Split, *, source: str, modality: str) -> None:
   expected_ndim = 3 if modality == "series" else 2
   if x.ndim != expected_ndim:
     raise DataError(f"{source} {modality} have shape {x.shape}; expected {expected_ndim} axes")
+  if isinstance(split, RecordSplit):  # Streamed: its values are not read, only its dtypes.
+    kind = np.floating if modality == "series" else np.integer
+    if not np.issubdtype(x.dtype, kind) or "length" not in split:
+      what = "floats" if modality == "series" else "integer ids"
+      raise DataError(
+        f"{source} {modality} must be {what} with a `length` (dtype {x.dtype}, keys "
+        f"{sorted(split)})"
+      )
+    return
   if modality == "series" and not (np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all()):
     raise DataError(f"{source} series must be finite floats (dtype {x.dtype})")
   if modality == "tokens" and not (np.issubdtype(x.dtype, np.integer) and x.min() >= 0):
@@ -320,8 +340,14 @@ def _not_prepared(name: str, data_dir: str | None) -> str:
 
 
 def _load_tfds_split(
-  name: str, split: str, data_dir: str | None, keys: dict, modality: str = "image"
-) -> Split:
+  name: str,
+  split: str,
+  data_dir: str | None,
+  keys: dict,
+  modality: str = "image",
+  *,
+  stream: bool = False,
+) -> Split | RecordSplit:
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -343,15 +369,41 @@ def _load_tfds_split(
   for role, key in keys.items():
     if key is not None and key not in first and role not in ("label", "length", "start"):
       raise DataError(f"TFDS dataset {name!r} has no feature {key!r} (it has {sorted(first)})")
-  wanted = {role: key for role, key in keys.items() if key is not None and key in first}
+  wanted = tuple((role, key) for role, key in keys.items() if key is not None and key in first)
+  example = TfdsExample(name, split, wanted, modality)
+  records = RecordSplit(source, example, files=_tfds_files(source, split))
+  if stream:
+    return records
   # Record by record: the mocked sources of tfds.testing have no working __getitems__.
-  records = [source[i] for i in range(n)]
-  split_arrays = {role: np.stack([r[key] for r in records]) for role, key in wanted.items()}
-  for role in ("image", "target"):
-    if role in split_arrays and modality == "image":
-      array = _as_images(split_arrays[role], f"{name}/{split} {keys[role]}")
-      if name in TFDS_INTEGER_MAX and np.issubdtype(array.dtype, np.integer):
-        top = TFDS_INTEGER_MAX[name]
-        array = (np.clip(array, 0, top).astype(np.uint16) * 255 // top).astype(np.uint8)
-      split_arrays[role] = array
-  return split_arrays
+  return records.rows(range(n))
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsExample:
+  """A `tfds.data_source` record → genlab's example: the wanted features under their roles
+  (`image`, `label`, ...), images given a channel axis and rescaled to 0..255 where TFDS
+  stores another range. A plain value, so that grain's worker processes can take it."""
+
+  name: str
+  split: str
+  keys: tuple[tuple[str, str], ...]  # (role, TFDS feature)
+  modality: str = "image"
+
+  def __call__(self, record) -> dict[str, np.ndarray]:
+    example = {role: np.asarray(record[key]) for role, key in self.keys}
+    if self.modality == "image":
+      for role, key in self.keys:
+        if role in ("image", "target"):
+          what = f"{self.name}/{self.split} {key}"
+          image = _as_images(example[role][None], what)[0]
+          if self.name in TFDS_INTEGER_MAX and np.issubdtype(image.dtype, np.integer):
+            top = TFDS_INTEGER_MAX[self.name]
+            image = (np.clip(image, 0, top).astype(np.uint16) * 255 // top).astype(np.uint8)
+          example[role] = image
+    return example
+
+
+def _tfds_files(source, split: str) -> list[str]:
+  """The ArrayRecord files of a TFDS split (they identify a streamed split), if found."""
+  folder = pathlib.Path(str(source.dataset_info.data_dir))
+  return sorted(str(p) for p in folder.glob(f"*-{split}.array_record*"))

@@ -65,6 +65,7 @@ def encode_workdir(
       image_key=config.data.image_key,
       label_key=config.data.label_key,
       target_key=config.data.target_key,
+      stream_train=config.data.get("stream_train", False),
       modality=config.data.get("modality") or s.dataset.modality,
     )
     if data.image_shape != s.dataset.image_shape:

@@ -67,6 +67,7 @@ def setup(
     image_key=config.data.image_key,
     label_key=config.data.label_key,
     target_key=config.data.target_key,
+    stream_train=config.data.get("stream_train", False),
     modality=config.data.get("modality"),
   )
   if config.get("num_epochs") is not None:  # The run's length in steps, from now on.
