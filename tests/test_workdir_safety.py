@@ -215,33 +215,79 @@ def test_a_save_that_fails_in_the_background_is_one_error_naming_its_step(tmp_pa
     checkpointer.check()
   checkpointer.close()
   assert Checkpointer(tmp_path / "checkpoints", read_only=True).all_steps() == [10]
-  # Once closed, orbax's error logs are no longer held back (nor is anything else's).
-  Checkpointer(tmp_path / "other").close()
+  # Once closed, orbax's error logs are no longer held back.
   assert not logging.getLogger("absl").filters
 
 
-def test_orbax_errors_are_held_but_a_failed_removal_of_an_old_checkpoint_is_shown():
-  from genlab.run.checkpoint import _OrbaxErrorLogs
+def test_orbax_errors_that_are_not_a_save_failing_are_warnings_and_training_goes_on(
+  tmp_path, capfd
+):
+  from orbax.checkpoint._src.path import async_path, deleter
 
-  held = []
-  logs = _OrbaxErrorLogs(held)
-  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "x.py")
+  from genlab.run.checkpoint import Checkpointer
 
-  def record(message, level=logging.ERROR, path=orbax_file, exc=True):
+  state = {"w": np.arange(3.0)}
+  with pytest.MonkeyPatch.context() as patch:
+    # An old step that cannot be removed (keep=1): the new one is on disk; a warning.
+    checkpointer = Checkpointer(tmp_path / "a", every=10, keep=1)
+    checkpointer.save(10, state)
+    checkpointer.wait()
+
+    def busy(self, path, **kwargs):
+      raise OSError(16, "Device or resource busy")
+
+    patch.setattr(deleter.PathDeleter, "delete", busy)
+    checkpointer.save(20, state)
+    checkpointer.save(30, state)  # Waits for step 20's save, whose pruning of 10 failed.
+    checkpointer.close()
+    err = capfd.readouterr().err
+    assert "genlab: warning: step 20 was saved, but orbax failed after it" in err, err
+    assert "Device or resource busy" in err and "Traceback" not in err
+    assert all((tmp_path / "a" / s / "_CHECKPOINT_METADATA").is_file() for s in ("10", "30"))
+
+    # A leftover temporary folder orbax cannot clean up when it opens the folder: no save
+    # is under way, so a warning, not "step None could not be written".
+    (tmp_path / "b" / "5.orbax-checkpoint-tmp").mkdir(parents=True)
+
+    async def cannot(path):
+      raise OSError(16, "Device or resource busy")
+
+    patch.setattr(async_path, "rmtree", cannot)
+    checkpointer = Checkpointer(tmp_path / "b", every=10)
+    err, deadline = "", time.monotonic() + 30
+    while "genlab: warning: orbax:" not in err and time.monotonic() < deadline:
+      checkpointer.check()  # Orbax cleans up in a thread; a check shows what it held.
+      err += capfd.readouterr().err
+      time.sleep(0.05)
+    assert "genlab: warning: orbax:" in err and "Device or resource busy" in err, err
+    checkpointer.close()
+
+
+def test_orbax_error_logs_go_to_the_newest_open_writer_until_none_is_open(tmp_path):
+  from genlab.run.checkpoint import Checkpointer, _orbax_error_logs
+
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "x.py")
+
+  def record(message, path=orbax_file, exc=True):
     try:
       raise OSError(28, "No space left on device")
     except OSError:
       info = sys.exc_info() if exc else None
-    return logging.LogRecord("absl", level, path, 1, message, (), info)
+    return logging.LogRecord("absl", logging.ERROR, path, 1, message, (), info)
 
-  assert not logs.filter(record("Failed to write metadata=%s path=%s"))  # A save failed.
-  assert len(held) == 1 and isinstance(held[0].exc_info[1], OSError)
-  # Orbax logs this one and goes on (an old checkpoint stays on disk): shown, not held.
-  assert logs.filter(record("Failed to remove checkpoint (%s)"))
-  assert logs.filter(record("a warning", level=logging.WARNING))
+  first = Checkpointer(tmp_path / "first")
+  second = Checkpointer(tmp_path / "second")
+  Checkpointer(tmp_path / "first", read_only=True)  # A reader holds nothing.
+  logs = _orbax_error_logs()
+  assert not logs.filter(record("Failed to write metadata"))
   assert logs.filter(record("no traceback", exc=False))
   assert logs.filter(record("not orbax's", path=os.path.join(os.sep, "mine", "x.py")))
-  assert len(held) == 1
+  assert len(second._error_logs) == 1 and not first._error_logs
+  second.close()  # The first is still open: its saves' failures are still held for it.
+  assert not logs.filter(record("Failed to write metadata")) and len(first._error_logs) == 1
+  first._error_logs.clear()
+  first.close()
+  assert logs not in logging.getLogger("absl").filters
 
 
 def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path):

@@ -81,7 +81,8 @@ class Checkpointer:
     self._thread_errors: list[BaseException] = []
     _watch_orbax_threads(self._thread_errors)
     self._error_logs: list[logging.LogRecord] = []
-    _hold_orbax_error_logs(self._error_logs)
+    if not read_only:  # A reader saves nothing: orbax's errors print as orbax logs them.
+      _hold_orbax_error_logs(self._error_logs)
 
   def _step_folders(self) -> list[tuple[int, str | None]]:
     """(step, why it is incomplete, or None) for every step-named folder."""
@@ -138,8 +139,27 @@ class Checkpointer:
       self._manager.check_for_errors()
     except Exception as e:  # noqa: BLE001
       self._fail(step, e)
-    if self._error_logs:  # Orbax logged a failure that it has not raised (yet).
+    if self._error_logs and self._unrecorded:  # Orbax logged a save's failure, not raised yet.
       self._fail(step, self._error_logs[0].exc_info[1])
+    if self._error_logs:  # No save under way: what failed is not one (an old temporary folder
+      self._show_held_logs("")  # orbax could not clean up): shown, and training goes on.
+
+  def _show_held_logs(self, context: str) -> None:
+    """Each held orbax error as a one-line warning (process 0), then forgotten."""
+    if jax.process_index() == 0:
+      for record in self._error_logs:
+        error = record.exc_info[1]
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        print(
+          f"genlab: warning: {context}orbax: {record.getMessage()[:160]} "
+          f"({type(error).__name__}: {reason})",
+          file=sys.stderr,
+        )
+    self._error_logs.clear()
+
+  def _complete_on_disk(self, step: int) -> bool:
+    folder = self.directory / str(step)
+    return folder.is_dir() and incomplete(folder) is None
 
   def _fail(self, step: int | None, error: BaseException):
     # What orbax holds as finished (in memory: the folder itself may be what failed).
@@ -236,7 +256,19 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - a background save failed: one line, as `check`.
-      self._fail(self._unrecorded[-1], e)
+      if not all(self._complete_on_disk(step) for step in self._unrecorded):
+        self._fail(self._unrecorded[-1], e)
+      # The saves are on disk: what failed came after them (removing an old step for
+      # `keep`). That step stays on disk; said, and training goes on.
+      self._error_logs.clear()
+      reason = (str(e).strip().splitlines() or [""])[0][:160]
+      if jax.process_index() == 0:
+        print(
+          f"genlab: warning: step {self._unrecorded[-1]} was saved, but orbax failed after "
+          f"it (an old checkpoint may be left in {self.directory}): {type(e).__name__}: "
+          f"{reason}",
+          file=sys.stderr,
+        )
     if jax.process_index() == 0:
       for step in self._unrecorded:
         folder = self.directory / str(step)
@@ -310,45 +342,49 @@ class _OrbaxErrorLogs(logging.Filter):
   When a save fails in one of orbax's threads (a full disk, a folder gone), orbax logs the
   exception with its traceback from each thread it passes through (about 200 lines), then
   raises it at the next `check_for_errors` or `wait_until_finished`. `Checkpointer` reports
-  that as one line, and turns a held log whose exception was not raised into the same error,
-  so that nothing is lost. Orbax's other logs pass, among them the one error it logs and
-  goes on from: an old checkpoint that could not be removed (`max_to_keep`).
+  that as one line, turns a held log whose exception was not raised into the same error
+  while a save is under way, and shows the others as one-line warnings: nothing is lost.
+  Records go to the newest open Checkpointer (`owners`); orbax's other logs pass.
   """
 
-  GOES_ON = ("Failed to remove checkpoint",)
-
-  def __init__(self, held: list[logging.LogRecord]):
+  def __init__(self):
     super().__init__()
-    self.held = held
+    self.owners: list[list[logging.LogRecord]] = []
 
   def filter(self, record: logging.LogRecord) -> bool:
     if (
-      record.levelno >= logging.ERROR
+      self.owners
+      and record.levelno >= logging.ERROR
       and record.exc_info
       and f"{os.sep}orbax{os.sep}" in record.pathname
-      and not str(record.msg).startswith(self.GOES_ON)
     ):
-      self.held.append(record)
+      self.owners[-1].append(record)
       return False
     return True
 
 
-def _hold_orbax_error_logs(held: list[logging.LogRecord]) -> None:
-  """Holds them in `held` (the newest Checkpointer's)."""
+def _orbax_error_logs() -> _OrbaxErrorLogs:
+  """The one filter on absl's logger (added on first use)."""
   logger = logging.getLogger("absl")
   for f in logger.filters:
     if isinstance(f, _OrbaxErrorLogs):
-      f.held = held
-      return
-  logger.addFilter(_OrbaxErrorLogs(held))
+      return f
+  f = _OrbaxErrorLogs()
+  logger.addFilter(f)
+  return f
+
+
+def _hold_orbax_error_logs(held: list[logging.LogRecord]) -> None:
+  """Orbax's error logs go into `held` (the newest Checkpointer's) from now on."""
+  _orbax_error_logs().owners.append(held)
 
 
 def _release_orbax_error_logs(held: list[logging.LogRecord]) -> None:
-  """Orbax's error logs print again (once the Checkpointer that holds them is closed)."""
-  logger = logging.getLogger("absl")
-  for f in list(logger.filters):
-    if isinstance(f, _OrbaxErrorLogs) and f.held is held:
-      logger.removeFilter(f)
+  """`held`'s Checkpointer is closed; with none open, orbax's error logs print again."""
+  logs = _orbax_error_logs()
+  logs.owners = [owner for owner in logs.owners if owner is not held]
+  if not logs.owners:
+    logging.getLogger("absl").removeFilter(logs)
 
 
 def incomplete(folder: pathlib.Path) -> str | None:
