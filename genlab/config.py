@@ -55,6 +55,9 @@ SAFE_ON_RESUME = (
 )
 
 
+# Fields earlier versions named otherwise: old name → today's (same meaning).
+RENAMED_FIELDS = {"sae.aux_dead_after": "sae.dead_after"}
+
 # Fields earlier versions had, and what replaced them.
 REMOVED_FIELDS = {
   "parallel": "every run is jax.jit over a mesh of its devices; set config.mesh.devices "
@@ -398,10 +401,18 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 
 def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A config saved by an earlier genlab, in today's fields: `parallel` (jit, pmap or
-  shard_map, all now one mesh path, same results) dropped, and every field it lacks added
-  with today's default (each default keeps what a run without the field did)."""
+  shard_map, all now one mesh path, same results) dropped, renamed fields (`RENAMED_FIELDS`)
+  under their new names with their saved values, and every field it lacks added with
+  today's default (each default keeps what a run without the field did)."""
   if "parallel" in config:
     del config["parallel"]
+  for old, new in RENAMED_FIELDS.items():
+    group, old_name = old.split(".")
+    new_name = new.split(".")[1]
+    if group in config and old_name in config[group]:
+      values = config[group].to_dict()
+      values[new_name] = values.pop(old_name)
+      config[group] = ml_collections.ConfigDict(values)
   family = config.get("family", "autoencoder")
   defaults = base_config(family if family in FAMILIES else "autoencoder")
   _add_missing(config, defaults)

@@ -3,6 +3,7 @@ JumpReLU), the metrics (loss recovered), and the worked example's pieces end to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import chex
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import EXPERIMENTS, compare_parallel
+from genlab.core import make_optimizer
 
 
 class TinyHost(nn.Module):
@@ -61,11 +63,18 @@ def _tiny_host_and_data(seed=0, n=512, positions=4):
   return host, Dataset("tiny", train, test, modality="series")
 
 
-def _sae_family(code="batchtopk", dtype="float32", model=None, learning_rate=3e-3, **sae):
+def _sae_family(
+  code="batchtopk", dtype="float32", model=None, learning_rate=3e-3, stream=False, **sae
+):
   from genlab.config import base_config
+  from genlab.data import RecordSplit
   from genlab.families.activation_sae import ActivationSAE
 
   host, dataset = _tiny_host_and_data()
+  if stream:  # The train split read example by example, as data.stream_train gives it.
+    train = dataset.train
+    examples = [{k: v[i] for k, v in train.items()} for i in range(len(train["image"]))]
+    dataset = dataclasses.replace(dataset, train=RecordSplit(examples))
   config = base_config("activation_sae")
   config.dtype = dtype
   config.mesh.devices = 1
@@ -293,6 +302,37 @@ def test_resampling_gives_dead_latents_the_worst_rows_directions_and_resets_thei
   chex.assert_trees_all_equal(later.params, state.params)
 
 
+def test_resampling_restarts_jumprelu_thresholds_and_works_with_any_optimizers_state():
+  import math
+
+  for code, optimizer in (("jumprelu", "adam"), ("relu", "adafactor"), ("relu", "novograd")):
+    model = {"threshold_init": 0.25} if code == "jumprelu" else {}
+    family = _sae_family(code, model=model, dead_after=1, resample_every=2)
+    family.config.optimizer.name = optimizer
+    family.tx = make_optimizer(family.config.optimizer)
+    state = family.init_state(jax.random.key(0), None)
+    params = state.params["model"]
+    if code == "jumprelu":  # Thresholds moved away from their start.
+      params = {**params, "log_threshold": params["log_threshold"] + 1.0}
+    since = jnp.zeros(32, jnp.int32).at[jnp.array([3, 17])].set(5)  # Latents 3 and 17 dead.
+    state = state.replace(
+      step=jnp.asarray(2, jnp.int32),
+      params={"model": params},
+      stats={**state.stats, "model": {**state.stats["model"], "examples_since_fired": since}},
+    )
+    batch = {k: jnp.asarray(v[:64]) for k, v in family.dataset.train.items()}
+    x, weights = family.activations(batch, state.stats["host"])
+    after, count = jax.jit(family.resample)(state, x, weights, jax.random.key(7))
+    assert int(count) == 2, (code, optimizer)
+    jax.tree.map(lambda a, b: chex.assert_equal_shape([a, b]), after.opt_state, state.opt_state)
+    if code == "jumprelu":
+      theta = np.asarray(after.params["model"]["log_threshold"])
+      np.testing.assert_allclose(theta[[3, 17]], math.log(0.25), rtol=1e-6)
+      np.testing.assert_array_equal(
+        np.delete(theta, [3, 17]), np.delete(params["log_threshold"], [3, 17])
+      )
+
+
 def test_resampling_revives_the_dead_latents_of_a_relu_sae():
   dead = {}
   for every in (0, 25):  # A strong L1 penalty kills latents (2 of 32 on the test split).
@@ -311,6 +351,8 @@ def test_the_family_refuses_bad_settings():
     _sae_family("sigmoid")
   with pytest.raises(ConfigError, match="needs code topk or batchtopk"):
     _sae_family("relu", aux_k=4)
+  with pytest.raises(ConfigError, match="with data.stream_train on, leave cache_dir empty"):
+    _sae_family(stream=True, cache_dir="/nonexistent")
   for bad in ({"dead_after": 0}, {"resample_every": -1}, {"resample_encoder_scale": 0.0}):
     with pytest.raises(ConfigError, match="dead_after=.* must be positive, resample_every"):
       _sae_family("relu", **bad)

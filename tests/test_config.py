@@ -246,6 +246,16 @@ def test_configs_saved_before_the_mesh_resume_as_today(test_config):
   config_lib.check_resumable(upgraded, test_config())  # Must not raise.
 
 
+def test_a_saved_activation_sae_config_with_a_renamed_field_resumes_with_its_value():
+  today = config_lib.base_config("activation_sae")
+  today.sae.dead_after = 2560
+  saved = today.to_dict()
+  saved["sae"]["aux_dead_after"] = saved["sae"].pop("dead_after")  # As an earlier genlab wrote.
+  upgraded = config_lib.from_json(json.dumps(saved, default=list))
+  assert "aux_dead_after" not in upgraded.sae and upgraded.sae.dead_after == 2560
+  config_lib.check_resumable(upgraded, today)  # Must not raise.
+
+
 def test_base_config_holds_the_family_options_its_module_defines():
   from genlab.families import vae
 

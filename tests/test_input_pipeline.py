@@ -211,6 +211,13 @@ def test_a_tfds_dataset_streamed_by_name_has_the_in_memory_examples(data_dir):
     chex.assert_trees_all_equal(streamed.train.rows(range(5)), whole.train)
 
 
+def test_streaming_a_sequence_dataset_is_refused_in_one_line(data_dir):
+  from genlab.errors import DataError
+
+  with pytest.raises(DataError, match="'pydoc_text' holds tokens, which is read into memory"):
+    load_dataset("pydoc_text", data_dir=data_dir, stream_train=True)
+
+
 def test_a_run_streamed_from_tfds_files_equals_the_run_in_memory(data_dir, tmp_path):
   from genlab.run import train_and_evaluate
 

@@ -125,6 +125,11 @@ def load_dataset(
     modality = getattr(EMBEDDED_BUILDERS[spec], "MODALITY", "image")
     if modality != "image" and image_key == "image":
       image_key = "sequence"  # The sequence sets' input feature.
+  if stream_train and modality != "image":
+    raise DataError(
+      f"data.stream_train streams image datasets; {spec!r} holds {modality}, which is read "
+      "into memory: leave data.stream_train off"
+    )
   keys = {"image": image_key, "label": label_key, "target": target_key}
   keys |= {"length": "length", "start": "start"}  # Sequence sets: valid steps, series position.
   splits = {

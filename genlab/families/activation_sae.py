@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
 
 import jax
@@ -162,6 +163,12 @@ class ActivationSAE(Family):
       sum(float(jnp.sum(self.host.positions(b))) for b in self._host_batches(self.dataset.test))
     )
     if self.options.cache_dir:
+      if not isinstance(self.dataset.train, dict):
+        raise ConfigError(
+          "config.sae.cache_dir caches the activations of a train split held in memory; "
+          "with data.stream_train on, leave cache_dir empty (activations are then computed "
+          "in every step)"
+        )
       self.dataset.train["activations"] = self._cached_activations()
 
   def _host_batches(self, split, size=512):
@@ -356,15 +363,12 @@ class ActivationSAE(Family):
       params, opt_state, since = parts
       x_hat, _, _, _ = self.reconstruct(params, x, weights, stats, train=False)
       loss = jnp.sum((x - x_hat) ** 2, axis=1) * weights
+      log_threshold = math.log(self.model.threshold_init) if self.code == "jumprelu" else None
       params, reset = resample_dead_latents(
-        stream_key(key, "resample"), params, x, loss, dead, o.resample_encoder_scale
+        stream_key(key, "resample"), params, x, loss, dead, o.resample_encoder_scale, log_threshold
       )
       opt_state = optax.tree_utils.tree_map_params(
-        self.tx,
-        lambda moment, mask: jnp.where(mask, jnp.zeros_like(moment), moment),
-        opt_state,
-        reset,
-        transform_non_params=lambda leaf: leaf,
+        self.tx, _reset_moments, opt_state, reset, transform_non_params=lambda leaf: leaf
       )
       return params, opt_state, jnp.where(dead, 0, since)
 
@@ -475,6 +479,7 @@ def resample_dead_latents(
   loss: jax.Array,
   dead: jax.Array,
   encoder_scale: float = 0.2,
+  log_threshold: float | None = None,
 ) -> tuple[dict, dict]:
   """Dead latents given new directions (Bricken et al. 2023, "Towards Monosemanticity",
   neuron resampling).
@@ -483,7 +488,8 @@ def resample_dead_latents(
   (rows of zero loss, e.g. padding, are never drawn; uniformly among the rows when every
   loss is zero); with u = x_i/‖x_i‖, the decoder row j becomes u, the encoder column j
   `encoder_scale` · (mean norm of the live latents' encoder columns) · u, and the encoder
-  bias j zero. JumpReLU's thresholds are kept.
+  bias j zero; with `log_threshold` (JumpReLU's log θ at initialisation), its threshold
+  restarts there.
 
   Returns:
     `(params, reset)`: the new params, and a tree of the params' structure whose entries
@@ -523,7 +529,18 @@ def resample_dead_latents(
     **reset["decoder"],
     "kernel": jnp.broadcast_to(dead[:, None], decoder["kernel"].shape),
   }
+  if log_threshold is not None:
+    new["log_threshold"] = jnp.where(dead, log_threshold, params["log_threshold"])
+    reset["log_threshold"] = dead
   return new, reset
+
+
+def _reset_moments(moment: jax.Array, mask: jax.Array) -> jax.Array:
+  """An optimizer's per-entry moment (Adam's m or v) zeroed where `mask`; a state of
+  another shape (factored or per-tensor: Adafactor, NovoGrad) is left as it is."""
+  if moment.shape != mask.shape:
+    return moment
+  return jnp.where(mask, jnp.zeros_like(moment), moment)
 
 
 def categorical_kl(clean_logits: jax.Array, other_logits: jax.Array) -> jax.Array:
