@@ -171,7 +171,7 @@ def run(argv: list[str]) -> int:
     print(config_lib.to_json(config))
     return 0
   from genlab.run import commands
-  from genlab.run.setup import log
+  from genlab.run.console import log
 
   if parsed.command == "train":
     if parsed.cpu_devices is not None:

@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from genlab.errors import CheckpointWriteError
+from genlab.run.console import warn
 
 INTEGRITY_FILE = "genlab_integrity.json"
 
@@ -141,20 +142,10 @@ class Checkpointer:
       self._fail(step, e)
     if self._error_logs and self._unrecorded:  # Orbax logged a save's failure, not raised yet.
       self._fail(step, self._error_logs[0].exc_info[1])
-    if self._error_logs:  # No save under way: what failed is not one (an old temporary folder
-      self._show_held_logs("")  # orbax could not clean up): shown, and training goes on.
-
-  def _show_held_logs(self, context: str) -> None:
-    """Each held orbax error as a one-line warning (process 0), then forgotten."""
-    if jax.process_index() == 0:
-      for record in self._error_logs:
-        error = record.exc_info[1]
-        reason = (str(error).strip().splitlines() or [""])[0][:160]
-        print(
-          f"genlab: warning: {context}orbax: {record.getMessage()[:160]} "
-          f"({type(error).__name__}: {reason})",
-          file=sys.stderr,
-        )
+    # With no save under way, what failed is not one (an old temporary folder orbax could not
+    # clean up): each is a warning, and training goes on.
+    for record in self._error_logs:
+      warn(f"orbax: {record.getMessage()[:160]} ({_first_line(record.exc_info[1])})")
     self._error_logs.clear()
 
   def _complete_on_disk(self, step: int) -> bool:
@@ -167,10 +158,9 @@ class Checkpointer:
     last = (
       f"the last complete checkpoint is step {max(good)}" if good else "no checkpoint is complete"
     )
-    reason = (str(error).strip().splitlines() or [""])[0][:160]
     self._failed = (
       f"the checkpoint of step {step} could not be written to {self.directory} "
-      f"({type(error).__name__}: {reason}); {last}: fix the cause (disk space, permissions) "
+      f"({_first_line(error)}); {last}: fix the cause (disk space, permissions) "
       "and run the same command again to resume from it"
     )
     raise CheckpointWriteError(self._failed) from None
@@ -203,7 +193,7 @@ class Checkpointer:
           return state, step, unusable
         # Orbax and tensorstore report damaged files with many exception types.
         except Exception as e:  # noqa: BLE001
-          reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+          reason = _first_line(e, 200)
       unusable.append((step, reason))
     return None, None, unusable
 
@@ -261,14 +251,10 @@ class Checkpointer:
       # The saves are on disk: what failed came after them (removing an old step for
       # `keep`). That step stays on disk; said, and training goes on.
       self._error_logs.clear()
-      reason = (str(e).strip().splitlines() or [""])[0][:160]
-      if jax.process_index() == 0:
-        print(
-          f"genlab: warning: step {self._unrecorded[-1]} was saved, but orbax failed after "
-          f"it (an old checkpoint may be left in {self.directory}): {type(e).__name__}: "
-          f"{reason}",
-          file=sys.stderr,
-        )
+      warn(
+        f"step {self._unrecorded[-1]} was saved, but orbax failed after it (an old "
+        f"checkpoint may be left in {self.directory}): {_first_line(e)}"
+      )
     if jax.process_index() == 0:
       for step in self._unrecorded:
         folder = self.directory / str(step)
@@ -385,6 +371,12 @@ def _release_orbax_error_logs(held: list[logging.LogRecord]) -> None:
   logs.owners = [owner for owner in logs.owners if owner is not held]
   if not logs.owners:
     logging.getLogger("absl").removeFilter(logs)
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+  """`Type: the first line of the message`, cut at `limit` characters (orbax's and
+  tensorstore's messages run to pages)."""
+  return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:limit]}"
 
 
 def incomplete(folder: pathlib.Path) -> str | None:

@@ -21,9 +21,10 @@ from genlab.core.state import TrainState
 from genlab.errors import ConfigError, WorkdirError
 from genlab.families import get_family
 from genlab.run.checkpoint import Checkpointer
+from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
 from genlab.run.loop import CONFIG_FILE, Provider, evaluate, read_saved_config
-from genlab.run.setup import Setup, log, setup, warn
+from genlab.run.setup import Setup, setup
 from genlab.run.writers import dumps, json_safe, write_atomically
 from genlab.views import image_grid
 

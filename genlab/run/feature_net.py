@@ -29,9 +29,9 @@ import numpy as np
 from genlab.config import base_config
 from genlab.data import Dataset, RecordSplit
 from genlab.errors import GenlabError, WorkdirError
+from genlab.run.console import log, warn
 from genlab.run.evaluation import evaluate_workdir, restore_workdir
 from genlab.run.loop import train
-from genlab.run.setup import log, warn
 
 
 def cache_dir() -> pathlib.Path:

@@ -41,10 +41,11 @@ from genlab.core.state import TrainState
 from genlab.data import Batcher, ResidentSplit, augment, eval_batches
 from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
 from genlab.run.checkpoint import Checkpointer
+from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
 from genlab.run.preemption import StopSignals
 from genlab.run.runner import ResidentFeed, Runner, StreamedFeed
-from genlab.run.setup import Setup, check_workdir, log, setup, warn
+from genlab.run.setup import Setup, check_workdir, setup
 from genlab.run.writers import MetricWriter, write_atomically
 
 CONFIG_FILE = "config.json"

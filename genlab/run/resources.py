@@ -14,9 +14,10 @@ import pathlib
 
 from genlab.errors import ConfigError, WorkdirError
 from genlab.models.activations import HostModel
+from genlab.run.console import log
 from genlab.run.evaluation import restore_workdir
 from genlab.run.feature_net import feature_network
-from genlab.run.setup import Setup, log
+from genlab.run.setup import Setup
 
 
 def _feature_net(s: Setup, *, steps: int):

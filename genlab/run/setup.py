@@ -3,19 +3,17 @@
 `setup(config)` loads the dataset, lays the run's devices out as a mesh
 (`Runner`), builds the registered family (its maths, views and words) for those
 devices, and initialises a state on the host (the structure checkpoints restore
-into). `log` and `warn` print on process 0 only.
+into).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
 from collections.abc import Callable
 
 import jax
 import ml_collections
-import tqdm
 
 from genlab import config as config_lib
 from genlab.core import rngs
@@ -24,18 +22,6 @@ from genlab.data import Dataset, eval_batches, load_dataset
 from genlab.errors import ConfigError, WorkdirError
 from genlab.families import Family, Report, Views, get_family
 from genlab.run.runner import Runner
-
-
-def log(message: str) -> None:
-  """Prints on process 0 only, without breaking a progress bar."""
-  if jax.process_index() == 0:
-    tqdm.tqdm.write(message, file=sys.stdout)
-
-
-def warn(message: str) -> None:
-  """A warning on stderr, from process 0 only."""
-  if jax.process_index() == 0:
-    tqdm.tqdm.write(f"genlab: warning: {message}", file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -122,4 +108,4 @@ def check_workdir(workdir: pathlib.Path) -> None:
     raise WorkdirError(f"cannot write to {workdir}: {e.strerror or e}") from e
 
 
-__all__ = ["Setup", "check_workdir", "log", "setup", "warn"]
+__all__ = ["Setup", "check_workdir", "setup"]
