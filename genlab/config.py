@@ -407,12 +407,10 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "parallel" in config:
     del config["parallel"]
   for old, new in RENAMED_FIELDS.items():
-    group, old_name = old.split(".")
-    new_name = new.split(".")[1]
-    if group in config and old_name in config[group]:
-      values = config[group].to_dict()
-      values[new_name] = values.pop(old_name)
-      config[group] = ml_collections.ConfigDict(values)
+    (group, old_name), new_name = old.split("."), new.split(".")[1]
+    if old_name in config.get(group, {}):
+      config[group][new_name] = config[group][old_name]
+      del config[group][old_name]
   family = config.get("family", "autoencoder")
   defaults = base_config(family if family in FAMILIES else "autoencoder")
   _add_missing(config, defaults)
