@@ -252,6 +252,7 @@ def test_a_larger_l0_coefficient_gives_a_sparser_jumprelu_code():
   assert l0[0.3] < 0.8 * l0[0.01], l0
 
 
+@pytest.mark.slow
 def test_resampling_gives_dead_latents_the_worst_rows_directions_and_resets_their_moments():
   from genlab.families.activation_sae import resample_dead_latents
 
@@ -395,6 +396,7 @@ def language_model(data_dir, tmp_path_factory):
   return workdir, result
 
 
+@pytest.mark.slow
 def test_the_language_model_learns_and_beats_the_unigram_baseline(language_model):
   from genlab.run import evaluate_workdir
 
@@ -425,6 +427,7 @@ def test_next_token_loss_matches_numpy():
   np.testing.assert_array_equal(weights, want > 0)
 
 
+@pytest.mark.slow
 def test_an_sae_on_the_language_models_residual_stream_trains_and_reports_loss_recovered(
   language_model, data_dir, tmp_path
 ):
@@ -480,6 +483,7 @@ def random_transformer_host():
   )
 
 
+@pytest.mark.slow
 def test_a_host_factory_points_an_sae_at_any_flax_model():
   from genlab.errors import ConfigError, WorkdirError
   from genlab.models.activations import HostModel
@@ -502,6 +506,7 @@ def not_a_host():
   return ()
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device_with_the_host_split_too(language_model, data_dir):
   # BatchTopK's k·n largest are over the global batch, the AuxK counters count global
   # positions, resampling draws from the global batch, and with fsdp the host's params (in

@@ -56,6 +56,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_main_experiment_beats_the_readme_bar_and_resumes(data_dir, tmp_path):
   """The README's main job: test MSE ≤ 0.3 × the mean-image baseline; then a resume."""
   workdir = str(tmp_path / "run")
@@ -75,6 +76,7 @@ def test_main_experiment_beats_the_readme_bar_and_resumes(data_dir, tmp_path):
   assert max(steps) == 2100 and steps.count(2100) >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "override, needles",
   [
@@ -93,6 +95,7 @@ def test_bad_overrides_end_with_one_line(override, needles, data_dir, tmp_path, 
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_npz_with_missing_keys_ends_with_one_line(tmp_path, capsys):
   path = tmp_path / "bad.npz"
   np.savez(path, x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.zeros(4, np.int64))
@@ -100,6 +103,7 @@ def test_npz_with_missing_keys_ends_with_one_line(tmp_path, capsys):
   assert_one_line_error(proc, "x_test", str(path))
 
 
+@pytest.mark.slow
 def test_unwritable_workdir_is_refused_before_training(tmp_path, capsys):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
@@ -107,6 +111,7 @@ def test_unwritable_workdir_is_refused_before_training(tmp_path, capsys):
   assert_one_line_error(proc, "cannot write to")
 
 
+@pytest.mark.slow
 def test_missing_experiment_file_and_empty_workdir(tmp_path, capsys):
   assert_one_line_error(
     genlab_here(capsys, "train", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)),
@@ -140,6 +145,7 @@ BAD_NPZ = {
 }
 
 
+@pytest.mark.slow
 def test_bad_npz_ends_with_one_line_and_overwrites_nothing(tmp_path, capsys):
   # A run on a good .npz, then the same path holds a bad one: each resume must
   # refuse it before touching the workdir.
@@ -157,6 +163,7 @@ def test_bad_npz_ends_with_one_line_and_overwrites_nothing(tmp_path, capsys):
     assert after == before, name
 
 
+@pytest.mark.slow
 def test_image_shape_the_model_cannot_take_ends_with_one_line(tmp_path, capsys):
   # With no vector code, an 8×8 input keeps a 2×2 map that cannot grow to a 16×16 target.
   x = np.zeros((8, 8, 8), np.uint8)
@@ -174,6 +181,7 @@ def test_image_shape_the_model_cannot_take_ends_with_one_line(tmp_path, capsys):
   assert_one_line_error(proc, "cannot take", "(8, 8, 1)")
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_ends_with_one_line(data_dir, tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   proc = subprocess.run(
@@ -195,6 +203,7 @@ def test_batch_not_divisible_by_devices_ends_with_one_line(data_dir, tmp_path):
   assert_one_line_error(proc, "batch_size 30 is not divisible by the 4 devices")
 
 
+@pytest.mark.slow
 def test_cpu_devices_splits_the_cpu_into_devices_for_a_data_parallel_run(data_dir, tmp_path):
   proc = train_main(
     tmp_path / "w",
@@ -212,11 +221,13 @@ def test_cpu_devices_splits_the_cpu_into_devices_for_a_data_parallel_run(data_di
   assert losses and np.isfinite(losses).all(), metrics
 
 
+@pytest.mark.slow
 def test_cpu_devices_refuses_a_count_below_one_in_one_line(tmp_path, capsys):
   proc = train_main_here(capsys, tmp_path / "w", "--cpu_devices", "0")
   assert_one_line_error(proc, "cpu_devices must be a positive integer, got 0")
 
 
+@pytest.mark.slow
 def test_config_drift_on_resume_ends_with_one_line_naming_the_fields(data_dir, tmp_path):
   dd = f"--config.data.data_dir={data_dir}"
   assert train_main(tmp_path, dd, "--config.num_steps=10").returncode == 0

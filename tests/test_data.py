@@ -405,6 +405,7 @@ def test_npz_column_labels_are_flattened_and_other_shapes_refused(tmp_path):
     load_dataset(str(bad))
 
 
+@pytest.mark.slow
 def test_photo_datasets_are_built_offline_from_scikit_image(data_dir):
   from genlab.data.embedded import spectral_residual_saliency
 

@@ -39,6 +39,7 @@ def _final_params(data_dir, tmp_path, name, **overrides):
   return train_and_evaluate(config, tmp_path / name).state
 
 
+@pytest.mark.slow
 def test_resident_equals_streaming_and_k_steps_equal_k_single_steps(data_dir, tmp_path):
   # The corruption draws per-example noise from keys of the step: inside lax.scan
   # they must follow the state's step counter exactly as between calls. (Resident data
@@ -89,6 +90,7 @@ def test_periods_must_be_multiples_of_the_dispatch(test_config):
     validate(config)
 
 
+@pytest.mark.slow
 def test_four_devices_with_k_step_dispatch_match_one_device(data_dir):
   # Resident data, the harder case: each device gathers its shard of K batches. Streamed
   # batches over several devices: the two-process test in test_preemption.py.

@@ -75,6 +75,7 @@ def test_every_config_field_the_docs_name_exists():
   assert missing == []
 
 
+@pytest.mark.slow
 def test_the_api_page_runs_as_written(data_dir, tmp_path):
   blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "api.md").read_text(), re.DOTALL)
   code = "\n".join(blocks).replace('"experiments/', f'"{REPO / "experiments"}/')

@@ -7,6 +7,7 @@ import re
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import EXPERIMENTS, REPO, make_test_config
 from genlab.families import contractive_ae
@@ -18,6 +19,7 @@ def _tiny_config(data_dir, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_contraction_is_the_squared_frobenius_norm_of_the_encoders_jacobian(data_dir):
   from genlab.run import setup
 
@@ -33,6 +35,7 @@ def test_contraction_is_the_squared_frobenius_norm_of_the_encoders_jacobian(data
   np.testing.assert_allclose(jax.jit(family.contraction)(params, x), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_penalty_contracts_the_code_through_the_public_entry_point(data_dir, tmp_path):
   from genlab.run import evaluate_workdir, train_and_evaluate
 

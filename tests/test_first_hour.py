@@ -28,6 +28,7 @@ TINY = """  config = base_config()
 """
 
 
+@pytest.mark.slow
 def test_num_steps_on_the_command_line_wins_over_the_experiments_num_epochs(data_dir, tmp_path):
   # 1,497 digits at batch 64: 23 steps per epoch, so the experiment alone would train 46.
   experiment = _write_experiment(
@@ -57,6 +58,7 @@ def test_num_steps_on_the_command_line_wins_over_the_experiments_num_epochs(data
   assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_list_shows_experiments_families_models_and_embedded_datasets():
   proc = subprocess.run(
     [genlab_command(), "list"], capture_output=True, text=True, cwd=REPO, timeout=300
@@ -69,6 +71,7 @@ def test_list_shows_experiments_families_models_and_embedded_datasets():
   assert "digits" in out and "pydoc_text" in out and "japanese_vowels" in out
 
 
+@pytest.mark.slow
 def test_config_prints_the_resolved_config_with_overrides():
   proc = genlab("config", "--config", str(EXPERIMENTS / "vae_digits.py"), "--config.vae.beta=2.0")
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -106,6 +109,7 @@ FAMILIES_WITH_CODES = {  # The conv autoencoder: the command-line test below.
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES_WITH_CODES))
 def test_encode_writes_every_examples_codes_as_evaluation_computes_them(family, data_dir, tmp_path):
   import ml_collections
@@ -146,6 +150,7 @@ def test_encode_writes_every_examples_codes_as_evaluation_computes_them(family, 
     np.testing.assert_allclose(codes["code"][:8], aux["code"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_on_fresh_data_then_encode_then_train_fresh_on_the_command_line(tmp_path):
   """One short run through the CLI serves three checks (each a `genlab train` less)."""
   from genlab.data import eval_batches
@@ -211,6 +216,7 @@ def test_train_on_fresh_data_then_encode_then_train_fresh_on_the_command_line(tm
   assert move_aside(tmp_path / "absent") is None
 
 
+@pytest.mark.slow
 def test_an_unprepared_tfds_dataset_says_how_to_build_it(tmp_path):
   proc = genlab(
     "train",
@@ -225,6 +231,7 @@ def test_an_unprepared_tfds_dataset_says_how_to_build_it(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_the_workdir_as_it_found_it(
   data_dir, tmp_path, monkeypatch
 ):

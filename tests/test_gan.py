@@ -128,6 +128,7 @@ def _central_differences(f, x, h):
   return grad
 
 
+@pytest.mark.slow
 def test_gradient_penalties_match_finite_differences():
   """Both penalties from input gradients taken by central differences, and their own
   gradients with respect to the parameters (second order) against central differences
@@ -162,6 +163,7 @@ def test_gradient_penalties_match_finite_differences():
     np.testing.assert_allclose(norm, numeric, rtol=1e-3, err_msg=name)
 
 
+@pytest.mark.slow
 def test_gradient_penalties_through_genlabs_bf16_layers():
   """The XLA:CPU kernels in bf16 give the penalties and their parameter gradients (second
   order) close to float32's, nonzero and finite."""
@@ -279,6 +281,7 @@ def test_precision_recall_density_coverage_against_their_definitions():
       np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, err_msg=f"{name} k={k}")
 
 
+@pytest.mark.slow
 def test_precision_and_recall_of_real_against_real_and_of_a_collapsed_generator():
   rng = np.random.default_rng(1)
   train = _clusters(rng, 3000, rng.integers(0, 10, 3000))
@@ -293,6 +296,7 @@ def test_precision_and_recall_of_real_against_real_and_of_a_collapsed_generator(
   assert one_class["recall"] < 0.2 and one_class["coverage"] < 0.2, one_class  # ...of one mode.
 
 
+@pytest.mark.slow
 def test_dcgan_digits_fd_falls_below_half_its_start(data_dir, tmp_path):
   """The experiment for its first 400 steps: FD at step 0 vs 400, log lines naming d_loss
   and g_loss; then genlab eval and genlab sample."""
@@ -345,6 +349,7 @@ def test_dcgan_digits_fd_falls_below_half_its_start(data_dir, tmp_path):
   assert (tmp_path / "s.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_dcgan_mnist_runs_on_mock_tfds(tmp_path):
   import tensorflow_datasets as tfds
 
@@ -364,6 +369,7 @@ def test_dcgan_mnist_runs_on_mock_tfds(tmp_path):
   assert report["protocol"]["fd_n_real"] == 32
 
 
+@pytest.mark.slow
 def test_spectral_norm_divides_each_kernel_by_its_largest_singular_value():
   from genlab.models import Discriminator
 
@@ -391,6 +397,7 @@ def test_spectral_norm_divides_each_kernel_by_its_largest_singular_value():
   )
 
 
+@pytest.mark.slow
 def test_sngan_keeps_its_power_iteration_outside_params_and_resumes_exactly(data_dir, tmp_path):
   from conftest import EXPERIMENTS
   from genlab import config as config_lib
@@ -443,6 +450,7 @@ def test_projection_discriminator_is_psi_of_phi_plus_the_class_embedding_project
   )
 
 
+@pytest.mark.slow
 def test_a_conditional_gan_reports_class_accuracy_and_per_class_fd(data_dir, tmp_path):
   from conftest import EXPERIMENTS
   from genlab import config as config_lib

@@ -23,6 +23,7 @@ def _batches(batcher, start, end):
   return list(batcher.iterate(start, end))
 
 
+@pytest.mark.slow
 def test_the_pipeline_gives_each_steps_batch_in_order_in_a_thread_and_in_workers(digits):
   """23 steps per epoch at batch 64: steps 20..27 cross an epoch boundary."""
   expected = [Batcher(digits, global_batch_size=64, seed=3).batch(s) for s in range(20, 28)]
@@ -130,6 +131,7 @@ def test_bad_pipeline_settings_are_refused_in_one_line(overrides, needle, data_d
   assert needle in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_run_through_worker_processes_with_augmentation_resumes_bit_exactly(data_dir, tmp_path):
   from genlab.run import train_and_evaluate
 
@@ -180,6 +182,7 @@ def test_a_records_directory_trains_as_the_same_images_in_memory(digits, data_di
   assert runs["records"].test_metrics == runs["npz"].test_metrics
 
 
+@pytest.mark.slow
 def test_a_tfds_train_split_streamed_from_disk_gives_the_same_batches(digits, data_dir):
   """`stream_train`: the train split of a dataset by name stays in TFDS's ArrayRecord files
   (a RecordSplit over tfds.data_source), in a thread or in worker processes."""
@@ -218,6 +221,7 @@ def test_streaming_a_sequence_dataset_is_refused_in_one_line(data_dir):
     load_dataset("pydoc_text", data_dir=data_dir, stream_train=True)
 
 
+@pytest.mark.slow
 def test_a_run_streamed_from_tfds_files_equals_the_run_in_memory(data_dir, tmp_path):
   from genlab.run import train_and_evaluate
 
@@ -244,6 +248,7 @@ def test_a_directory_without_records_is_refused_in_one_line(tmp_path):
     load_dataset(str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_damaged_record_stops_the_pipeline_naming_it(digits, tmp_path, workers):
   from array_record.python.array_record_module import ArrayRecordWriter

@@ -120,6 +120,7 @@ CASES = [(name, jnp.float32) for name in sorted(MODELS)] + [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "dtype"), CASES)
 def test_both_kernels_give_the_same_parameters_and_outputs(name, dtype):
   build, inputs = MODELS[name]
@@ -220,6 +221,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_on_gpus_families_build_flax_layers_and_compile_no_genlab_kernel(data_dir):
   # In a fresh process: JAX caches traces of its own helpers with the source locations of
   # their first call, so a program traced after an XLA:CPU one may cite genlab's files.
@@ -240,6 +242,7 @@ def test_on_cpus_families_compile_genlab_kernels(name, data_dir):
   assert _xla_cpu_sources() in program, name
 
 
+@pytest.mark.slow
 def test_flax_without_the_private_names_falls_back_to_its_own_layers_with_a_warning():
   code = """
 import warnings
@@ -301,6 +304,7 @@ def _total(outputs) -> jax.Array:
   return sum(jnp.sum(y) for y in jax.tree.leaves(outputs))
 
 
+@pytest.mark.slow
 def test_multi_step_dispatches_are_unrolled_on_cpus_only_when_the_step_convolves():
   """XLA:CPU runs a convolution's gradient ~100× slower inside a loop, so a dispatch of a
   step that convolves is unrolled; any other step stays a loop (smaller, faster program)."""

@@ -29,6 +29,7 @@ def _apply(rnn, params, x, carry, call):
   return out if isinstance(out, tuple) else (None, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "options, call",
   [
@@ -89,6 +90,7 @@ def test_fused_lstm_in_bf16_runs_bf16_products_and_stays_close_to_fp32():
     np.testing.assert_allclose(a, b, atol=0.05 * float(np.max(np.abs(b))) + 1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_the_bf16_recurrent_autoencoder_uses_it_with_the_fp32_models_parameters(bidirectional):
   x = jax.random.normal(jax.random.key(0), (4, 7, 3))

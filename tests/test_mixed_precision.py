@@ -25,6 +25,7 @@ def _dot_dtypes(family, state, batch) -> set[str]:
   return {str(v.aval.dtype) for eqn in eqns for v in eqn.invars}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["autoencoder", "vae", "sparse_autoencoder"])
 def test_bf16_computes_in_bf16_keeps_fp32_state_and_trains_like_fp32(family, tmp_path):
   from genlab.families.sparse_ae import options as sparsity_options

@@ -17,6 +17,7 @@ from conftest import compare_parallel, run_python
 from genlab.core.sharding import fsdp_spec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "experiment, steps, modes",
   [
@@ -93,6 +94,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_per_example_randomness_does_not_depend_on_the_mesh():
   out = json.loads(run_python(NOISY_STEP, devices=4).strip().splitlines()[-1])
   assert out["one"]["devices"] == 1 and out["data"]["devices"] == 4
@@ -126,6 +128,7 @@ print(json.dumps({"rows": rows, "mu_specs": [str(m.sharding.spec) for m in mu],
 """
 
 
+@pytest.mark.slow
 def test_fsdp_shards_large_parameters_and_their_optimizer_state(data_dir):
   code = FSDP_SHARDS.replace("DATA_DIR", repr(data_dir))
   out = json.loads(run_python(code, devices=4).strip().splitlines()[-1])
@@ -175,6 +178,7 @@ def test_train_step_compiles_once(test_config):
   assert int(state.step) == 4
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_is_refused():
   code = """
 from genlab.errors import ConfigError
@@ -193,6 +197,7 @@ for kwargs in ({"global_batch_size": 6}, {"global_batch_size": 8, "eval_batch_si
   assert "refused: mesh.devices=5: there are 4 devices" in out
 
 
+@pytest.mark.slow
 def test_use_cpu_devices_splits_the_cpu_before_jax_starts_and_refuses_after():
   code = """
 import os

@@ -64,6 +64,7 @@ def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "corruption, sig",
   [("", signal.SIGTERM), ("gaussian:0.3", signal.SIGINT)],
@@ -130,6 +131,7 @@ def _two_processes(workdir, data_dir, overrides):
   ]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_resume_bit_exactly_after_preemption(data_dir, tmp_path):
   """Two processes of two devices each on loopback, on a 2 × 2 mesh: batches split over the
   4 devices of both processes (the `data` axis crosses them), every large array split over

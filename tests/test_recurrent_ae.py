@@ -66,6 +66,7 @@ def test_reverse_valid_reverses_only_each_sequences_valid_part():
   np.testing.assert_array_equal(reverse_valid(jnp.asarray(out), LENGTHS), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "fields",
   [
@@ -95,6 +96,7 @@ def test_the_code_ignores_padding_and_the_output_has_the_target_length(fields):
   assert np.abs(np.asarray(aux_cut["z"]) - np.asarray(aux["z"]))[1:].max() > 1e-4
 
 
+@pytest.mark.slow
 def test_embedded_sequence_sets(data_dir):
   from genlab.data import load_dataset
   from genlab.data.sequences import PYDOC_VOCAB_SIZE, decode_text, encode_text
@@ -138,6 +140,7 @@ def _sequence_config(data_dir, experiment, **updates):
   return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "experiment, updates, metric",
   [
@@ -172,6 +175,7 @@ def test_short_training_lowers_the_loss_and_eval_reports_the_family_metrics(
   assert (tmp_path / "images" / "sequences_step_000060.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["rnn_ae_vowels.py"])
 def test_four_devices_match_one_device(experiment, data_dir):
   # Variable lengths: per-sequence means over valid steps, then over the global batch.
@@ -189,6 +193,7 @@ def test_four_devices_match_one_device(experiment, data_dir):
   assert rows["data"]["max_abs_param_diff_vs_1_device"] < 1e-5
 
 
+@pytest.mark.slow
 def test_rnn_ae_vowels_as_shipped_beats_the_per_sequence_mean_by_more_than_3x(data_dir, tmp_path):
   # The bar: test MSE ≤ 0.3 × the MSE of predicting each sequence's mean, reached by
   # half the shipped 1,000 steps (measured: 0.18 at 500 steps, 0.16 at 1,000).
@@ -196,6 +201,7 @@ def test_rnn_ae_vowels_as_shipped_beats_the_per_sequence_mean_by_more_than_3x(da
   assert m["mse_to_seq_mean_ratio"] <= 0.3, m
 
 
+@pytest.mark.slow
 def test_the_family_refuses_images_and_mismatched_losses(test_config):
   from genlab.families.recurrent_ae import options as sequence_options
   from genlab.run import setup
@@ -228,6 +234,7 @@ def test_sequences_with_lengths_outside_their_padding_are_refused():
     _validate(Dataset("s", nan, nan, modality="series"), source="s")
 
 
+@pytest.mark.slow
 def test_npz_sequences_train_with_their_lengths(tmp_path):
   from genlab.data import load_dataset
   from genlab.families.recurrent_ae import options as sequence_options
@@ -265,6 +272,7 @@ def test_npz_sequences_train_with_their_lengths(tmp_path):
   assert train[-1] < train[0]
 
 
+@pytest.mark.slow
 def test_lstm_cell_equals_flax_optimized_cell_and_accumulates_bf16_in_fp32():
   import flax.linen as nn
 

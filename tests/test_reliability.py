@@ -37,6 +37,7 @@ def _lines(workdir):
   return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
 
 
+@pytest.mark.slow
 def test_nan_stops_training_naming_step_and_metric_and_keeps_last_good_checkpoint(
   nan_family, test_config, tmp_path
 ):
@@ -62,6 +63,7 @@ def test_nan_step_is_skipped_and_counted_when_asked(nan_family, test_config, tmp
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(result.state.params))
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_model_or_optimizer_is_refused(test_config, tmp_path):
   train_and_evaluate(test_config(num_steps=10), tmp_path)
   saved = (tmp_path / "config.json").read_bytes()
@@ -87,6 +89,7 @@ def _damage(step_dir: pathlib.Path, *, drop_record: bool = False) -> None:
         handle.truncate(10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drop_record", [False, True], ids=["recorded", "unrecorded"])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   drop_record, test_config, tmp_path, capsys
@@ -104,6 +107,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   chex.assert_trees_all_equal(resumed.state.params, straight.state.params)
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_refuses_to_start_over_unless_asked(test_config, tmp_path, capsys):
   train_and_evaluate(test_config(num_steps=10, checkpoint_every=5), tmp_path)
   for step in ("5", "10"):
@@ -121,6 +125,7 @@ def test_no_usable_checkpoint_refuses_to_start_over_unless_asked(test_config, tm
   assert sorted(p.name for p in (tmp_path / "checkpoints_unusable").iterdir()) == ["10", "5"]
 
 
+@pytest.mark.slow
 def test_eval_noise_belongs_to_the_example_not_to_the_eval_batch(test_config, tmp_path):
   """A denoising AE's test metrics must not change with eval_batch_size (keys by example row)."""
   from genlab.run import evaluate_workdir

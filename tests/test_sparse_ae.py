@@ -140,6 +140,7 @@ def test_auxk_error_matches_numpy_and_trains_only_the_dead_units():
   np.testing.assert_allclose(with_none_dead, 0.5 * np.sum(residual**2, axis=1), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "kind, code, extra",
   [("kl", "sigmoid", {}), ("l1", "relu", {"l1": 1e-3}), ("topk", "topk", {})],
@@ -192,6 +193,7 @@ def test_kl_family_starts_code_units_at_the_target_rate_and_checks_the_gradient(
     setup(config)
 
 
+@pytest.mark.slow
 def test_shipped_patches_experiment_meets_the_sparse_ae_bar(data_dir, tmp_path):
   """The experiment for 5,000 of its 20,000 steps: eval.json's mean ρ̂ within 10% of ρ and
   fewer than 5% dead units on the test split (the sparse-AE issue's bar; measured as shipped,
@@ -228,6 +230,7 @@ def test_shipped_patches_experiment_meets_the_sparse_ae_bar(data_dir, tmp_path):
   assert (workdir / "images" / "filters_step_005000.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_auxk_revives_dead_topk_latents(data_dir, tmp_path):
   """TopK with k = 4 of 64 units on the patches leaves most units dead; AuxK (Gao et al.
   2024) gives the dead ones a gradient: fewer dead units on test and a lower nmse (measured

@@ -6,6 +6,7 @@ import json
 
 import chex
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from genlab.run import evaluate_workdir, train_and_evaluate
@@ -15,6 +16,7 @@ def _metrics(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_digits_run_leaves_metrics_images_checkpoint_and_learns(test_config, tmp_path):
   config = test_config(
     num_steps=200,
@@ -67,6 +69,7 @@ def test_metrics_file_is_strict_json_and_the_compiling_step_has_no_rate(test_con
   assert all(m["train/examples_per_s"] > 0 for m in train[1:])
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_checkpoint_and_matches_an_unbroken_run(test_config, tmp_path):
   straight = train_and_evaluate(test_config(num_steps=20), tmp_path / "straight")
   train_and_evaluate(test_config(num_steps=10), tmp_path / "resumed")
@@ -79,6 +82,7 @@ def test_resume_continues_from_the_checkpoint_and_matches_an_unbroken_run(test_c
   chex.assert_trees_all_equal(resumed.state.opt_state, straight.state.opt_state)
 
 
+@pytest.mark.slow
 def test_mock_tfds_mnist_run(test_config, tmp_path):
   config = test_config(
     dataset="mnist",
@@ -97,6 +101,7 @@ def test_mock_tfds_mnist_run(test_config, tmp_path):
   assert np.isfinite(report["metrics"]["mse"])
 
 
+@pytest.mark.slow
 def test_npz_image_to_map_run(test_config, tmp_path):
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8)
@@ -120,6 +125,7 @@ def test_npz_image_to_map_run(test_config, tmp_path):
   assert np.isfinite(m["nss"])
 
 
+@pytest.mark.slow
 def test_denoising_run_reports_psnr_of_output_and_of_noisy_input(test_config, tmp_path):
   config = test_config(
     num_steps=200,
@@ -139,6 +145,7 @@ def test_denoising_run_reports_psnr_of_output_and_of_noisy_input(test_config, tm
   assert (tmp_path / "images" / "denoising_step_000200.png").is_file()
 
 
+@pytest.mark.slow
 def test_denoising_digits_as_shipped_gains_6_db_over_the_noisy_input(data_dir, tmp_path):
   # The denoising bar: at σ = 0.5 on [0, 1] digits, test PSNR ≥ noisy PSNR + 6 dB, reached
   # by half the shipped 4,000 steps (measured: +6.31 dB at 2,000, +6.38 at 4,000).

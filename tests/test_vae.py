@@ -135,6 +135,7 @@ def trained_vae_workdir(tmp_path_factory, data_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_trained_vae_reports_an_nll_below_its_neg_elbo_and_writes_every_view(trained_vae_workdir):
   report = json.loads((trained_vae_workdir / "eval.json").read_text())
   metrics = report["metrics"]
@@ -188,6 +189,7 @@ def test_kl_warmup_and_dynamic_binarization(test_config, data_dir):
   assert not np.array_equal(first, s.family.observe(batch, jax.random.key(1)))
 
 
+@pytest.mark.slow
 def test_vae_mnist_experiment_runs_on_mock_binarized_mnist(tmp_path):
   """The flax-example experiment through TFDS by name (mocked: no network here)."""
   import tensorflow_datasets as tfds
@@ -317,6 +319,7 @@ def _vae_setup(test_config, **vae_overrides):
   return s, jax.tree.map(jnp.asarray, batch)
 
 
+@pytest.mark.slow
 def test_iwae_with_one_sample_is_the_elbo_objective(test_config):
   elbo, batch = _vae_setup(test_config, objective="elbo")
   iwae, _ = _vae_setup(test_config, objective="iwae", train_k=1)
@@ -326,6 +329,7 @@ def test_iwae_with_one_sample_is_the_elbo_objective(test_config):
   chex.assert_trees_all_equal(new_iwae.params, new_elbo.params)
 
 
+@pytest.mark.slow
 def test_iwae_bound_is_the_log_mean_weight_of_its_samples_and_at_least_their_elbo(test_config):
   """L_k = log (1/k) Σ w_i over the step's own samples ≥ (1/k) Σ log w_i, their ELBO
   (Jensen), on the same batch and keys; and it tightens with k."""
@@ -357,6 +361,7 @@ def test_iwae_bound_is_the_log_mean_weight_of_its_samples_and_at_least_their_elb
   assert more.mean() > bound.mean()
 
 
+@pytest.mark.slow
 def test_an_iwae_run_trains_and_reports_its_protocol(test_config, tmp_path):
   from genlab.run import evaluate_workdir, train_and_evaluate
 
@@ -375,6 +380,7 @@ def test_an_iwae_run_trains_and_reports_its_protocol(test_config, tmp_path):
   assert report["metrics"]["neg_elbo"] < 35.0  # Below a model that ignores z (test above).
 
 
+@pytest.mark.slow
 def test_iwae_mnist_experiment_runs_on_mock_mnist(tmp_path):
   """The IWAE paper's model through TFDS `mnist` by name (mocked: no network here)."""
   import tensorflow_datasets as tfds
@@ -396,6 +402,7 @@ def test_iwae_mnist_experiment_runs_on_mock_mnist(tmp_path):
   assert np.isfinite(report["metrics"]["nll"])
 
 
+@pytest.mark.slow
 def test_a_conditional_vae_run_reports_and_samples_by_class(test_config, tmp_path):
   from genlab.families.vae import options as vae_options
   from genlab.run import evaluate_workdir, setup, train_and_evaluate

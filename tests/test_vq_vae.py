@@ -204,6 +204,7 @@ def test_usage_metrics_match_numpy_on_a_known_assignment():
   np.testing.assert_allclose(uniform["perplexity"], 8.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_short_run_trains_reports_usage_and_keeps_the_ema_codebook_in_stats(data_dir, tmp_path):
   from conftest import restore_latest
   from genlab.run import evaluate_workdir, train_and_evaluate
@@ -255,6 +256,7 @@ def test_steps_are_deterministic_under_a_fixed_key(data_dir):
   assert np.isfinite(float(metrics["loss"])) and float(metrics["perplexity"]) >= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("update", ["ema"])  # The untrained codebook; `loss` is plain params.
 def test_one_and_four_devices_give_the_same_run(update, data_dir):
   # The shipped experiment for 16 steps: at step 11 about 30 codes unused since the start
@@ -274,6 +276,7 @@ def test_one_and_four_devices_give_the_same_run(update, data_dir):
   assert rows["data"]["max_abs_stats_diff_vs_1_device"] < 1e-5, rows["data"]
 
 
+@pytest.mark.slow
 def test_the_shipped_experiment_meets_the_issues_bar(data_dir, tmp_path):
   """vq_vae_digits.py as shipped (2,000 steps, seed 0): perplexity above half the codebook
   with dead-code re-initialisation on, and mse at most 1.5 × conv_ae_digits.py's (0.0058,

@@ -66,6 +66,7 @@ RUN = [
 ]
 
 
+@pytest.mark.slow
 def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(data_dir, tmp_path):
   solo = subprocess.run(
     _train_args(tmp_path / "solo", data_dir, *RUN), env=_env(), capture_output=True, text=True
@@ -99,6 +100,7 @@ def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(
   assert sorted(logged_steps(tmp_path / "w")) == sorted(logged_steps(tmp_path / "solo"))
 
 
+@pytest.mark.slow
 def test_empty_and_foreign_step_folders_are_set_aside_and_never_read(data_dir, tmp_path):
   from genlab.run import evaluate_workdir, train_and_evaluate
 
@@ -123,6 +125,7 @@ def test_empty_and_foreign_step_folders_are_set_aside_and_never_read(data_dir, t
   chex.assert_trees_all_equal(got.params, expected.params)
 
 
+@pytest.mark.slow
 def test_an_unwritable_checkpoints_folder_is_refused_in_seconds(data_dir, tmp_path):
   (tmp_path / "w").mkdir()
   (tmp_path / "w" / "checkpoints").write_text("a file where the folder should be")
@@ -136,6 +139,7 @@ def test_an_unwritable_checkpoints_folder_is_refused_in_seconds(data_dir, tmp_pa
   assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["checkpoints"]
 
 
+@pytest.mark.slow
 def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(data_dir, tmp_path):
   reference = subprocess.run(
     _train_args(tmp_path / "ref", data_dir, *RUN), env=_env(), capture_output=True, text=True
@@ -290,6 +294,7 @@ def test_orbax_error_logs_go_to_the_newest_open_writer_until_none_is_open(tmp_pa
   assert logs not in logging.getLogger("absl").filters
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path):
   run = tmp_path / "w"
   proc = subprocess.Popen(
@@ -314,6 +319,7 @@ def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path
   assert train_steps == list(range(10, 401, 10))
 
 
+@pytest.mark.slow
 def test_damaged_run_files_are_one_line(data_dir, tmp_path):
   from genlab.errors import ConfigError, WorkdirError
   from genlab.run import train_and_evaluate
@@ -355,6 +361,7 @@ def test_json_the_run_writes_never_holds_nan(data_dir, tmp_path, monkeypatch):
   assert report["definitions"]["mse_mean_baseline"].startswith("null: the value was not finite")
 
 
+@pytest.mark.slow
 def test_a_damaged_feature_network_cache_is_set_aside_and_trained_again(
   data_dir, tmp_path, monkeypatch, capsys
 ):
