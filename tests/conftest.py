@@ -193,3 +193,34 @@ def logged_steps(workdir) -> list[int]:
     return []
   *complete, _ = path.read_text().split("\n")
   return [json.loads(line)["step"] for line in complete if line.strip()]
+
+
+# Float32's unit roundoff, 2^-24: the relative error of one rounded operation.
+FLOAT32_U = 2.0**-24
+
+
+def assert_close_normwise(actual, expected, *, rel: float, err_msg: str = "") -> None:
+  """Every leaf of `actual` within `rel` × (the largest |entry| of that leaf of `expected`).
+
+  Float32 results computed in another order (another kernel, another CPU's vector width,
+  another device count) differ by rounding errors that scale with the terms each entry
+  sums, not with the entry: an entry that cancels to nearly 0 keeps the absolute error of
+  its neighbours, so an entrywise `rtol` fails there on one CPU and not on another. The
+  bound is normwise: state `rel` from the computation (a sum of n terms in float32 is off
+  by at most about n·2^-24 of the terms' scale), not from one machine's measurement.
+  """
+  import jax
+  import numpy as np
+
+  leaves = jax.tree_util.tree_leaves_with_path(expected)
+  got = jax.tree.leaves(actual)
+  assert len(got) == len(leaves), (len(got), len(leaves))
+  for (path, want), have in zip(leaves, got, strict=True):
+    want, have = np.asarray(want, np.float64), np.asarray(have, np.float64)
+    assert have.shape == want.shape, (jax.tree_util.keystr(path), have.shape, want.shape)
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    error = float(np.max(np.abs(have - want))) if want.size else 0.0
+    assert error <= rel * scale, (
+      f"{err_msg}{jax.tree_util.keystr(path)}: max |actual − expected| = {error:.3g} exceeds "
+      f"{rel:.3g} × max |expected| ({scale:.3g})"
+    )

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import compare_parallel, make_test_config
+from conftest import assert_close_normwise, compare_parallel, make_test_config
 from genlab.data import Batcher, ResidentSplit, load_dataset
 from genlab.errors import ConfigError
 
@@ -59,8 +59,10 @@ def test_resident_equals_streaming_and_k_steps_equal_k_single_steps(data_dir, tm
   assert int(reference.step) == 30
   for name, state in states.items():
     assert int(state.step) == 30, name
-    chex.assert_trees_all_close(state.params, reference.params, rtol=1e-6, atol=1e-7)
-    chex.assert_trees_all_close(state.opt_state, reference.opt_state, rtol=1e-6, atol=1e-7)
+    # The same steps compiled into other programs (a scan, a gather on the devices): float32
+    # rounding in another order, normwise.
+    assert_close_normwise(state.params, reference.params, rel=1e-6)
+    assert_close_normwise(state.opt_state, reference.opt_state, rel=1e-6)
 
 
 def test_metrics_of_every_step_of_a_dispatch_are_logged(data_dir, tmp_path):

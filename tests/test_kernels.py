@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import make_test_config, run_python
+from conftest import FLOAT32_U, assert_close_normwise, make_test_config, run_python
 from genlab import kernels
 from genlab.errors import ConfigError
 from genlab.models import (
@@ -134,9 +134,11 @@ def test_both_kernels_give_the_same_parameters_and_outputs(name, dtype):
     outputs[k] = out[0] if isinstance(out, tuple) else out
   # The same names, shapes and initial values: a checkpoint restores into either.
   chex.assert_trees_all_equal(params["flax"], params["xla_cpu"])
-  # The same function (bf16: products accumulated in float32 on one side only).
-  tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
-  chex.assert_trees_all_close(outputs["flax"], outputs["xla_cpu"], rtol=tolerance, atol=tolerance)
+  # The same function, up to float32 rounding in another order: these small models sum at
+  # most a few hundred products per entry (≈ 200·2^-24 ≈ 1.2e-5 of the terms' scale); in bf16
+  # (8-bit significands, products accumulated in float32 on one side only) 3e-2.
+  rel = 200 * FLOAT32_U if dtype == jnp.float32 else 3e-2
+  assert_close_normwise(outputs["xla_cpu"], outputs["flax"], rel=rel)
 
 
 def _xla_cpu_sources() -> str:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import primitive_eqns
+from conftest import FLOAT32_U, assert_close_normwise, primitive_eqns
 from genlab.kernels.xla_cpu.lstm import LSTM, LSTMCell
 from genlab.models.recurrent_ae import RecurrentAutoencoder
 
@@ -59,13 +59,17 @@ def test_fused_lstm_equals_nn_rnn_in_values_and_every_gradient(options, call):
 
     return f
 
-  for a, b in zip(
-    _apply(fused, params, x, carry, call), _apply(reference, params, x, carry, call), strict=True
-  ):
-    chex.assert_trees_all_close(a, b, atol=1e-5)
+  # Float32 in another order (fused gate products, the reverse pass written out): 7 steps
+  # of 4·6 gates summing 3 + 6 products each, and their gradients summed back over the 7
+  # steps and 4 examples, stay within a few hundred roundings, ≈ 200·2^-24 of the scale.
+  assert_close_normwise(
+    _apply(fused, params, x, carry, call),
+    _apply(reference, params, x, carry, call),
+    rel=200 * FLOAT32_U,
+  )
   grads = jax.grad(loss(fused), argnums=(0, 1, 2))(params, x, carry)
   expected = jax.grad(loss(reference), argnums=(0, 1, 2))(params, x, carry)
-  chex.assert_trees_all_close(grads, expected, atol=2e-5, rtol=1e-4)
+  assert_close_normwise(grads, expected, rel=200 * FLOAT32_U)
 
 
 def test_fused_lstm_in_bf16_runs_bf16_products_and_stays_close_to_fp32():

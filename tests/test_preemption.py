@@ -18,7 +18,14 @@ import time
 import chex
 import pytest
 
-from conftest import EXPERIMENTS, free_port, genlab_command, logged_steps, restore_latest
+from conftest import (
+  EXPERIMENTS,
+  assert_close_normwise,
+  free_port,
+  genlab_command,
+  logged_steps,
+  restore_latest,
+)
 
 EXIT_PREEMPTED = 75
 
@@ -162,7 +169,9 @@ def test_two_processes_equal_one_and_resume_bit_exactly_after_preemption(data_di
   _, expected = restore_latest(tmp_path / "one")
   step, unbroken = restore_latest(tmp_path / "unbroken")
   assert step == 40
-  chex.assert_trees_all_close(unbroken.params, expected.params, rtol=1e-5, atol=1e-6)
+  # Another all-reduce order over 40 Adam steps: normwise (a parameter near 0 keeps the
+  # absolute error of its neighbours), 1e-5 of each array's scale.
+  assert_close_normwise(unbroken.params, expected.params, rel=1e-5)
   # Only process 0 writes logs: one line per log step, not two.
   lines = (tmp_path / "unbroken" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(line)["step"] for line in lines].count(40) == 2  # train + test lines
