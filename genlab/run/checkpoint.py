@@ -73,8 +73,6 @@ class Checkpointer:
       options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=every, create=True, cleanup_tmp_directories=True
       )
-    with _absl_quiet():  # Read-only, orbax warns that it will not save: as asked.
-      self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._unrecorded: list[int] = []
     self._failed: str | None = None
     # Exceptions of orbax's background threads: a save that failed there (and whose other
@@ -82,8 +80,16 @@ class Checkpointer:
     self._thread_errors: list[BaseException] = []
     _watch_orbax_threads(self._thread_errors)
     self._error_logs: list[logging.LogRecord] = []
+    # Held before the manager exists: it starts cleaning old temporary folders in a thread at
+    # once, and that thread's errors must not print as tracebacks however early they come.
     if not read_only:  # A reader saves nothing: orbax's errors print as orbax logs them.
       _hold_orbax_error_logs(self._error_logs)
+    try:
+      with _absl_quiet():  # Read-only, orbax warns that it will not save: as asked.
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except BaseException:
+      _release_orbax_error_logs(self._error_logs)
+      raise
 
   def _step_folders(self) -> list[tuple[int, str | None]]:
     """(step, why it is incomplete, or None) for every step-named folder."""
