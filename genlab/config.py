@@ -26,6 +26,11 @@ from genlab.families import FAMILIES, get_family
 from genlab.kernels import KERNELS
 
 REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "family")
+MESH_DEFAULTS = {
+  "devices": 0,  # 0: every device of every process; N: the first N (one process).
+  "fsdp": 1,  # Devices that split each large state array (-1: all; 1: none).
+  "fsdp_min_size": 1 << 18,  # Arrays with fewer elements stay replicated.
+}
 # Fields a resumed run may change: none of them alters what a step computes.
 SAFE_ON_RESUME = (
   "num_steps",
@@ -112,13 +117,7 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   config.num_epochs = placeholder(int)
   # The run's devices as a mesh (genlab.run.runner): jax.jit over it, batches split over
   # every device, parameters and optimizer states replicated, or split over `fsdp` devices.
-  config.mesh = ml_collections.ConfigDict(
-    {
-      "devices": 0,  # 0: every device of every process; N: the first N (one process).
-      "fsdp": 1,  # Devices that split each large state array (-1: all; 1: none).
-      "fsdp_min_size": 1 << 18,  # Arrays with fewer elements stay replicated.
-    }
-  )
+  config.mesh = ml_collections.ConfigDict(MESH_DEFAULTS)
   # Which layers models build (genlab.kernels): auto (genlab's XLA:CPU kernels when every
   # device is a CPU, else flax's own) | flax | xla_cpu.
   config.kernels = "auto"
@@ -295,13 +294,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{name} is gone: {instead}")
   if config.get("kernels", "auto") not in KERNELS:
     raise ConfigError(f"config.kernels={config.kernels!r}; choose one of {KERNELS}")
-  mesh = config.get("mesh") or {}
+  mesh = mesh_settings(config)
   for name, allowed, what in (
     ("devices", lambda v: v >= 0, "0 (every device) or a count"),
     ("fsdp", lambda v: v >= 1 or v == -1, "-1 (every device) or a positive count"),
     ("fsdp_min_size", lambda v: v >= 0, "a count of elements"),
   ):
-    value = mesh.get(name, 0 if name != "fsdp" else 1)
+    value = mesh[name]
     if not isinstance(value, int) or isinstance(value, bool) or not allowed(value):
       raise ConfigError(f"config.mesh.{name} must be {what}, got {value!r}")
   if config.get("num_epochs") is not None and config.get("num_steps") is not None:
@@ -345,6 +344,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"config.data.augment={data.augment!r} with data.device_resident='on': device-resident "
       "batches are not augmented; set device_resident to auto or off"
     )
+
+
+def mesh_settings(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """`config.mesh` as a dict, a field it lacks at its default (`MESH_DEFAULTS`)."""
+  return {**MESH_DEFAULTS, **(config.get("mesh") or {})}
+
+
+def resolve_num_steps(config: ml_collections.ConfigDict, num_train: int) -> None:
+  """Turns a run's length in epochs into `num_steps` (in place): `num_epochs` · ⌊num_train /
+  batch_size⌋ steps, from now on (a resumed run compares the steps). A run of no steps, or
+  of steps that `steps_per_dispatch` does not divide, is refused in one line."""
+  if config.get("num_epochs") is None:
+    return
+  steps = config.num_epochs * (num_train // config.batch_size)
+  k = config.get("steps_per_dispatch", 1)
+  if steps < 1 or steps % k:
+    raise ConfigError(
+      f"config.num_epochs={config.num_epochs} of {num_train} examples in batches of "
+      f"{config.batch_size} is {steps} steps"
+      + (", none" if steps < 1 else f", not a multiple of steps_per_dispatch={k}")
+      + "; set num_steps instead, or another num_epochs or batch_size"
+    )
+  config.num_steps, config.num_epochs = steps, None
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -208,7 +208,7 @@ def step_flops(config, dataset, runner, data, state, root) -> float:
   config = config.copy_and_resolve_references()
   if config.family == "recurrent_autoencoder":
     config.model.unroll = dataset.train["image"].shape[1]
-  family = get_family(config.family).family(config, dataset, devices=runner.devices)
+  family = get_family(config.family).family(config, dataset, root_key=root, kernels=runner.kernels)
   feed = ResidentFeed(data, runner, steps_per_dispatch=1)
   one = runner.train_step(family.train_step, feed, state)
   cost = one.lower(state, root, feed.inputs(0)).cost_analysis()
@@ -234,14 +234,14 @@ def build(name: str, *, batch: int | None, dtype: str, k: int, devices: int = 0,
   config.kernels = kernels
   dataset = synthetic_dataset(REFERENCE[name])
   runner = Runner(global_batch_size=config.batch_size, devices=devices, kernels=kernels)
-  family = get_family(config.family).family(config, dataset, devices=runner.devices)
+  root = rngs.root_key(0)
+  family = get_family(config.family).family(config, dataset, root_key=root, kernels=runner.kernels)
   data = ResidentSplit(
     dataset.train,
     global_batch_size=config.batch_size,
-    seed=0,
+    key=rngs.stream_key(root, "data"),
     value_range=family.value_range,
   )
-  root = rngs.root_key(0)
   example = {key: v[:1] for key, v in data.arrays.items()}
   state = runner.place_state(jax.jit(family.init_state)(rngs.stream_key(root, "init"), example))
   feed = ResidentFeed(data, runner, steps_per_dispatch=k)
@@ -341,6 +341,7 @@ def input_path(args) -> list[dict]:
   import numpy as np
 
   from genlab import config as config_lib
+  from genlab.core import stream_key
   from genlab.data import Batcher, ResidentSplit, load_dataset
   from genlab.run.runner import StreamedFeed
   from genlab.run.setup import setup
@@ -351,7 +352,7 @@ def input_path(args) -> list[dict]:
   data = ResidentSplit(
     synthetic_dataset(REFERENCE["conv_ae"]).train,
     global_batch_size=config.batch_size,
-    seed=0,
+    key=jax.random.key(0),
     value_range=(0.0, 1.0),
   )
   arrays = jax.device_put(data.arrays)
@@ -389,7 +390,9 @@ def input_path(args) -> list[dict]:
   experiment.data.device_resident = "off"
   s = setup(experiment)
   dataset = load_dataset("digits", data_dir=experiment.data.data_dir)
-  batcher = Batcher(dataset.train, global_batch_size=experiment.batch_size, seed=0)
+  batcher = Batcher(
+    dataset.train, global_batch_size=experiment.batch_size, key=stream_key(s.root_key, "data")
+  )
   n = 2000
   for _ in batcher.iterate(0, 2 * batcher.steps_per_epoch):  # Warm-up: compiles the
     pass  # permutation, which is then computed (not compiled) once per epoch.

@@ -83,13 +83,15 @@ def make_records(path: pathlib.Path, n: int) -> dict:
 
 
 def pipeline_rate(path: pathlib.Path, workers: int, steps: int, repeats: int) -> dict:
+  import jax
+
   from genlab.data import Batcher, augment, image_records
 
   records = image_records(str(path))
   batcher = Batcher(
     records,
     global_batch_size=BATCH,
-    seed=0,
+    key=jax.random.key(0),
     augmentations=augment.parse("crop,flip", crop_padding=4, image_shape=SHAPE),
     workers=workers,
   )

@@ -47,6 +47,7 @@ def prepare(mode: str, host: pathlib.Path, cache: pathlib.Path):
   """(compiled step, state, feed, root key) of one mode, warmed up."""
 
   from genlab.config import load_experiment
+  from genlab.core import stream_key
   from genlab.data import Batcher
   from genlab.run import resources, setup
   from genlab.run.loop import resident_split
@@ -61,7 +62,7 @@ def prepare(mode: str, host: pathlib.Path, cache: pathlib.Path):
   batcher = Batcher(
     s.dataset.train,
     global_batch_size=config.batch_size,
-    seed=config.seed,
+    key=stream_key(s.root_key, "data"),
     value_range=s.family.value_range,
   )
   resident = resident_split(s, batcher)

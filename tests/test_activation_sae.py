@@ -82,7 +82,7 @@ def _sae_family(
   config.model.update(name="sparse_ae", code=code, code_dim=32, k=2, **(model or {}))
   config.sae.update(host_factory="tests:unused", normalize="norm", **sae)
   config.optimizer.learning_rate = learning_rate
-  family = ActivationSAE(config, dataset)
+  family = ActivationSAE(config, dataset, root_key=jax.random.key(0), kernels="flax")
   family.provide({"host_model": host})
   return family
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import chex
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -242,8 +243,8 @@ def _split(n: int = NUM_EXAMPLES) -> dict[str, np.ndarray]:
 
 def test_batch_is_a_function_of_seed_and_step():
   split = _split()
-  first = Batcher(split, global_batch_size=8, seed=3)
-  second = Batcher(split, global_batch_size=8, seed=3)
+  first = Batcher(split, global_batch_size=8, key=jax.random.key(3))
+  second = Batcher(split, global_batch_size=8, key=jax.random.key(3))
 
   # The second batcher visits steps in another order (a resumed run) and sees the same data.
   later = [second.batch(s) for s in (13, 2, 7)]
@@ -253,14 +254,14 @@ def test_batch_is_a_function_of_seed_and_step():
 
 def test_different_seeds_give_different_batches():
   split = _split()
-  a = Batcher(split, global_batch_size=8, seed=0).batch(0)
-  b = Batcher(split, global_batch_size=8, seed=1).batch(0)
+  a = Batcher(split, global_batch_size=8, key=jax.random.key(0)).batch(0)
+  b = Batcher(split, global_batch_size=8, key=jax.random.key(1)).batch(0)
 
   assert not np.array_equal(a["label"], b["label"])
 
 
 def test_each_epoch_visits_every_example_at_most_once():
-  batcher = Batcher(_split(), global_batch_size=8, seed=0)
+  batcher = Batcher(_split(), global_batch_size=8, key=jax.random.key(0))
   assert batcher.steps_per_epoch == NUM_EXAMPLES // 8  # The incomplete last batch is dropped.
 
   for epoch in range(3):
@@ -273,7 +274,7 @@ def test_each_epoch_visits_every_example_at_most_once():
 
 
 def test_batch_shapes_and_dtypes():
-  batch = Batcher(_split(), global_batch_size=8, seed=0).batch(4)
+  batch = Batcher(_split(), global_batch_size=8, key=jax.random.key(0)).batch(4)
 
   chex.assert_shape(batch["image"], (8, 2, 2, 1))
   chex.assert_shape(batch["target"], (8, 1, 1, 3))
@@ -286,9 +287,15 @@ def test_batch_shapes_and_dtypes():
 @pytest.mark.parametrize("process_count", [2, 4])
 def test_process_slices_concatenate_to_global_batch(process_count):
   split = _split()
-  whole = Batcher(split, global_batch_size=8, seed=5)
+  whole = Batcher(split, global_batch_size=8, key=jax.random.key(5))
   parts = [
-    Batcher(split, global_batch_size=8, seed=5, process_index=p, process_count=process_count)
+    Batcher(
+      split,
+      global_batch_size=8,
+      key=jax.random.key(5),
+      process_index=p,
+      process_count=process_count,
+    )
     for p in range(process_count)
   ]
 
@@ -306,7 +313,9 @@ def test_process_slices_concatenate_to_global_batch(process_count):
 @pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0)])
 def test_batch_values_are_scaled(value_range):
   split = _split()
-  batch = Batcher(split, global_batch_size=8, seed=0, value_range=value_range).batch(2)
+  batch = Batcher(split, global_batch_size=8, key=jax.random.key(0), value_range=value_range).batch(
+    2
+  )
 
   lo, hi = value_range
   rows = batch["label"]
@@ -329,7 +338,7 @@ def test_scale_values_endpoints():
 
 
 def test_iterate_yields_the_batches_of_its_steps():
-  batcher = Batcher(_split(), global_batch_size=8, seed=2)
+  batcher = Batcher(_split(), global_batch_size=8, key=jax.random.key(2))
 
   batches = list(batcher.iterate(4, 9, prefetch=2))
 
@@ -340,9 +349,9 @@ def test_iterate_yields_the_batches_of_its_steps():
 
 def test_batcher_rejects_bad_batch_sizes():
   with pytest.raises(DataError, match="exceeds the 50 training examples"):
-    Batcher(_split(), global_batch_size=64, seed=0)
+    Batcher(_split(), global_batch_size=64, key=jax.random.key(0))
   with pytest.raises(DataError, match="not divisible by 3 processes"):
-    Batcher(_split(), global_batch_size=8, seed=0, process_count=3)
+    Batcher(_split(), global_batch_size=8, key=jax.random.key(0), process_count=3)
 
 
 # --- Evaluation batches ---------------------------------------------------------------------

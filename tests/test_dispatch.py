@@ -18,8 +18,10 @@ from genlab.errors import ConfigError
 @pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0)])
 def test_resident_batches_equal_streamed_ones_across_epochs(value_range, data_dir):
   split = load_dataset("digits", data_dir=data_dir).train
-  streamed = Batcher(split, global_batch_size=64, seed=3, value_range=value_range)
-  resident = ResidentSplit(split, global_batch_size=64, seed=3, value_range=value_range)
+  streamed = Batcher(split, global_batch_size=64, key=jax.random.key(3), value_range=value_range)
+  resident = ResidentSplit(
+    split, global_batch_size=64, key=jax.random.key(3), value_range=value_range
+  )
   arrays = jax.device_put(resident.arrays)
   gather = jax.jit(resident.batch)
   for step in (0, 1, 22, 23, 24, 50):  # 23 steps per epoch: both sides of two boundaries.

@@ -67,7 +67,9 @@ def gan(data_dir):
   config.model.generator.hidden = (32,)
   config.model.discriminator.hidden = (32,)
   s = setup(config)
-  batch = Batcher(s.dataset.train, global_batch_size=16, seed=0, value_range=(-1.0, 1.0)).batch(0)
+  batch = Batcher(
+    s.dataset.train, global_batch_size=16, key=jax.random.key(0), value_range=(-1.0, 1.0)
+  ).batch(0)
   return s, jax.tree.map(jnp.asarray, batch)
 
 
@@ -193,7 +195,9 @@ def test_wgan_gp_and_r1_discriminator_steps(generator_loss, penalty, data_dir):
   config.model.discriminator.hidden = (32,)
   config.gan.update(generator_loss=generator_loss, penalty=penalty)
   s = setup(config)
-  batch = Batcher(s.dataset.train, global_batch_size=16, seed=0, value_range=(-1.0, 1.0)).batch(0)
+  batch = Batcher(
+    s.dataset.train, global_batch_size=16, key=jax.random.key(0), value_range=(-1.0, 1.0)
+  ).batch(0)
   batch = jax.tree.map(jnp.asarray, batch)
   step = jax.jit(s.family.train_step)
   state, m = step(s.initial_state, batch, jax.random.key(0))

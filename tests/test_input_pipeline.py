@@ -11,6 +11,7 @@ import pytest
 
 from conftest import make_test_config
 from genlab.data import Batcher, augment, image_records, load_dataset, write_image_records
+from genlab.data.pipeline import key_words
 from genlab.errors import ConfigError
 
 
@@ -26,9 +27,11 @@ def _batches(batcher, start, end):
 @pytest.mark.slow
 def test_the_pipeline_gives_each_steps_batch_in_order_in_a_thread_and_in_workers(digits):
   """23 steps per epoch at batch 64: steps 20..27 cross an epoch boundary."""
-  expected = [Batcher(digits, global_batch_size=64, seed=3).batch(s) for s in range(20, 28)]
+  expected = [
+    Batcher(digits, global_batch_size=64, key=jax.random.key(3)).batch(s) for s in range(20, 28)
+  ]
   for workers in (0, 2):
-    batcher = Batcher(digits, global_batch_size=64, seed=3, workers=workers)
+    batcher = Batcher(digits, global_batch_size=64, key=jax.random.key(3), workers=workers)
     got = _batches(batcher, 20, 28)
     assert len(got) == len(expected), workers
     for step, (a, b) in enumerate(zip(got, expected, strict=True), start=20):
@@ -41,8 +44,12 @@ def test_records_decoded_one_by_one_give_the_same_batches_as_the_arrays(digits, 
   records = image_records(str(path))
   assert len(records["image"]) == len(digits["image"]) and records["image"].shape[1:] == (8, 8, 1)
   for value_range in [(0.0, 1.0), (-1.0, 1.0)]:
-    from_arrays = Batcher(digits, global_batch_size=32, seed=1, value_range=value_range)
-    from_records = Batcher(records, global_batch_size=32, seed=1, value_range=value_range)
+    from_arrays = Batcher(
+      digits, global_batch_size=32, key=jax.random.key(1), value_range=value_range
+    )
+    from_records = Batcher(
+      records, global_batch_size=32, key=jax.random.key(1), value_range=value_range
+    )
     for step in (0, 45, 46, 47):  # 46 steps per epoch.
       chex.assert_trees_all_equal(from_records.batch(step), from_arrays.batch(step))
 
@@ -53,26 +60,32 @@ def _image_and_target(n=6, size=8):
   return {"image": image, "target": image[..., :1].copy(), "label": np.arange(n)}
 
 
-def test_augmentations_are_pure_functions_of_seed_and_position_and_move_the_target_along():
+WORDS = [key_words(jax.random.key(seed)) for seed in (0, 1)]
+
+
+def test_augmentations_are_pure_functions_of_key_and_position_and_move_the_target_along():
   augmentations = augment.parse("flip,crop", crop_padding=2, image_shape=(8, 8, 3))
   batch = _image_and_target()
-  once = augment.augment_batch(augmentations, batch, seed=0, first_position=100)
-  again = augment.augment_batch(augmentations, batch, seed=0, first_position=100)
+  once = augment.augment_batch(augmentations, batch, key_words=WORDS[0], first_position=100)
+  again = augment.augment_batch(augmentations, batch, key_words=WORDS[0], first_position=100)
   chex.assert_trees_all_equal(once, again)
   chex.assert_trees_all_equal_shapes_and_dtypes(once, batch)
   np.testing.assert_array_equal(once["label"], batch["label"])
   # The target map got the same flip and window as the image's first channel.
   np.testing.assert_array_equal(once["target"], once["image"][..., :1])
   assert not np.array_equal(once["image"], batch["image"])
-  # Another position, or another seed, draws another augmentation.
-  shifted = augment.augment_batch(augmentations, batch, seed=0, first_position=101)
-  other_seed = augment.augment_batch(augmentations, batch, seed=1, first_position=100)
+  # Another position, or another key, draws another augmentation.
+  shifted = augment.augment_batch(augmentations, batch, key_words=WORDS[0], first_position=101)
+  other_seed = augment.augment_batch(augmentations, batch, key_words=WORDS[1], first_position=100)
   assert not np.array_equal(shifted["image"], once["image"])
   assert not np.array_equal(other_seed["image"], once["image"])
   # Example j depends on its position only: a batch split in two gives the same examples.
   halves = [
     augment.augment_batch(
-      augmentations, {k: v[i : i + 3] for k, v in batch.items()}, seed=0, first_position=100 + i
+      augmentations,
+      {k: v[i : i + 3] for k, v in batch.items()},
+      key_words=WORDS[0],
+      first_position=100 + i,
     )
     for i in (0, 3)
   ]
@@ -83,13 +96,13 @@ def test_flip_and_crop_against_numpy():
   image = np.arange(4 * 5 * 1).reshape(4, 5, 1)
   flipped = None
   for position in range(20):  # Some positions flip, some do not.
-    rng = augment.example_generator(0, position)
+    rng = augment.example_generator(WORDS[0], position)
     out = augment.flip({"image": image}, rng)["image"]
     assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
     flipped = flipped or np.array_equal(out, image[:, ::-1])
   assert flipped
-  rng = augment.example_generator(0, 7)
-  dy, dx = augment.example_generator(0, 7).integers(0, 5, size=2)
+  rng = augment.example_generator(WORDS[0], 7)
+  dy, dx = augment.example_generator(WORDS[0], 7).integers(0, 5, size=2)
   out = augment.crop(2)({"image": image}, rng)["image"]
   padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="reflect")
   np.testing.assert_array_equal(out, padded[dy : dy + 4, dx : dx + 5])
@@ -97,12 +110,14 @@ def test_flip_and_crop_against_numpy():
 
 def test_an_augmented_batch_does_not_depend_on_the_process_split(digits):
   augmentations = augment.parse("flip,crop", crop_padding=2, image_shape=(8, 8, 1))
-  whole = Batcher(digits, global_batch_size=32, seed=5, augmentations=augmentations).batch(9)
+  whole = Batcher(
+    digits, global_batch_size=32, key=jax.random.key(5), augmentations=augmentations
+  ).batch(9)
   parts = [
     Batcher(
       digits,
       global_batch_size=32,
-      seed=5,
+      key=jax.random.key(5),
       process_index=p,
       process_count=2,
       augmentations=augmentations,
@@ -197,9 +212,9 @@ def test_a_tfds_train_split_streamed_from_disk_gives_the_same_batches(digits, da
   chex.assert_trees_all_equal(
     streamed.train.rows(range(5, 9)), {k: v[5:9] for k, v in digits.items()}
   )
-  expected = Batcher(digits, global_batch_size=64, seed=3)
+  expected = Batcher(digits, global_batch_size=64, key=jax.random.key(3))
   for workers in (0, 2):
-    batcher = Batcher(streamed.train, global_batch_size=64, seed=3, workers=workers)
+    batcher = Batcher(streamed.train, global_batch_size=64, key=jax.random.key(3), workers=workers)
     for step, got in enumerate(_batches(batcher, 21, 25), start=21):  # An epoch boundary.
       chex.assert_trees_all_equal(got, expected.batch(step), custom_message=f"{workers=}")
 
@@ -262,6 +277,8 @@ def test_a_damaged_record_stops_the_pipeline_naming_it(digits, tmp_path, workers
     record = encode_image_example(digits["image"][i], digits["label"][i])
     writer.write(record if i != 37 else record[: len(record) // 2])  # Record 37 cut short.
   writer.close()
-  batcher = Batcher(image_records(str(path)), global_batch_size=64, seed=0, workers=workers)
+  batcher = Batcher(
+    image_records(str(path)), global_batch_size=64, key=jax.random.key(0), workers=workers
+  )
   with pytest.raises(DataError, match=r"record 37 of .*damaged.array_record cannot be decoded"):
     next(batcher.iterate(0, 1))

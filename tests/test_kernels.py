@@ -193,9 +193,14 @@ def _traced_train_step(name, data_dir, devices):
   if model is not None:
     config.model = ml_collections.ConfigDict(model)
   dataset = load_dataset(config.dataset, data_dir=data_dir)
-  family = get_family(config.family).family(config, dataset, devices=devices)
+  family = get_family(config.family).family(
+    config, dataset, root_key=rngs.root_key(0), kernels=kernels.resolve("auto", devices)
+  )
   batcher = Batcher(
-    dataset.train, global_batch_size=config.batch_size, seed=0, value_range=family.value_range
+    dataset.train,
+    global_batch_size=config.batch_size,
+    key=jax.random.key(0),
+    value_range=family.value_range,
   )
   batch = jax.tree.map(jnp.asarray, batcher.batch(0))
   state = jax.eval_shape(family.init_state, rngs.root_key(0), batch)  # Shapes: no compile.

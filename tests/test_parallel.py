@@ -78,7 +78,7 @@ for name, devices, fsdp in (("one", 1, 1), ("data", 0, 1), ("fsdp", 0, -1)):
   runner = Runner(global_batch_size=8, devices=devices, fsdp=fsdp, fsdp_min_size=1)
   state = TrainState.create(params={"w": jnp.ones((4, 2))}, tx={"w": optax.sgd(0.1)})
   state = runner.place_state(jax.device_get(state))
-  batcher = Batcher(split, global_batch_size=8, seed=0, value_range=None)
+  batcher = Batcher(split, global_batch_size=8, key=jax.random.key(0), value_range=None)
   feed = StreamedFeed(batcher, runner, start=0, end=5, steps_per_dispatch=1)
   def step_fn(state, batch, key):
     batch = {"x": jnp.pad(batch["image"], ((0, 0), (0, 1))), "y": batch["target"],
@@ -157,11 +157,12 @@ def test_fsdp_rule_splits_the_largest_divisible_axis_of_large_arrays():
 
 
 def _family_and_state(test_config):
+  from genlab.core import stream_key
   from genlab.data import Batcher
   from genlab.run import setup
 
   s = setup(test_config(batch_size=4))
-  batcher = Batcher(s.dataset.train, global_batch_size=4, seed=0)
+  batcher = Batcher(s.dataset.train, global_batch_size=4, key=stream_key(s.root_key, "data"))
   return s, batcher
 
 

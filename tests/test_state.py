@@ -143,6 +143,56 @@ def test_stream_keys_differ_by_name_and_repeat():
   assert not np.array_equal(streams[0], _key_data(key))
 
 
+def test_every_stream_of_a_run_is_its_seeds_root_key_folded_by_name(data_dir):
+  """The seed enters once (`setup`'s root key): two families' evaluation streams and the
+  data order are functions of (seed, step, name) only, whatever was computed before."""
+  from conftest import make_test_config
+  from genlab.data import epoch_permutation
+  from genlab.run import setup
+  from genlab.run.loop import training_batcher
+
+  def words(key):
+    return np.asarray(jax.random.key_data(key))
+
+  vae = make_test_config(data_dir, family="vae", seed=7)
+  vae.model = vae.model.__class__({"name": "vae", "hidden": (8,), "latent_dim": 2})
+  from genlab.families.vae import options as vae_options
+
+  vae.vae = vae_options()
+  gan = make_test_config(data_dir, seed=7, family="gan")
+  gan.model = gan.model.__class__(
+    {
+      "name": "gan",
+      "architecture": "mlp",
+      "latent_dim": 4,
+      "generator": {"hidden": (8,)},
+      "discriminator": {"hidden": (8,)},
+    }
+  )
+  from genlab.families.gan import options as gan_options
+
+  gan.gan = gan_options()
+  root = rngs.root_key(7)
+  built = {}
+  for config, stream in ((vae, "vae_eval"), (gan, "gan_eval")):
+    built[stream] = s = setup(config)
+    assert np.array_equal(words(s.root_key), words(root))
+    np.testing.assert_array_equal(words(s.family.eval_key), words(rngs.stream_key(root, stream)))
+  # The data order: step 40's batch is row slice 40 mod 93 of epoch 40 // 93's permutation
+  # under the root's `data` stream, asked for first or after other steps.
+  s = built["vae_eval"]
+  fresh = training_batcher(s).batch(40)["image"]
+  batcher = training_batcher(s)
+  for step in (3, 500, 41):
+    batcher.batch(step)
+  np.testing.assert_array_equal(batcher.batch(40)["image"], fresh)
+  data = jax.random.fold_in(root, rngs.stream_id("data"))
+  rows = np.asarray(epoch_permutation(data, 0, len(s.dataset.train["image"])))[40 * 16 : 41 * 16]
+  np.testing.assert_array_equal(fresh, s.dataset.train["image"][rows] / np.float32(255.0))
+  s.root_key = rngs.root_key(8)  # Another seed: another order.
+  assert not np.array_equal(training_batcher(s).batch(40)["image"], fresh)
+
+
 def test_step_key_is_deterministic_and_traceable():
   root = rngs.root_key(42)
 

@@ -182,7 +182,9 @@ def test_kl_warmup_and_dynamic_binarization(test_config, data_dir):
   assert float(s.family.beta(jnp.int32(0))) == 0.0
   assert float(s.family.beta(jnp.int32(50))) == pytest.approx(1.0)
   assert float(s.family.beta(jnp.int32(500))) == pytest.approx(2.0)
-  batch = jax.tree.map(jnp.asarray, Batcher(s.dataset.train, global_batch_size=16, seed=0).batch(0))
+  batch = jax.tree.map(
+    jnp.asarray, Batcher(s.dataset.train, global_batch_size=16, key=jax.random.key(0)).batch(0)
+  )
   first = s.family.observe(batch, jax.random.key(0))
   assert set(np.unique(np.asarray(first))) <= {0.0, 1.0}
   chex.assert_trees_all_equal(first, s.family.observe(batch, jax.random.key(0)))
@@ -315,7 +317,7 @@ def _vae_setup(test_config, **vae_overrides):
   config.model = config.model.__class__({"name": "vae", "hidden": (16,), "latent_dim": 3})
   config.vae = vae_options(binarize="dynamic", **vae_overrides)
   s = setup(config)
-  batch = Batcher(s.dataset.train, global_batch_size=64, seed=0).batch(0)
+  batch = Batcher(s.dataset.train, global_batch_size=64, key=jax.random.key(0)).batch(0)
   return s, jax.tree.map(jnp.asarray, batch)
 
 

@@ -6,7 +6,7 @@ example (`image` (H, W, C), and `target` when the task has one) and a NumPy gene
 and returns the example with the same shapes. A geometric augmentation moves the image
 and its target map together, so an image → map task stays aligned.
 
-The generator of an example is keyed by `(seed, position)`, its position in the run's
+The generator of an example is keyed by `(the run's data key, position)`, its position in the run's
 stream of training examples (step · global batch + its row in the global batch):
 `example_generator`. So an example's augmentation depends on neither the number of
 processes, devices or data workers nor on where a run was resumed, and a run with
@@ -26,14 +26,16 @@ from genlab.errors import ConfigError
 
 Example = dict[str, np.ndarray]
 Augmentation = Callable[[Example, np.random.Generator], Example]
-AUGMENT_STREAM = 0xA06  # Mixed into every example's key: augmentation's own stream.
+AUGMENT_STREAM = 0xA06  # Mixed into every example's seed: augmentation's own stream.
 GEOMETRIC_KEYS = ("image", "target")
 
 
-def example_generator(seed: int, position: int) -> np.random.Generator:
-  """The generator of the example at `position` of the training stream of run `seed`."""
+def example_generator(key_words: np.ndarray, position: int) -> np.random.Generator:
+  """The generator of the example at `position` of the training stream of the run whose
+  data key has the uint32 words `key_words` (`genlab.data.pipeline.key_words`)."""
+  entropy = [int(w) for w in np.asarray(key_words, np.uint32).ravel()]
   return np.random.Generator(
-    np.random.Philox(np.random.SeedSequence([seed, AUGMENT_STREAM, position]))
+    np.random.Philox(np.random.SeedSequence([*entropy, AUGMENT_STREAM, position]))
   )
 
 
@@ -103,7 +105,7 @@ def parse(spec: str, *, crop_padding: int, image_shape, target_shape=None) -> li
 
 
 def augment_batch(
-  augmentations: list[Augmentation], batch: dict, *, seed: int, first_position: int
+  augmentations: list[Augmentation], batch: dict, *, key_words: np.ndarray, first_position: int
 ) -> dict:
   """`batch` with each example augmented, example j by the generator of position
   `first_position + j`; keys other than `image` and `target` pass through."""
@@ -111,7 +113,7 @@ def augment_batch(
     return batch
   out = {key: np.array(value) for key, value in batch.items()}
   for j in range(len(batch["image"])):
-    rng = example_generator(seed, first_position + j)
+    rng = example_generator(key_words, first_position + j)
     example = {key: value[j] for key, value in batch.items() if key in GEOMETRIC_KEYS}
     for augmentation in augmentations:
       example = augmentation(example, rng)

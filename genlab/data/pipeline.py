@@ -1,7 +1,8 @@
-"""Batches whose content depends only on (seed, step): resuming restores the data order.
+"""Batches whose content depends only on (key, step): resuming restores the data order.
 
-The global batch of step `s` is slice `s mod steps_per_epoch` of the
-permutation of epoch `s // steps_per_epoch`, `epoch_permutation(seed, epoch, n)`
+`key` is the run's data stream, `genlab.core.stream_key(root_key, 'data')`. The global
+batch of step `s` is slice `s mod steps_per_epoch` of the permutation of epoch
+`s // steps_per_epoch`, `epoch_permutation(key, epoch, n)`
 (a keyed `jax.random.permutation`; the last incomplete batch of each epoch is
 dropped). Process `p` of `P` takes rows `[p·B/P, (p+1)·B/P)` of it; the runner
 then splits those rows over the process's local devices. Because the order is a
@@ -74,25 +75,32 @@ def scaled_mean(
 
 
 INTEGER_KEYS = ("label", "length", "start")
-DATA_STREAM = 0x0DA7A  # Folded into the seed's key: the data order's own stream.
 
 
-def epoch_permutation(seed: int, epoch, num_examples: int) -> jax.Array:
+def epoch_permutation(key: jax.Array, epoch, num_examples: int) -> jax.Array:
   """The order of a split of `num_examples` in `epoch`: `jax.random.permutation` under
-  `fold_in(fold_in(key(seed), DATA_STREAM), epoch)`. Traceable (epoch may be traced)."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), DATA_STREAM), epoch)
-  return jax.random.permutation(key, num_examples)
+  `fold_in(key, epoch)`, `key` the data stream. Traceable (epoch may be traced)."""
+  return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+
+
+def key_words(key: jax.Array) -> np.ndarray:
+  """The data stream's key as uint32 words: what a pipeline keeps, since it is pickled into
+  grain's worker processes, which must not start JAX's accelerators for a key array."""
+  return np.asarray(jax.random.key_data(key), np.uint32)
 
 
 @functools.cache
 def _host_permutation_fn(num_examples: int):
-  return jax.jit(functools.partial(epoch_permutation, num_examples=num_examples))
+  def permutation(words, epoch):
+    return epoch_permutation(jax.random.wrap_key_data(words), epoch, num_examples)
+
+  return jax.jit(permutation)
 
 
-def host_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-  """`epoch_permutation` computed on the host CPU, as NumPy."""
+def host_permutation(words: np.ndarray, epoch: int, num_examples: int) -> np.ndarray:
+  """`epoch_permutation` of the key with `words` (`key_words`), on the host CPU, as NumPy."""
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    return np.asarray(_host_permutation_fn(num_examples)(seed, epoch))
+    return np.asarray(_host_permutation_fn(num_examples)(words, epoch))
 
 
 def _make_batch(split: Split | RecordSplit, rows: np.ndarray, value_range) -> Batch:
@@ -118,13 +126,14 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 
 
 class Batcher:
-  """Training batches of one split, a pure function of (seed, step).
+  """Training batches of one split, a pure function of (key, step).
 
   Args:
     split: arrays of the split (`image`, optional `label`, `target`), or a
       `RecordSplit` decoding its examples on demand.
     global_batch_size: examples per step summed over all processes and devices.
-    seed: seeds the per-epoch permutations and the augmentations.
+    key: the run's data stream (`genlab.core.stream_key(root_key, 'data')`): it keys the
+      per-epoch permutations and the augmentations.
     process_index: this process's index among `process_count`.
     process_count: how many processes share each global batch.
     value_range: the range images and targets are mapped onto; None passes values
@@ -142,7 +151,7 @@ class Batcher:
     split: Split | RecordSplit,
     *,
     global_batch_size: int,
-    seed: int,
+    key: jax.Array,
     process_index: int = 0,
     process_count: int = 1,
     value_range: tuple[float, float] | None = (0.0, 1.0),
@@ -161,7 +170,7 @@ class Batcher:
     self.split = split
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
-    self.seed = seed
+    self.key_words = key_words(key)
     self.process_index = process_index
     self.value_range = None if value_range is None else tuple(value_range)
     self.steps_per_epoch = self.num_examples // global_batch_size
@@ -175,7 +184,7 @@ class Batcher:
     """The order of the split in `epoch` (cached for the current epoch)."""
     if epoch != self._epoch:
       self._epoch = epoch
-      self._perm = host_permutation(self.seed, epoch, self.num_examples)
+      self._perm = host_permutation(self.key_words, epoch, self.num_examples)
     return self._perm
 
   def global_rows(self, step: int) -> np.ndarray:
@@ -192,7 +201,7 @@ class Batcher:
     batch = augment_batch(
       self.augmentations,
       batch,
-      seed=self.seed,
+      key_words=self.key_words,
       first_position=step * self.global_batch_size + start,
     )
     batch["index"] = np.arange(start, start + self.local_batch_size, dtype=np.int32)
@@ -279,17 +288,17 @@ def _take_rows(array: jax.Array, rows: jax.Array) -> jax.Array:
 class ResidentSplit:
   """A training split held on the devices, batched inside compiled steps.
 
-  Gives the same batches as `Batcher` for the same seed and step (its arrays are
+  Gives the same batches as `Batcher` for the same key and step (its arrays are
   `_make_batch` of the whole split). One process only.
 
   Args:
     split: arrays of the split.
     global_batch_size: examples per step over all devices.
-    seed: seeds the per-epoch permutations.
+    key: the run's data stream; it keys the per-epoch permutations.
     value_range: as for `Batcher`.
   """
 
-  def __init__(self, split: Split, *, global_batch_size: int, seed: int, value_range):
+  def __init__(self, split: Split, *, global_batch_size: int, key: jax.Array, value_range):
     self.num_examples = len(split["image"])
     if global_batch_size > self.num_examples:
       raise DataError(
@@ -297,7 +306,7 @@ class ResidentSplit:
       )
     self.arrays = _make_batch(split, np.arange(self.num_examples), value_range)
     self.global_batch_size = global_batch_size
-    self.seed = seed
+    self.key_words = key_words(key)
     self.steps_per_epoch = self.num_examples // global_batch_size
     self._orders_epoch, self._orders = None, None
 
@@ -317,7 +326,7 @@ class ResidentSplit:
       )
     epoch = first_step // self.steps_per_epoch
     if self._orders_epoch != epoch:
-      perms = [host_permutation(self.seed, e, self.num_examples) for e in (epoch, epoch + 1)]
+      perms = [host_permutation(self.key_words, e, self.num_examples) for e in (epoch, epoch + 1)]
       self._orders = {"perms": np.stack(perms).astype(np.int32), "first_epoch": np.int32(epoch)}
       self._orders_epoch = epoch
     return self._orders

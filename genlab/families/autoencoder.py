@@ -64,7 +64,7 @@ class Autoencoder(Family):
     self.tx = make_optimizer(config.optimizer)
     self.corrupt = corruptions.parse(config.get("corruption", ""), value_range=self.value_range)
     # Test inputs are corrupted from this fixed key: the same noise at every evaluation.
-    self.eval_key = stream_key(jax.random.key(config.seed), "eval_corruption")
+    self.eval_key = stream_key(self.root_key, "eval_corruption")
 
   def init_state(self, key, batch) -> TrainState:
     params = self.model.init(key, jnp.asarray(batch["image"][:1]))["params"]

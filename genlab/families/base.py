@@ -49,8 +49,11 @@ class Family(abc.ABC):
   Args:
     config: the experiment config.
     dataset: the loaded dataset (for shapes and baselines).
-    devices: the run's devices; they decide which layers `config.kernels='auto'` builds
-      (`genlab.kernels.resolve`). Default: `jax.devices()`.
+    root_key: the run's root key (`genlab.core.root_key(config.seed)`, made once by the run
+      layer): the family's own randomness outside the train step (its evaluation's noise,
+      which rows a metric uses) derives from it by name (`stream_key(root_key, name)`).
+    kernels: which layers the models build, `flax` or `xla_cpu`, as the runner resolved
+      `config.kernels` for the run's devices (`genlab.kernels.resolve`).
   """
 
   # The name of the family's own config group (`config.vae`, ...), whose fields and
@@ -72,13 +75,24 @@ class Family(abc.ABC):
     """The family's config group with its defaults (None: no options)."""
     return None
 
-  def __init__(self, config: ml_collections.ConfigDict, dataset: Dataset, *, devices=None) -> None:
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    dataset: Dataset,
+    *,
+    root_key: jax.Array,
+    kernels: str,
+  ) -> None:
+    if kernels not in kernels_lib.RESOLVED:
+      raise ValueError(
+        f"kernels={kernels!r}: a family takes what the runner resolved, one of "
+        f"{kernels_lib.RESOLVED} (genlab.kernels.resolve)"
+      )
     self.config = config
     self.dataset = dataset
     self.value_range = tuple(config.data.range)
-    self.kernels = kernels_lib.resolve(
-      config.get("kernels", "auto"), jax.devices() if devices is None else devices
-    )
+    self.root_key = root_key
+    self.kernels = kernels
     self.resources = {}
 
   # Building blocks ------------------------------------------------------------------

@@ -126,7 +126,7 @@ class GAN(Family):
       "generator": make_optimizer(config.optimizer),
       "discriminator": make_optimizer(disc_optimizer),
     }
-    self.eval_key = stream_key(jax.random.key(config.seed), "gan_eval")
+    self.eval_key = stream_key(self.root_key, "gan_eval")
     self._generate = jax.jit(self.generate)
     self._discriminate = jax.jit(
       lambda params, stats, x, labels: self.critic(params, x, stats, labels)
@@ -278,7 +278,9 @@ class GAN(Family):
     if not hasattr(self, "_real_stats"):
       train = self.dataset.train["image"]
       n_real = min(self.options.fd_n_real, len(train))
-      rows = np.random.default_rng(self.config.seed).permutation(len(train))[:n_real]
+      rows = np.asarray(
+        jax.random.permutation(stream_key(self.root_key, "fd_real_rows"), len(train))[:n_real]
+      )
       _, real = self.feature_net(scale_values(train[rows], self.value_range))
       _, test = self.feature_net(scale_values(self.dataset.test["image"], self.value_range))
       self._real_stats = metrics.gaussian_statistics(real)

@@ -109,7 +109,7 @@ class VariationalAutoencoder(Family):
       )
     self.options = options
     self.tx = make_optimizer(config.optimizer)
-    self.eval_key = stream_key(jax.random.key(config.seed), "vae_eval")
+    self.eval_key = stream_key(self.root_key, "vae_eval")
 
   # Pieces ---------------------------------------------------------------------
 

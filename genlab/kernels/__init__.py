@@ -34,6 +34,7 @@ import numpy as np
 from genlab.errors import ConfigError
 
 KERNELS = ("auto", "flax", "xla_cpu")
+RESOLVED = ("flax", "xla_cpu")  # What `resolve` gives: the layers a model builds.
 
 # XLA:CPU (jaxlib 0.10) hands dots, convolutions and reductions to YNNPACK by default.
 # Its convolutions run these models' gradients 3-4x slower than XLA's own emitter: a 3x3
@@ -173,6 +174,7 @@ __all__ = [
   "CELLS",
   "CPU_COMPILER_OPTIONS",
   "KERNELS",
+  "RESOLVED",
   "compiler_options",
   "conv_transpose",
   "dense",

@@ -24,7 +24,7 @@ from genlab.run.checkpoint import Checkpointer
 from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
 from genlab.run.loop import CONFIG_FILE, Provider, evaluate, read_saved_config
-from genlab.run.setup import Setup, setup
+from genlab.run.setup import Setup, build
 from genlab.run.writers import dumps, json_safe, write_atomically
 from genlab.views import image_grid
 
@@ -63,9 +63,10 @@ def restore_workdir(
         f"{config_path}"
       )
   config_lib.apply_overrides(config, list(overrides))
+  config_lib.validate(config)
   if not (workdir / "checkpoints").is_dir():  # Said before any costly resource is built.
     raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
-  s = setup(config, provide=provide)
+  s = build(config, provide=provide)
   with WorkdirLock(workdir, exclusive=False, what="eval"):
     ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
     try:

@@ -37,6 +37,7 @@ import numpy as np
 import tqdm
 
 from genlab import config as config_lib
+from genlab.core import rngs
 from genlab.core.state import TrainState
 from genlab.data import Batcher, ResidentSplit, augment, eval_batches
 from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
@@ -45,7 +46,7 @@ from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
 from genlab.run.preemption import StopSignals
 from genlab.run.runner import ResidentFeed, Runner, StreamedFeed
-from genlab.run.setup import Setup, check_workdir, setup
+from genlab.run.setup import Setup, build, check_workdir
 from genlab.run.writers import MetricWriter, write_atomically
 
 CONFIG_FILE = "config.json"
@@ -233,23 +234,9 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
         "workdir is moved aside, not deleted)"
       )
     config_lib.check_resumable(read_saved_config(saved_config), config)
-  s = setup(config, provide=provide)
+  s = build(config, provide=provide)
   runner = s.runner
-  batcher = Batcher(  # Checks the batch size against the data before anything is written.
-    s.dataset.train,
-    global_batch_size=config.batch_size,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    value_range=s.family.value_range,
-    augmentations=augment.parse(
-      config.data.get("augment", ""),
-      crop_padding=config.data.get("crop_padding", 4),
-      image_shape=s.dataset.image_shape if s.dataset.modality == "image" else (),
-      target_shape=s.dataset.target_shape,
-    ),
-    workers=config.data.get("workers", 0),
-  )
+  batcher = training_batcher(s)  # Checks the batch size against the data before any write.
   resident = resident_split(s, batcher)
   k = config.get("steps_per_dispatch", 1)
   ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
@@ -357,6 +344,27 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
   return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
 
 
+def training_batcher(s: Setup) -> Batcher:
+  """The train split's batches of this process, keyed by the run's data stream
+  (`stream_key(root_key, 'data')`): a pure function of (seed, step)."""
+  config = s.config
+  return Batcher(
+    s.dataset.train,
+    global_batch_size=config.batch_size,
+    key=rngs.stream_key(s.root_key, "data"),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    value_range=s.family.value_range,
+    augmentations=augment.parse(
+      config.data.get("augment", ""),
+      crop_padding=config.data.get("crop_padding", 4),
+      image_shape=s.dataset.image_shape if s.dataset.modality == "image" else (),
+      target_shape=s.dataset.target_shape,
+    ),
+    workers=config.data.get("workers", 0),
+  )
+
+
 # Device-resident data ('auto'): when the converted train split is at most this large.
 RESIDENT_MAX_BYTES = 1 << 30
 
@@ -383,7 +391,7 @@ def resident_split(s: Setup, batcher: Batcher) -> ResidentSplit | None:
   return ResidentSplit(
     s.dataset.train,
     global_batch_size=config.batch_size,
-    seed=config.seed,
+    key=rngs.stream_key(s.root_key, "data"),
     value_range=s.family.value_range,
   )
 

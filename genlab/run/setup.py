@@ -41,12 +41,21 @@ class Setup:
 def setup(
   config: ml_collections.ConfigDict, *, provide: Callable[[Setup], None] | None = None
 ) -> Setup:
-  """Loads the data and builds the runner, the family and a fresh state for `config`.
+  """Checks `config` (`genlab.config.validate`), loads the data and builds the runner, the
+  family and a fresh state for it.
 
   `provide` builds the resources the family needs (`genlab.run.resources.provide`); it
   runs before the first state is made, since a family's shapes may depend on them (an
   SAE's input width is its host model's)."""
   config_lib.validate(config)
+  return build(config, provide=provide)
+
+
+def build(
+  config: ml_collections.ConfigDict, *, provide: Callable[[Setup], None] | None = None
+) -> Setup:
+  """`setup` of a config its caller has validated already: the train loop and `genlab eval`
+  check theirs once, before they touch the workdir."""
   dataset = load_dataset(
     config.dataset,
     data_dir=config.data.data_dir,
@@ -56,22 +65,20 @@ def setup(
     stream_train=config.data.get("stream_train", False),
     modality=config.data.get("modality"),
   )
-  if config.get("num_epochs") is not None:  # The run's length in steps, from now on.
-    steps_per_epoch = len(dataset.train["image"]) // config.batch_size
-    config.num_steps, config.num_epochs = config.num_epochs * steps_per_epoch, None
-    config_lib.validate(config)
-  mesh = config_lib.upgrade(config.copy_and_resolve_references()).mesh
+  config_lib.resolve_num_steps(config, len(dataset.train["image"]))
+  mesh = config_lib.mesh_settings(config)
   runner = Runner(
     global_batch_size=config.batch_size,
     eval_batch_size=config.eval_batch_size or config.batch_size,
-    devices=mesh.devices,
-    fsdp=mesh.fsdp,
-    fsdp_min_size=mesh.fsdp_min_size,
+    devices=mesh["devices"],
+    fsdp=mesh["fsdp"],
+    fsdp_min_size=mesh["fsdp_min_size"],
     kernels=config.get("kernels", "auto"),
   )
   registered = get_family(config.family)
-  family = registered.family(config, dataset, devices=runner.devices)
+  # The seed enters here, once: every key of the run derives from this one by name.
   root_key = rngs.root_key(config.seed)
+  family = registered.family(config, dataset, root_key=root_key, kernels=runner.kernels)
   s = Setup(
     config=config,
     dataset=dataset,
@@ -108,4 +115,4 @@ def check_workdir(workdir: pathlib.Path) -> None:
     raise WorkdirError(f"cannot write to {workdir}: {e.strerror or e}") from e
 
 
-__all__ = ["Setup", "check_workdir", "setup"]
+__all__ = ["Setup", "build", "check_workdir", "setup"]
