@@ -38,17 +38,24 @@ config fields:
                         --config.vae.beta=4.0); `genlab config` prints them all, and
                         docs/configs.md describes each
 """
-EXIT_HELP = """\
-exit status:
-  0   done
-  1   a checkpoint could not be written (disk full, permissions): the earlier ones
-      are intact; fix the cause and run the same command again
-  2   bad input, or a workdir another genlab process is using: one line
-      `genlab: error: ...` (nothing was trained)
-  3   a NaN or Inf stopped training (the latest checkpoint is the last good step)
-  75  pre-empted by SIGTERM or SIGINT after saving a checkpoint: run the same
-      command again to resume (a job script can requeue on it)
-"""
+# Each command's exit statuses, in its own --help.
+EXIT_STATUS = {
+  "done": "0   done",
+  "checkpoint": "1   a checkpoint could not be written (disk full, permissions): the earlier ones\n"
+  "      are intact; fix the cause and run the same command again",
+  "train_input": "2   bad input, or a workdir another genlab process is using: one line\n"
+  "      `genlab: error: ...` (nothing was trained)",
+  "input": "2   bad input (a workdir, a field, a file): one line `genlab: error: ...`",
+  "nonfinite": "3   a NaN or Inf stopped training (the latest checkpoint is the last good step)",
+  "preempted": "75  pre-empted by SIGTERM or SIGINT after saving a checkpoint: run the same\n"
+  "      command again to resume (a job script can requeue on it)",
+  "eval_write": "1   eval.json could not be written (disk full, permissions): the report is\n"
+  "      still printed, and an earlier eval.json is left as it was",
+}
+
+
+def _exit_help(*kinds: str) -> str:
+  return "exit status:\n" + "".join(f"  {EXIT_STATUS[k]}\n" for k in kinds)
 
 
 def _experiments_help() -> str:
@@ -60,19 +67,26 @@ def _experiments_help() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+  """The command line: building it imports nothing of JAX or the families, so that `genlab
+  --help` and every `genlab COMMAND --help` answer at once."""
   formatter = argparse.RawDescriptionHelpFormatter
   parser = argparse.ArgumentParser(
     prog="genlab",
     description="genlab: train, evaluate, sample and encode generative models (JAX/Flax).",
-    epilog=EXIT_HELP + "\nRun `genlab COMMAND --help` for a command's flags.",
+    epilog="Run `genlab COMMAND --help` for a command's flags and exit statuses.",
     formatter_class=formatter,
   )
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   train = sub.add_parser(
     "train",
     help="train an experiment (resumes from the workdir's checkpoints)",
-    description="Trains an experiment in a workdir; a workdir with checkpoints is resumed.",
-    epilog=OVERRIDES_HELP + "\n" + _experiments_help() + "\n" + EXIT_HELP,
+    description="Trains an experiment in a workdir; a workdir with checkpoints is resumed "
+    "(with the same config: `--config.num_steps` may grow).",
+    epilog=OVERRIDES_HELP
+    + "\n"
+    + _experiments_help()
+    + "\n"
+    + _exit_help("done", "checkpoint", "train_input", "nonfinite", "preempted"),
     formatter_class=formatter,
   )
   train.add_argument("--config", required=True, help="experiment file defining get_config()")
@@ -102,45 +116,59 @@ def _parser() -> argparse.ArgumentParser:
     "prints the report and writes it to WORKDIR/eval.json.",
     epilog="config fields: only those that change how, not what, is evaluated: "
     "--config.eval_batch_size, --config.mesh.*, --config.kernels, and the family's own "
-    "(--config.vae.nll_k=K for a VAE's importance samples)\n\n" + EXIT_HELP,
+    "(--config.vae.nll_k=K for a VAE's importance samples)\n\n"
+    + _exit_help("done", "eval_write", "input"),
     formatter_class=formatter,
   )
   evaluate.add_argument("--workdir", required=True, help="a trained genlab workdir")
   sample = sub.add_parser(
     "sample",
     help="draw samples from a workdir's model into a PNG grid",
-    epilog=EXIT_HELP,
+    description="Draws samples from a generative workdir's newest usable checkpoint (a VAE, "
+    "a GAN) and writes them as one PNG grid; the sampling seed is the only randomness.",
+    epilog=_exit_help("done", "input"),
     formatter_class=formatter,
   )
   sample.add_argument("--workdir", required=True, help="a trained genlab workdir (VAE, GAN)")
-  sample.add_argument("--num", type=int, default=64, help="how many samples")
+  sample.add_argument("--num", type=int, default=64, help="how many samples (default 64)")
   sample.add_argument("--out", required=True, help="the PNG file to write")
-  sample.add_argument("--seed", type=int, default=0, help="seeds the samples' keys")
+  sample.add_argument("--seed", type=int, default=0, help="seeds the samples' keys (default 0)")
   encode = sub.add_parser(
     "encode",
     help="write the codes of every example of a split to a .npz",
     description="Writes the codes of every example of a split, as the workdir's model "
     "computes them at evaluation: μ and log σ² for a VAE, the code for an autoencoder, z "
     "for a recurrent autoencoder; with the labels when the data has them.",
-    epilog=EXIT_HELP,
+    epilog=_exit_help("done", "input"),
     formatter_class=formatter,
   )
   encode.add_argument("--workdir", required=True, help="a trained genlab workdir")
   encode.add_argument("--out", required=True, help="the .npz file to write")
-  encode.add_argument("--split", default="test", choices=["train", "test"])
+  encode.add_argument(
+    "--split",
+    default="test",
+    choices=["train", "test"],
+    help="the split of the dataset whose examples are encoded, in order (default test)",
+  )
   encode.add_argument(
     "--dataset", help="another dataset of the same shapes (a name or a .npz), e.g. your own"
   )
   sub.add_parser(
     "list",
     help="list the experiments, families, models and embedded datasets",
-    description="Lists ./experiments with their one-line summaries, the families, the "
-    "models and the embedded datasets.",
+    description="Lists ./experiments with their one-line summaries, the families "
+    "(config.family), the models by the name a config gives them (config.model.name) and "
+    "the embedded datasets (config.dataset).",
+    epilog=_exit_help("done"),
+    formatter_class=formatter,
   )
   config = sub.add_parser(
     "config",
     help="print an experiment's resolved config as JSON",
-    epilog=OVERRIDES_HELP,
+    description="Prints an experiment's config as a run would use it, overrides applied "
+    "and checked: the shared fields the family reads, its own options, and every field of "
+    "its model with its default.",
+    epilog=OVERRIDES_HELP + "\n" + _exit_help("done", "input"),
     formatter_class=formatter,
   )
   config.add_argument("--config", required=True, help="experiment file defining get_config()")
@@ -168,7 +196,7 @@ def run(argv: list[str]) -> int:
     config = config_lib.load_experiment(parsed.config)
     config_lib.apply_overrides(config, overrides)
     config_lib.validate(config)
-    print(config_lib.to_json(config))
+    print(json.dumps(config_lib.resolved(config), indent=2, ensure_ascii=False))
     return 0
   from genlab.run import commands
   from genlab.run.console import log
@@ -218,25 +246,32 @@ def _experiments(folder: pathlib.Path) -> dict[str, str]:
 
 
 def listing(folder: pathlib.Path) -> str:
-  """What `genlab list` prints: experiments, families, models and embedded datasets."""
-  import inspect
-
-  from genlab import models
+  """What `genlab list` prints: experiments, families, models and embedded datasets, each by
+  the name a config gives it, with the first sentence of its docstring. Imports the families
+  and models (not the run layer)."""
+  from genlab import families, models
   from genlab.data import EMBEDDED_BUILDERS
-  from genlab.families import FAMILIES
-
-  def first_line(obj) -> str:
-    return (inspect.getdoc(obj) or "").strip().splitlines()[0]
+  from genlab.registry import first_sentence
 
   experiments = _experiments(folder)
   lines = [f"experiments ({folder}/NAME.py; genlab train --config {folder}/NAME.py ...):"]
   lines += [f"  {name:24s} {doc}" for name, doc in experiments.items()] or ["  (none here)"]
-  lines += ["", "families (config.family):"]
-  lines += [f"  {n:24s} {first_line(r.family)}" for n, r in sorted(FAMILIES.items())]
-  lines += ["", "models (genlab.models):"]
-  lines += [f"  {n:24s} {first_line(getattr(models, n))}" for n in sorted(models.__all__)]
+  lines += ["", "families (config.family; or 'package.module:Class' of your own):"]
+  takes: dict[str, list[str]] = {}
+  for name in families.REGISTRY.names():
+    family = families.REGISTRY.get(name)
+    group = f" [options: config.{family.options_group}]" if family.options_group else ""
+    lines.append(f"  {name:24s} {first_sentence(family)}{group}")
+    for model in family.models:
+      takes.setdefault(model, []).append(name)
+  takes.setdefault("generator", []).append("gan")
+  takes.setdefault("discriminator", []).append("gan")
+  lines += ["", "models (config.model.name; or 'package.module:Class' of your own):"]
+  for name in models.REGISTRY.names():
+    used = f" [{', '.join(takes[name])}]" if name in takes else ""
+    lines.append(f"  {name:24s} {first_sentence(models.REGISTRY.get(name))}{used}")
   lines += ["", "embedded datasets (config.dataset; built offline, nothing downloaded):"]
-  lines += [f"  {n:24s} {first_line(b)}" for n, b in sorted(EMBEDDED_BUILDERS.items())]
+  lines += [f"  {n:24s} {first_sentence(b)}" for n, b in sorted(EMBEDDED_BUILDERS.items())]
   return "\n".join(lines)
 
 

@@ -21,11 +21,14 @@ from typing import Any
 
 import ml_collections
 
+from genlab import families
 from genlab.errors import ConfigError
-from genlab.families import FAMILIES, get_family
+from genlab.families import get_family
 from genlab.kernels import KERNELS
 
 REQUIRED_FIELDS = ("seed", "batch_size", "num_steps", "dataset", "model", "family")
+# Shared fields that only the families that read them have (`Family.reads`).
+OPTIONAL_FIELDS = ("loss", "corruption")
 MESH_DEFAULTS = {
   "devices": 0,  # 0: every device of every process; N: the first N (one process).
   "fsdp": 1,  # Devices that split each large state array (-1: all; 1: none).
@@ -80,7 +83,8 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   placeholder = ml_collections.config_dict.placeholder
   config = ml_collections.ConfigDict()
   config.seed = 0  # Seeds the initial parameters, the data order and every key of the run.
-  config.family = family  # The model family (genlab.families.FAMILIES).
+  # The model family: a name of genlab.families.REGISTRY, or 'package.module:Class'.
+  config.family = family
   config.dataset = "digits"  # An embedded or TFDS dataset name, or a .npz path.
   config.data = ml_collections.ConfigDict(
     {
@@ -155,9 +159,13 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   config.on_nonfinite = "stop"  # stop | skip: what a NaN/Inf loss or gradient does.
   config.on_unusable_checkpoints = "fail"  # fail | restart: when no checkpoint can be restored.
   config.preemption_check_every = 1  # Steps between the processes' agreement on a stop signal.
-  options = get_family(family).family.default_options()
+  family_class = get_family(family)
+  for name in OPTIONAL_FIELDS:  # Shared fields that only some families read.
+    if name not in family_class.reads:
+      del config[name]
+  options = family_class.default_options()
   if options is not None:
-    config[get_family(family).family.options_group] = options
+    config[family_class.options_group] = options
   return config
 
 
@@ -175,7 +183,7 @@ def load_experiment(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise ConfigError(f"experiment file not found: {path}")
+    raise ConfigError(f"experiment file not found: {path}{_nearest_file(path)}")
   spec = importlib.util.spec_from_file_location(f"genlab_experiment_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -185,6 +193,18 @@ def load_experiment(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
   return config
+
+
+def _nearest_file(path: pathlib.Path) -> str:
+  """` (did you mean experiments/x.py?)` for the closest .py file in `path`'s folder (or
+  ./experiments if that folder does not exist), or ''."""
+  folder = path.parent if path.parent.is_dir() else pathlib.Path("experiments")
+  if not folder.is_dir():
+    return ""
+  names = sorted(p.name for p in folder.glob("*.py"))
+  name = path.name if path.suffix == ".py" else path.name + ".py"
+  close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+  return f" (did you mean {folder / close[0]}?)" if close else ""
 
 
 def _parse_value(text: str) -> Any:
@@ -346,6 +366,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def canonicalize(config: ml_collections.ConfigDict) -> None:
+  """Names what `config` chooses by name so that any process finds it again (in place):
+  `family` and every model `name` of `config.model` become what their registries record
+  (`Registry.canonical`: genlab's and installed packages' names as they are, a class
+  registered in this process as its 'package.module:Class' path). A run does this before
+  it saves config.json, which `genlab eval`, `sample` and `encode` read alone."""
+  from genlab import models
+
+  config.family = families.REGISTRY.canonical(config.family)
+
+  def walk(group):
+    for key, value in group.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value)
+      elif key == "name" and isinstance(value, str):
+        try:
+          group[key] = models.REGISTRY.canonical(value)
+        except ConfigError:  # Not a model (the GAN's pair is `gan`): its family says.
+          pass
+
+  walk(config.model)
+
+
 def mesh_settings(config: ml_collections.ConfigDict) -> dict[str, int]:
   """`config.mesh` as a dict, a field it lacks at its default (`MESH_DEFAULTS`)."""
   return {**MESH_DEFAULTS, **(config.get("mesh") or {})}
@@ -403,6 +446,17 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
     )
 
 
+def resolved(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`config` as `genlab config` shows it: with `model` holding every field of its model's
+  class at its default unless the config sets it (leaving out those the family sets from
+  the data), as the run will build it."""
+  shown = json.loads(to_json(config))
+  model = get_family(config.family).model_defaults(config)
+  if model is not None:
+    shown["model"] = json.loads(json.dumps(model, sort_keys=True, default=str))
+  return shown
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   """Serialises a config to stable, human-readable JSON (tuples become lists)."""
   return json.dumps(config.to_dict(), indent=2, sort_keys=True)
@@ -433,8 +487,13 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if old_name in config.get(group, {}):
       config[group][new_name] = config[group][old_name]
       del config[group][old_name]
-  family = config.get("family", "autoencoder")
-  defaults = base_config(family if family in FAMILIES else "autoencoder")
+  try:
+    defaults = base_config(config.get("family", "autoencoder"))
+  except ConfigError:  # An unknown family is said by whoever builds it; the rest upgrades.
+    defaults = base_config("autoencoder")
+  for name in OPTIONAL_FIELDS:  # Saved by a genlab that gave every family every field.
+    if name not in defaults and name in config:
+      del config[name]
   _add_missing(config, defaults)
   return config
 

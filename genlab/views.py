@@ -7,6 +7,8 @@ into uint8 RGB images with these, and the run layer writes them
 
 from __future__ import annotations
 
+import functools
+import pathlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -79,10 +81,18 @@ def class_rows(draw, z: np.ndarray, num_classes: int, value_range) -> np.ndarray
   )
 
 
+LABEL_FONT_SIZE = 11
+
+
+@functools.cache
 def _font():
+  """DejaVu Sans, which matplotlib ships: it has the arrows and Greek letters labels use,
+  where PIL's default font draws "▯" for "→"."""
+  import matplotlib
   from PIL import ImageFont
 
-  return ImageFont.load_default()
+  path = pathlib.Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+  return ImageFont.truetype(str(path), LABEL_FONT_SIZE)
 
 
 def _label_width(labels: Sequence[str]) -> int:

@@ -208,7 +208,7 @@ def step_flops(config, dataset, runner, data, state, root) -> float:
   config = config.copy_and_resolve_references()
   if config.family == "recurrent_autoencoder":
     config.model.unroll = dataset.train["image"].shape[1]
-  family = get_family(config.family).family(config, dataset, root_key=root, kernels=runner.kernels)
+  family = get_family(config.family)(config, dataset, root_key=root, kernels=runner.kernels)
   feed = ResidentFeed(data, runner, steps_per_dispatch=1)
   one = runner.train_step(family.train_step, feed, state)
   cost = one.lower(state, root, feed.inputs(0)).cost_analysis()
@@ -235,7 +235,7 @@ def build(name: str, *, batch: int | None, dtype: str, k: int, devices: int = 0,
   dataset = synthetic_dataset(REFERENCE[name])
   runner = Runner(global_batch_size=config.batch_size, devices=devices, kernels=kernels)
   root = rngs.root_key(0)
-  family = get_family(config.family).family(config, dataset, root_key=root, kernels=runner.kernels)
+  family = get_family(config.family)(config, dataset, root_key=root, kernels=runner.kernels)
   data = ResidentSplit(
     dataset.train,
     global_batch_size=config.batch_size,

@@ -70,14 +70,22 @@ def _rows(config, notes: dict[str, str], prefix: str = "", skip=()) -> list[str]
   return rows
 
 
+def _where(family) -> str:
+  """The family's source file, relative to the repository if it lies inside it (a family
+  from a user's package is found there too)."""
+  path = pathlib.Path(inspect.getsourcefile(family)).resolve()
+  return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def render() -> str:
   sys.path.insert(0, str(REPO))
   from genlab import config as config_lib
-  from genlab.families import FAMILIES
+  from genlab.families import REGISTRY
 
   base = config_lib.base_config()
   notes = comments(inspect.getsource(config_lib.base_config))
-  groups = {r.family.options_group for r in FAMILIES.values() if r.family.options_group}
+  families = {name: REGISTRY.get(name) for name in REGISTRY.names()}
+  groups = {family.options_group for family in families.values() if family.options_group}
   lines = [
     "# Config fields",
     "",
@@ -101,14 +109,12 @@ def render() -> str:
     "## Each family's options",
     "",
   ]
-  for name, registered in sorted(FAMILIES.items()):
-    family = registered.family
+  for name, family in sorted(families.items()):
     if family.options_group is None:
       continue
     options = family.default_options()
-    module = inspect.getmodule(family)
-    notes = comments(inspect.getsource(module.options), group=family.options_group)
-    path = pathlib.Path(module.__file__).relative_to(REPO)
+    notes = comments(inspect.getsource(family.default_options), group=family.options_group)
+    path = _where(family)
     lines += [
       f"### `{family.options_group}`: family `{name}` (`{path}`)",
       "",

@@ -224,3 +224,16 @@ def assert_close_normwise(actual, expected, *, rel: float, err_msg: str = "") ->
       f"{err_msg}{jax.tree_util.keystr(path)}: max |actual − expected| = {error:.3g} exceeds "
       f"{rel:.3g} × max |expected| ({scale:.3g})"
     )
+
+
+@pytest.fixture
+def nan_family():
+  """`config.family` of `test_reliability.NaNAtStep7`, an autoencoder whose input turns to
+  NaN at the step that starts from step 7 (registered for the test, then forgotten)."""
+  from test_reliability import NaNAtStep7
+
+  from genlab import families
+
+  families.register_family("nan_at_7", NaNAtStep7)
+  yield "nan_at_7"
+  families.REGISTRY.unregister("nan_at_7")

@@ -268,3 +268,69 @@ def test_distributed_start_reads_flags_then_environment(monkeypatch):
     monkeypatch.delenv(name)
   assert cli.initialize_distributed(_parsed("--distributed")) is True  # JAX auto-detects.
   assert calls[-1] == {"coordinator_address": None, "num_processes": None, "process_id": None}
+
+
+COMMANDS = ("train", "eval", "sample", "encode", "list", "config")
+
+
+def test_help_answers_without_importing_jax_or_the_families():
+  code = (
+    "import sys\n"
+    "from genlab import cli\n"
+    f"for argv in [['--help']] + [[c, '--help'] for c in {COMMANDS!r}]:\n"
+    "  try:\n"
+    "    cli.main(argv)\n"
+    "  except SystemExit as e:\n"
+    "    assert e.code == 0, (argv, e.code)\n"
+    "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', "
+    "'tensorflow_datasets', 'orbax') or m.startswith('genlab.families'))\n"
+    "print('IMPORTED', heavy)\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "IMPORTED []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_each_command_has_its_own_description_and_only_its_own_exit_statuses(capsys):
+  from genlab import cli
+
+  helps = {}
+  for command in COMMANDS:
+    with pytest.raises(SystemExit):
+      cli.main([command, "--help"])
+    helps[command] = capsys.readouterr().out
+  descriptions = set()
+  for command, text in helps.items():
+    description = text.split("\n\n")[1]  # After the usage lines.
+    assert not description.startswith(("options:", "  -h")), (command, text[:300])
+    descriptions.add(description)
+  assert len(descriptions) == len(COMMANDS)
+  assert "75  pre-empted" in helps["train"] and "3   a NaN" in helps["train"]
+  for command in ("eval", "sample", "encode", "list", "config"):
+    assert "75  pre-empted" not in helps[command] and "3   a NaN" not in helps[command]
+  assert "eval.json could not be written" in helps["eval"]
+  assert "--split {train,test}  the split of the dataset" in helps["encode"]
+
+
+def test_sample_and_encode_refuse_a_family_that_cannot_before_restoring_anything(
+  capsys, tmp_path
+):
+  from conftest import make_test_config
+  from genlab.config import to_json
+
+  # Workdirs with only their config.json: a restore would fail on the missing checkpoint,
+  # so the one line must come from the family's abilities, read before any restore.
+  autoencoder, gan = tmp_path / "ae", tmp_path / "gan"
+  for workdir, config in ((autoencoder, make_test_config()), (gan, _gan_config())):
+    workdir.mkdir()
+    (workdir / "config.json").write_text(to_json(config))
+  proc = genlab_here(capsys, "sample", "--workdir", str(autoencoder), "--out", "x.png")
+  assert_one_line_error(proc, "which does not generate samples (VAEs and GANs do)")
+  proc = genlab_here(capsys, "encode", "--workdir", str(gan), "--out", str(tmp_path / "c.npz"))
+  assert_one_line_error(proc, "which has no encoder to export codes of")
+
+
+def _gan_config():
+  from genlab.config import base_config
+
+  return base_config("gan")

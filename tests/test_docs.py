@@ -54,9 +54,9 @@ def _fields(text: str) -> set[str]:
 
 def test_every_config_field_the_docs_name_exists():
   from genlab.config import base_config
-  from genlab.families import FAMILIES
+  from genlab.families import REGISTRY
 
-  configs = [base_config(name) for name in FAMILIES]
+  configs = [base_config(name) for name in REGISTRY.names()]
 
   def exists(dotted: str) -> bool:
     for config in configs:

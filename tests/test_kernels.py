@@ -193,7 +193,7 @@ def _traced_train_step(name, data_dir, devices):
   if model is not None:
     config.model = ml_collections.ConfigDict(model)
   dataset = load_dataset(config.dataset, data_dir=data_dir)
-  family = get_family(config.family).family(
+  family = get_family(config.family)(
     config, dataset, root_key=rngs.root_key(0), kernels=kernels.resolve("auto", devices)
   )
   batcher = Batcher(

@@ -29,6 +29,7 @@ LAYERS = [
       "genlab.image_metrics",
       "genlab.corruptions",
       "genlab.views",
+      "genlab.registry",
       "genlab.errors",
     ],
   ),

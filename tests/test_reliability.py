@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from conftest import restore_latest
-from genlab import families
 from genlab.errors import ConfigError, NonFiniteError, WorkdirError
 from genlab.families.autoencoder import Autoencoder
 from genlab.run import train_and_evaluate
@@ -23,12 +22,6 @@ class NaNAtStep7(Autoencoder):
   def train_step(self, state, batch, key):
     poisoned = jnp.where(state.step == 7, jnp.nan, batch["image"])
     return super().train_step(state, {**batch, "image": poisoned}, key)
-
-
-@pytest.fixture
-def nan_family(monkeypatch):
-  monkeypatch.setitem(families.FAMILIES, "nan_at_7", families.Registered(NaNAtStep7))
-  return "nan_at_7"
 
 
 def _lines(workdir):

@@ -296,3 +296,20 @@ def test_image_grid_value_range_and_sizes():
   chex.assert_shape(grid, (2 * (8 + 1) + 1, 2 * (8 + 1) + 1, 3))
   assert np.all(grid[1:9, 1:9] == 0)  # −1 is black.
   assert np.all(grid[10:14, 1:5] == 255)  # +1 is white.
+
+
+def test_grid_labels_draw_arrows_and_greek_not_missing_glyph_boxes():
+  """The VAE's interpolation rows read "test 0 → 1": PIL's default font draws "▯" for "→"
+  (as for any glyph it lacks); the labels' font has it."""
+  from PIL import Image, ImageDraw
+
+  from genlab.views import _font
+
+  def drawn(text):
+    image = Image.new("L", (40, 16), 255)
+    ImageDraw.Draw(image).text((2, 1), text, font=_font(), fill=0)
+    return np.asarray(image)
+
+  missing = drawn("\uffff")  # A code point no font draws: the missing-glyph box.
+  for glyph in ("→", "σ", "β"):
+    assert (drawn(glyph) < 128).any() and not np.array_equal(drawn(glyph), missing), glyph

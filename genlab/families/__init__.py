@@ -1,64 +1,57 @@
-"""Model families, and the registry that names them (`config.family`).
+"""Model families, found by the name a config gives them (`config.family`).
 
-A family is one module: its maths (a `Family`), its views and its words for
-eval.json (`Views`, `Report`), registered here in one line. docs/extending.md
-shows how to write one.
+`REGISTRY` knows genlab's own families (below, imported on first use), those registered
+with `register_family`, those installed packages declare under the entry-point group
+`genlab.families`, and any 'package.module:Class' path (`genlab.registry`). A family is a
+`Family` subclass: its maths, its views and its words (docs/extending.md).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from genlab.errors import ConfigError
-from genlab.families import (
-  activation_sae,
-  autoencoder,
-  classifier,
-  contractive_ae,
-  gan,
-  language_model,
-  recurrent_ae,
-  sparse_ae,
-  vae,
-  vq_vae,
+from genlab.families.base import Family, Report, Views
+from genlab.registry import Registry
+
+
+def _check_family(name: str, target: Any) -> None:
+  if not (isinstance(target, type) and issubclass(target, Family)):
+    raise ConfigError(
+      f"family {name!r} is {target!r}, not a subclass of genlab.Family (docs/extending.md)"
+    )
+
+
+REGISTRY = Registry(
+  "family",
+  field="config.family",
+  group="genlab.families",
+  builtins={
+    "activation_sae": "genlab.families.activation_sae:ActivationSAE",
+    "autoencoder": "genlab.families.autoencoder:Autoencoder",
+    "classifier": "genlab.families.classifier:Classifier",
+    "contractive_autoencoder": "genlab.families.contractive_ae:ContractiveAutoencoder",
+    "gan": "genlab.families.gan:GAN",
+    "language_model": "genlab.families.language_model:LanguageModel",
+    "recurrent_autoencoder": "genlab.families.recurrent_ae:RecurrentAutoencoder",
+    "sparse_autoencoder": "genlab.families.sparse_ae:SparseAutoencoder",
+    "vae": "genlab.families.vae:VariationalAutoencoder",
+    "vq_vae": "genlab.families.vq_vae:VectorQuantizedVAE",
+  },
+  check=_check_family,
 )
-from genlab.families.base import Family, Registered, Report, Views
-
-FAMILIES: dict[str, Registered] = {
-  "autoencoder": Registered(
-    autoencoder.Autoencoder, autoencoder.AutoencoderViews, autoencoder.AutoencoderReport
-  ),
-  "sparse_autoencoder": Registered(
-    sparse_ae.SparseAutoencoder, sparse_ae.SparseAutoencoderViews, sparse_ae.SparseAutoencoderReport
-  ),
-  "recurrent_autoencoder": Registered(
-    recurrent_ae.RecurrentAutoencoder,
-    recurrent_ae.RecurrentAutoencoderViews,
-    recurrent_ae.RecurrentAutoencoderReport,
-  ),
-  "vae": Registered(vae.VariationalAutoencoder, vae.VAEViews, vae.VAEReport),
-  "gan": Registered(gan.GAN, gan.GANViews, gan.GANReport),
-  "classifier": Registered(classifier.Classifier, report=classifier.ClassifierReport),
-  "activation_sae": Registered(
-    activation_sae.ActivationSAE,
-    activation_sae.ActivationSAEViews,
-    activation_sae.ActivationSAEReport,
-  ),
-  "language_model": Registered(
-    language_model.LanguageModel,
-    language_model.LanguageModelViews,
-    language_model.LanguageModelReport,
-  ),
-  "contractive_autoencoder": Registered(
-    contractive_ae.ContractiveAutoencoder,
-    contractive_ae.ContractiveViews,
-    contractive_ae.ContractiveReport,
-  ),
-  "vq_vae": Registered(vq_vae.VectorQuantizedVAE, vq_vae.VQVAEViews, vq_vae.VQVAEReport),
-}
 
 
-def get_family(name: str) -> Registered:
-  """The family registered under `name`."""
-  if name not in FAMILIES:
-    raise ConfigError(f"unknown family {name!r}; choose one of {sorted(FAMILIES)}")
-  return FAMILIES[name]
+def get_family(name: str) -> type[Family]:
+  """The family class `name` names (see `REGISTRY`)."""
+  return REGISTRY.get(name)
 
 
-__all__ = ["FAMILIES", "Family", "Registered", "Report", "Views", "get_family"]
+def register_family(name: str, family: type[Family] | str | None = None, *, replace=False):
+  """Registers a `Family` subclass (or its 'package.module:Class' path) under `name`, for
+  `config.family`; with no `family`, a class decorator. A run records where the class is
+  defined, so that `genlab eval` finds it again: define it in an importable module."""
+  return REGISTRY.register(name, family, replace=replace)
+
+
+__all__ = ["REGISTRY", "Family", "Report", "Views", "get_family", "register_family"]

@@ -104,13 +104,92 @@ def options(**overrides) -> ml_collections.ConfigDict:
   return group
 
 
+class ActivationSAEViews(Views):
+  """The latents' firing frequencies on the test split (log10 histogram), and for some
+  latents the test contexts where they fire most (the firing character in brackets)."""
+
+  def images(self, state, batch, step):
+    family = self.family
+    codes, where = family.latent_activity(state)
+    rate = np.mean(codes > 0, axis=0)
+    fig, ax = subplots(figsize=(5, 3))
+    alive = rate[rate > 0]
+    ax.hist(np.log10(alive), bins=40)
+    ax.set(
+      xlabel="log10 firing frequency on the test split's positions",
+      ylabel="latents",
+      title=f"step {step}: {np.sum(rate == 0)} of {len(rate)} never fire",
+    )
+    views = {"latent_density": figure_pixels(fig)}
+    if family.dataset.modality == "tokens":
+      alive_latents = np.flatnonzero(rate > 0)
+      chosen = alive_latents[:: max(1, len(alive_latents) // family.options.view_latents)]
+      lines = []
+      for latent in chosen[: family.options.view_latents]:
+        lines.append(f"latent {latent} (fires on {rate[latent]:.2%} of test positions)")
+        lines += top_contexts(codes, where, family.dataset.test["image"], int(latent))
+      fig, ax = subplots(figsize=(8, 0.17 * len(lines) + 0.3))
+      ax.axis("off")
+      ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=8, va="top")
+      views["top_contexts"] = figure_pixels(fig, dpi=90)
+    return views
+
+
+class ActivationSAEReport(Report):
+  def protocol(self):
+    family = self.family
+    o = family.options
+    return {
+      "split": "test (the host's inputs; every example position)",
+      "host": family.host.description if family.host else None,
+      "layer": family.host.layer if family.host else o.layer,
+      "skip_first": o.skip_first if o.host_workdir else "the host factory's positions",
+      "normalize": o.normalize,
+      "normalize_examples": o.normalize_examples,
+      "normalize_scale_mean": float(np.mean(family.scale)),
+      "width": family.width,
+      "latents": family.model.code_dim,
+      "code": family.code,
+      "k": family.model.k if family.code in ("topk", "batchtopk") else None,
+      "sae": o.to_dict(),
+      "dead": "never active on the test split's positions (eval_positions)",
+    }
+
+  definitions = {
+    "loss": "the objective on the test positions (BatchTopK at its inference threshold)",
+    "mse": "squared error per dimension of the normalised activation, mean over positions",
+    "fvu": "fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − x̄‖² over the test "
+    "positions, x̄ their mean (normalised activations)",
+    "explained_variance": "1 − fvu",
+    "l0": "mean number of active latents per test position",
+    "dead_fraction": "fraction of latents never active over the test positions",
+    "dense_fraction": "fraction of latents active on more than sae.dense_above of the test "
+    "positions",
+    "loss_clean": "the host's own loss, clean: its sum over every predicted token of the test "
+    "split over their number (a mean over tokens, not over sequences as a language model's "
+    "cross_entropy is)",
+    "loss_sae": "the same loss with the layer's activation at the example positions "
+    "replaced by the SAE's reconstruction",
+    "loss_zero": "the same loss with that activation replaced by zeros (zero-ablation)",
+    "loss_recovered": "(loss_zero − loss_sae) / (loss_zero − loss_clean)",
+    "kl_sae": "KL(clean ‖ spliced) of the host's output distribution, nats per predicted token",
+    "kl_zero": "KL(clean ‖ zero-ablated), nats per predicted token",
+    "eval_positions": "example positions of the test split (the window of dead_fraction)",
+  }
+
+
 class ActivationSAE(Family):
   """An SAE on `sae.layer` of a host model (`config.model.name='sparse_ae'`)."""
+
+  views = ActivationSAEViews
+  report = ActivationSAEReport
 
   options_group = "sae"
   headline = ("loss", "mse", "l0")
 
   default_options = staticmethod(options)
+  models = ("sparse_ae",)
+  model_arguments = ("output_shape", "output_activation", "kernels", "dtype")
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
@@ -121,7 +200,7 @@ class ActivationSAE(Family):
       raise ConfigError("config.sae: set exactly one of host_workdir and host_factory")
     if o.normalize not in NORMALIZATIONS:
       raise ConfigError(f"config.sae.normalize={o.normalize!r}; choose one of {NORMALIZATIONS}")
-    _, self.fields = self.model_fields("sparse_ae")
+    self.model_cls, self.fields = self.model_class()
     self.code = self.fields.get("code", "sigmoid")
     if self.code not in CODES:
       raise ConfigError(f"config.model.code={self.code!r}; activation SAEs take one of {CODES}")
@@ -152,7 +231,7 @@ class ActivationSAE(Family):
     width = jax.eval_shape(self.host.capture, example)[1].shape[-1]
     self.width = int(width)
     self.model = self.build(
-      SparseAutoencoder, output_shape=(self.width,), output_activation="none", **self.fields
+      self.model_cls, output_shape=(self.width,), output_activation="none", **self.fields
     )
     # The host's params are arguments, not constants compiled into the program.
     capture = jax.jit(lambda batch, params: self.host.capture(batch, params)[1])
@@ -564,77 +643,3 @@ def top_contexts(codes, where, tokens, latent: int, *, top: int = 5, before: int
     context = text[max(0, position - before) : position]
     lines.append(f"  {value:6.2f}  {context!r:>28} [{text[position : position + 1]}]")
   return lines
-
-
-class ActivationSAEViews(Views):
-  """The latents' firing frequencies on the test split (log10 histogram), and for some
-  latents the test contexts where they fire most (the firing character in brackets)."""
-
-  def images(self, state, batch, step):
-    family = self.family
-    codes, where = family.latent_activity(state)
-    rate = np.mean(codes > 0, axis=0)
-    fig, ax = subplots(figsize=(5, 3))
-    alive = rate[rate > 0]
-    ax.hist(np.log10(alive), bins=40)
-    ax.set(
-      xlabel="log10 firing frequency on the test split's positions",
-      ylabel="latents",
-      title=f"step {step}: {np.sum(rate == 0)} of {len(rate)} never fire",
-    )
-    views = {"latent_density": figure_pixels(fig)}
-    if family.dataset.modality == "tokens":
-      alive_latents = np.flatnonzero(rate > 0)
-      chosen = alive_latents[:: max(1, len(alive_latents) // family.options.view_latents)]
-      lines = []
-      for latent in chosen[: family.options.view_latents]:
-        lines.append(f"latent {latent} (fires on {rate[latent]:.2%} of test positions)")
-        lines += top_contexts(codes, where, family.dataset.test["image"], int(latent))
-      fig, ax = subplots(figsize=(8, 0.17 * len(lines) + 0.3))
-      ax.axis("off")
-      ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=8, va="top")
-      views["top_contexts"] = figure_pixels(fig, dpi=90)
-    return views
-
-
-class ActivationSAEReport(Report):
-  def protocol(self):
-    family = self.family
-    o = family.options
-    return {
-      "split": "test (the host's inputs; every example position)",
-      "host": family.host.description if family.host else None,
-      "layer": family.host.layer if family.host else o.layer,
-      "skip_first": o.skip_first if o.host_workdir else "the host factory's positions",
-      "normalize": o.normalize,
-      "normalize_examples": o.normalize_examples,
-      "normalize_scale_mean": float(np.mean(family.scale)),
-      "width": family.width,
-      "latents": family.model.code_dim,
-      "code": family.code,
-      "k": family.model.k if family.code in ("topk", "batchtopk") else None,
-      "sae": o.to_dict(),
-      "dead": "never active on the test split's positions (eval_positions)",
-    }
-
-  definitions = {
-    "loss": "the objective on the test positions (BatchTopK at its inference threshold)",
-    "mse": "squared error per dimension of the normalised activation, mean over positions",
-    "fvu": "fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − x̄‖² over the test "
-    "positions, x̄ their mean (normalised activations)",
-    "explained_variance": "1 − fvu",
-    "l0": "mean number of active latents per test position",
-    "dead_fraction": "fraction of latents never active over the test positions",
-    "dense_fraction": "fraction of latents active on more than sae.dense_above of the test "
-    "positions",
-    "loss_clean": "the host's own loss, clean: its sum over every predicted token of the test "
-    "split over their number (a mean over tokens, not over sequences as a language model's "
-    "cross_entropy is)",
-    "loss_sae": "the same loss with the layer's activation at the example positions "
-    "replaced by the SAE's reconstruction",
-    "loss_zero": "the same loss with that activation replaced by zeros (zero-ablation)",
-    "loss_recovered": "(loss_zero − loss_sae) / (loss_zero − loss_clean)",
-    "kl_sae": "KL(clean ‖ spliced) of the host's output distribution, nats per predicted token",
-    "kl_zero": "KL(clean ‖ zero-ablated), nats per predicted token",
-    "eval_positions": "example positions of the test split (the window of dead_fraction)",
-  }

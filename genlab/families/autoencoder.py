@@ -15,8 +15,6 @@ comparable across steps.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,11 +32,9 @@ from genlab.core import (
 from genlab.data import scale_values, scaled_mean
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
-from genlab.models import ConvAutoencoder, SparseAutoencoder
 from genlab.views import image_grid
 
 NSS_FIXATION_FRACTION = 0.1  # NSS fixations: the target map's top 10% of pixels.
-MODELS = {"conv_ae": ConvAutoencoder, "sparse_ae": SparseAutoencoder}
 
 
 def target_of(batch) -> jax.Array:
@@ -46,21 +42,76 @@ def target_of(batch) -> jax.Array:
   return batch["target"] if "target" in batch else batch["image"]
 
 
+class AutoencoderViews(Views):
+  """Inputs above outputs (denoising: noisy input, clean image, output; image → map:
+  input, target map, predicted map) for the same test examples at every step."""
+
+  def __init__(self, family):
+    super().__init__(family)
+    self._predict = jax.jit(lambda params, x: family.model.apply({"params": params}, x)[0])
+
+  def images(self, state, batch, step):
+    family = self.family
+    n = int(batch["mask"].sum())
+    model_input = np.asarray(family.model_input(batch, family.eval_key))
+    output = self._predict(state.params["model"], model_input)
+    rows, labels = [model_input], ["input"]
+    if family.corrupt is not None:
+      rows.append(batch["image"])
+      labels = ["noisy input", "clean"]
+    if "target" in batch:
+      rows.append(batch["target"])
+      labels.append("target")
+    rows.append(np.asarray(output))
+    labels.append("output")
+    name = "prediction" if "target" in batch else "reconstruction"
+    name = "denoising" if family.corrupt is not None else name
+    grid = image_grid([r[:n] for r in rows], labels=labels, value_range=family.value_range)
+    return {name: grid}
+
+
+class AutoencoderReport(Report):
+  definitions = {
+    "mse": "mean over test examples of the per-example mean squared error over pixels",
+    "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
+    "mse_to_baseline_ratio": "mse / mse_mean_baseline",
+    "loss": "the training loss (config.loss) on the test split",
+    "psnr": "denoising: mean over test images of the PSNR (dB) of the output against the "
+    "clean image, data range = the value range's width",
+    "psnr_noisy": "the same for the corrupted input (clipped to the value range)",
+    "ssim": "denoising, images ≥ 11×11: mean SSIM (Wang et al. 2004, gaussian σ 1.5)",
+    "ssim_noisy": "the same for the corrupted input",
+    "cc": "image → map: mean Pearson correlation of predicted and target maps",
+    "kld": "image → map: mean KL(target ‖ prediction) of the sum-normalised maps (nats)",
+    "nss": "image → map: mean standardised prediction at the target's top-10% pixels",
+    "sim": "image → map: mean Σ min(p, t) of the sum-normalised maps",
+  }
+
+  def protocol(self):
+    config = self.family.config
+    return {"loss": config.loss, "corruption": config.get("corruption", "") or "none"}
+
+
 class Autoencoder(Family):
   """Reconstruction (or image → map) with a single model and optimizer."""
 
-  # The models `config.model.name` may name; a subclass with a model of its own (the
+  views = AutoencoderViews
+  report = AutoencoderReport
+
+  # genlab's models `config.model.name` may name; a subclass with a model of its own (the
   # VQ-VAE) names it here and keeps the rest.
-  models: ClassVar[dict[str, type]] = MODELS
+  models = ("conv_ae", "sparse_ae")
+  reads = ("loss", "corruption")
+  model_arguments = ("output_shape", "kernels", "dtype")
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
-    name, fields = self.model_fields(*self.models)
+    model_class, fields = self.model_class()
     if config.loss not in losses.RECONSTRUCTION_LOSSES:
       raise ConfigError(
         f"config.loss={config.loss!r}; choose one of {losses.RECONSTRUCTION_LOSSES}"
       )
-    self.model = self.build(self.models[name], output_shape=dataset.target_shape, **fields)
+    self.model = self.build(model_class, output_shape=dataset.target_shape, **fields)
     self.tx = make_optimizer(config.optimizer)
     self.corrupt = corruptions.parse(config.get("corruption", ""), value_range=self.value_range)
     # Test inputs are corrupted from this fixed key: the same noise at every evaluation.
@@ -156,53 +207,3 @@ class Autoencoder(Family):
     if "mse" in metrics:
       baseline["mse_to_baseline_ratio"] = metrics["mse"] / baseline["mse_mean_baseline"]
     return baseline
-
-
-class AutoencoderViews(Views):
-  """Inputs above outputs (denoising: noisy input, clean image, output; image → map:
-  input, target map, predicted map) for the same test examples at every step."""
-
-  def __init__(self, family):
-    super().__init__(family)
-    self._predict = jax.jit(lambda params, x: family.model.apply({"params": params}, x)[0])
-
-  def images(self, state, batch, step):
-    family = self.family
-    n = int(batch["mask"].sum())
-    model_input = np.asarray(family.model_input(batch, family.eval_key))
-    output = self._predict(state.params["model"], model_input)
-    rows, labels = [model_input], ["input"]
-    if family.corrupt is not None:
-      rows.append(batch["image"])
-      labels = ["noisy input", "clean"]
-    if "target" in batch:
-      rows.append(batch["target"])
-      labels.append("target")
-    rows.append(np.asarray(output))
-    labels.append("output")
-    name = "prediction" if "target" in batch else "reconstruction"
-    name = "denoising" if family.corrupt is not None else name
-    grid = image_grid([r[:n] for r in rows], labels=labels, value_range=family.value_range)
-    return {name: grid}
-
-
-class AutoencoderReport(Report):
-  definitions = {
-    "mse": "mean over test examples of the per-example mean squared error over pixels",
-    "mse_mean_baseline": "the same MSE when every prediction is the mean training target",
-    "mse_to_baseline_ratio": "mse / mse_mean_baseline",
-    "loss": "the training loss (config.loss) on the test split",
-    "psnr": "denoising: mean over test images of the PSNR (dB) of the output against the "
-    "clean image, data range = the value range's width",
-    "psnr_noisy": "the same for the corrupted input (clipped to the value range)",
-    "ssim": "denoising, images ≥ 11×11: mean SSIM (Wang et al. 2004, gaussian σ 1.5)",
-    "ssim_noisy": "the same for the corrupted input",
-    "cc": "image → map: mean Pearson correlation of predicted and target maps",
-    "kld": "image → map: mean KL(target ‖ prediction) of the sum-normalised maps (nats)",
-    "nss": "image → map: mean standardised prediction at the target's top-10% pixels",
-    "sim": "image → map: mean Σ min(p, t) of the sum-normalised maps",
-  }
-
-  def protocol(self):
-    config = self.family.config
-    return {"loss": config.loss, "corruption": config.get("corruption", "") or "none"}

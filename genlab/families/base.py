@@ -1,28 +1,28 @@
-"""What a model family is: its maths, and beside them its views and its words.
+"""What a model family is: its maths, with its views and its words on the class.
 
-A family is one module under `genlab/families/` holding
+A family is a `Family` subclass, in genlab's own `genlab/families/` or in a package of
+the user's:
 
-* a `Family` subclass — the maths. It builds its model(s) (from `genlab.models`)
-  and optimizer(s) from the config and the dataset's shapes, and gives pure
-  functions: `init_state`, `train_step` (built from `genlab.core.gradient_step`)
-  and `eval_step` (sums over a batch), plus, if it has them, `summarize`,
-  `final_eval_step`, `distribution_metrics`, `reference_metrics` and `sample`.
-  Its config options are its own: `default_options()`, the `config.<options_group>`
-  group.
-* optionally a `Views` subclass — the images written beside the metrics (grids,
-  plots): drawing only, no maths.
-* optionally a `Report` subclass — the words of `eval.json`: how the numbers were
-  obtained (`protocol`) and what each one means (`definitions`).
+* the maths. It builds its model(s) (`model_class`: genlab's by name, or the user's) and
+  optimizer(s) from the config and the dataset's shapes, and gives pure functions:
+  `init_state`, `train_step` (built from `genlab.core.gradient_step`) and `eval_step`
+  (sums over a batch), plus, if it has them, `summarize`, `final_eval_step`,
+  `distribution_metrics`, `reference_metrics`, `sample` and `encode`. Its config options
+  are its own: `default_options()`, the `config.<options_group>` group.
+* `views`: a `Views` subclass — the images written beside the metrics (grids, plots):
+  drawing only, no maths.
+* `report`: a `Report` subclass — the words of `eval.json`: how the numbers were obtained
+  (`protocol`) and what each one means (`definitions`).
 
-and one line in the registry, `genlab/families/__init__.py`. The run layer
-(`genlab.run`) compiles and drives the functions; no family has a loop of its
-own, and no family imports the run layer. docs/extending.md walks through one.
+A config names it by `config.family` (`genlab.families.REGISTRY`: genlab's names, a
+`register_family` call, an installed package's entry point, or 'package.module:Class').
+The run layer (`genlab.run`) compiles and drives the functions; no family has a loop of
+its own, and no family imports the run layer. docs/extending.md walks through one.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from genlab import kernels as kernels_lib
+from genlab import models as models_lib
 from genlab.core.state import TrainState
 from genlab.core.step import Metrics
 from genlab.data import Dataset
@@ -41,6 +42,41 @@ from genlab.errors import ConfigError, GenlabError
 def label_count(dataset: Dataset) -> int:
   """The classes of a labelled dataset: its largest label in either split, plus one."""
   return int(max(np.max(dataset.train["label"]), np.max(dataset.test["label"]))) + 1
+
+
+class Views:
+  """Images of a family's model, written to `images/` and TensorBoard at every image
+  step: drawing only (`genlab.views`), the maths stay in the family."""
+
+  def __init__(self, family: Family):
+    self.family = family
+
+  def images(
+    self, state: TrainState, batch: dict[str, np.ndarray], step: int
+  ) -> dict[str, np.ndarray]:
+    """Named uint8 RGB images (H, W, 3) of `state`; `batch` holds the first `num_images`
+    test examples (the same at every step), `mask` 1 on the real ones."""
+    return {}
+
+
+class Report:
+  """The words of `eval.json`: how the family's numbers were obtained, and what each means.
+
+  `definitions` maps every metric the family may report to its meaning; `eval.json` keeps
+  those of the metrics a run reported (`describe`)."""
+
+  definitions: ClassVar[dict[str, str]] = {}
+
+  def __init__(self, family: Family):
+    self.family = family
+
+  def protocol(self) -> dict[str, Any]:
+    """Settings that say how the eval numbers were obtained (sample counts, k, ...)."""
+    return {}
+
+  def describe(self, metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The definitions of the metrics in `metrics`."""
+    return {k: v for k, v in self.definitions.items() if k in metrics}
 
 
 class Family(abc.ABC):
@@ -69,6 +105,19 @@ class Family(abc.ABC):
   resources: dict[str, Any]
   # The classes a class-conditional family draws from (`conditional_classes`); None if not.
   num_classes: int | None = None
+  # Its images (`Views`) and the words of its eval.json (`Report`).
+  views: ClassVar[type[Views]] = Views
+  report: ClassVar[type[Report]] = Report
+  # The shared config fields it reads besides those every family reads (`genlab.config.
+  # OPTIONAL_FIELDS`: `loss`, `corruption`); `base_config(family)` has only these.
+  reads: ClassVar[tuple[str, ...]] = ()
+  # genlab's models (`genlab.models.REGISTRY` names) `config.model.name` may name. A model of
+  # the user's own, registered or named 'package.module:Class', is taken if it meets the
+  # family's contract (its docs page says what the family calls).
+  models: ClassVar[tuple[str, ...]] = ()
+  # The model's fields the family sets itself (shapes from the data, the run's kernels and
+  # dtype), left out of what `genlab config` shows of config.model.
+  model_arguments: ClassVar[tuple[str, ...]] = ("kernels", "dtype")
 
   @staticmethod
   def default_options() -> ml_collections.ConfigDict | None:
@@ -129,15 +178,32 @@ class Family(abc.ABC):
       return None
     return jnp.arange(num, dtype=jnp.int32) % self.num_classes
 
-  def model_fields(self, *names: str) -> tuple[str, dict[str, Any]]:
-    """`config.model` as (name, the other fields), the name checked against `names`."""
+  def model_class(self) -> tuple[type, dict[str, Any]]:
+    """The class `config.model.name` names and `config.model`'s other fields.
+
+    The name is one of this family's `models`, or a model of the user's own: registered
+    with `genlab.register_model`, declared by an installed package, or a
+    'package.module:Class' path (`genlab.models.REGISTRY`)."""
     fields = self.config.model.to_dict()
     name = fields.pop("name", None)
-    if name not in names:
+    if models_lib.REGISTRY.builtin(name) and name not in self.models:
       raise ConfigError(
-        f"family {self.config.family!r} takes config.model.name in {names}, got {name!r}"
+        f"family {self.config.family!r} takes config.model.name in {self.models} (genlab's), "
+        f"or a model of your own ('package.module:Class'); got {name!r}"
       )
-    return name, fields
+    return models_lib.REGISTRY.get(name), fields
+
+  @classmethod
+  def model_defaults(cls, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """`config.model` with every field of its model's class at its default (what `genlab
+    config` shows), leaving out the fields the family sets (`model_arguments`); None if the
+    model cannot be resolved."""
+    fields = config.model.to_dict()
+    try:
+      module = models_lib.REGISTRY.get(fields.get("name"))
+    except ConfigError:
+      return None
+    return {**models_lib.field_defaults(module, skip=cls.model_arguments), **fields}
 
   def build(self, module: type, **fields: Any):
     """`module(**fields)` with the run's `kernels` and, with `config.dtype='bfloat16'`,
@@ -211,48 +277,4 @@ class Family(abc.ABC):
     self.resources = dict(resources)
 
 
-class Views:
-  """Images of a family's model, written to `images/` and TensorBoard at every image
-  step: drawing only (`genlab.views`), the maths stay in the family."""
-
-  def __init__(self, family: Family):
-    self.family = family
-
-  def images(
-    self, state: TrainState, batch: dict[str, np.ndarray], step: int
-  ) -> dict[str, np.ndarray]:
-    """Named uint8 RGB images (H, W, 3) of `state`; `batch` holds the first `num_images`
-    test examples (the same at every step), `mask` 1 on the real ones."""
-    return {}
-
-
-class Report:
-  """The words of `eval.json`: how the family's numbers were obtained, and what each means.
-
-  `definitions` maps every metric the family may report to its meaning; `eval.json` keeps
-  those of the metrics a run reported (`describe`)."""
-
-  definitions: ClassVar[dict[str, str]] = {}
-
-  def __init__(self, family: Family):
-    self.family = family
-
-  def protocol(self) -> dict[str, Any]:
-    """Settings that say how the eval numbers were obtained (sample counts, k, ...)."""
-    return {}
-
-  def describe(self, metrics: Mapping[str, Any]) -> dict[str, str]:
-    """The definitions of the metrics in `metrics`."""
-    return {k: v for k, v in self.definitions.items() if k in metrics}
-
-
-@dataclasses.dataclass(frozen=True)
-class Registered:
-  """A family as the registry holds it: its maths, views and words."""
-
-  family: type[Family]
-  views: type[Views] = Views
-  report: type[Report] = Report
-
-
-__all__ = ["Family", "Registered", "Report", "Views"]
+__all__ = ["Family", "Report", "Views", "label_count"]

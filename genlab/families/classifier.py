@@ -13,19 +13,29 @@ import optax
 from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
 from genlab.errors import DataError
 from genlab.families.base import Family, Report, label_count
-from genlab.models import ImageClassifier
+
+
+class ClassifierReport(Report):
+  definitions = {
+    "loss": "mean cross-entropy of the test labels, nats",
+    "accuracy": "fraction of test images whose most probable class is their label",
+  }
 
 
 class Classifier(Family):
   """Cross-entropy classification of `batch['image']` into `batch['label']`."""
 
+  report = ClassifierReport
+  models = ("classifier",)
+  model_arguments = ("num_classes", "kernels", "dtype")
+
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
     if "label" not in dataset.train:
       raise DataError(f"{dataset.name} has no labels: a classifier cannot be trained on it")
-    _, fields = self.model_fields("classifier")
+    model_class, fields = self.model_class()
     self.num_classes = label_count(dataset)
-    self.model = self.build(ImageClassifier, num_classes=self.num_classes, **fields)
+    self.model = self.build(model_class, num_classes=self.num_classes, **fields)
     self.tx = make_optimizer(config.optimizer)
 
   def init_state(self, key, batch) -> TrainState:
@@ -51,10 +61,3 @@ class Classifier(Family):
   def eval_step(self, state, batch) -> Metrics:
     loss, correct = self.per_example(state.params["model"], batch)
     return {"loss": masked_sum(loss, batch["mask"]), "accuracy": masked_sum(correct, batch["mask"])}
-
-
-class ClassifierReport(Report):
-  definitions = {
-    "loss": "mean cross-entropy of the test labels, nats",
-    "accuracy": "fraction of test images whose most probable class is their label",
-  }

@@ -27,7 +27,6 @@ from genlab import losses
 from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
-from genlab.models import ConvAutoencoder
 from genlab.views import image_grid
 
 
@@ -42,18 +41,46 @@ def options(**overrides) -> ml_collections.ConfigDict:
   return group
 
 
+class ContractiveViews(Views):
+  """Test inputs above their reconstructions."""
+
+  def images(self, state, batch, step):
+    family, n = self.family, int(batch["mask"].sum())
+    output, _ = family.model.apply({"params": state.params["model"]}, batch["image"][:n])
+    rows = [batch["image"][:n], np.asarray(output)]
+    grid = image_grid(rows, labels=["input", "output"], value_range=family.value_range)
+    return {"reconstruction": grid}
+
+
+class ContractiveReport(Report):
+  definitions = {
+    "loss": "mean over test examples of mse + weight · contraction",
+    "mse": "mean over test examples of the per-example mean squared error over pixels",
+    "contraction": "mean over test examples of ‖∂code/∂input‖²_F, the squared Frobenius "
+    "norm of the encoder's Jacobian (exact)",
+  }
+
+  def protocol(self):
+    return {"weight": self.family.options.weight, "code_units": self.family.model.latent_dim}
+
+
 class ContractiveAutoencoder(Family):
   """A conv autoencoder trained on reconstruction + λ·‖∂code/∂input‖²_F."""
 
+  views = ContractiveViews
+  report = ContractiveReport
+
   options_group = "contractive"
   default_options = staticmethod(options)
+  models = ("conv_ae",)
+  model_arguments = ("output_shape", "kernels", "dtype")
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
-    _, fields = self.model_fields("conv_ae")
+    model_class, fields = self.model_class()
     if not fields.get("latent_dim"):
       raise ConfigError("a contractive autoencoder needs a vector code: set model.latent_dim")
-    self.model = self.build(ConvAutoencoder, output_shape=dataset.image_shape, **fields)
+    self.model = self.build(model_class, output_shape=dataset.image_shape, **fields)
     self.options = self.family_options()
     self.tx = make_optimizer(config.optimizer)
 
@@ -94,26 +121,3 @@ class ContractiveAutoencoder(Family):
   def encode(self, params, batch):
     """The code of each input, for `genlab encode`."""
     return {"code": self.model.apply({"params": params}, batch["image"], method="encode")}
-
-
-class ContractiveViews(Views):
-  """Test inputs above their reconstructions."""
-
-  def images(self, state, batch, step):
-    family, n = self.family, int(batch["mask"].sum())
-    output, _ = family.model.apply({"params": state.params["model"]}, batch["image"][:n])
-    rows = [batch["image"][:n], np.asarray(output)]
-    grid = image_grid(rows, labels=["input", "output"], value_range=family.value_range)
-    return {"reconstruction": grid}
-
-
-class ContractiveReport(Report):
-  definitions = {
-    "loss": "mean over test examples of mse + weight · contraction",
-    "mse": "mean over test examples of the per-example mean squared error over pixels",
-    "contraction": "mean over test examples of ‖∂code/∂input‖²_F, the squared Frobenius "
-    "norm of the encoder's Jacobian (exact)",
-  }
-
-  def protocol(self):
-    return {"weight": self.family.options.weight, "code_units": self.family.model.latent_dim}

@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from genlab import losses, metrics
+from genlab import models as models_lib
 from genlab.core import (
   Metrics,
   TrainState,
@@ -88,32 +89,127 @@ def options(**overrides) -> ml_collections.ConfigDict:
   return group
 
 
+class GANViews(Views):
+  """64 samples from a fixed z, the same at every step; a conditional GAN's as one row per
+  class (at most 10), the same 8 z in every row."""
+
+  def images(self, state, batch, step):
+    family = self.family
+    key = stream_key(family.eval_key, "grid")
+    if family.num_classes is None:
+      samples = family.sample(state, key, 64)
+      grid = image_grid(
+        list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
+      )
+      return {"samples": grid}
+    params = state.params["generator"]
+    grid = class_rows(
+      lambda z, y: family.generate(params, z, y),
+      family.latents(key, jnp.arange(8)),
+      family.num_classes,
+      family.value_range,
+    )
+    return {"samples": grid}
+
+
+class GANReport(Report):
+  definitions = {
+    "fd": "Fréchet distance between gaussians fitted to feature-network features of train "
+    "images and of generated samples (lower is better; compare with fd_floor)",
+    "fd_floor": "the same distance between the fd_n_real train images and the test images "
+    "(sizes in protocol): a reference for a generator that matches the data; when the test "
+    "split is smaller than fd_n_fake its sample-size bias is larger than fd's",
+    "cs": "classifier score exp(E_x KL(p(y|x) ‖ p(y))) of the samples (higher: confident and "
+    "diverse; at most the number of classes)",
+    "class_entropy": "entropy in nats of the samples' predicted-class histogram (log 10 = 2.303 "
+    "is balanced; mode collapse lowers it)",
+    "precision": "fraction of the fd_n_fake samples whose features lie within the k-NN ball "
+    "of some real image's features (k = prdc_k, among the fd_n_real train images): realism",
+    "recall": "fraction of the real images' features within the k-NN ball of some sample's "
+    "features (k = prdc_k, among the samples): how much of the data's variety is reached",
+    "density": "mean number of real k-NN balls holding a sample's features, divided by k (about "
+    "1 when samples and data match; above 1 where samples crowd dense regions)",
+    "coverage": "fraction of real images whose k-NN ball holds some sample's features",
+    "precision_floor": "precision of the test images' features against the same real ones "
+    "(as fd_floor): what a generator that matches the data would score",
+    "recall_floor": "recall of the test images against the same real ones (as fd_floor)",
+    "d_real": "mean D(x) = P(real) on test images",
+    "d_fake": "mean D(G(z)) on the fd_n_fake samples",
+    "class_accuracy": "conditional GANs: fraction of the fd_n_fake samples (classes 0, 1, …, "
+    "C − 1 in turn) that the feature network classifies as the class they were drawn for",
+    "fd_class_mean": "conditional GANs: mean over classes of the Fréchet distance between the "
+    "real images of a class (among the fd_n_real) and the samples drawn for it",
+  }
+
+  def protocol(self):
+    family = self.family
+    family.real_statistics()
+    return {
+      "fd_n_real": family.n_real,
+      "fd_real_split": "train",
+      "fd_n_fake": family.options.fd_n_fake or family.n_real,
+      "fd_floor": f"train ({family.n_real}) vs test ({family.n_test}) images",
+      "prdc_k": family.options.prdc_k,
+      "prdc_space": "the feature network's features, the fd_n_real train images against the "
+      "fd_n_fake samples",
+      "generator_loss": family.options.generator_loss,
+      "discriminator_spectral_norm": family.spectral_norm,
+      "penalty": family.options.penalty,
+      **(
+        {"penalty_weight": family.options.penalty_weight}
+        if family.options.penalty != "none"
+        else {}
+      ),
+      "n_disc": family.options.n_disc,
+      **({"conditional_on": "label"} if family.num_classes is not None else {}),
+      **family.feature_net.protocol(),
+    }
+
+
 class GAN(Family):
-  """Generator and discriminator updated in alternation; see the module docstring."""
+  """A generator and a discriminator updated in alternation (minimax, non-saturating, hinge
+  or Wasserstein losses; gradient penalties, spectral norm, class conditioning).
+
+  See the module docstring for the objectives and the metrics."""
+
+  views = GANViews
+  report = GANReport
 
   options_group = "gan"
   default_options = staticmethod(options)
   headline = ("d_loss", "g_loss")  # Two networks, two objectives: no single `loss`.
 
+  # What the family passes a network besides config.model.<part>'s fields.
+  network_arguments = {
+    "generator": ("output_shape", "architecture", "num_classes", "kernels", "dtype"),
+    "discriminator": ("architecture", "num_classes", "kernels", "dtype"),
+  }
+
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
-    _, fields = self.model_fields("gan")
+    fields = config.model.to_dict()
+    if fields.get("name") != "gan":
+      raise ConfigError(
+        f"family 'gan' takes config.model.name='gan' (its networks are config.model.generator "
+        f"and .discriminator), got {fields.get('name')!r}"
+      )
     self.latent_dim, architecture = fields["latent_dim"], fields["architecture"]
     self.options = self.family_options()
     if self.options.conditional:
       self.num_classes = self.conditional_classes("config.gan.conditional")
+    generator, generator_fields = self.network("generator")
+    discriminator, discriminator_fields = self.network("discriminator")
+    genlabs = {"architecture": architecture} if generator is Generator else {}
     self.generator = self.build(
-      Generator,
+      generator,
       output_shape=dataset.image_shape,
-      architecture=architecture,
       num_classes=self.num_classes,
-      **fields["generator"],
+      **genlabs,
+      **generator_fields,
     )
+    genlabs = {"architecture": architecture} if discriminator is Discriminator else {}
     self.discriminator = self.build(
-      Discriminator,
-      architecture=architecture,
-      num_classes=self.num_classes,
-      **fields["discriminator"],
+      discriminator, num_classes=self.num_classes, **genlabs, **discriminator_fields
     )
     if self.options.generator_loss not in losses.GENERATOR_LOSSES:
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
@@ -131,6 +227,30 @@ class GAN(Family):
     self._discriminate = jax.jit(
       lambda params, stats, x, labels: self.critic(params, x, stats, labels)
     )
+
+  def network(self, part: str) -> tuple[type, dict]:
+    """The class of `config.model.<part>` (`generator` or `discriminator`; its `name`, or
+    genlab's network of that name) and its other fields."""
+    fields = dict(self.config.model[part].to_dict())
+    name = fields.pop("name", part)
+    if models_lib.REGISTRY.builtin(name) and name != part:
+      raise ConfigError(
+        f"config.model.{part}.name={name!r}: the GAN's {part} is genlab's {part!r} or a "
+        "network of your own ('package.module:Class')"
+      )
+    return models_lib.REGISTRY.get(name), fields
+
+  @classmethod
+  def model_defaults(cls, config):
+    model = config.model.to_dict()
+    for part, skip in cls.network_arguments.items():
+      given = dict(model.get(part, {}))
+      try:
+        network = models_lib.REGISTRY.get(given.get("name", part))
+      except ConfigError:
+        return None
+      model[part] = {**models_lib.field_defaults(network, skip=skip), **given}
+    return model
 
   # Keyed pieces -----------------------------------------------------------------
 
@@ -350,80 +470,3 @@ class GAN(Family):
         for i in range(0, num, 500)
       ]
     )
-
-
-class GANViews(Views):
-  """64 samples from a fixed z, the same at every step; a conditional GAN's as one row per
-  class (at most 10), the same 8 z in every row."""
-
-  def images(self, state, batch, step):
-    family = self.family
-    key = stream_key(family.eval_key, "grid")
-    if family.num_classes is None:
-      samples = family.sample(state, key, 64)
-      grid = image_grid(
-        list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
-      )
-      return {"samples": grid}
-    params = state.params["generator"]
-    grid = class_rows(
-      lambda z, y: family.generate(params, z, y),
-      family.latents(key, jnp.arange(8)),
-      family.num_classes,
-      family.value_range,
-    )
-    return {"samples": grid}
-
-
-class GANReport(Report):
-  definitions = {
-    "fd": "Fréchet distance between gaussians fitted to feature-network features of train "
-    "images and of generated samples (lower is better; compare with fd_floor)",
-    "fd_floor": "the same distance between the fd_n_real train images and the test images "
-    "(sizes in protocol): a reference for a generator that matches the data; when the test "
-    "split is smaller than fd_n_fake its sample-size bias is larger than fd's",
-    "cs": "classifier score exp(E_x KL(p(y|x) ‖ p(y))) of the samples (higher: confident and "
-    "diverse; at most the number of classes)",
-    "class_entropy": "entropy in nats of the samples' predicted-class histogram (log 10 = 2.303 "
-    "is balanced; mode collapse lowers it)",
-    "precision": "fraction of the fd_n_fake samples whose features lie within the k-NN ball "
-    "of some real image's features (k = prdc_k, among the fd_n_real train images): realism",
-    "recall": "fraction of the real images' features within the k-NN ball of some sample's "
-    "features (k = prdc_k, among the samples): how much of the data's variety is reached",
-    "density": "mean number of real k-NN balls holding a sample's features, divided by k (about "
-    "1 when samples and data match; above 1 where samples crowd dense regions)",
-    "coverage": "fraction of real images whose k-NN ball holds some sample's features",
-    "precision_floor": "precision of the test images' features against the same real ones "
-    "(as fd_floor): what a generator that matches the data would score",
-    "recall_floor": "recall of the test images against the same real ones (as fd_floor)",
-    "d_real": "mean D(x) = P(real) on test images",
-    "d_fake": "mean D(G(z)) on the fd_n_fake samples",
-    "class_accuracy": "conditional GANs: fraction of the fd_n_fake samples (classes 0, 1, …, "
-    "C − 1 in turn) that the feature network classifies as the class they were drawn for",
-    "fd_class_mean": "conditional GANs: mean over classes of the Fréchet distance between the "
-    "real images of a class (among the fd_n_real) and the samples drawn for it",
-  }
-
-  def protocol(self):
-    family = self.family
-    family.real_statistics()
-    return {
-      "fd_n_real": family.n_real,
-      "fd_real_split": "train",
-      "fd_n_fake": family.options.fd_n_fake or family.n_real,
-      "fd_floor": f"train ({family.n_real}) vs test ({family.n_test}) images",
-      "prdc_k": family.options.prdc_k,
-      "prdc_space": "the feature network's features, the fd_n_real train images against the "
-      "fd_n_fake samples",
-      "generator_loss": family.options.generator_loss,
-      "discriminator_spectral_norm": family.spectral_norm,
-      "penalty": family.options.penalty,
-      **(
-        {"penalty_weight": family.options.penalty_weight}
-        if family.options.penalty != "none"
-        else {}
-      ),
-      "n_disc": family.options.n_disc,
-      **({"conditional_on": "label"} if family.num_classes is not None else {}),
-      **family.feature_net.protocol(),
-    }

@@ -26,7 +26,6 @@ from genlab.data.sequences import decode_text
 from genlab.errors import DataError
 from genlab.families.base import Family, Report, Views
 from genlab.models.activations import HostModel
-from genlab.models.transformer import CausalTransformer
 from genlab.views import figure_pixels, subplots
 
 
@@ -50,8 +49,53 @@ def per_sequence_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.sum(values * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
+class LanguageModelViews(Views):
+  """Greedy continuations of the first test sequences' first 12 tokens."""
+
+  prefix = 12
+
+  def images(self, state, batch, step):
+    test = self.family.dataset.test
+    n = min(8, len(test["image"]))
+    lengths = np.minimum(test["length"][:n], self.prefix)
+    prefixes = np.where(np.arange(test["image"].shape[1]) < lengths[:, None], test["image"][:n], 0)
+    out = self.family.continue_text(state.params["model"], prefixes, lengths, steps=20)
+    lines = []
+    for i in range(n):
+      lines += [
+        f"text   {decode_text(test['image'][i][: test['length'][i]])!r}",
+        f"greedy {decode_text(out[i][: lengths[i]])!r} + {decode_text(out[i][lengths[i] :])!r}",
+      ]
+    fig, ax = subplots(figsize=(8, 0.19 * 2 * n + 0.3))
+    ax.axis("off")
+    ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=9, va="top")
+    return {"continuations": figure_pixels(fig, dpi=90)}
+
+
+class LanguageModelReport(Report):
+  def protocol(self):
+    return {"split": "test", "predicted_tokens": "positions 0 … length − 2 (next token)"}
+
+  definitions = {
+    "loss": "the training loss: cross-entropy per predicted token, mean over test sequences",
+    "cross_entropy": "nats per predicted token (position t predicts token t + 1), averaged "
+    "over each test sequence's predictions, then over sequences",
+    "bits_per_token": "cross_entropy / ln 2",
+    "token_accuracy": "fraction of a sequence's next tokens predicted right (argmax), mean "
+    "over test sequences",
+    "cross_entropy_unigram_baseline": "the same cross-entropy when every next token is "
+    "predicted by the train split's token frequencies (add-one smoothed)",
+    "cross_entropy_to_unigram_ratio": "cross_entropy / cross_entropy_unigram_baseline",
+  }
+
+
 class LanguageModel(Family):
   """Next-token prediction with a `CausalTransformer` (`config.model.name='transformer'`)."""
+
+  views = LanguageModelViews
+  report = LanguageModelReport
+  models = ("transformer",)
+  model_arguments = ("vocab_size", "max_length", "kernels", "dtype")
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
@@ -62,9 +106,9 @@ class LanguageModel(Family):
       )
     self.value_range = None  # Token ids are used as they are.
     self.vocab_size = int(max(dataset.train["image"].max(), dataset.test["image"].max())) + 1
-    _, fields = self.model_fields("transformer")
+    model_class, fields = self.model_class()
     self.model = self.build(
-      CausalTransformer,
+      model_class,
       vocab_size=self.vocab_size,
       max_length=dataset.train["image"].shape[1],
       **fields,
@@ -145,43 +189,3 @@ class LanguageModel(Family):
       rows = np.arange(len(tokens))[inside]
       tokens[rows, at[inside]] = np.argmax(logits[rows, at[inside] - 1, 1:], axis=-1) + 1
     return tokens
-
-
-class LanguageModelViews(Views):
-  """Greedy continuations of the first test sequences' first 12 tokens."""
-
-  prefix = 12
-
-  def images(self, state, batch, step):
-    test = self.family.dataset.test
-    n = min(8, len(test["image"]))
-    lengths = np.minimum(test["length"][:n], self.prefix)
-    prefixes = np.where(np.arange(test["image"].shape[1]) < lengths[:, None], test["image"][:n], 0)
-    out = self.family.continue_text(state.params["model"], prefixes, lengths, steps=20)
-    lines = []
-    for i in range(n):
-      lines += [
-        f"text   {decode_text(test['image'][i][: test['length'][i]])!r}",
-        f"greedy {decode_text(out[i][: lengths[i]])!r} + {decode_text(out[i][lengths[i] :])!r}",
-      ]
-    fig, ax = subplots(figsize=(8, 0.19 * 2 * n + 0.3))
-    ax.axis("off")
-    ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=9, va="top")
-    return {"continuations": figure_pixels(fig, dpi=90)}
-
-
-class LanguageModelReport(Report):
-  def protocol(self):
-    return {"split": "test", "predicted_tokens": "positions 0 … length − 2 (next token)"}
-
-  definitions = {
-    "loss": "the training loss: cross-entropy per predicted token, mean over test sequences",
-    "cross_entropy": "nats per predicted token (position t predicts token t + 1), averaged "
-    "over each test sequence's predictions, then over sequences",
-    "bits_per_token": "cross_entropy / ln 2",
-    "token_accuracy": "fraction of a sequence's next tokens predicted right (argmax), mean "
-    "over test sequences",
-    "cross_entropy_unigram_baseline": "the same cross-entropy when every next token is "
-    "predicted by the train split's token frequencies (add-one smoothed)",
-    "cross_entropy_to_unigram_ratio": "cross_entropy / cross_entropy_unigram_baseline",
-  }

@@ -34,7 +34,6 @@ from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, mask
 from genlab.data.sequences import decode_text
 from genlab.errors import ConfigError, DataError
 from genlab.families.base import Family, Report, Views
-from genlab.models.recurrent_ae import RecurrentAutoencoder as RecurrentModel
 from genlab.views import figure_pixels, subplots
 
 TARGETS = ("input", "reversed", "target")
@@ -65,11 +64,103 @@ def reverse_valid(x: jax.Array, lengths: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, index, axis=1)
 
 
+class RecurrentAutoencoderViews(Views):
+  """Targets against outputs of the first test sequences (text: input / target / output),
+  and with `sequence.anomaly_labels` the anomaly score along the test series."""
+
+  def images(self, state, batch, step) -> dict[str, np.ndarray]:
+    errors, outputs = self.family.test_errors(state.params["model"])
+    views = {"sequences": self._plot_sequences(outputs)}
+    if self.family.anomaly_labels:
+      views["anomaly_scores"] = self._plot_scores(errors)
+    return views
+
+  def _plot_sequences(self, outputs) -> np.ndarray:
+    """Input | target | output of the first `num_plots` test sequences."""
+    family = self.family
+    test, n = family.dataset.test, min(family.options.num_plots, len(family.dataset.test["image"]))
+    batch = {k: jnp.asarray(v[:n]) for k, v in test.items()}
+    target, lengths = (np.asarray(a) for a in family.target_of(batch))
+    if family.tokens:
+      fig, ax = subplots(figsize=(8, 0.19 * 3 * n + 0.3))
+      ax.axis("off")
+      lines = []
+      for i in range(n):
+        predicted = np.argmax(outputs[i], axis=-1)[: lengths[i]]
+        lines += [
+          f"input  {decode_text(test['image'][i][: test['length'][i]])!r}",
+          f"target {decode_text(target[i][: lengths[i]])!r}",
+          f"output {decode_text(np.maximum(predicted, 1))!r}",
+        ]
+      ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=9, va="top")
+    else:
+      channels = min(3, target.shape[-1])
+      fig, axes = subplots(n, 1, figsize=(8, 1.6 * n), squeeze=False)
+      for i, ax in enumerate(axes[:, 0]):
+        steps = np.arange(lengths[i])
+        for c in range(channels):
+          ax.plot(steps, target[i, : lengths[i], c], color=f"C{c}", lw=1.5)
+          ax.plot(steps, outputs[i, : lengths[i], c], color=f"C{c}", lw=1.0, ls="--")
+        ax.set_ylabel(f"test #{i}", fontsize=8)
+      axes[0, 0].set_title(f"target (solid) vs output (dashed), first {channels} features")
+    return figure_pixels(fig, dpi=90)
+
+  def _plot_scores(self, errors) -> np.ndarray:
+    test = self.family.dataset.test
+    anomalous = np.isin(test["label"], self.family.anomaly_labels)
+    # Windows of one series: in series order, at their first sample.
+    where = test.get("start", np.arange(len(errors)))
+    order = np.argsort(where, kind="stable")
+    where, errors, anomalous = where[order], errors[order], anomalous[order]
+    fig, ax = subplots(figsize=(8, 2.5))
+    ax.plot(where, errors, lw=0.8, color="C0", label="per-sequence error (anomaly score)")
+    ax.scatter(where[anomalous], errors[anomalous], s=8, color="C3", label="labelled anomaly")
+    ax.set_xlabel("first sample of the window" if "start" in test else "test sequence")
+    ax.legend(fontsize=8)
+    return figure_pixels(fig, dpi=90)
+
+
+class RecurrentAutoencoderReport(Report):
+  def protocol(self):
+    family = self.family
+    return {
+      "split": "test",
+      "target": family.options.target,
+      "loss": family.config.loss,
+      "anomaly_labels": list(family.anomaly_labels),
+    }
+
+  definitions = {
+    "loss": "the training loss (config.loss) per sequence, mean over test sequences",
+    "mse": "per sequence, the mean squared error over its valid steps and features; mean "
+    "over test sequences",
+    "mse_seq_mean_baseline": "the same MSE when each test target sequence is predicted by "
+    "its own per-feature mean over its valid steps",
+    "gaussian_nll": "per sequence, −log N(x; μ, σ²) averaged over valid steps and features",
+    "cross_entropy": "nats per valid token, mean over test sequences",
+    "token_accuracy": "fraction of a sequence's valid tokens predicted right (argmax), mean "
+    "over test sequences",
+    "sequence_accuracy": "fraction of test sequences with every token right",
+    "token_accuracy_unigram_baseline": "token accuracy of always predicting the most "
+    "frequent training token",
+    "error_p50": "median over test sequences of the per-sequence loss (p90, p99, max alike)",
+    "roc_auc": "ROC-AUC of the per-sequence loss as a score for the anomaly labels",
+    "num_anomalies": "test sequences with an anomaly label",
+    "mse_to_seq_mean_ratio": "mse / mse_seq_mean_baseline",
+  }
+
+
 class RecurrentAutoencoder(Family):
   """LSTM/GRU sequence autoencoder or encoder-decoder (`config.model.name='rnn_ae'`)."""
 
+  views = RecurrentAutoencoderViews
+  report = RecurrentAutoencoderReport
+
   options_group = "sequence"
   default_options = staticmethod(options)
+  models = ("rnn_ae",)
+  reads = ("loss",)
+  model_arguments = ("output_dim", "output_length", "vocab_size", "gaussian", "kernels", "dtype")
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
@@ -94,9 +185,9 @@ class RecurrentAutoencoder(Family):
       output_dim, extra = vocab, {"vocab_size": vocab}
     else:
       output_dim, extra = target.shape[-1], {"gaussian": config.loss == "gaussian_nll"}
-    _, fields = self.model_fields("rnn_ae")
+    model_class, fields = self.model_class()
     self.model = self.build(
-      RecurrentModel, output_dim=output_dim, output_length=target.shape[1], **extra, **fields
+      model_class, output_dim=output_dim, output_length=target.shape[1], **extra, **fields
     )
     self.tx = make_optimizer(config.optimizer)
     self.anomaly_labels = tuple(self.options.anomaly_labels)
@@ -201,89 +292,3 @@ class RecurrentAutoencoder(Family):
     if "mse" in metrics:
       baseline["mse_to_seq_mean_ratio"] = metrics["mse"] / baseline["mse_seq_mean_baseline"]
     return baseline
-
-
-class RecurrentAutoencoderViews(Views):
-  """Targets against outputs of the first test sequences (text: input / target / output),
-  and with `sequence.anomaly_labels` the anomaly score along the test series."""
-
-  def images(self, state, batch, step) -> dict[str, np.ndarray]:
-    errors, outputs = self.family.test_errors(state.params["model"])
-    views = {"sequences": self._plot_sequences(outputs)}
-    if self.family.anomaly_labels:
-      views["anomaly_scores"] = self._plot_scores(errors)
-    return views
-
-  def _plot_sequences(self, outputs) -> np.ndarray:
-    """Input | target | output of the first `num_plots` test sequences."""
-    family = self.family
-    test, n = family.dataset.test, min(family.options.num_plots, len(family.dataset.test["image"]))
-    batch = {k: jnp.asarray(v[:n]) for k, v in test.items()}
-    target, lengths = (np.asarray(a) for a in family.target_of(batch))
-    if family.tokens:
-      fig, ax = subplots(figsize=(8, 0.19 * 3 * n + 0.3))
-      ax.axis("off")
-      lines = []
-      for i in range(n):
-        predicted = np.argmax(outputs[i], axis=-1)[: lengths[i]]
-        lines += [
-          f"input  {decode_text(test['image'][i][: test['length'][i]])!r}",
-          f"target {decode_text(target[i][: lengths[i]])!r}",
-          f"output {decode_text(np.maximum(predicted, 1))!r}",
-        ]
-      ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=9, va="top")
-    else:
-      channels = min(3, target.shape[-1])
-      fig, axes = subplots(n, 1, figsize=(8, 1.6 * n), squeeze=False)
-      for i, ax in enumerate(axes[:, 0]):
-        steps = np.arange(lengths[i])
-        for c in range(channels):
-          ax.plot(steps, target[i, : lengths[i], c], color=f"C{c}", lw=1.5)
-          ax.plot(steps, outputs[i, : lengths[i], c], color=f"C{c}", lw=1.0, ls="--")
-        ax.set_ylabel(f"test #{i}", fontsize=8)
-      axes[0, 0].set_title(f"target (solid) vs output (dashed), first {channels} features")
-    return figure_pixels(fig, dpi=90)
-
-  def _plot_scores(self, errors) -> np.ndarray:
-    test = self.family.dataset.test
-    anomalous = np.isin(test["label"], self.family.anomaly_labels)
-    # Windows of one series: in series order, at their first sample.
-    where = test.get("start", np.arange(len(errors)))
-    order = np.argsort(where, kind="stable")
-    where, errors, anomalous = where[order], errors[order], anomalous[order]
-    fig, ax = subplots(figsize=(8, 2.5))
-    ax.plot(where, errors, lw=0.8, color="C0", label="per-sequence error (anomaly score)")
-    ax.scatter(where[anomalous], errors[anomalous], s=8, color="C3", label="labelled anomaly")
-    ax.set_xlabel("first sample of the window" if "start" in test else "test sequence")
-    ax.legend(fontsize=8)
-    return figure_pixels(fig, dpi=90)
-
-
-class RecurrentAutoencoderReport(Report):
-  def protocol(self):
-    family = self.family
-    return {
-      "split": "test",
-      "target": family.options.target,
-      "loss": family.config.loss,
-      "anomaly_labels": list(family.anomaly_labels),
-    }
-
-  definitions = {
-    "loss": "the training loss (config.loss) per sequence, mean over test sequences",
-    "mse": "per sequence, the mean squared error over its valid steps and features; mean "
-    "over test sequences",
-    "mse_seq_mean_baseline": "the same MSE when each test target sequence is predicted by "
-    "its own per-feature mean over its valid steps",
-    "gaussian_nll": "per sequence, −log N(x; μ, σ²) averaged over valid steps and features",
-    "cross_entropy": "nats per valid token, mean over test sequences",
-    "token_accuracy": "fraction of a sequence's valid tokens predicted right (argmax), mean "
-    "over test sequences",
-    "sequence_accuracy": "fraction of test sequences with every token right",
-    "token_accuracy_unigram_baseline": "token accuracy of always predicting the most "
-    "frequent training token",
-    "error_p50": "median over test sequences of the per-sequence loss (p90, p99, max alike)",
-    "roc_auc": "ROC-AUC of the per-sequence loss as a score for the anomaly labels",
-    "num_anomalies": "test sequences with an anomaly label",
-    "mse_to_seq_mean_ratio": "mse / mse_seq_mean_baseline",
-  }

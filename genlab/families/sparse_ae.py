@@ -143,11 +143,68 @@ def auxk_reconstruction_error(
   return 0.5 * jnp.sum((target - output) ** 2, axis=tuple(range(1, target.ndim)))
 
 
+class SparseAutoencoderViews(AutoencoderViews):
+  """The reconstructions, the decoder's filters and a histogram of the units' rates ρ̂_j."""
+
+  def images(self, state, batch, step):
+    family = self.family
+    params = state.params["model"]
+    views = super().images(state, batch, step)
+    kernel = np.asarray(params["decoder"]["kernel"])  # (code_dim, H·W·C)
+    filters = kernel.reshape(kernel.shape[0], *family.dataset.target_shape)
+    lo = filters.min(axis=(1, 2, 3), keepdims=True)
+    hi = filters.max(axis=(1, 2, 3), keepdims=True)
+    filters = (filters - lo) / np.maximum(hi - lo, 1e-12)
+    columns = int(np.ceil(np.sqrt(len(filters))))
+    padded = np.concatenate([filters, np.ones((-len(filters) % columns, *filters.shape[1:]))])
+    views["filters"] = image_grid(list(padded.reshape(-1, columns, *filters.shape[1:])))
+    views["rho_hat_histogram"] = self._rho_histogram(family.unit_means(params), step)
+    return views
+
+  def _rho_histogram(self, rho_hat, step):
+    sparsity = self.family.sparsity
+    fig, ax = subplots(figsize=(5, 3))
+    ax.hist(rho_hat, bins=30)
+    if sparsity.kind == "kl":
+      ax.axvline(sparsity.rho, color="k", linestyle="--", label=f"ρ = {sparsity.rho}")
+      ax.legend()
+    ax.set(xlabel="ρ̂_j (mean activation on the test split)", ylabel="units", title=f"step {step}")
+    return figure_pixels(fig)
+
+
+class SparseAutoencoderReport(AutoencoderReport):
+  definitions = {
+    **AutoencoderReport.definitions,
+    "loss": "the training objective on the test split: ½·Σ_pixels (x − x̂)² per example "
+    "(mean) + weight decay + the sparsity penalty with ρ̂ over the whole split",
+    "sparsity_penalty": "the sparsity term of the objective (kl: β·Σ_j KL(ρ ‖ ρ̂_j); l1: "
+    "λ·mean ‖code‖₁; topk: 0)",
+    "rho_hat_mean": "mean over code units of ρ̂_j, unit j's mean activation on the test split",
+    "l0": "mean number of active code units per test example",
+    "dead_fraction": "fraction of code units never active on the whole test split",
+  }
+
+  def protocol(self):
+    family = self.family
+    return {
+      **super().protocol(),
+      "sparsity": family.sparsity.to_dict(),
+      "code_units": family.model.code_dim,
+      "code_bias_init": family.model.code_bias_init,
+      "active_means_above": family.active_above,
+      "nmse": "mse / mse_mean_baseline (mse_to_baseline_ratio)",
+    }
+
+
 class SparseAutoencoder(Autoencoder):
   """An `Autoencoder` with `config.model.name='sparse_ae'` and a sparsity objective."""
 
+  views = SparseAutoencoderViews
+  report = SparseAutoencoderReport
+
   options_group = "sparsity"
   default_options = staticmethod(options)
+  models = ("sparse_ae",)
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
@@ -283,56 +340,3 @@ class SparseAutoencoder(Autoencoder):
     encode = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method="encode"))
     codes = [np.asarray(encode(params, x[i : i + size])) for i in range(0, len(x), size)]
     return np.concatenate(codes).mean(axis=0)
-
-
-class SparseAutoencoderViews(AutoencoderViews):
-  """The reconstructions, the decoder's filters and a histogram of the units' rates ρ̂_j."""
-
-  def images(self, state, batch, step):
-    family = self.family
-    params = state.params["model"]
-    views = super().images(state, batch, step)
-    kernel = np.asarray(params["decoder"]["kernel"])  # (code_dim, H·W·C)
-    filters = kernel.reshape(kernel.shape[0], *family.dataset.target_shape)
-    lo = filters.min(axis=(1, 2, 3), keepdims=True)
-    hi = filters.max(axis=(1, 2, 3), keepdims=True)
-    filters = (filters - lo) / np.maximum(hi - lo, 1e-12)
-    columns = int(np.ceil(np.sqrt(len(filters))))
-    padded = np.concatenate([filters, np.ones((-len(filters) % columns, *filters.shape[1:]))])
-    views["filters"] = image_grid(list(padded.reshape(-1, columns, *filters.shape[1:])))
-    views["rho_hat_histogram"] = self._rho_histogram(family.unit_means(params), step)
-    return views
-
-  def _rho_histogram(self, rho_hat, step):
-    sparsity = self.family.sparsity
-    fig, ax = subplots(figsize=(5, 3))
-    ax.hist(rho_hat, bins=30)
-    if sparsity.kind == "kl":
-      ax.axvline(sparsity.rho, color="k", linestyle="--", label=f"ρ = {sparsity.rho}")
-      ax.legend()
-    ax.set(xlabel="ρ̂_j (mean activation on the test split)", ylabel="units", title=f"step {step}")
-    return figure_pixels(fig)
-
-
-class SparseAutoencoderReport(AutoencoderReport):
-  definitions = {
-    **AutoencoderReport.definitions,
-    "loss": "the training objective on the test split: ½·Σ_pixels (x − x̂)² per example "
-    "(mean) + weight decay + the sparsity penalty with ρ̂ over the whole split",
-    "sparsity_penalty": "the sparsity term of the objective (kl: β·Σ_j KL(ρ ‖ ρ̂_j); l1: "
-    "λ·mean ‖code‖₁; topk: 0)",
-    "rho_hat_mean": "mean over code units of ρ̂_j, unit j's mean activation on the test split",
-    "l0": "mean number of active code units per test example",
-    "dead_fraction": "fraction of code units never active on the whole test split",
-  }
-
-  def protocol(self):
-    family = self.family
-    return {
-      **super().protocol(),
-      "sparsity": family.sparsity.to_dict(),
-      "code_units": family.model.code_dim,
-      "code_bias_init": family.model.code_bias_init,
-      "active_means_above": family.active_above,
-      "nmse": "mse / mse_mean_baseline (mse_to_baseline_ratio)",
-    }

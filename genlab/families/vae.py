@@ -81,21 +81,138 @@ def options(**overrides) -> ml_collections.ConfigDict:
   return group
 
 
+class VAEViews(Views):
+  """Reconstructions (of the posterior means), 64 samples from the prior, linear and
+  spherical interpolations between test images, and the latent cloud."""
+
+  def images(self, state, batch, step):
+    family, params = self.family, state.params["model"]
+    n = int(batch["mask"].sum())
+    x = np.asarray(family.observe(batch, family.eval_key))[:n]
+    y = None if family.labels(batch) is None else np.asarray(batch["label"])[:n]
+    mean, _ = family.posterior(params, x, y)
+    views = {
+      "reconstruction": image_grid(
+        [x, np.asarray(family.mean_image(params, mean, y))],
+        labels=["x", "E[x|z=μ(x)]"],
+        value_range=family.value_range,
+      )
+    }
+    key = stream_key(family.eval_key, "prior_samples")
+    if family.num_classes is not None:  # One row per class, the same 8 z in each.
+      z = jax.random.normal(key, (8, family.model.latent_dim))
+      views["samples"] = class_rows(
+        lambda z, y: family.mean_image(params, z, y), z, family.num_classes, family.value_range
+      )
+    else:
+      samples = family.sample(state, key, 64)
+      views["samples"] = image_grid(
+        list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
+      )
+    test = family.dataset.test
+    pairs = min(4, len(test["image"]) // 2)
+    if pairs:
+      x = scale_values(test["image"][: 2 * pairs], family.value_range)
+      y = family.test_labels(2 * pairs)
+      mean, _ = family.posterior(params, x, y)
+      starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
+      t = np.linspace(0.0, 1.0, 8)
+      # A conditional VAE decodes the whole path with the starting image's label.
+      path_labels = None if y is None else jnp.repeat(y[0::2], len(t))
+      for name, path in (("interpolation_linear", lerp), ("interpolation_spherical", slerp)):
+        z = np.stack([path(a, b, t) for a, b in zip(starts, ends, strict=True)])  # (pairs, 8, K)
+        images = np.asarray(family.mean_image(params, z.reshape(-1, z.shape[-1]), path_labels))
+        views[name] = image_grid(
+          list(images.reshape(pairs, 8, *images.shape[1:])),
+          labels=[f"test {2 * i} → {2 * i + 1}" for i in range(pairs)],
+          value_range=family.value_range,
+        )
+    views["latent_cloud"] = self.latent_cloud(params, step)
+    return views
+
+  def latent_cloud(self, params, step: int) -> np.ndarray:
+    """Posterior means of the test split in 2-D (first two principal axes when K > 2)."""
+    family = self.family
+    x = scale_values(family.dataset.test["image"][:2000], family.value_range)
+    y = family.test_labels(2000)
+    mean = np.concatenate(
+      [
+        np.asarray(
+          family.posterior(params, x[i : i + 500], None if y is None else y[i : i + 500])[0]
+        )
+        for i in range(0, len(x), 500)
+      ]
+    )
+    if mean.shape[1] > 2:
+      centred = mean - mean.mean(axis=0)
+      _, _, vt = np.linalg.svd(centred, full_matrices=False)
+      points, axes = centred @ vt[:2].T, ("principal axis 1", "principal axis 2")
+    else:
+      points, axes = np.pad(mean, ((0, 0), (0, 2 - mean.shape[1]))), ("z1", "z2")
+    labels = family.dataset.test.get("label")
+    fig, ax = subplots(figsize=(5, 5), dpi=100)
+    if labels is None:
+      ax.scatter(points[:, 0], points[:, 1], s=6)
+    else:
+      labels = np.asarray(labels[: len(points)])
+      classes = np.unique(labels)
+      colours = categorical_colours(len(classes))
+      for colour, value in zip(colours, classes, strict=True):  # Classes, not a colour scale.
+        where = labels == value
+        ax.scatter(points[where, 0], points[where, 1], s=6, color=colour, label=str(value))
+      ax.legend(title="label", fontsize=7, markerscale=2, loc="best", ncols=2)
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"E[z|x], {len(points)} test images, step {step}")
+    return figure_pixels(fig)
+
+
+class VAEReport(Report):
+  definitions = {
+    "neg_elbo": "mean over test examples of −log p(x|z) + KL(q(z|x) ‖ N(0, I)), one z each, nats",
+    "reconstruction": "mean over test examples of −log p(x|z), one z ~ q(z|x) each, nats",
+    "kl": "mean over test examples of the closed-form KL(q(z|x) ‖ N(0, I)), nats",
+    "nll": "mean over test examples of the importance-sampled −log p(x), nll_k samples from "
+    "q(z|x) each, nats (with conditional_on in the protocol, every term is given the label y: "
+    "−log p(x|y), q(z|x, y), p(x|z, y))",
+    "kl_per_dim": "mean KL of each latent dimension",
+    "active_units": "latent dimensions with Var over test x of E_q[z_d|x] > 0.01",
+  }
+
+  def protocol(self):
+    options = self.family.options
+    return {
+      "objective": options.objective,
+      **({"conditional_on": "label"} if options.conditional else {}),
+      **({"train_k": options.train_k} if options.objective == "iwae" else {}),
+      "nll_k": options.nll_k,
+      "binarize": options.binarize,
+      "z_samples_for_elbo": 1,
+      "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+    }
+
+
 class VariationalAutoencoder(Family):
-  """A VAE with one optimizer; see the module docstring for the objective and metrics."""
+  """A VAE (μ, σ of a gaussian code, reparameterised) trained on reconstruction + β·KL, or
+  on the IWAE bound; optionally conditional.
+
+  See the module docstring for the objective and the metrics."""
+
+  views = VAEViews
+  report = VAEReport
 
   options_group = "vae"
   default_options = staticmethod(options)
   eval_overrides = ("vae.nll_k",)
+  models = ("vae",)
+  model_arguments = ("output_shape", "num_classes", "kernels", "dtype")
 
   def __init__(self, config, dataset, **kwargs):
     super().__init__(config, dataset, **kwargs)
-    _, fields = self.model_fields("vae")
+    model_class, fields = self.model_class()
     options = self.family_options()
     if options.conditional:
       self.num_classes = self.conditional_classes("config.vae.conditional")
     self.model = self.build(
-      VAE, output_shape=dataset.image_shape, num_classes=self.num_classes, **fields
+      model_class, output_shape=dataset.image_shape, num_classes=self.num_classes, **fields
     )
     if options.binarize not in ("none", "dynamic"):
       raise ConfigError("config.vae.binarize must be 'none' or 'dynamic'")
@@ -250,115 +367,6 @@ class VariationalAutoencoder(Family):
     class i mod num_classes (`sample_labels`)."""
     z = jax.random.normal(key, (num, self.model.latent_dim))
     return np.asarray(self.mean_image(state.params["model"], z, self.sample_labels(num)))
-
-
-class VAEViews(Views):
-  """Reconstructions (of the posterior means), 64 samples from the prior, linear and
-  spherical interpolations between test images, and the latent cloud."""
-
-  def images(self, state, batch, step):
-    family, params = self.family, state.params["model"]
-    n = int(batch["mask"].sum())
-    x = np.asarray(family.observe(batch, family.eval_key))[:n]
-    y = None if family.labels(batch) is None else np.asarray(batch["label"])[:n]
-    mean, _ = family.posterior(params, x, y)
-    views = {
-      "reconstruction": image_grid(
-        [x, np.asarray(family.mean_image(params, mean, y))],
-        labels=["x", "E[x|z=μ(x)]"],
-        value_range=family.value_range,
-      )
-    }
-    key = stream_key(family.eval_key, "prior_samples")
-    if family.num_classes is not None:  # One row per class, the same 8 z in each.
-      z = jax.random.normal(key, (8, family.model.latent_dim))
-      views["samples"] = class_rows(
-        lambda z, y: family.mean_image(params, z, y), z, family.num_classes, family.value_range
-      )
-    else:
-      samples = family.sample(state, key, 64)
-      views["samples"] = image_grid(
-        list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
-      )
-    test = family.dataset.test
-    pairs = min(4, len(test["image"]) // 2)
-    if pairs:
-      x = scale_values(test["image"][: 2 * pairs], family.value_range)
-      y = family.test_labels(2 * pairs)
-      mean, _ = family.posterior(params, x, y)
-      starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
-      t = np.linspace(0.0, 1.0, 8)
-      # A conditional VAE decodes the whole path with the starting image's label.
-      path_labels = None if y is None else jnp.repeat(y[0::2], len(t))
-      for name, path in (("interpolation_linear", lerp), ("interpolation_spherical", slerp)):
-        z = np.stack([path(a, b, t) for a, b in zip(starts, ends, strict=True)])  # (pairs, 8, K)
-        images = np.asarray(family.mean_image(params, z.reshape(-1, z.shape[-1]), path_labels))
-        views[name] = image_grid(
-          list(images.reshape(pairs, 8, *images.shape[1:])),
-          labels=[f"test {2 * i} → {2 * i + 1}" for i in range(pairs)],
-          value_range=family.value_range,
-        )
-    views["latent_cloud"] = self.latent_cloud(params, step)
-    return views
-
-  def latent_cloud(self, params, step: int) -> np.ndarray:
-    """Posterior means of the test split in 2-D (first two principal axes when K > 2)."""
-    family = self.family
-    x = scale_values(family.dataset.test["image"][:2000], family.value_range)
-    y = family.test_labels(2000)
-    mean = np.concatenate(
-      [
-        np.asarray(
-          family.posterior(params, x[i : i + 500], None if y is None else y[i : i + 500])[0]
-        )
-        for i in range(0, len(x), 500)
-      ]
-    )
-    if mean.shape[1] > 2:
-      centred = mean - mean.mean(axis=0)
-      _, _, vt = np.linalg.svd(centred, full_matrices=False)
-      points, axes = centred @ vt[:2].T, ("principal axis 1", "principal axis 2")
-    else:
-      points, axes = np.pad(mean, ((0, 0), (0, 2 - mean.shape[1]))), ("z1", "z2")
-    labels = family.dataset.test.get("label")
-    fig, ax = subplots(figsize=(5, 5), dpi=100)
-    if labels is None:
-      ax.scatter(points[:, 0], points[:, 1], s=6)
-    else:
-      labels = np.asarray(labels[: len(points)])
-      classes = np.unique(labels)
-      colours = categorical_colours(len(classes))
-      for colour, value in zip(colours, classes, strict=True):  # Classes, not a colour scale.
-        where = labels == value
-        ax.scatter(points[where, 0], points[where, 1], s=6, color=colour, label=str(value))
-      ax.legend(title="label", fontsize=7, markerscale=2, loc="best", ncols=2)
-    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"E[z|x], {len(points)} test images, step {step}")
-    return figure_pixels(fig)
-
-
-class VAEReport(Report):
-  definitions = {
-    "neg_elbo": "mean over test examples of −log p(x|z) + KL(q(z|x) ‖ N(0, I)), one z each, nats",
-    "reconstruction": "mean over test examples of −log p(x|z), one z ~ q(z|x) each, nats",
-    "kl": "mean over test examples of the closed-form KL(q(z|x) ‖ N(0, I)), nats",
-    "nll": "mean over test examples of the importance-sampled −log p(x), nll_k samples from "
-    "q(z|x) each, nats (with conditional_on in the protocol, every term is given the label y: "
-    "−log p(x|y), q(z|x, y), p(x|z, y))",
-    "kl_per_dim": "mean KL of each latent dimension",
-    "active_units": "latent dimensions with Var over test x of E_q[z_d|x] > 0.01",
-  }
-
-  def protocol(self):
-    options = self.family.options
-    return {
-      "objective": options.objective,
-      **({"conditional_on": "label"} if options.conditional else {}),
-      **({"train_k": options.train_k} if options.objective == "iwae" else {}),
-      "nll_k": options.nll_k,
-      "binarize": options.binarize,
-      "z_samples_for_elbo": 1,
-      "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
-    }
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

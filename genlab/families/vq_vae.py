@@ -41,7 +41,6 @@ from genlab.core import Metrics, TrainState, gradient_step, stream_key
 from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.autoencoder import Autoencoder, AutoencoderReport, AutoencoderViews
-from genlab.models.vq_vae import VQVAE
 from genlab.views import figure_pixels, subplots
 
 UPDATES = ("loss", "ema")
@@ -155,13 +154,76 @@ def draw_codes(
 # The family ----------------------------------------------------------------------------
 
 
+class VQVAEViews(AutoencoderViews):
+  """The reconstructions and the codes' use on the test split, most used first."""
+
+  def images(self, state, batch, step):
+    family = self.family
+    params = family.model_params(state.params["model"], state.stats["model"])
+    views = super().images(state.replace(params={**state.params, "model": params}), batch, step)
+    views["code_usage"] = self._usage_plot(family.test_code_counts(state), step)
+    return views
+
+  def _usage_plot(self, counts, step):
+    usage = {k: float(v) for k, v in code_usage(counts).items()}
+    fig, ax = subplots(figsize=(5, 3))
+    share = np.sort(counts / max(counts.sum(), 1))[::-1]
+    ax.bar(np.arange(len(share)), share, width=1.0)
+    ax.axhline(1 / len(share), color="k", linestyle="--", label="uniform")
+    ax.legend()
+    ax.set(
+      xlabel="codes, most used first",
+      ylabel="share of test positions",
+      title=f"step {step}: perplexity {usage['perplexity']:.1f} of {len(share)}, "
+      f"{int(usage['dead_codes'])} unused",
+    )
+    return figure_pixels(fig)
+
+
+class VQVAEReport(AutoencoderReport):
+  definitions = {
+    **AutoencoderReport.definitions,
+    "loss": "mean over test examples of the reconstruction loss (config.loss) + β·commitment "
+    "(+ codebook_loss with vq.codebook_update='loss')",
+    "commitment": "mean over test examples of ‖z_e − e‖², a mean over code positions and "
+    "dimensions, e the nearest code to the encoder output z_e",
+    "codebook_loss": "the same value as commitment; its gradient trains the codebook "
+    "(vq.codebook_update='loss')",
+    "perplexity": "exp(−Σ_k p_k log p_k), p_k the share of the test split's code positions "
+    "(every position of every image) that chose code k; at most the codebook size",
+    "codebook_usage": "fraction of codes chosen at least once on the test split",
+    "dead_codes": "number of codes chosen nowhere on the test split",
+  }
+
+  def protocol(self):
+    family = self.family
+    options = family.options
+    protocol = {
+      **super().protocol(),
+      "codebook_size": family.codebook_size,
+      "code_dim": family.model.code_dim,
+      "commitment": options.commitment,
+      "codebook_update": options.codebook_update,
+      "dead_code_reinit": options.dead_code_reinit,
+      "usage_counted_over": "every code position of every test image",
+    }
+    if family.ema:
+      protocol.update(decay=options.decay, epsilon=options.epsilon)
+    if options.dead_code_reinit:
+      protocol["dead_after_examples"] = options.dead_after
+    return protocol
+
+
 class VectorQuantizedVAE(Autoencoder):
   """An `Autoencoder` with `config.model.name='vq_vae'`: a quantised code map, the
   commitment (and codebook) losses, EMA codebooks and dead-code re-initialisation."""
 
+  views = VQVAEViews
+  report = VQVAEReport
+
   options_group = "vq"
   default_options = staticmethod(options)
-  models = {"vq_vae": VQVAE}
+  models = ("vq_vae",)
   headline = ("loss", "mse", "perplexity")
 
   def __init__(self, config, dataset, **kwargs):
@@ -310,63 +372,3 @@ class VectorQuantizedVAE(Autoencoder):
       return code_counts(quantized["indices"], self.codebook_size)
 
     return sum(np.asarray(counts(params, x[i : i + size])) for i in range(0, len(x), size))
-
-
-class VQVAEViews(AutoencoderViews):
-  """The reconstructions and the codes' use on the test split, most used first."""
-
-  def images(self, state, batch, step):
-    family = self.family
-    params = family.model_params(state.params["model"], state.stats["model"])
-    views = super().images(state.replace(params={**state.params, "model": params}), batch, step)
-    views["code_usage"] = self._usage_plot(family.test_code_counts(state), step)
-    return views
-
-  def _usage_plot(self, counts, step):
-    usage = {k: float(v) for k, v in code_usage(counts).items()}
-    fig, ax = subplots(figsize=(5, 3))
-    share = np.sort(counts / max(counts.sum(), 1))[::-1]
-    ax.bar(np.arange(len(share)), share, width=1.0)
-    ax.axhline(1 / len(share), color="k", linestyle="--", label="uniform")
-    ax.legend()
-    ax.set(
-      xlabel="codes, most used first",
-      ylabel="share of test positions",
-      title=f"step {step}: perplexity {usage['perplexity']:.1f} of {len(share)}, "
-      f"{int(usage['dead_codes'])} unused",
-    )
-    return figure_pixels(fig)
-
-
-class VQVAEReport(AutoencoderReport):
-  definitions = {
-    **AutoencoderReport.definitions,
-    "loss": "mean over test examples of the reconstruction loss (config.loss) + β·commitment "
-    "(+ codebook_loss with vq.codebook_update='loss')",
-    "commitment": "mean over test examples of ‖z_e − e‖², a mean over code positions and "
-    "dimensions, e the nearest code to the encoder output z_e",
-    "codebook_loss": "the same value as commitment; its gradient trains the codebook "
-    "(vq.codebook_update='loss')",
-    "perplexity": "exp(−Σ_k p_k log p_k), p_k the share of the test split's code positions "
-    "(every position of every image) that chose code k; at most the codebook size",
-    "codebook_usage": "fraction of codes chosen at least once on the test split",
-    "dead_codes": "number of codes chosen nowhere on the test split",
-  }
-
-  def protocol(self):
-    family = self.family
-    options = family.options
-    protocol = {
-      **super().protocol(),
-      "codebook_size": family.codebook_size,
-      "code_dim": family.model.code_dim,
-      "commitment": options.commitment,
-      "codebook_update": options.codebook_update,
-      "dead_code_reinit": options.dead_code_reinit,
-      "usage_counted_over": "every code position of every test image",
-    }
-    if family.ema:
-      protocol.update(decay=options.decay, epsilon=options.epsilon)
-    if options.dead_code_reinit:
-      protocol["dead_after_examples"] = options.dead_after
-    return protocol

@@ -138,7 +138,9 @@ class SequenceDecoder(nn.Module):
 
 
 class RecurrentAutoencoder(nn.Module):
-  """Attributes:
+  """A sequence → per-step MLP features → LSTM/GRU encoder → z → RNN decoder → sequence.
+
+  Attributes:
   output_dim: values per output step (real sequences) or the vocabulary size (tokens).
   output_length: steps of the output sequence.
   vocab_size: if set, the input is token ids embedded in `embed_dim` dimensions.

@@ -115,7 +115,9 @@ heaviside_step.defvjp(_step_fwd, _step_bwd)
 
 
 class SparseAutoencoder(nn.Module):
-  """Attributes:
+  """x → Dense encoder → sparse code (sigmoid, ReLU, TopK, BatchTopK, JumpReLU) → Dense → x̂.
+
+  Attributes:
   output_shape: (H, W, C) of the output.
   code_dim: number of code units.
   code: `sigmoid` (KL-ρ), `relu` (L1), `topk` (k largest kept), `batchtopk` (k per

@@ -38,7 +38,9 @@ class Block(nn.Module):
 
 
 class CausalTransformer(nn.Module):
-  """Attributes:
+  """Tokens → a pre-norm causal transformer (`depth` blocks) → next-token logits.
+
+  Attributes:
   vocab_size: token ids are 0..vocab_size − 1 (0 pads).
   max_length: the longest sequence (learned position embeddings).
   width: the residual stream's dimension.

@@ -55,6 +55,12 @@ def encode_workdir(
   named codes (`Family.encode`: μ and log σ² for a VAE, `code` for autoencoders, `z` for
   recurrent ones), one row per example in the split's order, with `label` when the data has
   labels. Returns `out`."""
+  family = evaluation.saved_family(workdir)
+  if not evaluation.offers(family, "encode"):
+    raise WorkdirError(
+      f"{workdir} holds a {family.__name__}, which has no encoder to export codes of; "
+      "nothing was restored"
+    )
   s, state, step = restore_workdir(workdir)
   data = s.dataset
   if dataset is not None:

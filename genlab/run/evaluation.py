@@ -36,7 +36,23 @@ EVAL_OVERRIDES = ("eval_batch_size", "mesh.devices", "mesh.fsdp", "mesh.fsdp_min
 
 def eval_overrides(family: str) -> tuple[str, ...]:
   """The fields `genlab eval` may override for a workdir of `family`."""
-  return EVAL_OVERRIDES + get_family(family).family.eval_overrides
+  return EVAL_OVERRIDES + get_family(family).eval_overrides
+
+
+def saved_family(workdir: str | pathlib.Path) -> type:
+  """The family class a workdir was trained with (from its config.json), found without
+  building anything, so that a command it cannot serve says so at once."""
+  config_path = pathlib.Path(workdir) / CONFIG_FILE
+  if not config_path.is_file():
+    raise WorkdirError(f"{workdir} has no {CONFIG_FILE}: is it a genlab workdir?")
+  return get_family(read_saved_config(config_path).family)
+
+
+def offers(family: type, method: str) -> bool:
+  """Whether `family` implements `Family.<method>` (`sample`, `encode`)."""
+  from genlab.families import Family
+
+  return getattr(family, method) is not getattr(Family, method)
 
 
 def restore_workdir(
@@ -153,9 +169,15 @@ def sample_workdir(
   """Draws `num` samples from a trained workdir's model and saves them as a PNG grid."""
   from PIL import Image
 
-  s, state, step = restore_workdir(workdir)
   if num < 1:
     raise ConfigError(f"--num must be positive, got {num}")
+  family = saved_family(workdir)
+  if not offers(family, "sample"):
+    raise WorkdirError(
+      f"{workdir} holds a {family.__name__}, which does not generate samples (VAEs and GANs "
+      "do); nothing was restored"
+    )
+  s, state, step = restore_workdir(workdir)
   samples = s.family.sample(state, rngs.stream_key(rngs.root_key(seed), "sample"), num)
   columns = math.ceil(math.sqrt(num))
   padded = np.concatenate(

@@ -181,6 +181,7 @@ def train(
   """
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
+  config_lib.canonicalize(config)  # config.json names what eval must find again.
   found = sorted(workdir.iterdir()) if workdir.is_dir() else None
   check_workdir(workdir)
   lock = WorkdirLock(workdir, exclusive=True, what="train")

@@ -75,16 +75,16 @@ def build(
     fsdp_min_size=mesh["fsdp_min_size"],
     kernels=config.get("kernels", "auto"),
   )
-  registered = get_family(config.family)
+  family_class = get_family(config.family)
   # The seed enters here, once: every key of the run derives from this one by name.
   root_key = rngs.root_key(config.seed)
-  family = registered.family(config, dataset, root_key=root_key, kernels=runner.kernels)
+  family = family_class(config, dataset, root_key=root_key, kernels=runner.kernels)
   s = Setup(
     config=config,
     dataset=dataset,
     family=family,
-    views=registered.views(family),
-    report=registered.report(family),
+    views=family_class.views(family),
+    report=family_class.report(family),
     runner=runner,
     root_key=root_key,
     initial_state=None,
