@@ -312,9 +312,7 @@ def test_each_command_has_its_own_description_and_only_its_own_exit_statuses(cap
   assert "--split {train,test}  the split of the dataset" in helps["encode"]
 
 
-def test_sample_and_encode_refuse_a_family_that_cannot_before_restoring_anything(
-  capsys, tmp_path
-):
+def test_sample_and_encode_refuse_a_family_that_cannot_before_restoring_anything(capsys, tmp_path):
   from conftest import make_test_config
   from genlab.config import to_json
 
