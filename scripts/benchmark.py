@@ -16,8 +16,10 @@ One JSON line per model: `model`, `batch`, `examples_per_s`, `step_ms`,
 `compile_s` (lowering + XLA compilation of one dispatch), `flops_per_step`
 (XLA's cost analysis of the compiled dispatch, divided by its steps; a
 multiply-add counts 2), `gflops_per_s`, `peak_gflops` (this machine's fp32
-peak, see `fp32_peak_gflops`), `peak_how`, `fraction_of_peak`, `num_params`, `devices`,
-`mesh`, `kernels`, `backend`, `dtype`, `steps_per_dispatch`, `repeats`, `steps`.
+peak, `machine.fp32_peak`: None where its measurement failed, with `fraction_not_given`
+saying why), `peak_how`, `fraction_of_fp32_peak`, `num_params`, `devices`, `mesh`,
+`kernels`, `backend`, `dtype`, `steps_per_dispatch`, `repeats`, `steps`, and the CPU with
+its vector extensions (`machine.cpu`).
 
 `--cpu_devices N` splits the CPU into N devices first (one per core: data parallel over the
 cores, `genlab train --cpu_devices N`), and the run's mesh then spans them (`--devices`, 0:
@@ -39,17 +41,14 @@ e.g. scripts/benchmark_torch.py):
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+
+import machine
 
 REFERENCE = {
   "mlp_vae": {
@@ -109,59 +108,6 @@ REFERENCE = {
   },
 }
 NUM_EXAMPLES = 8192  # Synthetic training examples (device-resident: ~26 MB as float32).
-
-
-@functools.cache
-def fp32_peak_gflops() -> tuple[float, str]:
-  """This machine's fp32 peak FLOP/s and how it was obtained (measured once per process).
-
-  Measured where a C compiler is at hand: scripts/fma_peak.c, one copy per core at once,
-  times chains of 512-bit multiply-adds, so the figure is the cores' real throughput at
-  the clock they run vector code at. The nominal cores × TSC clock × 2 FMA units × lanes
-  × 2 understates a turbo-clocked CPU (on the 2-core machine of the README: 333 nominal
-  against 482 measured; PyTorch's sgemm alone reached 406), which would flatter every
-  fraction of peak. Without a compiler, the nominal figure, and the JSON says so.
-  """
-  cores = os.cpu_count() or 1
-  source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.c")
-  compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-  measured = None
-  if compiler:
-    with tempfile.TemporaryDirectory() as tmp:
-      binary = os.path.join(tmp, "fma_peak")
-      flags = ["-O2", "-march=native", "-mprefer-vector-width=512"]
-      built = subprocess.run([compiler, *flags, "-o", binary, source], capture_output=True)
-      if built.returncode == 0:
-        runs = [subprocess.Popen([binary], stdout=subprocess.PIPE, text=True) for _ in range(cores)]
-        rates = [float(run.communicate()[0].split()[0]) for run in runs]
-        measured = (
-          sum(rates),
-          (
-            f"measured: scripts/fma_peak.c on {cores} cores at once, "
-            + " + ".join(f"{r:.1f}" for r in rates)
-            + " GFLOP/s"
-          ),
-        )
-  return measured or _nominal_peak(cores)
-
-
-def _nominal_peak(cores: int) -> tuple[float, str]:
-  """Cores × TSC clock × 2 FMA units × SIMD lanes × 2, from /proc/cpuinfo."""
-  text = open("/proc/cpuinfo").read()
-  name = re.search(r"model name\s*:\s*(.*)", text)
-  flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())
-  lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-  ghz = None
-  if name and (m := re.search(r"@\s*([\d.]+)GHz", name.group(1))):
-    ghz = float(m.group(1))
-  if ghz is None:  # KVM guests often hide the clock in the name: use BogoMIPS / 2.
-    ghz = float(re.search(r"bogomips\s*:\s*([\d.]+)", text).group(1)) / 2000.0
-  peak = cores * ghz * 2 * lanes * 2
-  how = (
-    f"nominal (no C compiler to measure it): {cores} cores × {ghz:.2f} GHz × 2 FMA units × "
-    f"{lanes} fp32 lanes × 2 FLOP; turbo clocks exceed it"
-  )
-  return peak, how
 
 
 def synthetic_dataset(spec: dict):
@@ -301,9 +247,9 @@ def benchmark(name: str, args) -> dict:
     times.append((time.perf_counter() - begin) / (dispatches * k))
   step_s = statistics.median(times)
   if jax.default_backend() == "cpu":
-    peak, peak_how = fp32_peak_gflops()
+    peak = machine.fp32_peak()
   else:  # The peak is the CPU's; an accelerator's is not measured here.
-    peak, peak_how = None, f"not measured on {jax.default_backend()}"
+    peak = {"gflops": None, "how": "", "failed": f"not measured on {jax.default_backend()}"}
   # XLA:GPU's cost analysis gives no FLOP count: then null, not NaN (JSON has no NaN).
   flops = flops if math.isfinite(flops) else None
   gflops = flops / step_s / 1e9 if flops else None
@@ -316,9 +262,9 @@ def benchmark(name: str, args) -> dict:
     "compile_s": round(b.compile_s, 2),
     "flops_per_step": flops,
     "gflops_per_s": round(gflops, 2) if gflops else None,
-    "peak_gflops": round(peak, 1) if peak else None,
-    "peak_how": peak_how,
-    "fraction_of_peak": round(gflops / peak, 3) if peak and gflops else None,
+    "peak_gflops": round(peak["gflops"], 1) if peak["gflops"] else None,
+    "peak_how": peak["how"],
+    **machine.fraction_of_peak(gflops, peak),
     "num_params": int(num_params),
     "devices": runner.num_devices,
     "mesh": dict(runner.mesh.shape),
@@ -331,6 +277,7 @@ def benchmark(name: str, args) -> dict:
     "data": "device-resident, synthetic",
     "examples": NUM_EXAMPLES,
     "spread_ms": [round(min(times) * 1e3, 3), round(max(times) * 1e3, 3)],
+    **machine.cpu(),
   }
 
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import sys
 import tempfile
 import time
 
+import machine  # scripts/machine.py: the CPU and its vector extensions
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -167,8 +167,8 @@ def main(argv):
           f"ratio_workers_{r['workers']}": round(r["images_per_s"] / step["examples_per_s"], 2)
           for r in rows
         },
-        "cpu_count": os.cpu_count(),
         "records": args.num_images,
+        **machine.cpu(),
       }
     ),
     flush=True,

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+import machine  # scripts/machine.py: the CPU and its vector extensions
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -123,6 +125,7 @@ def main() -> None:
           "batch_sequences": batch,
           "steps_per_block": args.steps,
           "rounds": args.rounds,
+          **machine.cpu(),
         }
       )
     )
@@ -136,6 +139,7 @@ def main() -> None:
         ),
         "on_the_fly_over_cache_resident": round(result["on_the_fly"] / result["cache_resident"], 3),
         "host": str(host),
+        **machine.cpu(),
       }
     )
   )

@@ -92,6 +92,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import machine  # scripts/machine.py: the CPU and its vector extensions
+
 try:
   import torch
   import torch.nn.functional as F
@@ -381,6 +383,7 @@ def benchmark(name: str, args) -> dict:
     "model": name,
     "framework": "pytorch",
     "torch_version": torch.__version__,
+    **machine.cpu(),
     "batch": batch,
     "examples_per_s": round(batch / step_s, 1),
     "step_ms": round(step_s * 1e3, 3),

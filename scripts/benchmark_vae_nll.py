@@ -9,15 +9,14 @@ depend on how trained the model is), then runs the whole `genlab eval`
 wall time, the protocol, the NLL pass's FLOP count (its decoder products: k
 samples × images × 2·Σ in·out over the decoder's Dense layers; the encoder, the
 ELBO pass and the elementwise work are left out, so the fraction is a floor) and
-that count's rate as a fraction of this machine's fp32 peak (measured as
-scripts/benchmark.py measures it).
+that count's rate as a fraction of this machine's fp32 peak (`machine.fp32_peak`;
+no fraction, and why, where that measurement failed or the fraction would exceed 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchmark import fp32_peak_gflops  # noqa: E402
+import machine  # noqa: E402
 
 LATENT, HIDDEN, PIXELS = 20, 500, 784  # experiments/vae_mnist.py's decoder: 20 → 500 → 784.
 
@@ -91,30 +90,31 @@ def main(argv):
     )
     seconds = time.perf_counter() - start
     report = json.loads((workdir / "eval.json").read_text())
+  print(json.dumps(figures(report, seconds, machine.fp32_peak())))
+
+
+def figures(report: dict, seconds: float, peak: dict) -> dict:
+  """The benchmark's JSON line from `genlab eval`'s report, its wall time and the machine's
+  fp32 peak (`machine.fp32_peak()`): no fraction of peak where that measurement failed."""
   k, n = report["protocol"]["nll_k"], report["num_examples"]
   decoder_flop = k * n * 2 * (LATENT * HIDDEN + HIDDEN * PIXELS)
-  peak, peak_how = fp32_peak_gflops()
-  print(
-    json.dumps(
-      {
-        "what": "genlab eval wall time (start-up + ELBO pass + importance-sampled NLL)",
-        "model": "784-500-20 MLP VAE, Bernoulli decoder (experiments/vae_mnist.py)",
-        "nll_k": k,
-        "num_test_images": n,
-        "image_shape": [28, 28, 1],
-        "eval_batch_size": 500,
-        "seconds": round(seconds, 1),
-        "cpu_count": os.cpu_count(),
-        "decoder_tflop": round(decoder_flop / 1e12, 3),
-        "decoder_gflop_per_s": round(decoder_flop / 1e9 / seconds, 1),
-        "fp32_peak_gflop_per_s": round(peak, 1),
-        "fp32_peak_how": peak_how,
-        "fraction_of_fp32_peak": round(decoder_flop / 1e9 / seconds / peak, 3),
-        "nll": report["metrics"]["nll"],
-        "neg_elbo": report["metrics"]["neg_elbo"],
-      }
-    )
-  )
+  return {
+    "what": "genlab eval wall time (start-up + ELBO pass + importance-sampled NLL)",
+    "model": "784-500-20 MLP VAE, Bernoulli decoder (experiments/vae_mnist.py)",
+    "nll_k": k,
+    "num_test_images": n,
+    "image_shape": [28, 28, 1],
+    "eval_batch_size": 500,
+    "seconds": round(seconds, 1),
+    **machine.cpu(),
+    "decoder_tflop": round(decoder_flop / 1e12, 3),
+    "decoder_gflop_per_s": round(decoder_flop / 1e9 / seconds, 1),
+    "fp32_peak_gflop_per_s": round(peak["gflops"], 1) if peak["gflops"] else None,
+    "fp32_peak_how": peak["how"],
+    **machine.fraction_of_peak(decoder_flop / 1e9 / seconds, peak),
+    "nll": report["metrics"]["nll"],
+    "neg_elbo": report["metrics"]["neg_elbo"],
+  }
 
 
 if __name__ == "__main__":

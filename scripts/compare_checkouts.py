@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import machine  # scripts/machine.py: the CPU and its vector extensions
+
 HERE = Path(__file__).resolve().parent
 # Timed steps per block, so each block takes a second or more at this machine's speed.
 STEPS = {"mlp_vae": 200, "conv_ae": 100, "dcgan": 30, "lstm_ae": 40, "sparse_ae": 200}
@@ -65,6 +67,7 @@ def main(argv: list[str]) -> None:
             "rounds": args.rounds,
             "repeats": args.repeats,
             "steps": STEPS[model],
+            **machine.cpu(),
           }
         ),
         flush=True,

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import machine  # scripts/machine.py: the CPU and its vector extensions
+
 HERE = Path(__file__).resolve().parent
 # Timed steps per block, so each block takes a few seconds at this machine's speed.
 STEPS = {"mlp_vae": 200, "conv_ae": 100, "dcgan": 30, "lstm_ae": 40, "sparse_ae": 200}
@@ -92,6 +94,7 @@ def main(argv: list[str]) -> None:
           "genlab_cpu_devices": args.cpu_devices,
           "pytorch_dtype": torch_dtype,
           "rounds": args.rounds,
+          **machine.cpu(),
         }
       ),
       flush=True,

@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchmark  # noqa: E402
+import machine  # noqa: E402
 
 
 def floor_step(tx, what: str, dtype):
@@ -123,7 +124,10 @@ def main(argv: list[str]) -> None:
   k = args.steps_per_dispatch
   b = benchmark.build("mlp_vae", batch=None, dtype=args.dtype, k=k, devices=1)
   flops = benchmark.step_flops(b.config, b.dataset, b.runner, b.data, b.state, b.root)
-  peak, peak_how = benchmark.fp32_peak_gflops()
+  peak_measured = machine.fp32_peak()
+  if peak_measured["gflops"] is None:
+    raise SystemExit(f"no fp32 peak to set the floor against: {peak_measured['failed']}")
+  peak, peak_how = peak_measured["gflops"], peak_measured["how"]
   dtype = jnp.dtype(args.dtype)
   batch = b.config.batch_size
   rng = np.random.default_rng(0)
@@ -186,6 +190,7 @@ def main(argv: list[str]) -> None:
             f"{k} steps, after a warm-up"
           ),
           "backend": jax.default_backend(),
+          **machine.cpu(),
         }
       ),
       flush=True,

@@ -24,6 +24,8 @@ import os
 import sys
 import time
 
+import machine  # scripts/machine.py: the CPU and its vector extensions
+
 # (name, input H = W, input channels, output channels, kernel side); stride 2, 'SAME'.
 CASES = (
   ("conv_ae_1", 7, 64, 32, 4),
@@ -119,6 +121,7 @@ def main(argv: list[str]) -> None:
       line["genlab"][f"{p}_ms"] for p in parts
     )
     line["speedup"] = {p: round(v, 2) for p, v in speedup.items()}
+    line.update(machine.cpu())
     print(json.dumps(line), flush=True)
 
 
