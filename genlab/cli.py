@@ -210,11 +210,7 @@ def run(argv: list[str]) -> int:
     config = config_lib.load_experiment(parsed.config)
     for note in config_lib.apply_overrides(config, overrides):
       print(f"genlab: note: {note}", file=sys.stderr)
-    if parsed.fresh:
-      moved = commands.move_aside(parsed.workdir)
-      if moved is not None:
-        log(f"moved the existing workdir to {moved}; starting afresh")
-    result = commands.train_and_evaluate(config, parsed.workdir)
+    result = commands.train_and_evaluate(config, parsed.workdir, fresh=parsed.fresh)
     log(f"done: step {result.step}, workdir {result.workdir}")
     return 0
   if parsed.command == "sample":

@@ -59,6 +59,7 @@ SAFE_ON_RESUME = (
   "data.device_resident",  # The same batches either way.
   "data.workers",  # The same batches either way.
   "data.stream_train",  # The same batches either way.
+  "data.accept_changed_data",  # Whether to go on when the data changed (checked apart).
   "steps_per_dispatch",  # The same steps, fewer calls.
 )
 
@@ -111,6 +112,10 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
       # (tfds.data_source) rather than into memory, for datasets larger than memory. The
       # same batches either way. Directories of ArrayRecord files are always read so.
       "stream_train": False,
+      # A resumed run refuses data whose examples changed since its checkpoints were trained
+      # (a fingerprint of each split, WORKDIR/dataset.json); True goes on with the data as it
+      # is now, and records its fingerprint.
+      "accept_changed_data": False,
     }
   )
   config.batch_size = 64  # Global: summed over processes and devices.

@@ -14,7 +14,7 @@ import time
 import chex
 import numpy as np
 import pytest
-from test_cli import assert_one_line_error, genlab
+from test_cli import assert_one_line_error, genlab, genlab_here
 
 from conftest import EXPERIMENTS, genlab_command, logged_steps, make_test_config, restore_latest
 
@@ -87,8 +87,17 @@ def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(
     )
     assert time.monotonic() - begin < 30
     assert_one_line_error(second, f"pid {first.pid}", "is in use")
-    # Nor may an evaluation read its checkpoints meanwhile.
+    # Nor may an evaluation read its checkpoints meanwhile, nor `--fresh` move it away under
+    # the trainer (which would go on saving into the new run's checkpoints).
     assert_one_line_error(genlab("eval", "--workdir", str(tmp_path / "w")), "is in use")
+    fresh = subprocess.run(
+      [*_train_args(tmp_path / "w", data_dir, *RUN), "--fresh"],
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    assert_one_line_error(fresh, f"pid {first.pid}", "is in use")
+    assert not (tmp_path / "w.1").exists()
   finally:
     first.send_signal(signal.SIGCONT)
   _, err = first.communicate(timeout=300)
@@ -395,3 +404,78 @@ def test_eval_without_checkpoints_says_so_before_building_resources(data_dir, tm
   with pytest.raises(WorkdirError, match="has no checkpoint to evaluate"):
     evaluate_workdir(tmp_path / "w", provide=built.append)
   assert built == []
+
+
+def test_a_second_folder_set_aside_for_the_same_step_keeps_the_first(tmp_path):
+  from genlab.run.checkpoint import Checkpointer
+
+  checkpoints, aside = tmp_path / "checkpoints", tmp_path / "checkpoints_unusable"
+  for attempt in ("first", "second", "third"):  # Foreign folders of step 7, one after another.
+    (checkpoints / "7").mkdir(parents=True)
+    (checkpoints / "7" / "notes.txt").write_text(attempt)
+    Checkpointer(checkpoints, every=10).close()
+  kept = {p.name: (p / "notes.txt").read_text() for p in aside.iterdir()}
+  assert kept == {"7": "first", "7.1": "second", "7.2": "third"}
+
+
+def test_fresh_refuses_bad_input_and_the_current_directory_before_moving_anything(
+  capsys, tmp_path, monkeypatch
+):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("mine")
+  main = str(EXPERIMENTS / "conv_ae_digits.py")
+  proc = genlab_here(
+    capsys, "train", "--config", main, "--workdir", str(workdir), "--fresh", "--config.batch_size=0"
+  )
+  assert_one_line_error(proc, "config.batch_size must be a positive integer")
+  assert [p.name for p in tmp_path.iterdir()] == ["w"]  # Nothing was moved.
+  monkeypatch.chdir(workdir)
+  proc = genlab_here(capsys, "train", "--config", main, "--workdir", ".", "--fresh")
+  assert_one_line_error(proc, "holds the current directory")
+  assert (workdir / "notes.txt").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == [
+    "w"
+  ]
+
+
+@pytest.mark.slow
+def test_a_resume_on_changed_data_is_refused_in_one_line_unless_asked(data_dir, tmp_path):
+  from genlab.data import load_dataset, write_image_records
+
+  digits = load_dataset("digits", data_dir=data_dir)
+  npz, records = tmp_path / "digits.npz", tmp_path / "records"
+  records.mkdir()
+
+  def write(images):
+    labels, test = digits.train["label"], digits.test
+    np.savez(npz, x_train=images, y_train=labels, x_test=test["image"], y_test=test["label"])
+    write_image_records(records / "train-0.array_record", images, labels)
+    write_image_records(records / "test-0.array_record", test["image"], test["label"])
+
+  def train(spec, steps, *extra):
+    periods = [f"--config.{p}_every=10" for p in ("log", "eval", "image", "checkpoint")]
+    args = [f"--config.dataset={spec}", f"--config.num_steps={steps}", *periods, *extra]
+    return subprocess.run(
+      _train_args(tmp_path / f"run_{spec.name}", data_dir, *args),
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+
+  write(digits.train["image"])
+  for spec in (npz, records):
+    first = train(spec, 10)
+    assert first.returncode == 0, first.stderr[-2000:]
+  write(digits.train["image"][:, :, ::-1])  # The same files, other images (mirrored).
+  for spec in (npz, records):
+    refused = train(spec, 20)
+    assert_one_line_error(refused, "changed since this workdir's checkpoints were trained")
+    assert "accept_changed_data=True" in refused.stderr
+    assert restore_latest(tmp_path / f"run_{spec.name}")[0] == 10  # Nothing was trained on it.
+    recorded = json.loads((tmp_path / f"run_{spec.name}" / "dataset.json").read_text())
+    accepted = train(spec, 20, "--config.data.accept_changed_data=True")
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    assert "going on with changed data (train)" in accepted.stderr
+    renewed = json.loads((tmp_path / f"run_{spec.name}" / "dataset.json").read_text())
+    assert renewed["fingerprints"]["train"] != recorded["fingerprints"]["train"]
+    assert renewed["fingerprints"]["test"] == recorded["fingerprints"]["test"]

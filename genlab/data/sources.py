@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import io
 import logging
 import os
@@ -78,6 +79,25 @@ class Dataset:
     if name not in SPLITS:
       raise DataError(f"unknown split {name!r}; choose one of {SPLITS}")
     return getattr(self, name)
+
+  def fingerprint(self) -> dict[str, str]:
+    """What identifies each split's examples, so that a resumed run notices other data:
+    a SHA-256 of the arrays held in memory (every key, dtype, shape and byte), or, for a
+    split read from record files, of the files' paths, sizes and modification times
+    (`RecordSplit.fingerprint`: the examples are not read again)."""
+    out = {}
+    for name in SPLITS:
+      split = getattr(self, name)
+      digest = hashlib.sha256()
+      if isinstance(split, RecordSplit):
+        digest.update(b"records:" + split.fingerprint().encode())
+      else:
+        for key in sorted(split):
+          array = np.ascontiguousarray(split[key])
+          digest.update(f"{key}:{array.dtype.str}:{array.shape};".encode())
+          digest.update(array.data)
+      out[name] = digest.hexdigest()[:16]
+    return out
 
 
 def load_dataset(

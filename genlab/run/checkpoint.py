@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 
 from genlab.errors import CheckpointWriteError
 from genlab.run.console import warn
+from genlab.run.writers import free_name
 
 INTEGRITY_FILE = "genlab_integrity.json"
 
@@ -235,10 +236,7 @@ class Checkpointer:
     if jax.process_index() == 0:
       aside.mkdir(exist_ok=True)
       for step in steps:
-        destination = aside / str(step)
-        if destination.exists():
-          shutil.rmtree(destination)
-        shutil.move(str(self.directory / str(step)), destination)
+        shutil.move(str(self.directory / str(step)), free_name(aside / str(step)))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 

@@ -23,18 +23,21 @@ from genlab.data import eval_batches, load_dataset
 from genlab.errors import DataError, WorkdirError
 from genlab.run import evaluation, loop, resources
 from genlab.run.evaluation import restore_workdir, sample_workdir
-from genlab.run.loop import RunResult
+from genlab.run.loop import RunResult, move_aside
 from genlab.run.writers import write_atomically
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> RunResult:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint if any), evaluating
-  on the test split as it goes; see `genlab.run.loop.train`.
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, fresh: bool = False
+) -> RunResult:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint if any, or, with
+  `fresh`, moving an existing workdir aside first), evaluating on the test split as it
+  goes; see `genlab.run.loop.train`.
 
   Returns:
     The final state (host arrays), step and test metrics.
   """
-  return loop.train(config, workdir, provide=resources.provide)
+  return loop.train(config, workdir, provide=resources.provide, fresh=fresh)
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, overrides: list[str] = ()) -> dict[str, Any]:
@@ -94,23 +97,6 @@ def encode_workdir(
   out = pathlib.Path(out)
   write_atomically(out, lambda f: np.savez(f, **arrays), binary=True)
   return out
-
-
-def move_aside(workdir: str | pathlib.Path) -> pathlib.Path | None:
-  """Renames an existing, non-empty `workdir` to `WORKDIR.N` (the first free N) so that a run
-  starts afresh there; nothing is deleted. Returns the new name, or None if there was
-  nothing to move."""
-  workdir = pathlib.Path(workdir)
-  if not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir())):
-    return None
-  n = 1
-  while (aside := workdir.with_name(f"{workdir.name}.{n}")).exists():
-    n += 1
-  try:
-    workdir.rename(aside)
-  except OSError as e:
-    raise WorkdirError(f"cannot move {workdir} aside to {aside}: {e.strerror or e}") from e
-  return aside
 
 
 __all__ = [

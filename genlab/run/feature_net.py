@@ -19,7 +19,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 from collections.abc import Callable
 
 import jax
@@ -32,6 +31,7 @@ from genlab.errors import GenlabError, WorkdirError
 from genlab.run.console import log, warn
 from genlab.run.evaluation import evaluate_workdir, restore_workdir
 from genlab.run.loop import train
+from genlab.run.writers import free_name
 
 
 def cache_dir() -> pathlib.Path:
@@ -122,8 +122,7 @@ def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> Feat
           f"the cached feature network in {workdir} cannot be used ({e}); delete that folder "
           "(it is a cache) and run again"
         ) from e
-      aside = workdir.with_name(f"{workdir.name}.damaged")
-      shutil.rmtree(aside, ignore_errors=True)
+      aside = free_name(workdir.with_name(f"{workdir.name}.damaged"))
       workdir.rename(aside)
       warn(
         f"the cached feature network in {workdir} cannot be used ({str(e)[:200]}); it was moved "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import pathlib
 import shutil
@@ -50,6 +51,7 @@ from genlab.run.setup import Setup, build, check_workdir
 from genlab.run.writers import MetricWriter, write_atomically
 
 CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"  # Each split's fingerprint when the checkpoints were trained.
 
 
 def read_saved_config(path: pathlib.Path) -> ml_collections.ConfigDict:
@@ -162,6 +164,7 @@ def train(
   workdir: str | pathlib.Path,
   *,
   provide: Provider | None = None,
+  fresh: bool = False,
 ) -> RunResult:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
@@ -171,6 +174,9 @@ def train(
       checkpoints/ go.
     provide: builds the resources the family needs (a GAN's feature network) before
       training; `genlab.run.resources.provide` (what `genlab.train_and_evaluate` passes).
+    fresh: start afresh: an existing workdir is moved aside to `WORKDIR.N` (never deleted),
+      under its lock (never while another genlab process uses it) and only once the config,
+      the data and the model are known to be good (`genlab train --fresh`).
 
   Returns:
     The final state (host arrays), step and test metrics.
@@ -182,6 +188,7 @@ def train(
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
   config_lib.canonicalize(config)  # config.json names what eval must find again.
+  built = _set_aside_for_fresh(config, workdir, provide) if fresh else None
   found = sorted(workdir.iterdir()) if workdir.is_dir() else None
   check_workdir(workdir)
   lock = WorkdirLock(workdir, exclusive=True, what="train")
@@ -193,12 +200,56 @@ def train(
         workdir.rmdir()
     raise
   try:
-    return _train(config, workdir, provide)
+    return _train(config, workdir, provide, built)
   except BaseException:
     _undo_untrained_run(workdir, found)
     raise
   finally:
     lock.release()
+
+
+def _set_aside_for_fresh(config, workdir: pathlib.Path, provide: Provider | None) -> Setup | None:
+  """For `--fresh`: moves a non-empty `workdir` aside (`move_aside`) while holding its lock,
+  after building everything the run needs from `config` (data, model, resources), so that
+  bad input is refused before anything moves. Returns that setup (None if there was nothing
+  to move)."""
+  if not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir())):
+    return None
+  here = pathlib.Path.cwd().resolve()
+  target = workdir.resolve()
+  if here == target or target in here.parents:
+    raise WorkdirError(
+      f"--fresh would move {workdir} aside, and it holds the current directory ({here}); "
+      "run the command from outside it"
+    )
+  lock = WorkdirLock(workdir, exclusive=True, what="train --fresh")
+  with lock:  # A trainer or reader of it: one line naming it, and nothing moves.
+    s = build(config, provide=provide)
+    aside = move_aside(workdir)
+  log(f"moved the existing workdir to {aside}; starting afresh")
+  return s
+
+
+def move_aside(workdir: str | pathlib.Path) -> pathlib.Path | None:
+  """Renames an existing, non-empty `workdir` to `WORKDIR.N` (the first free N) so that a run
+  starts afresh there; nothing is deleted. With several processes, process 0 moves it and
+  the others wait. Returns the new name, or None if there was nothing to move."""
+  workdir = pathlib.Path(workdir)
+  if not workdir.exists() or (workdir.is_dir() and not any(workdir.iterdir())):
+    return None
+  n = 1
+  while (aside := workdir.with_name(f"{workdir.name}.{n}")).exists():
+    n += 1
+  if jax.process_index() == 0:
+    try:
+      workdir.rename(aside)
+    except OSError as e:
+      raise WorkdirError(f"cannot move {workdir} aside to {aside}: {e.strerror or e}") from e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("genlab_fresh_moved_aside")
+  return aside
 
 
 def _undo_untrained_run(workdir: pathlib.Path, found: list[pathlib.Path] | None) -> None:
@@ -222,7 +273,9 @@ def _undo_untrained_run(workdir: pathlib.Path, found: list[pathlib.Path] | None)
       path.unlink(missing_ok=True)
 
 
-def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult:
+def _train(
+  config, workdir: pathlib.Path, provide: Provider | None, built: Setup | None = None
+) -> RunResult:
   ckpt_dir = workdir / "checkpoints"
   check_workdir(ckpt_dir)  # Unwritable checkpoints: one line now, not at the first save.
   saved_config = workdir / CONFIG_FILE
@@ -235,7 +288,8 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
         "workdir is moved aside, not deleted)"
       )
     config_lib.check_resumable(read_saved_config(saved_config), config)
-  s = build(config, provide=provide)
+  s = built or build(config, provide=provide)
+  check_dataset(workdir, s, resuming=has_checkpoints)
   runner = s.runner
   batcher = training_batcher(s)  # Checks the batch size against the data before any write.
   resident = resident_split(s, batcher)
@@ -343,6 +397,35 @@ def _train(config, workdir: pathlib.Path, provide: Provider | None) -> RunResult
     writer.close()
   final = runner.to_host(state)
   return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
+
+
+def check_dataset(workdir: pathlib.Path, s: Setup, *, resuming: bool) -> None:
+  """Refuses, in one line, to resume on data whose examples changed since the workdir's
+  checkpoints were trained (`Dataset.fingerprint`, kept in `DATASET_FILE`), unless
+  `data.accept_changed_data`; records the fingerprint of a run's data as it starts."""
+  path = workdir / DATASET_FILE
+  now = {"dataset": s.config.dataset, "fingerprints": s.dataset.fingerprint()}
+  saved = None
+  if resuming and path.is_file():
+    try:
+      saved = json.loads(path.read_text()).get("fingerprints", {})
+    except (OSError, ValueError, AttributeError):
+      saved = {}  # Unreadable: nothing to compare with; the fingerprint is recorded anew.
+  changed = [
+    split for split, value in now["fingerprints"].items() if saved and saved.get(split) != value
+  ]
+  if changed and not s.config.data.get("accept_changed_data", False):
+    raise ConfigError(
+      f"the examples of {s.config.dataset!r} changed since this workdir's checkpoints were "
+      f"trained (the {' and '.join(changed)} split: fingerprint {saved.get(changed[0])} then, "
+      f"{now['fingerprints'][changed[0]]} now); resuming would go on with other data. Use a "
+      "new workdir (or --fresh), or pass --config.data.accept_changed_data=True to go on "
+      "with the data as it is now"
+    )
+  if changed:
+    warn(f"going on with changed data ({', '.join(changed)}), as asked; recorded in {path}")
+  if jax.process_index() == 0 and (changed or saved is None or not saved):
+    write_atomically(path, lambda f: f.write(json.dumps(now, indent=2) + "\n"))
 
 
 def training_batcher(s: Setup) -> Batcher:

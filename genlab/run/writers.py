@@ -42,6 +42,16 @@ def write_atomically(path: pathlib.Path, write, *, binary: bool = False) -> None
   os.replace(tmp, path)
 
 
+def free_name(path: pathlib.Path) -> pathlib.Path:
+  """`path`, or `path.1`, `path.2`, ... the first that does not exist: a folder set aside is
+  kept for inspection, so a second one of the same step never replaces the first."""
+  n, free = 0, path
+  while free.exists() or free.is_symlink():
+    n += 1
+    free = path.with_name(f"{path.name}.{n}")
+  return free
+
+
 def json_safe(value: Any) -> tuple[Any, list[str]]:
   """`value` with every NaN and ±Inf float replaced by None (JSON has no such numbers), and
   the dotted names of the replaced ones."""
