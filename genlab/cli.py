@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"genlab: error: {e}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
   except TrainingStopped as e:
+    if getattr(e, "report", None) is not None:  # Computed, not saved: it is not lost.
+      print(json.dumps(e.report, indent=2, ensure_ascii=False))
     print(f"genlab: stopped: {e}", file=sys.stderr)
     if isinstance(e, CheckpointWriteError):
       # Orbax's threads of the failed save wait minutes on barriers for a write that will

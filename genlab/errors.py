@@ -48,6 +48,21 @@ class CheckpointWriteError(TrainingStopped):
   exit_code = 1
 
 
+class WriteError(TrainingStopped):
+  """A file the command writes could not be written (a full disk, permissions, a folder
+  gone): it stopped at once, in one line naming the file; nothing written before is lost.
+
+  Exit status 1. `report` holds what an evaluation computed, when it could not be saved
+  (`genlab eval` still prints it).
+  """
+
+  exit_code = 1
+
+  def __init__(self, message: str, *, report=None):
+    super().__init__(message)
+    self.report = report
+
+
 class NonFiniteError(TrainingStopped):
   """A NaN or Inf loss or gradient with `on_nonfinite='stop'`; nothing was saved after it.
 

@@ -47,10 +47,13 @@ def train_main_here(capsys, workdir, *overrides: str) -> subprocess.CompletedPro
   )
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-  assert proc.returncode == 2, proc.stderr[-2000:]
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> None:
+  """`proc` ended with status `code` and one `genlab: error:` line (`genlab: stopped:` for
+  the statuses of a command that stopped early) holding every needle, and no traceback."""
+  assert proc.returncode == code, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-  lines = [line for line in proc.stderr.splitlines() if line.startswith("genlab: error:")]
+  prefix = "genlab: error:" if code == 2 else "genlab: stopped:"
+  lines = [line for line in proc.stderr.splitlines() if line.startswith(prefix)]
   assert len(lines) == 1, proc.stderr
   for needle in needles:
     assert needle in lines[0], lines[0]

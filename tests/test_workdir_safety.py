@@ -479,3 +479,95 @@ def test_a_resume_on_changed_data_is_refused_in_one_line_unless_asked(data_dir, 
     renewed = json.loads((tmp_path / f"run_{spec.name}" / "dataset.json").read_text())
     assert renewed["fingerprints"]["train"] != recorded["fingerprints"]["train"]
     assert renewed["fingerprints"]["test"] == recorded["fingerprints"]["test"]
+
+
+def test_a_run_file_that_cannot_be_written_stops_the_run_in_one_line_and_it_resumes_exactly(
+  data_dir, tmp_path
+):
+  from genlab.errors import WriteError
+  from genlab.run import train_and_evaluate
+
+  def config(steps):
+    return make_test_config(data_dir, num_steps=steps, checkpoint_every=10, eval_every=10)
+
+  straight = train_and_evaluate(config(30), tmp_path / "straight")
+  workdir = tmp_path / "w"
+  train_and_evaluate(config(10), workdir)
+  metrics = workdir / "metrics.jsonl"
+  kept = metrics.read_text()
+  metrics.unlink()
+  metrics.symlink_to("/dev/full")  # Every write to it fails with ENOSPC, as on a full disk.
+  with pytest.raises(WriteError) as stopped:
+    train_and_evaluate(config(30), workdir)
+  message = str(stopped.value)
+  assert message.startswith(f"step 15: {metrics} could not be written (OSError: No space left")
+  assert "the last complete checkpoint is step 10" in message and "\n" not in message
+  assert not [p for p in workdir.rglob("*.tmp")]
+  metrics.unlink()
+  metrics.write_text(kept)
+  resumed = train_and_evaluate(config(30), workdir)
+  chex.assert_trees_all_equal(resumed.state.params, straight.state.params)
+
+
+@pytest.mark.slow
+def test_eval_on_a_full_disk_prints_the_report_and_one_line_and_keeps_the_old_eval_json(
+  data_dir, tmp_path
+):
+  from genlab.run import train_and_evaluate
+
+  workdir = tmp_path / "w"
+  train_and_evaluate(make_test_config(data_dir, num_steps=10), workdir)
+  first = genlab("eval", "--workdir", str(workdir))
+  assert first.returncode == 0, first.stderr[-2000:]
+  old = (workdir / "eval.json").read_text()
+  (workdir / ".eval.json.tmp").symlink_to("/dev/full")  # The write of the new one fails.
+  full = genlab("eval", "--workdir", str(workdir))
+  assert_one_line_error(full, "eval.json could not be written (OSError: No space left", code=1)
+  assert "the report is printed above" in full.stderr and "is left as it was" in full.stderr
+  assert json.loads(full.stdout) == json.loads(old)  # The report, printed all the same.
+  assert (workdir / "eval.json").read_text() == old
+  assert not (workdir / ".eval.json.tmp").exists()
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_run_stops_it_in_one_line_and_it_resumes_exactly(data_dir, tmp_path):
+  """A real full disk: a 640 KiB tmpfs in a mount namespace of the test's own (`unshare -rm`,
+  no privileges needed), which fills between the checkpoints of steps 20 and 40."""
+  args = [
+    "--config.num_steps=60",
+    "--config.log_every=10",
+    "--config.eval_every=60",
+    "--config.image_every=60",
+    "--config.checkpoint_every=20",
+    "--config.keep_checkpoints=10",
+  ]
+  disk, out = tmp_path / "disk", tmp_path / "out"
+  disk.mkdir()
+  out.mkdir()
+  train = " ".join(_train_args(disk / "w", data_dir, *args))
+  script = (
+    f"mount -t tmpfs -o size=640k tmpfs {disk} || exit 99\n"
+    f"{train} > {out}/stdout 2> {out}/stderr\n"
+    f"echo $? > {out}/rc\n"
+    f"cp -a {disk}/w {out}/w\n"
+  )
+  proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=_env(), timeout=600)
+  assert proc.returncode == 0, "the tmpfs could not be mounted in a namespace of its own"
+  stopped = subprocess.CompletedProcess([], int((out / "rc").read_text()), "", "")
+  stopped.stderr = (out / "stderr").read_text()
+  assert_one_line_error(stopped, "could not be written", code=1)
+  line = stopped.stderr.strip().splitlines()[-1]
+  assert "step" in line and "the last complete checkpoint is step 20" in line, line
+  workdir = out / "w"
+  assert not [p for p in workdir.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+  empty = [p.name for p in workdir.rglob("*") if p.is_file() and p.stat().st_size == 0]
+  assert empty == [".genlab.lock"], empty  # The lock's record is cleared as the run ends.
+  resumed = subprocess.run(_train_args(workdir, data_dir, *args), env=_env(), capture_output=True)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  unbroken = subprocess.run(
+    _train_args(tmp_path / "unbroken", data_dir, *args), env=_env(), capture_output=True
+  )
+  assert unbroken.returncode == 0, unbroken.stderr[-2000:]
+  step, expected = restore_latest(tmp_path / "unbroken")
+  assert step == 60 and restore_latest(workdir)[0] == 60
+  chex.assert_trees_all_equal(restore_latest(workdir)[1].params, expected.params)

@@ -23,7 +23,6 @@ import os
 import pathlib
 import shutil
 import sys
-import threading
 import zlib
 from typing import Any
 
@@ -33,7 +32,7 @@ import orbax.checkpoint as ocp
 
 from genlab.errors import CheckpointWriteError
 from genlab.run.console import warn
-from genlab.run.writers import free_name
+from genlab.run.writers import free_name, watch_thread_errors
 
 INTEGRITY_FILE = "genlab_integrity.json"
 
@@ -79,7 +78,10 @@ class Checkpointer:
     # Exceptions of orbax's background threads: a save that failed there (and whose other
     # threads may wait on it for minutes) is reported by `check` as one line.
     self._thread_errors: list[BaseException] = []
-    _watch_orbax_threads(self._thread_errors)
+    watch_thread_errors("orbax", self._thread_errors)
+    # A save that fails (a full disk) closes orbax's event loop while tensorstore completes
+    # the other writes: their reports are about nothing, as after a failed read.
+    _drop_closed_loop_reports()
     self._error_logs: list[logging.LogRecord] = []
     # Held before the manager exists: it starts cleaning old temporary folders in a thread at
     # once, and that thread's errors must not print as tracebacks however early they come.
@@ -101,6 +103,12 @@ class Checkpointer:
       for p in self.directory.iterdir()
       if p.name.isdigit() and p.is_dir()
     ]
+
+  def latest_complete(self) -> int | None:
+    """The newest step whose folder on disk is a complete checkpoint (what a resume would
+    start from), whatever this manager holds in memory."""
+    complete = [step for step, reason in self._step_folders() if reason is None]
+    return max(complete) if complete else None
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
@@ -269,8 +277,19 @@ class Checkpointer:
             if p.is_file() and p.name != INTEGRITY_FILE
           }
           tmp = folder / (INTEGRITY_FILE + ".tmp")
-          tmp.write_text(json.dumps({"step": step, "files": files}))
-          os.replace(tmp, folder / INTEGRITY_FILE)
+          try:
+            tmp.write_text(json.dumps({"step": step, "files": files}))
+            os.replace(tmp, folder / INTEGRITY_FILE)
+          except OSError as e:  # A full disk: the checkpoint itself is complete.
+            tmp.unlink(missing_ok=True)
+            self._failed = (
+              f"the integrity record of step {step} could not be written to {folder} "
+              f"({_first_line(e)}); the checkpoint itself is complete, so the last complete "
+              f"checkpoint is step {step}: fix the cause (disk space, permissions) and run the "
+              "same command again to resume from it"
+            )
+            self._unrecorded = []
+            raise CheckpointWriteError(self._failed) from None
     self._unrecorded = []
 
   def wait(self) -> None:
@@ -302,28 +321,6 @@ def _absl_quiet():
     yield
   finally:
     logger.setLevel(level)
-
-
-def _watch_orbax_threads(errors: list[BaseException]) -> None:
-  """Routes exceptions raised in orbax's threads into `errors` (the newest Checkpointer's)
-  instead of printing their tracebacks; other threads' exceptions go on as before."""
-  previous = threading.excepthook
-  if getattr(previous, "genlab_orbax_errors", None) is not None:
-    previous.genlab_orbax_errors = errors
-    return
-
-  def hook(args):
-    tb, frames = args.exc_traceback, []
-    while tb is not None:
-      frames.append(tb.tb_frame.f_code.co_filename)
-      tb = tb.tb_next
-    if any(f"{os.sep}orbax{os.sep}" in name for name in frames):
-      hook.genlab_orbax_errors.append(args.exc_value)
-      return
-    previous(args)
-
-  hook.genlab_orbax_errors = errors
-  threading.excepthook = hook
 
 
 class _OrbaxErrorLogs(logging.Filter):
@@ -394,13 +391,14 @@ def incomplete(folder: pathlib.Path) -> str | None:
 
 
 def _drop_closed_loop_reports() -> None:
-  """Silences the reports of reads that complete after a failed restore.
+  """Silences the reports of reads and writes that complete after a failed restore or save.
 
-  When one array of an unrecorded damaged checkpoint fails to read, orbax closes
-  its event loop while tensorstore completes the other reads; each completion
-  then raises "Event loop is closed" in a tensorstore thread and is reported
-  through `sys.unraisablehook` — dozens of tracebacks about nothing. This hook
-  drops exactly those and passes everything else on.
+  When one array of an unrecorded damaged checkpoint fails to read, or one write of a save
+  fails (a full disk), orbax closes its event loop while tensorstore completes the other
+  reads or writes; each completion then raises "Event loop is closed" in a tensorstore
+  thread and is reported through `sys.unraisablehook` — dozens of tracebacks about nothing
+  (the failure itself is reported as one line). This hook drops exactly those and passes
+  everything else on.
   """
   previous = sys.unraisablehook
   if getattr(previous, "genlab_filter", False):

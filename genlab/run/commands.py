@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 
 from genlab.data import eval_batches, load_dataset
-from genlab.errors import DataError, WorkdirError
+from genlab.errors import DataError, WorkdirError, WriteError
 from genlab.run import evaluation, loop, resources
 from genlab.run.evaluation import restore_workdir, sample_workdir
 from genlab.run.loop import RunResult, move_aside
-from genlab.run.writers import write_atomically
+from genlab.run.writers import UnwrittenFile, write_atomically
 
 
 def train_and_evaluate(
@@ -95,7 +95,10 @@ def encode_workdir(
   if "label" in rows:
     arrays["label"] = np.asarray(rows["label"])
   out = pathlib.Path(out)
-  write_atomically(out, lambda f: np.savez(f, **arrays), binary=True)
+  try:
+    write_atomically(out, lambda f: np.savez(f, **arrays), binary=True)
+  except UnwrittenFile as e:
+    raise WriteError(f"{out} could not be written ({e.reason()}); nothing else changed") from None
   return out
 
 

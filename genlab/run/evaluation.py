@@ -9,6 +9,7 @@ mean); `sample_workdir` draws a grid of samples from a generative family.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 from typing import Any
 
@@ -18,14 +19,14 @@ import numpy as np
 from genlab import config as config_lib
 from genlab.core import rngs
 from genlab.core.state import TrainState
-from genlab.errors import ConfigError, WorkdirError
+from genlab.errors import ConfigError, WorkdirError, WriteError
 from genlab.families import get_family
 from genlab.run.checkpoint import Checkpointer
 from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
 from genlab.run.loop import CONFIG_FILE, Provider, evaluate, read_saved_config
 from genlab.run.setup import Setup, build
-from genlab.run.writers import dumps, json_safe, write_atomically
+from genlab.run.writers import UnwrittenFile, dumps, json_safe, write_atomically
 from genlab.views import image_grid
 
 EVAL_FILE = "eval.json"
@@ -116,12 +117,11 @@ def evaluate_workdir(
   """
   s, restored, step = restore_workdir(workdir, overrides, provide=provide)
   config = s.config
-  # Found out now, not after a long evaluation: then the report is printed only.
-  unwritable = _unwritable(pathlib.Path(workdir) / EVAL_FILE)
+  path = pathlib.Path(workdir) / EVAL_FILE
+  # Found out now, not after a long evaluation: the report is then printed, not saved.
+  unwritable = _unwritable(path)
   if unwritable:
-    warn(
-      f"cannot write {pathlib.Path(workdir) / EVAL_FILE} ({unwritable}): printing the report only"
-    )
+    warn(f"cannot write {path} ({unwritable}): the report will be printed, not saved")
   state = s.runner.place_state(restored)
   metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
   if s.family.final_eval_step is not None:
@@ -146,18 +146,34 @@ def evaluate_workdir(
     "metrics": metrics,
     "definitions": definitions,
   }
-  if jax.process_index() == 0 and not unwritable:
-    text = dumps(report, indent=2, ensure_ascii=False)
-    write_atomically(pathlib.Path(workdir) / EVAL_FILE, lambda f: f.write(text))
+  if jax.process_index() == 0:
+    try:
+      if unwritable:
+        raise UnwrittenFile(path, OSError(unwritable))
+      text = dumps(report, indent=2, ensure_ascii=False)
+      write_atomically(path, lambda f: f.write(text))
+    except UnwrittenFile as e:
+      kept = f"{path} is left as it was" if path.is_file() else f"no {path} was written"
+      raise WriteError(
+        f"{path} could not be written ({e.reason()}): the report is printed above, and "
+        f"{kept}; free space (or fix the permissions) and run genlab eval again to save it",
+        report=report,
+      ) from None
   return report
 
 
 def _unwritable(path: pathlib.Path) -> str | None:
-  """Why `path` cannot be written, or None if it can (tried with a file beside it)."""
+  """Why `path` cannot be written, or None if it can: tried with a file beside it that takes
+  a block of bytes to disk (an empty file is created even on a full disk)."""
   probe = path.with_name(f".{path.name}.probe")
   try:
-    probe.write_text("")
-    probe.unlink()
+    try:
+      with open(probe, "wb") as f:
+        f.write(b"\0" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+      probe.unlink(missing_ok=True)
   except OSError as e:
     return e.strerror or str(e)
   return None
@@ -187,8 +203,12 @@ def sample_workdir(
     list(padded.reshape(-1, columns, *samples.shape[1:])), value_range=s.family.value_range
   )
   out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(grid).save(out)
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(out)
+  except OSError as e:
+    out.unlink(missing_ok=True)
+    raise WriteError(f"{out} could not be written ({UnwrittenFile(out, e).reason()})") from None
   log(f"{num} samples of the checkpoint of step {step} (sampling seed {seed}) written to {out}")
   return out
 

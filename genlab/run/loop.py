@@ -41,14 +41,14 @@ from genlab import config as config_lib
 from genlab.core import rngs
 from genlab.core.state import TrainState
 from genlab.data import Batcher, ResidentSplit, augment, eval_batches
-from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError
+from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError, WriteError
 from genlab.run.checkpoint import Checkpointer
 from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
 from genlab.run.preemption import StopSignals
 from genlab.run.runner import ResidentFeed, Runner, StreamedFeed
 from genlab.run.setup import Setup, build, check_workdir
-from genlab.run.writers import MetricWriter, write_atomically
+from genlab.run.writers import MetricWriter, UnwrittenFile, write_atomically
 
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"  # Each split's fingerprint when the checkpoints were trained.
@@ -201,8 +201,13 @@ def train(
     raise
   try:
     return _train(config, workdir, provide, built)
-  except BaseException:
+  except BaseException as e:
     _undo_untrained_run(workdir, found)
+    if isinstance(e, UnwrittenFile):  # Before the loop began: nothing was trained.
+      raise WriteError(
+        f"{e.path} could not be written ({e.reason()}) before training began; nothing was "
+        "trained: free space (or fix the permissions) and run the same command again"
+      ) from None
     raise
   finally:
     lock.release()
@@ -297,7 +302,7 @@ def _train(
   ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints, every=config.checkpoint_every)
   for step, reason in ckpt.set_aside_on_open:
     warn(f"{ckpt_dir / str(step)} is {reason}: moved to checkpoints_unusable/, not read")
-  writer, progress, feed = None, None, None
+  writer, progress, feed, start = None, None, None, 0
   try:
     state = _restore_or_start(config, ckpt, s.initial_state)
     start = int(state.step)
@@ -342,16 +347,14 @@ def _train(
       writer.write(0, {f"test/{k}": v for k, v in test_metrics.items()})
       log(f"step 0: test {format_metrics(test_metrics)}")
       write_images(s, writer, 0, runner.to_host(state))
+  except UnwrittenFile as e:
+    _close_quietly(progress, writer, feed, ckpt)
+    raise _write_error(e, start, ckpt) from None
   except BaseException:
-    if progress is not None:
-      progress.close()
-    if writer is not None:
-      writer.close()
-    if feed is not None:
-      feed.close()
-    ckpt.close()
+    _close_quietly(progress, writer, feed, ckpt)
     raise
   signals = StopSignals(every=math.lcm(config.preemption_check_every, k))
+  step = start
   try:
     with signals:
       for step in range(start + k, config.num_steps + 1, k):
@@ -390,13 +393,43 @@ def _train(
               f"saved the checkpoint of step {step} in {ckpt.directory}; "
               "run the same command again to resume"
             )
-  finally:
-    progress.close()
-    feed.close()
-    ckpt.close()
+  except UnwrittenFile as e:
+    _close_quietly(progress, writer, feed, ckpt)
+    raise _write_error(e, step, ckpt) from None
+  except BaseException:
+    _close_quietly(progress, writer, feed, ckpt)
+    raise
+  progress.close()
+  feed.close()
+  ckpt.close()  # Raises CheckpointWriteError if the last save failed.
+  try:
     writer.close()
+  except UnwrittenFile as e:
+    raise _write_error(e, step, ckpt) from None
   final = runner.to_host(state)
   return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
+
+
+def _close_quietly(*things) -> None:
+  """Closes what a failing run opened (waiting for saves under way), keeping the error that
+  stops it: a full disk fails the closing writes too, and those are consequences."""
+  for thing in things:
+    if thing is not None:
+      with contextlib.suppress(Exception):
+        thing.close()
+
+
+def _write_error(unwritten: UnwrittenFile, step: int, ckpt: Checkpointer) -> WriteError:
+  """The one line for a run file that could not be written at `step`: what, why, and the
+  checkpoint a resume starts from."""
+  last = ckpt.latest_complete()
+  where = (
+    "no checkpoint is complete" if last is None else f"the last complete checkpoint is step {last}"
+  )
+  return WriteError(
+    f"step {step}: {unwritten.path} could not be written ({unwritten.reason()}); {where}: free "
+    "space (or fix the permissions) and run the same command again to resume from it"
+  )
 
 
 def check_dataset(workdir: pathlib.Path, s: Setup, *, resuming: bool) -> None:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,21 @@ def _step_of(line: str) -> float:
     return math.inf
 
 
+class UnwrittenFile(Exception):
+  """`path` could not be written (`error`, an OSError: a full disk, permissions): what
+  catches it reports it as one line (`genlab.errors.WriteError`)."""
+
+  def __init__(self, path: pathlib.Path, error: BaseException):
+    super().__init__(f"{path}: {error}")
+    self.path, self.error = path, error
+
+  def reason(self) -> str:
+    """Why, in a few words: `OSError: No space left on device`."""
+    error = self.error
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return f"{type(error).__name__}: {text}"
+
+
 def write_atomically(path: pathlib.Path, write, *, binary: bool = False) -> None:
   """Writes `path` whole or not at all: `write(file)` fills a temporary file beside it, which
   is flushed to disk, then renamed over `path` (a crash leaves the old file or the new one,
@@ -35,11 +51,17 @@ def write_atomically(path: pathlib.Path, write, *, binary: bool = False) -> None
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "wb" if binary else "w") as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb" if binary else "w") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException as e:  # A full disk leaves no half-written (often 0-byte) temporary file.
+    tmp.unlink(missing_ok=True)
+    if isinstance(e, OSError):
+      raise UnwrittenFile(path, e) from e
+    raise
 
 
 def free_name(path: pathlib.Path) -> pathlib.Path:
@@ -50,6 +72,31 @@ def free_name(path: pathlib.Path) -> pathlib.Path:
     n += 1
     free = path.with_name(f"{path.name}.{n}")
   return free
+
+
+def watch_thread_errors(package: str, errors: list[BaseException]) -> None:
+  """Routes exceptions raised in `package`'s background threads (orbax's saves, tensorboardX's
+  event writer) into `errors`, the newest caller's list, instead of printing their
+  tracebacks; whoever owns `errors` reports them as one line. Other threads' exceptions go on
+  as before."""
+  hook = threading.excepthook
+  if not hasattr(hook, "genlab_watched"):
+    previous = hook
+
+    def hook(args):
+      frames, tb = [], args.exc_traceback
+      while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+      for name, held in hook.genlab_watched.items():
+        if any(f"{os.sep}{name}{os.sep}" in frame for frame in frames):
+          held.append(args.exc_value)
+          return
+      previous(args)
+
+    hook.genlab_watched = {}
+    threading.excepthook = hook
+  hook.genlab_watched[package] = errors
 
 
 def json_safe(value: Any) -> tuple[Any, list[str]]:
@@ -89,23 +136,38 @@ class MetricWriter:
     self.workdir = pathlib.Path(workdir)
     self.active = jax.process_index() == 0
     self._tb = None
+    # tensorboardX writes events in a thread of its own: what fails there is reported here.
+    self._tb_errors: list[BaseException] = []
     if self.active:
       from tensorboardX import SummaryWriter
 
-      path = self.workdir / "metrics.jsonl"
-      if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
-        write_atomically(path, lambda f: f.write("".join(f"{line}\n" for line in kept)))
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-      self._jsonl = open(path, "a")  # noqa: SIM115 - closed in close().
+      self._path = self.workdir / "metrics.jsonl"
+      if self._path.is_file():
+        lines = self._path.read_text().splitlines()
+        kept = [line for line in lines if _step_of(line) <= resume_step]
+        write_atomically(self._path, lambda f: f.write("".join(f"{line}\n" for line in kept)))
+      watch_thread_errors("tensorboardX", self._tb_errors)
+      try:
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+        self._jsonl = open(self._path, "a")  # noqa: SIM115 - closed in close().
+      except OSError as e:
+        raise UnwrittenFile(self.workdir / "tensorboard", e) from e
+
+  def _check_events(self) -> None:
+    if self._tb_errors:
+      raise UnwrittenFile(self.workdir / "tensorboard", self._tb_errors[0])
 
   def write(self, step: int, metrics: Mapping[str, float | int]) -> None:
     if not self.active:
       return
-    self._jsonl.write(dumps({"step": int(step), **metrics}) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(dumps({"step": int(step), **metrics}) + "\n")
+      self._jsonl.flush()
+    except OSError as e:
+      raise UnwrittenFile(self._path, e) from e
     for name, value in metrics.items():
       if isinstance(value, int | float) and not isinstance(value, bool):
+        self._check_events()  # Before each event: a dead writer thread's queue never drains.
         self._tb.add_scalar(name, value, step)
 
   def write_image(self, step: int, name: str, grid: np.ndarray) -> pathlib.Path | None:
@@ -113,12 +175,25 @@ class MetricWriter:
     if not self.active:
       return None
     path = self.workdir / "images" / f"{name}_step_{step:06d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(grid).save(path)
+    except OSError as e:
+      path.unlink(missing_ok=True)  # Not a truncated PNG.
+      raise UnwrittenFile(path, e) from e
+    self._check_events()
     self._tb.add_image(name, grid, step, dataformats="HWC")
     return path
 
   def close(self) -> None:
-    if self.active:
-      self._jsonl.close()
-      self._tb.close()
+    """Flushes and closes the files (raising `UnwrittenFile` if that fails)."""
+    if not self.active:
+      return
+    try:
+      try:
+        self._jsonl.close()
+      finally:
+        self._tb.close()
+    except OSError as e:
+      raise UnwrittenFile(self._path, e) from e
+    self._check_events()
