@@ -198,8 +198,8 @@ def run(argv: list[str]) -> int:
     config_lib.validate(config)
     print(json.dumps(config_lib.resolved(config), indent=2, ensure_ascii=False))
     return 0
+  from genlab.console import log
   from genlab.run import commands
-  from genlab.run.console import log
 
   if parsed.command == "train":
     if parsed.cpu_devices is not None:

@@ -80,7 +80,7 @@ def _sae_family(
   config.mesh.devices = 1
   config.kernels = "flax"
   config.model.update(name="sparse_ae", code=code, code_dim=32, k=2, **(model or {}))
-  config.sae.update(host_factory="tests:unused", normalize="norm", **sae)
+  config.sae.update(**{"host_factory": "tests:unused", "normalize": "norm", **sae})
   config.optimizer.learning_rate = learning_rate
   family = ActivationSAE(config, dataset, root_key=jax.random.key(0), kernels="flax")
   family.provide({"host_model": host})
@@ -532,3 +532,98 @@ def test_four_devices_match_one_device_with_the_host_split_too(language_model, d
     assert rows[mode]["devices"] == 4
     assert rows[mode]["max_abs_param_diff_vs_1_device"] < 1e-5, rows[mode]
     assert rows[mode]["max_abs_stats_diff_vs_1_device"] < 1e-5, rows[mode]
+
+
+@pytest.mark.slow
+def test_an_sae_keeps_the_host_it_was_trained_with_when_the_host_trains_on(data_dir, tmp_path):
+  """Through the CLI: the host trains on after the SAE started; eval and resume of the SAE
+  use the host checkpoint it was trained with (normalisation and all), and once the host
+  workdir no longer holds it, one line says so."""
+  from test_cli import assert_one_line_error, genlab
+
+  host, sae, unbroken = tmp_path / "host", tmp_path / "sae", tmp_path / "unbroken"
+  dd = f"--config.data.data_dir={data_dir}"
+  periods = [f"--config.{p}_every=10" for p in ("log", "eval", "image", "checkpoint")]
+  lm = ["train", "--config", str(EXPERIMENTS / "char_lm_pydoc.py"), "--workdir", str(host), dd]
+  lm += ["--config.model.width=16", "--config.model.depth=2", "--config.model.heads=2", *periods]
+  lm += ["--config.optimizer.warmup_steps=0", "--config.eval_batch_size=1024"]
+
+  def sae_train(workdir, steps):
+    args = ["train", "--config", str(EXPERIMENTS / "sae_pydoc_residual.py"), dd, *periods]
+    args += ["--workdir", str(workdir), f"--config.sae.host_workdir={host}"]
+    args += ["--config.sae.layer=block_0", "--config.model.code_dim=64", "--config.model.k=4"]
+    proc = genlab(*args, f"--config.num_steps={steps}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+  def evaluate():
+    proc = genlab("eval", "--workdir", str(sae))
+    report = json.loads((sae / "eval.json").read_text()) if proc.returncode == 0 else None
+    return proc, report
+
+  assert genlab(*lm, "--config.num_steps=20").returncode == 0
+  sae_train(sae, 10)
+  sae_train(unbroken, 20)
+  _, before = evaluate()
+  assert "checkpoint step 20" in before["protocol"]["host"]
+  assert genlab(*lm, "--config.num_steps=30").returncode == 0  # The host trains on.
+  _, after = evaluate()
+  assert after["metrics"] == before["metrics"] and after["protocol"] == before["protocol"]
+  sae_train(sae, 20)  # Resumed on the host it started with: as if never stopped.
+  from genlab.run import resources, restore_workdir
+
+  resumed, straight = (restore_workdir(w, provide=resources.provide)[1] for w in (sae, unbroken))
+  chex.assert_trees_all_equal(resumed.params, straight.params)
+  # Trained on with keep_checkpoints=1, the host workdir keeps only its newest checkpoint.
+  assert genlab(*lm, "--config.num_steps=40", "--config.keep_checkpoints=1").returncode == 0
+  gone, _ = evaluate()
+  assert_one_line_error(gone, "trained on the host checkpoint of step 20", "no longer holds")
+
+
+def test_aux_k_above_the_dictionary_is_refused_in_one_line():
+  from genlab.errors import ConfigError
+
+  with pytest.raises(ConfigError, match=r"config.sae.aux_k=33 must lie in 0..code_dim=32"):
+    _sae_family(code="topk", aux_k=33)
+
+
+def test_runs_sharing_an_activation_cache_each_get_it_whole(tmp_path):
+  """Two builders of one cache at once (the second starts and finishes while the first is
+  half-way): each writes a file of its own, so neither truncates nor loses the other's."""
+  import threading
+
+  halfway, go_on = threading.Event(), threading.Event()
+  first = _sae_family(normalize="none")  # Built without a cache: only its capture is used.
+  capture = first._capture
+
+  def slow_capture(batch):
+    out = capture(batch)
+    if batch["image"].shape[0] == 512 and not halfway.is_set():  # After its first batch.
+      halfway.set()
+      go_on.wait(60)
+    return out
+
+  first._capture = slow_capture
+  first.options.cache_dir = str(tmp_path)
+  results = {}
+  builder = threading.Thread(target=lambda: results.update(first=first._cached_activations()))
+  builder.start()
+  assert halfway.wait(60)
+  second = _sae_family(normalize="none", cache_dir=str(tmp_path))  # Builds it whole meanwhile.
+  go_on.set()
+  builder.join(60)
+  expected = np.asarray(capture({k: jnp.asarray(v) for k, v in first.dataset.train.items()}))
+  np.testing.assert_array_equal(results["first"], expected)
+  np.testing.assert_array_equal(second.dataset.train["activations"], expected)
+  assert [p.suffix for p in tmp_path.iterdir()].count(".npy") == 1, list(tmp_path.iterdir())
+
+
+def test_a_cut_short_activation_cache_is_set_aside_and_computed_again(tmp_path, capfd):
+  family = _sae_family(normalize="none", cache_dir=str(tmp_path))
+  expected = np.array(family.dataset.train["activations"])
+  (cache,) = tmp_path.glob("*.npy")
+  cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # A copy that stopped.
+  again = _sae_family(normalize="none", cache_dir=str(tmp_path))
+  np.testing.assert_array_equal(again.dataset.train["activations"], expected)
+  assert "cannot be used" in capfd.readouterr().err
+  damaged = tmp_path / f"{cache.stem}.damaged.npy"
+  assert damaged.stat().st_size < cache.stat().st_size  # Kept for inspection.

@@ -30,6 +30,8 @@ LAYERS = [
       "genlab.corruptions",
       "genlab.views",
       "genlab.registry",
+      "genlab.console",
+      "genlab.paths",
       "genlab.errors",
     ],
   ),

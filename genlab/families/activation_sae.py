@@ -44,7 +44,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pathlib
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -52,13 +54,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from genlab.console import warn
 from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, stream_key
 from genlab.data.sequences import decode_text
 from genlab.errors import ConfigError, GenlabError
 from genlab.families.base import Family, Report, Views
 from genlab.families.sparse_ae import NEVER, auxk_reconstruction_error
+from genlab.models import field_defaults
 from genlab.models.activations import HostModel, as_rows
 from genlab.models.sparse_ae import SparseAutoencoder, batch_top_k
+from genlab.paths import free_name
 from genlab.views import figure_pixels, subplots
 
 CODES = ("relu", "topk", "batchtopk", "jumprelu")
@@ -206,6 +211,9 @@ class ActivationSAE(Family):
       raise ConfigError(f"config.model.code={self.code!r}; activation SAEs take one of {CODES}")
     if o.aux_k and self.code not in ("topk", "batchtopk"):
       raise ConfigError("config.sae.aux_k (the dead-latent loss) needs code topk or batchtopk")
+    code_dim = self.fields.get("code_dim", field_defaults(self.model_cls).get("code_dim"))
+    if code_dim is not None and not 0 <= o.aux_k <= code_dim:
+      raise ConfigError(f"config.sae.aux_k={o.aux_k} must lie in 0..code_dim={code_dim}")
     if o.dead_after < 1 or o.resample_every < 0 or o.resample_encoder_scale <= 0:
       raise ConfigError(
         f"config.sae: dead_after={o.dead_after} must be positive, resample_every="
@@ -277,7 +285,12 @@ class ActivationSAE(Family):
 
   def _cached_activations(self) -> np.ndarray:
     """The train split's activations (sequences, positions, width), written once to
-    `sae.cache_dir` and memory-mapped; keyed by the host, the layer and the data."""
+    `sae.cache_dir` and memory-mapped; keyed by the host, the layer and the data.
+
+    Several runs may share the folder: each writes a file of its own and renames it into
+    place whole (the same content whoever finishes first). A file that does not read back
+    whole at the expected shape (cut short, overwritten) is set aside, never deleted, and
+    the cache is computed again."""
     train = self.dataset.train
     digest = hashlib.sha256()
     digest.update(self.host.description.encode())
@@ -286,13 +299,23 @@ class ActivationSAE(Family):
       digest.update(np.asarray(leaf).tobytes())
     digest.update(np.ascontiguousarray(train["image"]).tobytes())
     path = pathlib.Path(self.options.cache_dir).expanduser() / f"{digest.hexdigest()[:16]}.npy"
-    if not path.is_file():
-      path.parent.mkdir(parents=True, exist_ok=True)
-      partial = path.with_suffix(".partial.npy")
-      first = self._capture({k: jnp.asarray(v[:1]) for k, v in train.items()})
-      out = np.lib.format.open_memmap(
-        partial, mode="w+", dtype=np.float32, shape=(len(train["image"]), *first.shape[1:])
-      )
+    first = self._capture({k: jnp.asarray(v[:1]) for k, v in train.items()})
+    shape = (len(train["image"]), *first.shape[1:])
+    if path.is_file():
+      try:
+        cached = np.load(path, mmap_mode="r")
+        if cached.shape == shape and cached.dtype == np.float32:
+          return cached
+        why = f"it holds {cached.dtype} {cached.shape}, not float32 {shape}"
+      except (OSError, ValueError) as e:  # Cut short: "mmap length is greater than file size".
+        why = f"{type(e).__name__}: {e}"
+      aside = free_name(path.with_name(f"{path.stem}.damaged.npy"))
+      path.rename(aside)
+      warn(f"the activation cache {path} cannot be used ({why}): moved to {aside}, computed again")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
+    try:
+      out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
       start = 0
       for batch in self._host_batches(train):
         act = np.asarray(self._capture(batch))
@@ -300,9 +323,14 @@ class ActivationSAE(Family):
         start += len(act)
       out.flush()
       del out
-      partial.rename(path)  # Whole or absent: a crash never leaves a half-written cache.
-      meta = {"host": self.host.description, "layer": self.host.layer, "sequences": start}
-      path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+      os.replace(partial, path)  # Whole or absent: a crash never leaves a half-written cache.
+    finally:
+      partial.unlink(missing_ok=True)
+    meta = {"host": self.host.description, "layer": self.host.layer, "sequences": shape[0]}
+    meta_path = path.with_suffix(".json")
+    tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, meta_path)
     return np.load(path, mmap_mode="r")
 
   # The maths ----------------------------------------------------------------------------

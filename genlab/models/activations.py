@@ -117,6 +117,9 @@ class HostModel:
     token_loss: (the model's output, the batch) → ((B, P') loss per position, (B, P')
       weights where it counts): the host's own loss, for the loss recovered.
     description: a line for eval.json's protocol (which model, which checkpoint).
+    identity: what pins these exact parameters (the run layer fills it: the host workdir's
+      checkpoint step and a SHA-256 of the parameters), recorded in the SAE's workdir so
+      that a resume or `genlab eval` uses the same host or refuses.
   """
 
   model: nn.Module
@@ -126,6 +129,7 @@ class HostModel:
   positions: Callable[[dict[str, jax.Array]], jax.Array]
   token_loss: Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]
   description: str = ""
+  identity: dict = dataclasses.field(default_factory=dict)
 
   def capture(self, batch: dict[str, jax.Array], params: Any = None) -> tuple[Any, jax.Array]:
     """(the model's output, its activation at `layer`) on `batch`, with `params` (default:

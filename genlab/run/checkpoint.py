@@ -30,9 +30,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from genlab.errors import CheckpointWriteError
-from genlab.run.console import warn
-from genlab.run.writers import free_name, watch_thread_errors
+from genlab.console import warn
+from genlab.errors import CheckpointWriteError, WorkdirError
+from genlab.paths import free_name
+from genlab.run.writers import watch_thread_errors
 
 INTEGRITY_FILE = "genlab_integrity.json"
 
@@ -211,6 +212,25 @@ class Checkpointer:
           reason = _first_line(e, 200)
       unusable.append((step, reason))
     return None, None, unusable
+
+  def restore_exactly(self, target: Any, step: int) -> Any:
+    """The checkpoint of `step`, intact and finite, or one line saying why not (which steps
+    the folder holds instead)."""
+    held = self.all_steps()
+    if step not in held:
+      raise WorkdirError(
+        f"{self.directory} no longer holds the checkpoint of step {step} (it holds "
+        f"{', '.join(map(str, held)) or 'none'})"
+      )
+    reason = self.damage(step)
+    if reason is None:
+      try:
+        state = self.restore(target, step)
+        _check_restored(state, target)
+        return state
+      except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds.
+        reason = _first_line(e, 200)
+    raise WorkdirError(f"the checkpoint of step {step} in {self.directory} is unusable ({reason})")
 
   def damage(self, step: int) -> str | None:
     """What is wrong with the files of `step` against its integrity record, if anything."""

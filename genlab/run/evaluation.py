@@ -17,14 +17,15 @@ import jax
 import numpy as np
 
 from genlab import config as config_lib
+from genlab.console import log, warn
 from genlab.core import rngs
 from genlab.core.state import TrainState
 from genlab.errors import ConfigError, WorkdirError, WriteError
 from genlab.families import get_family
 from genlab.run.checkpoint import Checkpointer
-from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
 from genlab.run.loop import CONFIG_FILE, Provider, evaluate, read_saved_config
+from genlab.run.pins import read_pins
 from genlab.run.setup import Setup, build
 from genlab.run.writers import UnwrittenFile, dumps, json_safe, write_atomically
 from genlab.views import image_grid
@@ -57,14 +58,21 @@ def offers(family: type, method: str) -> bool:
 
 
 def restore_workdir(
-  workdir: str | pathlib.Path, overrides: list[str] = (), *, provide: Provider | None = None
+  workdir: str | pathlib.Path,
+  overrides: list[str] = (),
+  *,
+  provide: Provider | None = None,
+  step: int | None = None,
 ) -> tuple[Setup, TrainState, int]:
   """The setup of a trained workdir and its newest usable checkpoint (host arrays).
 
   Args:
     workdir: a genlab workdir.
     overrides: `--config.FIELD=VALUE` strings, for the fields of `eval_overrides`.
-    provide: builds the resources the family needs (see `genlab.run.loop.train`).
+    provide: builds the resources the family needs (see `genlab.run.loop.train`), the ones
+      the workdir's checkpoints were trained with (`resources.json`).
+    step: restore exactly this checkpoint (an SAE's host, pinned), or say in one line that
+      the workdir no longer holds it.
   """
   workdir = pathlib.Path(workdir)
   config_path = workdir / CONFIG_FILE
@@ -83,13 +91,16 @@ def restore_workdir(
   config_lib.validate(config)
   if not (workdir / "checkpoints").is_dir():  # Said before any costly resource is built.
     raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
-  s = build(config, provide=provide)
+  s = build(config, provide=provide, pins=read_pins(workdir))
   with WorkdirLock(workdir, exclusive=False, what="eval"):
     ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
     try:
       if not ckpt.all_steps():
         raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
-      restored, step, unusable = ckpt.find_usable(s.initial_state)
+      if step is None:
+        restored, step, unusable = ckpt.find_usable(s.initial_state)
+      else:
+        restored, unusable = ckpt.restore_exactly(s.initial_state, step), []
     finally:
       ckpt.close()
   for bad_step, reason in unusable:

@@ -26,12 +26,12 @@ import ml_collections
 import numpy as np
 
 from genlab.config import base_config
+from genlab.console import log, warn
 from genlab.data import Dataset, RecordSplit
 from genlab.errors import GenlabError, WorkdirError
-from genlab.run.console import log, warn
+from genlab.paths import free_name
 from genlab.run.evaluation import evaluate_workdir, restore_workdir
 from genlab.run.loop import train
-from genlab.run.writers import free_name
 
 
 def cache_dir() -> pathlib.Path:

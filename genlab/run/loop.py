@@ -38,13 +38,14 @@ import numpy as np
 import tqdm
 
 from genlab import config as config_lib
+from genlab.console import log, warn
 from genlab.core import rngs
 from genlab.core.state import TrainState
 from genlab.data import Batcher, ResidentSplit, augment, eval_batches
 from genlab.errors import ConfigError, NonFiniteError, Preempted, WorkdirError, WriteError
 from genlab.run.checkpoint import Checkpointer
-from genlab.run.console import log, warn
 from genlab.run.lock import WorkdirLock
+from genlab.run.pins import read_pins, record_pins
 from genlab.run.preemption import StopSignals
 from genlab.run.runner import ResidentFeed, Runner, StreamedFeed
 from genlab.run.setup import Setup, build, check_workdir
@@ -293,8 +294,11 @@ def _train(
         "workdir is moved aside, not deleted)"
       )
     config_lib.check_resumable(read_saved_config(saved_config), config)
-  s = built or build(config, provide=provide)
+  pins = read_pins(workdir) if has_checkpoints else {}
+  s = built or build(config, provide=provide, pins=pins)
   check_dataset(workdir, s, resuming=has_checkpoints)
+  if not pins:  # What the checkpoints are trained with, from now on (an SAE's host).
+    record_pins(workdir, s.family.resources)
   runner = s.runner
   batcher = training_batcher(s)  # Checks the batch size against the data before any write.
   resident = resident_split(s, batcher)

@@ -9,14 +9,16 @@ genlab workdir or made by a user's function (`genlab.models.activations.HostMode
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import pathlib
 
+from genlab.console import log
 from genlab.errors import ConfigError, WorkdirError
 from genlab.models.activations import HostModel
-from genlab.run.console import log
+from genlab.registry import import_path
 from genlab.run.evaluation import restore_workdir
 from genlab.run.feature_net import feature_network
+from genlab.run.pins import params_digest
 from genlab.run.setup import Setup
 
 
@@ -25,27 +27,47 @@ def _feature_net(s: Setup, *, steps: int):
 
 
 def _host_model(
-  s: Setup, *, workdir: str = "", layer: str = "", skip_first: int = 0, factory: str = ""
+  s: Setup,
+  *,
+  workdir: str = "",
+  layer: str = "",
+  skip_first: int = 0,
+  factory: str = "",
+  pin: dict | None = None,
 ) -> HostModel:
   """The host of an activation SAE: `factory()` ('package.module:function'), or the model
-  of the genlab run in `workdir` (its newest usable checkpoint) reading `layer`."""
+  of the genlab run in `workdir` (its newest usable checkpoint) reading `layer`. With `pin`
+  (what the SAE's workdir recorded: the host checkpoint's step and its parameters' digest),
+  exactly that host, or one line saying why it is gone."""
   if factory:
-    module, _, name = factory.partition(":")
-    try:
-      make = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-      raise ConfigError(f"config.sae.host_factory={factory!r}: {e}") from e
+    make = import_path(factory, what="config.sae.host_factory")
     host = make()
     if not isinstance(host, HostModel):
       raise ConfigError(f"{factory} returned a {type(host).__name__}, not a HostModel")
-    return host
+    digest = params_digest(host.params)
+    if pin and pin.get("params_sha256") != digest:
+      raise WorkdirError(
+        f"config.sae.host_factory={factory!r} now gives other host parameters (SHA-256 "
+        f"{digest[:12]}) than this SAE was trained with ({pin.get('params_sha256', '?')[:12]}); "
+        "make the factory give the same ones, or train a new SAE (--fresh)"
+      )
+    return dataclasses.replace(host, identity={"factory": factory, "params_sha256": digest})
   if not pathlib.Path(workdir).is_dir():
     raise WorkdirError(
       f"config.sae.host_workdir={workdir!r} does not exist: train the host there first (for "
       "experiments/sae_pydoc_residual.py, the command in experiments/char_lm_pydoc.py), or "
       "point the option at a trained language_model run"
     )
-  host_setup, state, step = restore_workdir(workdir)
+  step = pin.get("step") if pin else None
+  try:
+    host_setup, state, step = restore_workdir(workdir, step=step)
+  except WorkdirError as e:
+    if step is None:
+      raise
+    raise WorkdirError(
+      f"this SAE was trained on the host checkpoint of step {step} of {workdir}, and {e}; "
+      "restore that checkpoint there, or train a new SAE (--fresh)"
+    ) from None
   family = host_setup.family
   if not hasattr(family, "host_model"):
     raise ConfigError(
@@ -57,11 +79,19 @@ def _host_model(
       f"the host in {workdir} was trained on {host_setup.config.dataset!r}, and this run's "
       f"dataset is {s.config.dataset!r}: the SAE reads the host on its own inputs"
     )
+  params = state.params["model"]
+  digest = params_digest(params)
+  if pin and pin.get("params_sha256") != digest:
+    raise WorkdirError(
+      f"the host checkpoint of step {step} in {workdir} holds other parameters (SHA-256 "
+      f"{digest[:12]}) than this SAE was trained with ({pin.get('params_sha256', '?')[:12]}): "
+      "the host was trained again from scratch there; restore it, or train a new SAE (--fresh)"
+    )
   description = f"genlab {host_setup.config.family} run {workdir}, checkpoint step {step}"
   log(f"genlab: SAE host: {description}, layer {layer!r}")
-  return family.host_model(
-    state.params["model"], layer, skip_first=skip_first, description=description
-  )
+  host = family.host_model(params, layer, skip_first=skip_first, description=description)
+  identity = {"workdir": str(pathlib.Path(workdir).resolve()), "step": int(step)}
+  return dataclasses.replace(host, identity={**identity, "params_sha256": digest})
 
 
 PROVIDERS = {"feature_net": _feature_net, "host_model": _host_model}
@@ -76,7 +106,8 @@ def provide(s: Setup) -> None:
         f"the {s.config.family} family needs {name!r}, which genlab cannot build; "
         f"it builds {sorted(PROVIDERS)}"
       )
-    built[name] = PROVIDERS[name](s, **settings)
+    pin = s.pins.get(name)
+    built[name] = PROVIDERS[name](s, **settings, **({"pin": pin} if pin else {}))
   s.family.provide(built)
 
 

@@ -36,10 +36,16 @@ class Setup:
   runner: Runner
   root_key: jax.Array
   initial_state: TrainState | None  # Host arrays; the structure checkpoints restore into.
+  # What pins the resources a workdir's checkpoints were trained with (an SAE's host: its
+  # checkpoint step and parameters' digest), by resource name; `genlab.run.resources`.
+  pins: dict = dataclasses.field(default_factory=dict)
 
 
 def setup(
-  config: ml_collections.ConfigDict, *, provide: Callable[[Setup], None] | None = None
+  config: ml_collections.ConfigDict,
+  *,
+  provide: Callable[[Setup], None] | None = None,
+  pins: dict | None = None,
 ) -> Setup:
   """Checks `config` (`genlab.config.validate`), loads the data and builds the runner, the
   family and a fresh state for it.
@@ -48,14 +54,18 @@ def setup(
   runs before the first state is made, since a family's shapes may depend on them (an
   SAE's input width is its host model's)."""
   config_lib.validate(config)
-  return build(config, provide=provide)
+  return build(config, provide=provide, pins=pins)
 
 
 def build(
-  config: ml_collections.ConfigDict, *, provide: Callable[[Setup], None] | None = None
+  config: ml_collections.ConfigDict,
+  *,
+  provide: Callable[[Setup], None] | None = None,
+  pins: dict | None = None,
 ) -> Setup:
   """`setup` of a config its caller has validated already: the train loop and `genlab eval`
-  check theirs once, before they touch the workdir."""
+  check theirs once, before they touch the workdir. `pins` are the resources' pins a
+  workdir recorded (`genlab.run.resources.read_pins`): `provide` builds exactly those."""
   dataset = load_dataset(
     config.dataset,
     data_dir=config.data.data_dir,
@@ -88,6 +98,7 @@ def build(
     runner=runner,
     root_key=root_key,
     initial_state=None,
+    pins=dict(pins or {}),
   )
   if provide is not None:
     provide(s)

@@ -64,16 +64,6 @@ def write_atomically(path: pathlib.Path, write, *, binary: bool = False) -> None
     raise
 
 
-def free_name(path: pathlib.Path) -> pathlib.Path:
-  """`path`, or `path.1`, `path.2`, ... the first that does not exist: a folder set aside is
-  kept for inspection, so a second one of the same step never replaces the first."""
-  n, free = 0, path
-  while free.exists() or free.is_symlink():
-    n += 1
-    free = path.with_name(f"{path.name}.{n}")
-  return free
-
-
 def watch_thread_errors(package: str, errors: list[BaseException]) -> None:
   """Routes exceptions raised in `package`'s background threads (orbax's saves, tensorboardX's
   event writer) into `errors`, the newest caller's list, instead of printing their
