@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from genlab.core.sharding import to_host
+
 
 def _to_rgb_uint8(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
   lo, hi = value_range
@@ -73,7 +75,7 @@ def class_rows(draw, z: np.ndarray, num_classes: int, value_range) -> np.ndarray
   classes = min(10, num_classes)
   z = np.asarray(z)
   labels = np.repeat(np.arange(classes, dtype=np.int32), len(z))
-  images = np.asarray(draw(np.tile(z, (classes, 1)), labels))
+  images = to_host(draw(np.tile(z, (classes, 1)), labels))
   return image_grid(
     list(images.reshape(classes, len(z), *images.shape[1:])),
     labels=[f"y = {c}" for c in range(classes)],

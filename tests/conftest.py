@@ -102,17 +102,18 @@ def genlab_command() -> str:
 
 
 def restore_latest(workdir) -> tuple[int, object]:
-  """(step, host TrainState) of the newest usable checkpoint of a finished workdir."""
+  """(step, TrainState) of the newest usable checkpoint of a finished workdir, on this
+  process's devices (replicated)."""
   from genlab import config as config_lib
   from genlab.run import setup
   from genlab.run.checkpoint import Checkpointer
 
   config = config_lib.from_json((pathlib.Path(workdir) / "config.json").read_text())
   config.mesh.update(devices=0, fsdp=1)  # This process's devices; the state's shape is the same.
-  initial = setup(config).initial_state
+  target = setup(config).abstract_state
   ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
   try:
-    state, step, _ = ckpt.find_usable(initial)
+    state, step, _ = ckpt.find_usable(target)
   finally:
     ckpt.close()
   return step, state

@@ -5,7 +5,7 @@ the run layer (`genlab.run`) compiles and drives what they build.
 """
 
 from genlab.core.rngs import example_keys, root_key, step_key, stream_key
-from genlab.core.sharding import make_mesh, state_shardings
+from genlab.core.sharding import make_mesh, state_shardings, to_host
 from genlab.core.state import TrainState, all_finite, make_optimizer
 from genlab.core.step import Metrics, gradient_step, masked_sum, optimization_metrics
 
@@ -23,4 +23,5 @@ __all__ = [
   "state_shardings",
   "step_key",
   "stream_key",
+  "to_host",
 ]

@@ -65,6 +65,27 @@ def fsdp_spec(shape: Sequence[int], fsdp: int, min_size: int) -> P:
   return P()
 
 
+def to_host(tree: Any) -> Any:
+  """`tree`'s arrays as host NumPy arrays, whole: for what a computation on the state gives
+  (images, codes, samples, metric sums), never for the state itself. An array spread over
+  several processes is gathered from them (`process_allgather`): every process must then
+  call this, as they all ran the computation (views and evaluation run on every process;
+  only process 0 writes)."""
+
+  def whole(x):
+    if not isinstance(x, jax.Array):
+      return np.asarray(x)
+    if x.sharding.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    if x.is_fully_addressable:
+      return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(whole, tree)
+
+
 def state_shardings(state: Any, mesh: Mesh, *, min_size: int) -> Any:
   """A `NamedSharding` for every array of `state` (a pytree), by `fsdp_spec`."""
   fsdp = mesh.shape[FSDP]
@@ -79,4 +100,5 @@ __all__ = [
   "fsdp_spec",
   "make_mesh",
   "state_shardings",
+  "to_host",
 ]

@@ -55,7 +55,7 @@ import numpy as np
 import optax
 
 from genlab.console import warn
-from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, stream_key
+from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, stream_key, to_host
 from genlab.data.sequences import decode_text
 from genlab.errors import ConfigError, GenlabError
 from genlab.families.base import Family, Report, Views
@@ -271,7 +271,7 @@ class ActivationSAE(Family):
       return np.zeros(d, np.float32), np.ones(d, np.float32)
     rows, need = [], self.options.normalize_examples
     for batch in self._host_batches(self.dataset.train):
-      act = np.asarray(as_rows(self._capture(batch)))
+      act = to_host(as_rows(self._capture(batch)))
       weights = np.asarray(self.host.positions(batch)).reshape(-1)
       rows.append(act[weights > 0])
       need -= len(rows[-1])
@@ -318,7 +318,7 @@ class ActivationSAE(Family):
       out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
       start = 0
       for batch in self._host_batches(train):
-        act = np.asarray(self._capture(batch))
+        act = to_host(self._capture(batch))
         out[start : start + len(act)] = act
         start += len(act)
       out.flush()
@@ -570,7 +570,7 @@ class ActivationSAE(Family):
       batch = {
         k: jnp.asarray(v[start : start + 512]) for k, v in data.items() if k != "activations"
       }
-      code, weights = (np.asarray(a) for a in self._codes(state, batch))
+      code, weights = to_host(self._codes(state, batch))
       per = len(weights) // len(batch["image"])
       index = np.stack(np.divmod(np.arange(len(weights)), per), axis=1)
       index[:, 0] += start

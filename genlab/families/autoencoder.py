@@ -28,6 +28,7 @@ from genlab.core import (
   make_optimizer,
   masked_sum,
   stream_key,
+  to_host,
 )
 from genlab.data import scale_values, scaled_mean
 from genlab.errors import ConfigError
@@ -62,7 +63,7 @@ class AutoencoderViews(Views):
     if "target" in batch:
       rows.append(batch["target"])
       labels.append("target")
-    rows.append(np.asarray(output))
+    rows.append(to_host(output))
     labels.append("output")
     name = "prediction" if "target" in batch else "reconstruction"
     name = "denoising" if family.corrupt is not None else name

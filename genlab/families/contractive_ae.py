@@ -21,10 +21,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from genlab import losses
-from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
+from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum, to_host
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
 from genlab.views import image_grid
@@ -47,7 +46,7 @@ class ContractiveViews(Views):
   def images(self, state, batch, step):
     family, n = self.family, int(batch["mask"].sum())
     output, _ = family.model.apply({"params": state.params["model"]}, batch["image"][:n])
-    rows = [batch["image"][:n], np.asarray(output)]
+    rows = [batch["image"][:n], to_host(output)]
     grid = image_grid(rows, labels=["input", "output"], value_range=family.value_range)
     return {"reconstruction": grid}
 

@@ -59,6 +59,7 @@ from genlab.core import (
   make_optimizer,
   masked_sum,
   stream_key,
+  to_host,
 )
 from genlab.data import scale_values
 from genlab.errors import ConfigError
@@ -426,7 +427,7 @@ class GAN(Family):
 
     fake_logits = np.concatenate(
       [
-        np.asarray(self._discriminate(d_params, d_stats, samples[i : i + 500], chunk_labels(i)))
+        to_host(self._discriminate(d_params, d_stats, samples[i : i + 500], chunk_labels(i)))
         for i in range(0, n_fake, 500)
       ]
     )
@@ -464,7 +465,7 @@ class GAN(Family):
     params = state.params["generator"]
     return np.concatenate(
       [
-        np.asarray(
+        to_host(
           self._generate(params, z[i : i + 500], None if labels is None else labels[i : i + 500])
         )
         for i in range(0, num, 500)

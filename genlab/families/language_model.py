@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
+from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum, to_host
 from genlab.data.sequences import decode_text
 from genlab.errors import DataError
 from genlab.families.base import Family, Report, Views
@@ -185,7 +185,7 @@ class LanguageModel(Family):
     for i in range(steps):
       at = lengths + i
       inside = at < tokens.shape[1]
-      logits = np.asarray(self._logits(params, jnp.asarray(tokens)))
+      logits = to_host(self._logits(params, jnp.asarray(tokens)))
       rows = np.arange(len(tokens))[inside]
       tokens[rows, at[inside]] = np.argmax(logits[rows, at[inside] - 1, 1:], axis=-1) + 1
     return tokens

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from genlab import losses
-from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum
+from genlab.core import Metrics, TrainState, gradient_step, make_optimizer, masked_sum, to_host
 from genlab.data.sequences import decode_text
 from genlab.errors import ConfigError, DataError
 from genlab.families.base import Family, Report, Views
@@ -256,8 +256,8 @@ class RecurrentAutoencoder(Family):
     for start in range(0, len(test["image"]), size):
       batch = {k: jnp.asarray(v[start : start + size]) for k, v in test.items()}
       loss, _, output = self._per_example(params, batch)
-      errors.append(np.asarray(loss))
-      outputs.append(np.asarray(output))
+      errors.append(to_host(loss))
+      outputs.append(to_host(output))
     return np.concatenate(errors), np.concatenate(outputs)
 
   def distribution_metrics(self, state) -> dict:

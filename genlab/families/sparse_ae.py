@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from genlab import losses
-from genlab.core import TrainState, gradient_step
+from genlab.core import TrainState, gradient_step, to_host
 from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.autoencoder import (
@@ -143,14 +143,20 @@ def auxk_reconstruction_error(
   return 0.5 * jnp.sum((target - output) ** 2, axis=tuple(range(1, target.ndim)))
 
 
+VIEW_FILTERS = 256  # The decoder's filters drawn in the `filters` view (the first ones).
+
+
 class SparseAutoencoderViews(AutoencoderViews):
-  """The reconstructions, the decoder's filters and a histogram of the units' rates ρ̂_j."""
+  """The reconstructions, the decoder's first filters and a histogram of the units' rates
+  ρ̂_j."""
 
   def images(self, state, batch, step):
     family = self.family
     params = state.params["model"]
     views = super().images(state, batch, step)
-    kernel = np.asarray(params["decoder"]["kernel"])  # (code_dim, H·W·C)
+    # The first VIEW_FILTERS rows only, cut where they lie: a large dictionary is never
+    # copied whole to the host for a picture.
+    kernel = to_host(params["decoder"]["kernel"][:VIEW_FILTERS])  # (filters, H·W·C)
     filters = kernel.reshape(kernel.shape[0], *family.dataset.target_shape)
     lo = filters.min(axis=(1, 2, 3), keepdims=True)
     hi = filters.max(axis=(1, 2, 3), keepdims=True)
@@ -338,5 +344,5 @@ class SparseAutoencoder(Autoencoder):
     x = scale_values(self.dataset.test["image"], self.value_range)
     size = self.config.eval_batch_size or self.config.batch_size
     encode = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method="encode"))
-    codes = [np.asarray(encode(params, x[i : i + size])) for i in range(0, len(x), size)]
+    codes = [to_host(encode(params, x[i : i + size])) for i in range(0, len(x), size)]
     return np.concatenate(codes).mean(axis=0)

@@ -52,6 +52,7 @@ from genlab.core import (
   make_optimizer,
   masked_sum,
   stream_key,
+  to_host,
 )
 from genlab.data import scale_values
 from genlab.errors import ConfigError
@@ -93,7 +94,7 @@ class VAEViews(Views):
     mean, _ = family.posterior(params, x, y)
     views = {
       "reconstruction": image_grid(
-        [x, np.asarray(family.mean_image(params, mean, y))],
+        [x, to_host(family.mean_image(params, mean, y))],
         labels=["x", "E[x|z=μ(x)]"],
         value_range=family.value_range,
       )
@@ -115,13 +116,13 @@ class VAEViews(Views):
       x = scale_values(test["image"][: 2 * pairs], family.value_range)
       y = family.test_labels(2 * pairs)
       mean, _ = family.posterior(params, x, y)
-      starts, ends = np.asarray(mean[0::2]), np.asarray(mean[1::2])
+      starts, ends = to_host((mean[0::2], mean[1::2]))
       t = np.linspace(0.0, 1.0, 8)
       # A conditional VAE decodes the whole path with the starting image's label.
       path_labels = None if y is None else jnp.repeat(y[0::2], len(t))
       for name, path in (("interpolation_linear", lerp), ("interpolation_spherical", slerp)):
         z = np.stack([path(a, b, t) for a, b in zip(starts, ends, strict=True)])  # (pairs, 8, K)
-        images = np.asarray(family.mean_image(params, z.reshape(-1, z.shape[-1]), path_labels))
+        images = to_host(family.mean_image(params, z.reshape(-1, z.shape[-1]), path_labels))
         views[name] = image_grid(
           list(images.reshape(pairs, 8, *images.shape[1:])),
           labels=[f"test {2 * i} → {2 * i + 1}" for i in range(pairs)],
@@ -137,9 +138,7 @@ class VAEViews(Views):
     y = family.test_labels(2000)
     mean = np.concatenate(
       [
-        np.asarray(
-          family.posterior(params, x[i : i + 500], None if y is None else y[i : i + 500])[0]
-        )
+        to_host(family.posterior(params, x[i : i + 500], None if y is None else y[i : i + 500])[0])
         for i in range(0, len(x), 500)
       ]
     )
@@ -366,7 +365,7 @@ class VariationalAutoencoder(Family):
     """E[x|z] for `num` draws z ~ N(0, I) from `key`; a conditional VAE's sample i is of
     class i mod num_classes (`sample_labels`)."""
     z = jax.random.normal(key, (num, self.model.latent_dim))
-    return np.asarray(self.mean_image(state.params["model"], z, self.sample_labels(num)))
+    return to_host(self.mean_image(state.params["model"], z, self.sample_labels(num)))
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from genlab.core import Metrics, TrainState, gradient_step, stream_key
+from genlab.core import Metrics, TrainState, gradient_step, stream_key, to_host
 from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.autoencoder import Autoencoder, AutoencoderReport, AutoencoderViews
@@ -371,4 +371,4 @@ class VectorQuantizedVAE(Autoencoder):
       _, quantized = self.model.apply({"params": params}, z_e, method="quantize")
       return code_counts(quantized["indices"], self.codebook_size)
 
-    return sum(np.asarray(counts(params, x[i : i + size])) for i in range(0, len(x), size))
+    return sum(to_host(counts(params, x[i : i + size])) for i in range(0, len(x), size))

@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from genlab.console import warn
+from genlab.core.state import all_finite
 from genlab.errors import CheckpointWriteError, WorkdirError
 from genlab.paths import free_name
 from genlab.run.writers import watch_thread_errors
@@ -121,7 +122,9 @@ class Checkpointer:
     return sorted(s for s in self._manager.all_steps() if s in complete or s in self._unrecorded)
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves `state` (host arrays) at `step` if orbax's policy says so or `force`.
+    """Saves `state` at `step` if orbax's policy says so or `force`: its arrays as they are
+    placed, each process writing only its own shards (and `save` returns once they are
+    copied off the devices, so a step may then donate them).
 
     Orbax saves when `step % every == 0`, and also the first step this manager
     is given; the loop calls `save` only at multiples of `every` and at the end.
@@ -444,10 +447,16 @@ def _crc32(path: pathlib.Path) -> int:
 
 
 def _check_restored(state: Any, target: Any) -> None:
-  """Raises if a restored state's leaves differ in shape from the target's or are not finite."""
+  """Raises if a restored state's leaves differ in shape from the target's or are not finite;
+  checked where the arrays are (one boolean comes back), never by copying them whole."""
   for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(target), strict=True):
     if np.shape(got) != np.shape(want):
       raise ValueError(f"restored shape {np.shape(got)} differs from {np.shape(want)}")
-    got = np.asarray(got)
-    if np.issubdtype(got.dtype, np.floating) and not np.all(np.isfinite(got)):
-      raise ValueError("restored values are not finite")
+  finite = _all_finite(state)
+  if not bool(np.asarray(finite.addressable_data(0) if isinstance(finite, jax.Array) else finite)):
+    raise ValueError("restored values are not finite")
+
+
+@jax.jit
+def _all_finite(state):
+  return all_finite(state)

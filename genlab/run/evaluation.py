@@ -64,7 +64,8 @@ def restore_workdir(
   provide: Provider | None = None,
   step: int | None = None,
 ) -> tuple[Setup, TrainState, int]:
-  """The setup of a trained workdir and its newest usable checkpoint (host arrays).
+  """The setup of a trained workdir and its newest usable checkpoint, read straight into its
+  shards on the mesh of `config.mesh` (overridable).
 
   Args:
     workdir: a genlab workdir.
@@ -98,9 +99,9 @@ def restore_workdir(
       if not ckpt.all_steps():
         raise WorkdirError(f"{workdir} has no checkpoint to evaluate")
       if step is None:
-        restored, step, unusable = ckpt.find_usable(s.initial_state)
+        restored, step, unusable = ckpt.find_usable(s.abstract_state)
       else:
-        restored, unusable = ckpt.restore_exactly(s.initial_state, step), []
+        restored, unusable = ckpt.restore_exactly(s.abstract_state, step), []
     finally:
       ckpt.close()
   for bad_step, reason in unusable:
@@ -133,7 +134,7 @@ def evaluate_workdir(
   unwritable = _unwritable(path)
   if unwritable:
     warn(f"cannot write {path} ({unwritable}): the report will be printed, not saved")
-  state = s.runner.place_state(restored)
+  state = restored
   metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
   if s.family.final_eval_step is not None:
     final_step = s.runner.eval_step(s.family.final_eval_step)

@@ -27,6 +27,7 @@ import numpy as np
 
 from genlab.config import base_config
 from genlab.console import log, warn
+from genlab.core import to_host
 from genlab.data import Dataset, RecordSplit
 from genlab.errors import GenlabError, WorkdirError
 from genlab.paths import free_name
@@ -139,7 +140,7 @@ def feature_network(dataset: Dataset, data_config, *, steps: int = 2000) -> Feat
     return jax.nn.softmax(logits), features
 
   return FeatureNet(
-    apply=lambda x: tuple(np.asarray(a) for a in apply(x)),
+    apply=lambda x: to_host(tuple(apply(x))),
     test_accuracy=float(report["metrics"]["accuracy"]),
     hash=short,
     workdir=workdir,

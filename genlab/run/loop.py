@@ -94,7 +94,7 @@ def evaluate(
   n = totals.pop("num_examples")
   means = s.family.summarize({k: v / n for k, v in totals.items()})
   if split == "test" and include_distribution:
-    means.update(s.family.distribution_metrics(s.runner.to_host(state)))
+    means.update(s.family.distribution_metrics(state))
   return {**means, "num_examples": int(round(n))}
 
 
@@ -118,9 +118,11 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def write_images(s: Setup, writer: MetricWriter, step: int, state: TrainState) -> None:
-  """The family's views of `state` (host arrays), the grids of the first `num_images` test
-  examples (the same ones at every step)."""
-  if not writer.active or s.config.num_images <= 0:
+  """The family's views of `state` (as placed on the mesh: views compute on it and fetch
+  their images), the grids of the first `num_images` test examples (the same ones at every
+  step). Every process draws them (the computations on a state spread over several
+  processes are theirs together); only process 0 writes."""
+  if s.config.num_images <= 0:
     return
   batch = next(
     eval_batches(
@@ -154,7 +156,7 @@ class TrainTimer:
 
 @dataclasses.dataclass
 class RunResult:
-  state: TrainState  # Host copy of the final state.
+  state: TrainState  # The final state, as placed on the run's mesh.
   step: int
   test_metrics: dict[str, float]
   workdir: pathlib.Path
@@ -308,7 +310,7 @@ def _train(
     warn(f"{ckpt_dir / str(step)} is {reason}: moved to checkpoints_unusable/, not read")
   writer, progress, feed, start = None, None, None, 0
   try:
-    state = _restore_or_start(config, ckpt, s.initial_state)
+    state = _restore_or_start(config, ckpt, s)
     start = int(state.step)
     if start > config.num_steps:
       raise ConfigError(
@@ -326,7 +328,6 @@ def _train(
       feed = ResidentFeed(resident, runner, steps_per_dispatch=k)
     else:
       feed = StreamedFeed(batcher, runner, start=start, end=config.num_steps, steps_per_dispatch=k)
-    state = runner.place_state(state)
     train_step = runner.train_step(s.family.train_step, feed, state)
     eval_step = runner.eval_step(s.family.eval_step)
     writer = MetricWriter(workdir, resume_step=start)
@@ -337,6 +338,7 @@ def _train(
       f"steps {start}->{config.num_steps} data={data_path(batcher, resident)} "
       f"steps_per_dispatch={k}"
     )
+    log(f"genlab: {runner.describe_state(s.abstract_state)}")
     test_metrics: dict[str, float] = {}
     metrics_log = MetricsLog(runner, config, ckpt, headline=s.family.headline)
     timer = TrainTimer()
@@ -350,7 +352,7 @@ def _train(
       test_metrics = evaluate(s, eval_step, state)
       writer.write(0, {f"test/{k}": v for k, v in test_metrics.items()})
       log(f"step 0: test {format_metrics(test_metrics)}")
-      write_images(s, writer, 0, runner.to_host(state))
+      write_images(s, writer, 0, state)
   except UnwrittenFile as e:
     _close_quietly(progress, writer, feed, ckpt)
     raise _write_error(e, start, ckpt) from None
@@ -383,14 +385,14 @@ def _train(
             writer.write(step, {f"test/{k}": v for k, v in test_metrics.items()})
             log(f"step {step}: test {format_metrics(test_metrics)}")
           if step % config.image_every == 0 or last:
-            write_images(s, writer, step, runner.to_host(state))
+            write_images(s, writer, step, state)
           if step % config.checkpoint_every == 0 or last:
             metrics_log.drain()  # Raises first if a non-finite step is pending ('stop').
-            ckpt.save(step, runner.to_host(state), force=last)
+            ckpt.save(step, state, force=last)
           if not last and signals.should_stop(step):
             metrics_log.drain()
             if ckpt.latest_step() != step:
-              ckpt.save(step, runner.to_host(state), force=True)
+              ckpt.save(step, state, force=True)
             ckpt.wait()
             raise Preempted(
               f"{signals.received or 'a stop signal on another process'} at step {step}: "
@@ -410,8 +412,7 @@ def _train(
     writer.close()
   except UnwrittenFile as e:
     raise _write_error(e, step, ckpt) from None
-  final = runner.to_host(state)
-  return RunResult(state=final, step=int(final.step), test_metrics=test_metrics, workdir=workdir)
+  return RunResult(state=state, step=int(state.step), test_metrics=test_metrics, workdir=workdir)
 
 
 def _close_quietly(*things) -> None:
@@ -527,16 +528,18 @@ def data_path(batcher: Batcher, resident: ResidentSplit | None) -> str:
   return how + ")"
 
 
-def _restore_or_start(config, ckpt: Checkpointer, initial_state: TrainState) -> TrainState:
-  """The newest usable checkpoint's state; damaged newer ones are set aside, with a warning.
+def _restore_or_start(config, ckpt: Checkpointer, s: Setup) -> TrainState:
+  """The newest usable checkpoint's state, each array read straight into its shards on the
+  run's mesh (another mesh than the one it was saved on included); damaged newer ones are
+  set aside, with a warning. Without one, a fresh state, born sharded.
 
   Raises:
     WorkdirError: checkpoints exist but none is usable, and
       `on_unusable_checkpoints` is not 'restart'.
   """
   if not ckpt.all_steps():
-    return initial_state
-  state, step, unusable = ckpt.find_usable(initial_state)
+    return s.initial_state
+  state, step, unusable = ckpt.find_usable(s.abstract_state)
   for bad_step, reason in unusable:
     warn(f"the checkpoint of step {bad_step} in {ckpt.directory} is unusable ({reason})")
   if state is None:
@@ -549,7 +552,7 @@ def _restore_or_start(config, ckpt: Checkpointer, initial_state: TrainState) -> 
       )
     aside = ckpt.set_aside([st for st, _ in unusable])
     warn(f"starting over from step 0 as asked; unusable checkpoints moved to {aside}")
-    return initial_state
+    return s.initial_state
   if unusable:
     aside = ckpt.set_aside([st for st, _ in unusable])
     warn(f"fell back to the checkpoint of step {step}; unusable ones moved to {aside}")

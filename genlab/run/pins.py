@@ -16,6 +16,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from genlab.errors import WorkdirError
@@ -25,13 +26,33 @@ PINS_FILE = "resources.json"
 
 
 def params_digest(params: Any) -> str:
-  """A SHA-256 of a pytree of arrays: every leaf's path, dtype, shape and bytes."""
+  """A digest of a pytree of arrays that is the same whatever devices and processes hold
+  them, computed where they lie: per leaf, two position-weighted sums of its bits modulo
+  2^32 (integer sums: exact in any order), with its path, dtype and shape, through SHA-256.
+  Not a cryptographic hash of the bytes (that would copy every array whole to one host):
+  a check that the parameters are the same ones."""
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    array = np.ascontiguousarray(np.asarray(leaf))
-    digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype.str}:{array.shape};".encode())
-    digest.update(array.data)
+    sums = _weighted_bit_sums(leaf)
+    sums = np.asarray(sums.addressable_data(0) if isinstance(sums, jax.Array) else sums)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{tuple(leaf.shape)};".encode())
+    digest.update(sums.astype("<u4").tobytes())
   return digest.hexdigest()
+
+
+@jax.jit
+def _weighted_bit_sums(x: jax.Array) -> jax.Array:
+  x = jnp.asarray(x).reshape(-1)
+  width = x.dtype.itemsize * 8
+  if width not in (8, 16, 32):  # float64 and friends: compared as their float32 values.
+    x, width = x.astype(jnp.float32), 32
+  bits = jax.lax.bitcast_convert_type(x, {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[width])
+  bits = bits.astype(jnp.uint32)
+  index = jnp.arange(x.size, dtype=jnp.uint32)
+  first = jnp.sum(bits * (index * jnp.uint32(2654435761) + jnp.uint32(1)), dtype=jnp.uint32)
+  rotated = (bits << 13) | (bits >> 19)
+  second = jnp.sum((rotated ^ index) * jnp.uint32(2246822519), dtype=jnp.uint32)
+  return jnp.stack([first, second])
 
 
 def read_pins(workdir: str | pathlib.Path) -> dict[str, dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from genlab import config as config_lib
 from genlab.console import log
 from genlab.errors import ConfigError, WorkdirError
 from genlab.models.activations import HostModel
@@ -59,8 +60,11 @@ def _host_model(
       "point the option at a trained language_model run"
     )
   step = pin.get("step") if pin else None
+  # On the SAE run's devices, split by its rule: the host's parameters are never whole on
+  # one device because the host was trained elsewhere.
+  mesh = [f"--config.mesh.{k}={v}" for k, v in config_lib.mesh_settings(s.config).items()]
   try:
-    host_setup, state, step = restore_workdir(workdir, step=step)
+    host_setup, state, step = restore_workdir(workdir, mesh, step=step)
   except WorkdirError as e:
     if step is None:
       raise

@@ -103,11 +103,48 @@ class Runner:
 
   # Placement -----------------------------------------------------------------
 
+  def state_shardings(self, state: Any) -> Any:
+    """The `NamedSharding` of every array of `state` (arrays or `jax.ShapeDtypeStruct`s):
+    at least `fsdp_min_size` elements split over `fsdp` (`sharding.fsdp_spec`), the others
+    replicated."""
+    return sharding.state_shardings(state, self.mesh, min_size=self.fsdp_min_size)
+
+  def abstract_state(self, init: Callable[..., Any], *args) -> Any:
+    """`init(*args)`'s shapes and dtypes (`jax.eval_shape`: nothing is computed), each with
+    the sharding the state will have: what a checkpoint restores into."""
+    shapes = jax.eval_shape(init, *args)
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      shapes,
+      self.state_shardings(shapes),
+    )
+
+  def init_state(self, init: Callable[..., Any], abstract: Any, *args) -> Any:
+    """`init(*args)` born sharded: compiled with `abstract`'s shardings as its outputs', so
+    each device computes and holds only its own shards of every split array."""
+    shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    return jax.jit(init, out_shardings=shardings, compiler_options=self._options)(*args)
+
+  def describe_state(self, abstract: Any) -> str:
+    """What `fsdp` splits, for the run's first log line: `state: 6 of 14 arrays split over
+    fsdp=4 (1.2 of 1.3 MiB)`, or that everything is replicated."""
+    leaves = jax.tree.leaves(abstract)
+    total = sum(x.size * x.dtype.itemsize for x in leaves)
+    split = [x for x in leaves if not x.sharding.is_fully_replicated]
+    mib = sum(x.size * x.dtype.itemsize for x in split) / 2**20
+    fsdp = self.mesh.shape[sharding.FSDP]
+    if not split:
+      reason = "fsdp=1" if fsdp == 1 else f"no array has {self.fsdp_min_size} elements"
+      return f"state: {len(leaves)} arrays ({total / 2**20:.3g} MiB) replicated ({reason})"
+    return (
+      f"state: {len(split)} of {len(leaves)} arrays split over fsdp={fsdp} ({mib:.3g} of "
+      f"{total / 2**20:.3g} MiB)"
+    )
+
   def place_state(self, state: Any) -> Any:
-    """Puts a host state on the mesh: arrays of at least `fsdp_min_size` elements split
-    over `fsdp` (`sharding.fsdp_spec`), the others replicated."""
-    shardings = sharding.state_shardings(state, self.mesh, min_size=self.fsdp_min_size)
-    return jax.device_put(state, shardings)
+    """Puts a host state on the mesh (each device receives only its shards), sharded as
+    `state_shardings` says."""
+    return jax.device_put(state, self.state_shardings(state))
 
   def replicate(self, tree: Any) -> Any:
     """Puts a host pytree on every device, whole."""
@@ -120,21 +157,8 @@ class Runner:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(split, x), batch)
 
   def to_host(self, tree: Any) -> Any:
-    """A whole copy of a placed pytree as host NumPy arrays (gathered from every device and
-    process when an array is sharded)."""
-
-    def whole(x):
-      if not isinstance(x, jax.Array):
-        return np.asarray(x)
-      if x.sharding.is_fully_replicated:
-        return np.asarray(x.addressable_data(0))
-      if x.is_fully_addressable:
-        return np.asarray(x)
-      from jax.experimental import multihost_utils
-
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(whole, tree)
+    """`sharding.to_host`: small results (metrics) as host NumPy arrays, never the state."""
+    return sharding.to_host(tree)
 
   def fetch(self, metrics: dict[str, jax.Array], steps: int | None = None) -> Any:
     """Device metrics as floats (arrays for vector metrics). With `steps`, the metrics of a

@@ -2,8 +2,10 @@
 
 `setup(config)` loads the dataset, lays the run's devices out as a mesh
 (`Runner`), builds the registered family (its maths, views and words) for those
-devices, and initialises a state on the host (the structure checkpoints restore
-into).
+devices, and derives the state's shapes and shardings (`abstract_state`, what checkpoints
+restore into) without computing anything. The first state is made only when asked for
+(`initial_state`), born sharded: each device computes only its own shards
+(`Runner.init_state`), so a state larger than one device is never whole on one.
 """
 
 from __future__ import annotations
@@ -35,10 +37,25 @@ class Setup:
   report: Report
   runner: Runner
   root_key: jax.Array
-  initial_state: TrainState | None  # Host arrays; the structure checkpoints restore into.
+  # The state's shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s): what checkpoints
+  # restore into, each array straight into its shards.
+  abstract_state: TrainState | None = None
   # What pins the resources a workdir's checkpoints were trained with (an SAE's host: its
   # checkpoint step and parameters' digest), by resource name; `genlab.run.resources`.
   pins: dict = dataclasses.field(default_factory=dict)
+  _init: Callable[[], TrainState] | None = dataclasses.field(default=None, repr=False)
+  _initial: TrainState | None = dataclasses.field(default=None, repr=False)
+
+  @property
+  def initial_state(self) -> TrainState:
+    """A fresh state on the run's mesh, born sharded (made on first use, then kept)."""
+    if self._initial is None:
+      self._initial = self._init()
+    return self._initial
+
+  def forget_initial_state(self) -> None:
+    """Frees the fresh state (a run that restored a checkpoint has no use for it)."""
+    self._initial = None
 
 
 def setup(
@@ -97,20 +114,20 @@ def build(
     report=family_class.report(family),
     runner=runner,
     root_key=root_key,
-    initial_state=None,
     pins=dict(pins or {}),
   )
   if provide is not None:
     provide(s)
   example = next(eval_batches(dataset.train, global_batch_size=1, value_range=family.value_range))
-  try:
-    state = jax.jit(family.init_state)(rngs.stream_key(root_key, "init"), example)
+  key = rngs.stream_key(root_key, "init")
+  try:  # Shapes only: nothing is computed, so a bad shape is found in a second.
+    s.abstract_state = runner.abstract_state(family.init_state, key, example)
   except (TypeError, ValueError, ConfigError) as e:  # Flax reports shape mismatches so.
     raise ConfigError(
       f"model {config.model.name!r} cannot take {dataset.name}'s images of shape "
       f"{dataset.image_shape} (target {dataset.target_shape}): {str(e).splitlines()[0][:300]}"
     ) from e
-  s.initial_state = jax.device_get(state)
+  s._init = lambda: runner.init_state(family.init_state, s.abstract_state, key, example)
   return s
 
 

@@ -1,0 +1,222 @@
+"""Sharded from end to end: a state made, stepped, saved, restored and viewed without ever
+being whole on one device or one host; checkpoints by shards, restored onto another mesh."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import subprocess
+
+import chex
+import numpy as np
+import pytest
+
+from conftest import EXPERIMENTS, assert_close_normwise, make_test_config, run_python
+
+# In a process with 4 fake devices: records every whole copy to the host (np.asarray,
+# device_get, float(...) and process_allgather all go through `_value`) of an array split
+# over `fsdp`, while a run trains, saves, draws its views, resumes and is evaluated.
+WATCHED_RUN = """
+import json, sys, jax
+from jax._src import array as _array
+from jax.experimental import multihost_utils
+from conftest import make_test_config
+from genlab.run import evaluate_workdir, sample_workdir, train_and_evaluate
+from genlab.run.commands import encode_workdir
+
+MIN = 64
+copies = []
+def split(x):
+  return isinstance(x, jax.Array) and x.size >= MIN and any(
+    e == "fsdp" for e in getattr(x.sharding, "spec", ()))
+value = _array.ArrayImpl.__dict__["_value"]
+def watched(self):
+  if self._npy_value is None and split(self):
+    copies.append(("_value", tuple(self.shape), str(self.sharding.spec)))
+  return value.fget(self)
+_array.ArrayImpl._value = property(watched)
+gather = multihost_utils.process_allgather
+def watched_gather(tree, tiled=False):
+  copies.extend(("process_allgather", tuple(x.shape), "") for x in jax.tree.leaves(tree) if split(x))
+  return gather(tree, tiled=tiled)
+multihost_utils.process_allgather = watched_gather
+
+out = {}
+for family, model in FAMILIES:
+  config = make_test_config(DATA_DIR, family=family, num_steps=20, log_every=5, eval_every=10,
+    image_every=10, checkpoint_every=10, **{"mesh.devices": 0, "mesh.fsdp": -1,
+    "mesh.fsdp_min_size": MIN})
+  if model is not None:
+    config.model = config.model.__class__(model)
+    if family == "vae":
+      from genlab.families.vae import options
+      config.vae = options(nll_k=4)
+  workdir = f"{TMP}/{family}"
+  config.num_steps = 10
+  train_and_evaluate(config, workdir)
+  config.num_steps = 20
+  result = train_and_evaluate(config, workdir)  # A resume: restored into its shards.
+  report = evaluate_workdir(workdir)
+  encode_workdir(workdir, out=f"{TMP}/{family}.npz")
+  if family == "vae":
+    sample_workdir(workdir, num=4, out=f"{TMP}/{family}.png")
+  leaves = [x for x in jax.tree.leaves(result.state) if x.size >= MIN]
+  out[family] = {
+    "large": len(leaves),
+    "split": sum(any(e == "fsdp" for e in x.sharding.spec) for x in leaves),
+    "mse": report["metrics"].get("mse", report["metrics"].get("neg_elbo")),
+  }
+out["copies"] = copies
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_state_split_over_fsdp_is_never_copied_whole_to_the_host(data_dir, tmp_path):
+  families = [
+    ("autoencoder", None),
+    ("vae", {"name": "vae", "hidden": (32,), "latent_dim": 4}),
+  ]
+  code = WATCHED_RUN.replace("FAMILIES", repr(families)).replace("DATA_DIR", repr(data_dir))
+  out = json.loads(run_python(code.replace("TMP", str(tmp_path)), devices=4).splitlines()[-1])
+  assert out.pop("copies") == []
+  for family, row in out.items():
+    # Every state array of at least fsdp_min_size elements, parameters and Adam's moments,
+    # stays split over the 4 devices from birth to the end.
+    assert row["large"] >= 4 and row["split"] == row["large"], (family, row)
+    assert np.isfinite(row["mse"])
+
+
+def test_the_first_log_line_says_what_fsdp_splits(test_config, capsys):
+  from genlab.run import setup
+
+  s = setup(test_config(**{"mesh.fsdp": 1}))
+  assert s.runner.describe_state(s.abstract_state).endswith("replicated (fsdp=1)")
+  code = """
+from conftest import make_test_config
+from genlab.run import setup
+for size in (64, 1 << 18):
+  s = setup(make_test_config(None, **{"mesh.devices": 0, "mesh.fsdp": -1, "mesh.fsdp_min_size": size}))
+  print(s.runner.describe_state(s.abstract_state))
+"""
+  small, default = run_python(code, devices=4).strip().splitlines()[-2:]
+  assert small.startswith("state: ") and "arrays split over fsdp=4 (" in small, small
+  assert default.endswith("replicated (no array has 262144 elements)"), default
+
+
+def test_the_params_digest_does_not_depend_on_how_the_arrays_are_split():
+  code = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from genlab.core import make_mesh
+from genlab.run.pins import params_digest
+mesh = make_mesh(jax.devices(), fsdp=4)
+values = {"w": np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32),
+          "b": np.arange(8, dtype=np.int32)}
+split = jax.device_put(values, {"w": NamedSharding(mesh, P("fsdp", None)),
+                                "b": NamedSharding(mesh, P())})
+print(params_digest(values) == params_digest(split))
+"""
+  assert run_python(code, devices=4).strip().splitlines()[-1] == "True"
+
+
+def _train(workdir, data_dir, devices, *overrides, processes=1):
+  """`genlab train` of the main experiment, tiny, on `devices` fake devices per process."""
+  from test_preemption import _args, _env, _finish, _two_processes
+
+  args = [
+    "--config.log_every=10",
+    "--config.eval_every=20",
+    "--config.image_every=20",
+    "--config.checkpoint_every=20",
+    "--config.mesh.fsdp_min_size=256",
+    *overrides,
+  ]
+  if processes == 1:
+    proc = subprocess.run(
+      _args(workdir, data_dir, *args), env=_env(devices), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return
+  results = _finish(_two_processes(workdir, data_dir, args))
+  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+
+
+RESTORE = """
+import json, jax, numpy as np
+from genlab import config as config_lib
+from genlab.run import setup
+from genlab.run.checkpoint import Checkpointer
+config = config_lib.from_json(open(WORKDIR + "/config.json").read())
+config.mesh.update(devices=0, fsdp=FSDP)
+s = setup(config)
+ckpt = Checkpointer(WORKDIR + "/checkpoints", read_only=True)
+state = ckpt.restore_exactly(s.abstract_state, 20)
+ckpt.close()
+specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
+np.savez(OUT, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+print(json.dumps({"devices": len(jax.devices()), "specs": sorted(specs)}))
+"""
+
+
+@pytest.mark.slow
+def test_saved_split_on_four_devices_it_resumes_on_two_on_one_and_on_two_processes(
+  data_dir, tmp_path
+):
+  import tensorstore as ts
+
+  four = ["--config.mesh.fsdp=-1"]
+  _train(tmp_path / "unbroken", data_dir, 4, "--config.num_steps=40", *four)
+  _train(tmp_path / "saved", data_dir, 4, "--config.num_steps=20", *four)
+  # The checkpoint holds the arrays as they were split: orbax's metadata names the split.
+  import orbax.checkpoint as ocp
+
+  item = tmp_path / "saved" / "checkpoints" / "20" / "default"
+  metadata = ocp.StandardCheckpointer().metadata(item).item_metadata
+  specs = [leaf.sharding.partition_spec for leaf in _leaves(metadata["params"])]
+  assert ("fsdp",) in [tuple(s for s in spec if s) for spec in specs], specs
+  # Restored exactly onto 4 devices split, 2 devices data parallel, and 1 device.
+  restored = {}
+  for devices, fsdp in ((4, -1), (2, 1), (1, 1)):
+    out = tmp_path / f"restored_{devices}.npz"
+    code = RESTORE.replace("WORKDIR", repr(str(tmp_path / "saved")))
+    code = code.replace("FSDP", str(fsdp)).replace("OUT", repr(str(out)))
+    row = json.loads(run_python(code, devices=devices).splitlines()[-1])
+    assert row["devices"] == devices
+    assert any("fsdp" in spec for spec in row["specs"]) == (devices == 4), row
+    restored[devices] = [v for _, v in sorted(np.load(out).items(), key=lambda kv: int(kv[0][4:]))]
+  for devices in (2, 1):
+    chex.assert_trees_all_equal(restored[devices], restored[4])
+  # Then each goes on to step 40: as the unbroken 4-device run, up to float rounding.
+  from conftest import restore_latest
+
+  _, expected = restore_latest(tmp_path / "unbroken")
+  for name, devices, processes, overrides in (
+    ("two_devices", 2, 1, ["--config.mesh.fsdp=1"]),
+    ("one_device", 1, 1, ["--config.mesh.fsdp=1"]),
+    ("two_processes", 2, 2, four),
+  ):
+    shutil.copytree(tmp_path / "saved", tmp_path / name)
+    _train(tmp_path / name, data_dir, devices, "--config.num_steps=40", *overrides, processes=processes)
+    step, got = restore_latest(tmp_path / name)
+    assert step == 40, name
+    assert_close_normwise(got.params, expected.params, rel=1e-5, err_msg=f"{name}: ")
+  # On 2 processes × 2 devices split over all 4, each process wrote only its own shards.
+  item = tmp_path / "two_processes" / "checkpoints" / "40" / "default"
+  written = {}
+  for process in (0, 1):
+    store = ts.KvStore.open(
+      {"driver": "ocdbt", "base": f"file://{(item / f'ocdbt.process_{process}').resolve()}"}
+    ).result()
+    written[process] = {k.decode() for k in store.list().result() if "params." in k.decode()}
+  chunks = [{k for k in written[p] if not k.endswith((".zarray", ".zattrs"))} for p in (0, 1)]
+  assert chunks[0] and chunks[1] and not chunks[0] & chunks[1], written
+
+
+def _leaves(tree):
+  if isinstance(tree, dict):
+    for value in tree.values():
+      yield from _leaves(value)
+  else:
+    yield tree
