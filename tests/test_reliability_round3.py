@@ -76,3 +76,53 @@ def test_a_gan_metric_size_is_one_line_from_genlab_train_before_a_step(capsys, d
   )
   assert_one_line_error(proc, "config.gan.prdc_k=5 must be below the 3 samples")
   assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("contents", ["[1, 2]", "3", '"train"', "true", "{not json"])
+def test_a_lock_file_not_holding_a_json_object_is_named_as_an_unknown_holder(contents, tmp_path):
+  """Someone wrote the lock file (a trainer writes an object): while another process holds
+  the lock, a second trainer says it is in use, in one line, whatever the file holds."""
+  import fcntl
+
+  from genlab.errors import WorkdirError
+  from genlab.run.lock import LOCK_FILE, WorkdirLock
+
+  (tmp_path / LOCK_FILE).write_text(contents)
+  with open(tmp_path / LOCK_FILE) as held:  # Another open file: flock conflicts with it.
+    fcntl.flock(held, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    with pytest.raises(WorkdirError) as error:
+      WorkdirLock(tmp_path, exclusive=True).acquire()
+  message = str(error.value)
+  assert "is in use: another genlab process holds it" in message and "\n" not in message
+
+
+def _vq_config(data_dir, **model):
+  from genlab import config as config_lib
+
+  config = config_lib.load_experiment(EXPERIMENTS / "vq_vae_digits.py")
+  config.data.data_dir = data_dir
+  config.model.update(**model)
+  return config
+
+
+@pytest.mark.parametrize(
+  "model, needle",
+  [
+    ({"codebook_size": 0}, "config.model.codebook_size=0 must be a positive integer"),
+    ({"codebook_size": -3}, "config.model.codebook_size=-3 must be a positive integer"),
+    ({"code_dim": 0}, "config.model.code_dim=0 must be a positive integer"),
+    ({"features": (0, 16)}, "config.model.features=(0, 16) must hold positive integers"),
+    ({"kernel_size": 0}, "config.model.kernel_size=0 must be a positive integer"),
+    ({"strides": (2, -1)}, "config.model.strides=(2, -1) must hold positive integers"),
+    ({"decoder_kernel_size": 0}, "config.model.decoder_kernel_size=0 must be a positive"),
+  ],
+)
+def test_non_positive_vq_vae_sizes_are_refused_naming_the_field(model, needle, data_dir):
+  """codebook_size 0 was 'cannot take digits's images ...: attempt to get argmin of an empty
+  sequence'; code_dim, features or kernel_size 0 a ZeroDivisionError traceback."""
+  from genlab.run import setup
+
+  with pytest.raises(ConfigError) as error:
+    setup(_vq_config(data_dir, **model))
+  message = str(error.value)
+  assert needle in message and "(1 or more)" in message and "\n" not in message, message
