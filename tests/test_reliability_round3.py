@@ -126,3 +126,91 @@ def test_non_positive_vq_vae_sizes_are_refused_naming_the_field(model, needle, d
     setup(_vq_config(data_dir, **model))
   message = str(error.value)
   assert needle in message and "(1 or more)" in message and "\n" not in message, message
+
+
+def _damage_the_middle(path, num_records: int) -> int:
+  """Flips a byte in the middle of the records of an ArrayRecord file, where one record's
+  chunk then fails its data hash when read (the file still opens; a byte of a chunk's
+  header fails another check, so the next bytes are tried); returns that record."""
+  import grain
+
+  clean = path.read_bytes()
+  middle = clean.find(bytes(256)) // 2  # The records, then zeros up to the footer's block.
+  for offset in range(middle, middle + 512, 7):
+    data = bytearray(clean)
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    source = grain.sources.ArrayRecordDataSource([str(path)])
+    failures = []
+    for i in range(num_records):
+      try:
+        source[i]
+      except RuntimeError as e:
+        failures.append((i, str(e)))
+    if len(failures) == 1 and "chunk data hash mismatch" in failures[0][1]:
+      return failures[0][0]
+  raise AssertionError(f"no byte near {middle} of {path} damages one record's data")
+
+
+@pytest.mark.parametrize(
+  "damaged, overrides",
+  [
+    ("train", ["--config.data.device_resident=on"]),
+    ("train", ["--config.data.device_resident=off", "--config.data.workers=0"]),
+    pytest.param(
+      "train",
+      ["--config.data.device_resident=off", "--config.data.workers=2"],
+      marks=pytest.mark.slow,
+    ),
+    ("test", []),
+  ],
+  ids=["resident", "streamed-in-a-thread", "streamed-by-2-workers", "test-split-in-memory"],
+)
+def test_a_damaged_record_file_is_one_line_naming_the_record(
+  damaged, overrides, capsys, data_dir, tmp_path
+):
+  """The reader's `Corrupted Riegeli/records file: chunk data hash mismatch` was a 47-line
+  traceback on every path; decode errors alone were one line."""
+  from genlab.data import load_dataset, write_image_records
+
+  digits = load_dataset("digits", data_dir=data_dir)
+  records = tmp_path / "records"
+  records.mkdir()
+  for split in ("train", "test"):
+    arrays = digits.split(split)
+    write_image_records(records / f"{split}-0.array_record", arrays["image"][:64], arrays["label"])
+  path = records / f"{damaged}-0.array_record"
+  bad = _damage_the_middle(path, 64)
+  proc = genlab_here(
+    capsys,
+    "train",
+    "--config",
+    str(EXPERIMENTS / "conv_ae_digits.py"),
+    "--workdir",
+    str(tmp_path / "w"),
+    f"--config.dataset={records}",
+    "--config.batch_size=64",
+    "--config.num_steps=2",
+    *overrides,
+  )
+  assert_one_line_error(proc, f"record {bad} of {path} cannot be read", "chunk data hash mismatch")
+
+
+def test_a_record_file_with_a_damaged_footer_is_named_when_opened(tmp_path):
+  """The footer (the records' index) is read when the source opens: among several files,
+  the damaged one is named."""
+  from genlab.data import image_records, write_image_records
+  from genlab.errors import DataError
+
+  images = np.zeros((4, 8, 8, 1), np.uint8)
+  paths = [tmp_path / f"train-{i}.array_record" for i in range(2)]
+  for path in paths:
+    write_image_records(path, images)
+  data = bytearray(paths[1].read_bytes())
+  data[len(data.rstrip(b"\0")) - 40] ^= 0xFF  # In the footer: the file's last bytes but zeros.
+  paths[1].write_bytes(bytes(data))
+  with pytest.raises(DataError) as error:
+    image_records([str(p) for p in paths])
+  message = str(error.value)
+  assert message.startswith(f"cannot open {paths[1]} as ArrayRecord: RuntimeError: Corrupted")
+  assert "\n" not in message
