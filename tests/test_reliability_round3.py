@@ -4,11 +4,18 @@ processes dying."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from test_cli import assert_one_line_error, genlab_here
 
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, REPO, logged_steps
 from genlab.errors import ConfigError
 
 
@@ -214,3 +221,109 @@ def test_a_record_file_with_a_damaged_footer_is_named_when_opened(tmp_path):
   message = str(error.value)
   assert message.startswith(f"cannot open {paths[1]} as ArrayRecord: RuntimeError: Corrupted")
   assert "\n" not in message
+
+
+def _env_for_worktree(devices: int = 1) -> dict:
+  """The environment of a `python -m genlab` that runs this checkout's code (not whatever
+  genlab the interpreter has installed), on `devices` CPU devices."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _process_table() -> dict[int, tuple[int, str, str]]:
+  """pid → (parent pid, start time in clock ticks, state) of every process, from /proc."""
+  table = {}
+  for entry in pathlib.Path("/proc").iterdir():
+    if entry.name.isdigit():
+      try:
+        stat = (entry / "stat").read_text()
+      except OSError:
+        continue  # Gone meanwhile.
+      fields = stat[stat.rindex(")") + 2 :].split()  # After "pid (comm) ".
+      table[int(entry.name)] = (int(fields[1]), fields[19], fields[0])
+  return table
+
+
+def _descendants(pid: int) -> dict[int, str]:
+  """pid → start time of every live process below `pid` (children, their children...)."""
+  table = _process_table()
+  found, frontier = {}, [pid]
+  while frontier:
+    parent = frontier.pop()
+    for child, (ppid, start, state) in table.items():
+      if ppid == parent and child not in found and state != "Z":
+        found[child] = start
+        frontier.append(child)
+  return found
+
+
+def _alive(processes: dict[int, str]) -> list[int]:
+  """Those of `processes` (pid → start time) still running: the same pid and start time
+  (not a new process given a reused pid), not a zombie."""
+  table = _process_table()
+  return [
+    pid
+    for pid, start in processes.items()
+    if pid in table and table[pid][1] == start and table[pid][2] != "Z"
+  ]
+
+
+def _cmdline(pid: int) -> str:
+  try:
+    return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+  except OSError:
+    return ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_killed_trainers_data_workers_die_within_10_s(data_dir, tmp_path):
+  """SIGKILL leaves the trainer no time to stop its grain workers: each used to run on under
+  init (blocked on a full queue, ~320 MB each on 64×64 images), with multiprocessing's
+  resource tracker, until killed by hand."""
+  workdir = tmp_path / "w"
+  trainer = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "genlab",
+      "train",
+      "--config",
+      str(EXPERIMENTS / "conv_ae_digits.py"),
+      "--workdir",
+      str(workdir),
+      f"--config.data.data_dir={data_dir}",
+      "--config.data.workers=2",
+      "--config.data.device_resident=off",
+      "--config.num_steps=1000000",
+      "--config.log_every=1",
+      "--config.eval_at_start=False",
+    ],
+    env=_env_for_worktree(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    deadline = time.monotonic() + 300
+    while not logged_steps(workdir):  # A logged step: the workers deliver batches.
+      assert trainer.poll() is None, trainer.stderr.read()[-3000:]
+      assert time.monotonic() < deadline, "no step logged in 300 s"
+      time.sleep(0.1)
+    started = _descendants(trainer.pid)
+    workers = [p for p in started if "spawn_main" in _cmdline(p)]
+    assert len(workers) >= 2, {p: _cmdline(p) for p in started}
+  finally:
+    trainer.kill()
+    trainer.wait()
+  killed = time.monotonic()
+  while _alive(started) and time.monotonic() < killed + 10:
+    time.sleep(0.1)
+  left = {p: _cmdline(p) for p in _alive(started)}
+  for pid in left:  # Not to leave them running after a failure.
+    os.kill(pid, signal.SIGKILL)
+  assert not left, f"alive 10 s after the trainer's SIGKILL: {left}"
+  print(f"the trainer's {len(started)} processes ended {time.monotonic() - killed:.2f} s after it")
