@@ -37,6 +37,7 @@ HEARTBEAT_TIMEOUT_SECONDS = 30
 PERIOD_SECONDS = 1.0
 KEY_PREFIX = "genlab/alive/"
 DONE = "done"
+_active: Watchdog | None = None  # This process's watchdog, once `initialize` started it.
 
 
 def initialize(
@@ -69,23 +70,17 @@ def initialize(
     process_id=process_id,
     heartbeat_timeout_seconds=max(100, 3 * heartbeat_timeout),
   )
-  client = _client()
-  if client is None or jax.process_count() == 1:
+  state = _state()
+  if state is None or state.client is None or state.num_processes < 2:
     return None
+  # From JAX's distributed state, not jax.process_count(): that would start the backends.
   watchdog = Watchdog(
-    client,
-    jax.process_index(),
-    jax.process_count(),
-    timeout=heartbeat_timeout,
-    workdir=workdir,
+    state.client, state.process_id, state.num_processes, timeout=heartbeat_timeout, workdir=workdir
   )
   atexit.register(watchdog.leave)  # Before JAX's own shutdown, registered earlier.
   global _active
   _active = watchdog
   return watchdog.start()
-
-
-_active: Watchdog | None = None
 
 
 def leave() -> None:
@@ -94,14 +89,17 @@ def leave() -> None:
     _active.leave()
 
 
-def _client():
-  """JAX's coordination-service client (private: orbax reads it there too), or None."""
+def _state():
+  """JAX's distributed state, with the coordination-service client (private: orbax reads the
+  client there too), or None."""
   try:
     from jax._src import distributed as jax_distributed
 
-    return jax_distributed.global_state.client
+    state = jax_distributed.global_state
+    state.client, state.process_id, state.num_processes  # noqa: B018 - all three are needed.
   except (ImportError, AttributeError):
     return None
+  return state
 
 
 class Watchdog:
