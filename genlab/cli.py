@@ -11,7 +11,8 @@ Exit status: 0 done; 1 a checkpoint could not be written; 2 bad input (a misspel
 field, an unknown dataset, a bad `.npz`, an unwritable workdir, a workdir another
 trainer uses, a config that differs from the one a workdir was trained with), one
 line `genlab: error: ...`; 3 a NaN/Inf stopped training; 75 pre-empted by
-SIGTERM/SIGINT after saving a checkpoint (run the same command again to resume).
+SIGTERM/SIGINT after saving a checkpoint (run the same command again to resume);
+69 another process of a multi-process run was lost (rerun them all to resume).
 
 Several processes (multi-host): pass `--coordinator_address HOST:PORT
 --num_processes N --process_id I` (or set JAX_COORDINATOR_ADDRESS,
@@ -49,6 +50,8 @@ EXIT_STATUS = {
   "nonfinite": "3   a NaN or Inf stopped training (the latest checkpoint is the last good step)",
   "preempted": "75  pre-empted by SIGTERM or SIGINT after saving a checkpoint: run the same\n"
   "      command again to resume (a job script can requeue on it)",
+  "lost": "69  several processes: another process was lost (killed, its host gone) and this\n"
+  "      one could not go on; run every process again to resume from the last checkpoint",
   "eval_write": "1   eval.json could not be written (disk full, permissions): the report is\n"
   "      still printed, and an earlier eval.json is left as it was",
 }
@@ -86,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     + "\n"
     + _experiments_help()
     + "\n"
-    + _exit_help("done", "checkpoint", "train_input", "nonfinite", "preempted"),
+    + _exit_help("done", "checkpoint", "train_input", "nonfinite", "preempted", "lost"),
     formatter_class=formatter,
   )
   train.add_argument("--config", required=True, help="experiment file defining get_config()")
@@ -108,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
   group.add_argument("--process_id", type=int, help="this process's index, 0..num_processes-1")
   group.add_argument(
     "--distributed", action="store_true", help="let JAX detect the processes (SLURM, MPI, TPU)"
+  )
+  group.add_argument(
+    "--heartbeat_timeout",
+    type=int,
+    default=30,
+    metavar="SECONDS",
+    help="a process unheard this long is lost: the others stop with one line, exit status "
+    "69 (default 30; JAX's own is 100)",
   )
   evaluate = sub.add_parser(
     "eval",
@@ -211,6 +222,9 @@ def run(argv: list[str]) -> int:
     for note in config_lib.apply_overrides(config, overrides):
       print(f"genlab: note: {note}", file=sys.stderr)
     result = commands.train_and_evaluate(config, parsed.workdir, fresh=parsed.fresh)
+    from genlab.run import distributed
+
+    distributed.leave()  # The others may still be finishing theirs: nobody waits for us now.
     log(f"done: step {result.step}, workdir {result.workdir}")
     return 0
   if parsed.command == "sample":
@@ -280,8 +294,6 @@ def initialize_distributed(parsed: argparse.Namespace) -> bool:
   Returns:
     Whether it was initialised.
   """
-  import jax
-
   address = parsed.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
   num = parsed.num_processes
   pid = parsed.process_id
@@ -292,8 +304,16 @@ def initialize_distributed(parsed: argparse.Namespace) -> bool:
     raise GenlabError(str(e)) from None
   if not (parsed.distributed or address or num is not None or pid is not None):
     return False
+  from genlab.run import distributed
+
   try:
-    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    distributed.initialize(
+      address,
+      num,
+      pid,
+      heartbeat_timeout=getattr(parsed, "heartbeat_timeout", distributed.HEARTBEAT_TIMEOUT_SECONDS),
+      workdir=getattr(parsed, "workdir", None),
+    )
   except (ValueError, TypeError) as e:
     raise GenlabError(f"cannot start jax.distributed: {e}") from None
   return True

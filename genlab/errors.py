@@ -70,3 +70,14 @@ class NonFiniteError(TrainingStopped):
   """
 
   exit_code = 3
+
+
+class ProcessLost(TrainingStopped):
+  """Another process of a multi-process run was lost (killed, its host gone): this one
+  cannot finish its collectives and stops without saving (`genlab.run.distributed`).
+
+  Exit status 69 (EX_UNAVAILABLE: a service is unavailable): run every process again with
+  the same command; they resume from the last complete checkpoint.
+  """
+
+  exit_code = 69

@@ -262,7 +262,12 @@ def test_distributed_start_reads_flags_then_environment(monkeypatch):
   monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
   monkeypatch.setenv("JAX_PROCESS_ID", "3")
   assert cli.initialize_distributed(_parsed("--process_id", "1")) is True
-  assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 1}
+  assert calls[-1] == {
+    "coordinator_address": "10.0.0.1:1234",
+    "num_processes": 4,
+    "process_id": 1,
+    "heartbeat_timeout_seconds": 100,
+  }
 
   monkeypatch.setenv("JAX_NUM_PROCESSES", "four")
   with pytest.raises(cli.GenlabError, match="JAX_NUM_PROCESSES='four' is not an integer"):
@@ -270,7 +275,12 @@ def test_distributed_start_reads_flags_then_environment(monkeypatch):
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     monkeypatch.delenv(name)
   assert cli.initialize_distributed(_parsed("--distributed")) is True  # JAX auto-detects.
-  assert calls[-1] == {"coordinator_address": None, "num_processes": None, "process_id": None}
+  assert calls[-1] == {
+    "coordinator_address": None,
+    "num_processes": None,
+    "process_id": None,
+    "heartbeat_timeout_seconds": 100,
+  }
 
 
 COMMANDS = ("train", "eval", "sample", "encode", "list", "config")

@@ -4,7 +4,6 @@ being whole on one device or one host; checkpoints by shards, restored onto anot
 from __future__ import annotations
 
 import json
-import pathlib
 import shutil
 import subprocess
 
@@ -12,7 +11,7 @@ import chex
 import numpy as np
 import pytest
 
-from conftest import EXPERIMENTS, assert_close_normwise, make_test_config, run_python
+from conftest import assert_close_normwise, run_python
 
 # In a process with 4 fake devices: records every whole copy to the host (np.asarray,
 # device_get, float(...) and process_allgather all go through `_value`) of an array split

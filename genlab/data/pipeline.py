@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -118,11 +121,39 @@ def _make_batch(split: Split | RecordSplit, rows: np.ndarray, value_range) -> Ba
   return batch
 
 
-def _worker_init(worker_index: int, worker_count: int) -> None:
-  """In each grain worker process: JAX (the permutations) on the CPU only, so a worker
-  never initialises, or takes memory on, the host's accelerators."""
+def _worker_init(worker_index: int, worker_count: int, *, parent_pid: int | None = None) -> None:
+  """In each grain worker process: it ends with its parent (`parent_pid`, the trainer that
+  started it), and JAX (the permutations) runs on the CPU only, so a worker never
+  initialises, or takes memory on, the host's accelerators."""
   del worker_index, worker_count
+  if parent_pid is not None:
+    exit_with_parent(parent_pid)
   jax.config.update("jax_platforms", "cpu")
+
+
+# How often a worker looks for its parent: it ends at most this long after the parent.
+PARENT_CHECK_SECONDS = 0.25
+
+
+def exit_with_parent(parent_pid: int, period: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+  """Ends this process (`os._exit`) once `parent_pid` is no longer its parent, checked every
+  `period` seconds by a daemon thread.
+
+  A trainer killed by SIGKILL cannot stop its grain workers, which then wait forever on a
+  full queue with init as their parent (and multiprocessing's resource tracker, whose pipe
+  they hold, with them). Linux's `prctl(PR_SET_PDEATHSIG)` is not used: it fires when the
+  *thread* that started the child ends, and grain starts its workers from its prefetch
+  threads, which may end before the trainer does. A parent that died before this check
+  started is noticed at its first look."""
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(period)
+    os._exit(1)  # Nobody is left to read what this worker makes.
+
+  thread = threading.Thread(target=watch, name="genlab-exit-with-parent", daemon=True)
+  thread.start()
+  return thread
 
 
 class Batcher:
@@ -232,7 +263,7 @@ class Batcher:
       )
       batches = steps.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=prefetch),
-        worker_init_fn=_worker_init,
+        worker_init_fn=functools.partial(_worker_init, parent_pid=os.getpid()),
       )
     else:
       batches = steps.to_iter_dataset(

@@ -15,6 +15,7 @@ genlab's own record format, written by `write_image_records` (what
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -75,16 +76,39 @@ class RecordSplit(Mapping):
     return len(self._first)
 
   def example(self, index: int) -> Example:
-    record = self.source[int(index)]
-    if self.decode is None:
-      return dict(record)
+    """Example `index`, read and decoded. A record that cannot be read (a damaged file: the
+    ArrayRecord reader's `Corrupted Riegeli/records file: chunk data hash mismatch`, an
+    unreadable disk) or decoded is a `DataError` naming the record and its file, in one
+    line, wherever it is read: a grain worker process, a thread, a resident split's load."""
+    index = int(index)
+    try:
+      record = self.source[index]
+      if self.decode is None:
+        return dict(record)
+    except Exception as e:
+      raise DataError(f"{self._where(index)} cannot be read: {_one_line(e)}") from e
     try:
       return self.decode(record)
     except Exception as e:  # A damaged record: say which, in one line.
-      where = f" of {', '.join(self.files)}" if self.files else ""
-      raise DataError(
-        f"record {int(index)}{where} cannot be decoded: {type(e).__name__}: {e}"
-      ) from e
+      raise DataError(f"{self._where(index)} cannot be decoded: {_one_line(e)}") from e
+
+  def _where(self, index: int) -> str:
+    """`record I of FILE`: the file and the record's position in it where the source says
+    which (grain's and array_record's sources keep each file's count; a private field, so
+    without it every file is named), else the split's files."""
+    paths = getattr(self.source, "_paths", None)
+    ends = getattr(self.source, "_prefix_sums", None)
+    if isinstance(paths, list) and isinstance(ends, list) and 0 < len(paths) == len(ends):
+      k = bisect.bisect_right(ends, index)
+      if k < len(paths):
+        first = ends[k - 1] if k else 0
+        whole = f" (record {index} of the split)" if len(paths) > 1 else ""
+        return f"record {index - first} of {paths[k]}{whole}"
+    if not self.files:
+      return f"record {index}"
+    if len(self.files) <= 3:
+      return f"record {index} of {', '.join(self.files)}"
+    return f"record {index} of the {len(self.files)} files {self.files[0]}, ..."
 
   def rows(self, rows: Iterable[int]) -> dict[str, np.ndarray]:
     """The examples at `rows`, stacked per key (values as stored: no conversion)."""
@@ -97,6 +121,11 @@ class RecordSplit(Mapping):
     if self.files:
       return repr([(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in self.files])
     return f"{type(self.source).__name__}:{self.num_examples}"
+
+
+def _one_line(error: Exception) -> str:
+  """`Type: message` of an exception, its lines joined (a one-line `genlab: error`)."""
+  return f"{type(error).__name__}: " + "; ".join(str(error).split("\n"))
 
 
 class RecordColumn:
@@ -165,7 +194,23 @@ def image_records(paths: str | Sequence[str]) -> RecordSplit:
   import grain
 
   paths = [paths] if isinstance(paths, str) else list(paths)
-  return RecordSplit(grain.sources.ArrayRecordDataSource(paths), decode_image_example, files=paths)
+  try:
+    source = grain.sources.ArrayRecordDataSource(paths)
+  except Exception as e:  # A damaged header or footer, a foreign file: say which file.
+    raise DataError(f"cannot open {_first_unreadable(paths)} as ArrayRecord: {_one_line(e)}") from e
+  return RecordSplit(source, decode_image_example, files=paths)
+
+
+def _first_unreadable(paths: Sequence[str]) -> str:
+  """The first of `paths` that grain's ArrayRecord source cannot open on its own, else all."""
+  import grain
+
+  for path in paths if len(paths) > 1 else ():
+    try:
+      grain.sources.ArrayRecordDataSource([path])
+    except Exception:
+      return path
+  return ", ".join(paths)
 
 
 __all__ = [

@@ -76,9 +76,11 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "n_disc": 1,  # Discriminator steps per generator step.
       "penalty": "none",  # none | gp (WGAN-GP) | r1: the discriminator's gradient penalty.
       "penalty_weight": 10.0,  # λ of gp, γ of r1 (whose term is γ/2 · E‖∇D(x)‖²).
-      "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all).
-      "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real).
-      "prdc_k": 5,  # The k of the k-NN balls of precision, recall, density and coverage.
+      "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all; ≥ 2).
+      "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real; else ≥ 2).
+      # The k of the k-NN balls of precision, recall, density and coverage: at least 1, below
+      # the number of real images, of samples and of test images.
+      "prdc_k": 5,
       # Class-conditional: the label feeds G (beside z) and a projection discriminator.
       "conditional": False,
       "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
@@ -216,6 +218,7 @@ class GAN(Family):
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
     if self.options.penalty not in losses.GRADIENT_PENALTIES:
       raise ConfigError(f"config.gan.penalty must be one of {losses.GRADIENT_PENALTIES}")
+    self.check_metric_sizes()
     disc_optimizer = config.optimizer.copy_and_resolve_references()
     if self.options.disc_learning_rate is not None:  # Two time-scales (TTUR).
       disc_optimizer.learning_rate = self.options.disc_learning_rate
@@ -228,6 +231,47 @@ class GAN(Family):
     self._discriminate = jax.jit(
       lambda params, stats, x, labels: self.critic(params, x, stats, labels)
     )
+
+  def check_metric_sizes(self) -> None:
+    """Refuses sample sizes the distribution metrics cannot take, when the family is built:
+    otherwise they fail at the first evaluation, after steps that no checkpoint holds yet.
+
+    A Fréchet distance fits a covariance to each set (`metrics.gaussian_statistics`), which
+    needs 2 samples or more; precision, recall, density and coverage take each sample's k-th
+    nearest neighbour among the others of its set (`metrics.knn_radii`), which needs more
+    than k of them: 1 ≤ prdc_k < min(real train images, samples, test images).
+    """
+    options = self.options
+    n_train, n_test = len(self.dataset.train["image"]), len(self.dataset.test["image"])
+    if options.fd_n_real < 2:
+      raise ConfigError(
+        f"config.gan.fd_n_real={options.fd_n_real} must be at least 2: the Fréchet distance "
+        "fits a covariance to the real images' features"
+      )
+    if options.fd_n_fake < 0 or options.fd_n_fake == 1:
+      raise ConfigError(
+        f"config.gan.fd_n_fake={options.fd_n_fake} must be 0 (as many samples as real "
+        "images) or at least 2: the Fréchet distance fits a covariance to the samples' features"
+      )
+    if options.prdc_k < 1:
+      raise ConfigError(
+        f"config.gan.prdc_k={options.prdc_k} must be at least 1 (the k of the k-NN balls of "
+        "precision, recall, density and coverage)"
+      )
+    n_real = min(options.fd_n_real, n_train)
+    sets = {
+      f"real train images (min(gan.fd_n_real={options.fd_n_real}, the {n_train} of the train "
+      "split))": n_real,
+      "samples (gan.fd_n_fake, 0: as many as the real images)": options.fd_n_fake or n_real,
+      "test images (the metrics' floor)": n_test,
+    }
+    for what, n in sets.items():
+      if options.prdc_k >= n:
+        raise ConfigError(
+          f"config.gan.prdc_k={options.prdc_k} must be below the {n} {what}: precision, "
+          "recall, density and coverage take each one's k-th nearest neighbour among the "
+          "others, so they need more than k of them"
+        )
 
   def network(self, part: str) -> tuple[type, dict]:
     """The class of `config.model.<part>` (`generator` or `discriminator`; its `name`, or

@@ -153,6 +153,35 @@ def draw_codes(
 
 # The family ----------------------------------------------------------------------------
 
+# The model's sizes (`genlab.models.vq_vae.VQVAE`), each a positive integer or a sequence of
+# them, and what each counts: 0 or less fails deep inside Flax or XLA (an argmin over no
+# codes, a division by zero), far from the field.
+VQ_VAE_SIZES = {
+  "codebook_size": "the number of codes K",
+  "code_dim": "the size D of a code",
+  "features": "each conv stage's channels",
+  "kernel_size": "the conv kernels' sides",
+  "strides": "the conv strides",
+  "decoder_kernel_size": "the decoder's kernel sides",
+}
+
+
+def check_positive_sizes(model, sizes: dict[str, str]) -> None:
+  """Refuses a field of `model` (built from `config.model`) named in `sizes` that is not a
+  positive integer or a sequence of them, naming the field and what it counts; a field
+  the model lacks (a model of the user's own) or leaves None is not checked."""
+  for name, meaning in sizes.items():
+    value = getattr(model, name, None)
+    if value is None:
+      continue
+    many = isinstance(value, (tuple, list))
+    values = tuple(value) if many else (value,)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in values):
+      continue
+    shown = tuple(values) if many else value
+    must = "hold positive integers" if many else "be a positive integer"
+    raise ConfigError(f"config.model.{name}={shown!r} must {must} (1 or more): {meaning}")
+
 
 class VQVAEViews(AutoencoderViews):
   """The reconstructions and the codes' use on the test split, most used first."""
@@ -237,6 +266,7 @@ class VectorQuantizedVAE(Autoencoder):
       raise ConfigError(f"config.vq.decay={self.options.decay} must lie in [0, 1)")
     if self.options.dead_after < 1:
       raise ConfigError(f"config.vq.dead_after={self.options.dead_after} must be positive")
+    check_positive_sizes(self.model, VQ_VAE_SIZES)
     self.ema = self.options.codebook_update == "ema"
     self.codebook_size = self.model.codebook_size
 

@@ -81,6 +81,8 @@ class WorkdirLock:
       record = json.loads(self._file.read() or "{}")
     except (OSError, ValueError):
       record = {}
+    if not isinstance(record, dict):  # Valid JSON that no genlab wrote ([1, 2], 3): unknown.
+      record = {}
     if not record:
       return "another genlab process holds it (an eval, sample or encode reading it)"
     return (
