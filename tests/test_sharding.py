@@ -37,7 +37,8 @@ def watched(self):
 _array.ArrayImpl._value = property(watched)
 gather = multihost_utils.process_allgather
 def watched_gather(tree, tiled=False):
-  copies.extend(("process_allgather", tuple(x.shape), "") for x in jax.tree.leaves(tree) if split(x))
+  leaves = [x for x in jax.tree.leaves(tree) if split(x)]
+  copies.extend(("process_allgather", tuple(x.shape), "") for x in leaves)
   return gather(tree, tiled=tiled)
 multihost_utils.process_allgather = watched_gather
 
@@ -96,7 +97,8 @@ def test_the_first_log_line_says_what_fsdp_splits(test_config, capsys):
 from conftest import make_test_config
 from genlab.run import setup
 for size in (64, 1 << 18):
-  s = setup(make_test_config(None, **{"mesh.devices": 0, "mesh.fsdp": -1, "mesh.fsdp_min_size": size}))
+  mesh = {"mesh.devices": 0, "mesh.fsdp": -1, "mesh.fsdp_min_size": size}
+  s = setup(make_test_config(None, **mesh))
   print(s.runner.describe_state(s.abstract_state))
 """
   small, default = run_python(code, devices=4).strip().splitlines()[-2:]
@@ -197,7 +199,8 @@ def test_saved_split_on_four_devices_it_resumes_on_two_on_one_and_on_two_process
     ("two_processes", 2, 2, four),
   ):
     shutil.copytree(tmp_path / "saved", tmp_path / name)
-    _train(tmp_path / name, data_dir, devices, "--config.num_steps=40", *overrides, processes=processes)
+    steps = "--config.num_steps=40"
+    _train(tmp_path / name, data_dir, devices, steps, *overrides, processes=processes)
     step, got = restore_latest(tmp_path / name)
     assert step == 40, name
     assert_close_normwise(got.params, expected.params, rel=1e-5, err_msg=f"{name}: ")
