@@ -372,14 +372,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def canonicalize(config: ml_collections.ConfigDict) -> None:
-  """Names what `config` chooses by name so that any process finds it again (in place):
-  `family` and every model `name` of `config.model` become what their registries record
+  """Names what `config` chooses by name so that any process finds it again (in place), and
+  drops the shared fields its family does not read (`OPTIONAL_FIELDS`, as `upgrade` does
+  for a saved config): `family` and every model `name` of `config.model` become what their
+  registries record
   (`Registry.canonical`: genlab's and installed packages' names as they are, a class
   registered in this process as its 'package.module:Class' path). A run does this before
   it saves config.json, which `genlab eval`, `sample` and `encode` read alone."""
   from genlab import models
 
   config.family = families.REGISTRY.canonical(config.family)
+  reads = get_family(config.family).reads
+  for name in OPTIONAL_FIELDS:  # A config built for another family may carry them: unread.
+    if name in config and name not in reads:
+      del config[name]
 
   def walk(group):
     for key, value in group.items():

@@ -552,6 +552,7 @@ def test_an_sae_keeps_the_host_it_was_trained_with_when_the_host_trains_on(data_
     args = ["train", "--config", str(EXPERIMENTS / "sae_pydoc_residual.py"), dd, *periods]
     args += ["--workdir", str(workdir), f"--config.sae.host_workdir={host}"]
     args += ["--config.sae.layer=block_0", "--config.model.code_dim=64", "--config.model.k=4"]
+    args += ["--config.sae.aux_k=8"]
     proc = genlab(*args, f"--config.num_steps={steps}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -15,16 +15,18 @@ from conftest import assert_close_normwise, run_python
 
 # In a process with 4 fake devices: records every whole copy to the host (np.asarray,
 # device_get, float(...) and process_allgather all go through `_value`) of an array split
-# over `fsdp`, while a run trains, saves, draws its views, resumes and is evaluated.
+# over `fsdp`, while a run trains, saves, draws its views, resumes, is evaluated, encodes
+# and samples; those shaped like a split state array are the state's.
 WATCHED_RUN = """
 import json, sys, jax
 from jax._src import array as _array
 from jax.experimental import multihost_utils
 from conftest import make_test_config
-from genlab.run import evaluate_workdir, sample_workdir, train_and_evaluate
+from genlab.run import evaluate_workdir, sample_workdir, setup, train_and_evaluate
 from genlab.run.commands import encode_workdir
 
 MIN = 64
+tmp, data_dir, families = TMP_PATH, DATA_DIR, FAMILIES
 copies = []
 def split(x):
   return isinstance(x, jax.Array) and x.size >= MIN and any(
@@ -43,8 +45,8 @@ def watched_gather(tree, tiled=False):
 multihost_utils.process_allgather = watched_gather
 
 out = {}
-for family, model in FAMILIES:
-  config = make_test_config(DATA_DIR, family=family, num_steps=20, log_every=5, eval_every=10,
+for family, model in families:
+  config = make_test_config(data_dir, family=family, num_steps=20, log_every=5, eval_every=10,
     image_every=10, checkpoint_every=10, **{"mesh.devices": 0, "mesh.fsdp": -1,
     "mesh.fsdp_min_size": MIN})
   if model is not None:
@@ -52,22 +54,27 @@ for family, model in FAMILIES:
     if family == "vae":
       from genlab.families.vae import options
       config.vae = options(nll_k=4)
-  workdir = f"{TMP}/{family}"
+  workdir = f"{tmp}/{family}"
+  born = [x for x in jax.tree.leaves(setup(config).initial_state) if x.size >= MIN]
   config.num_steps = 10
   train_and_evaluate(config, workdir)
   config.num_steps = 20
   result = train_and_evaluate(config, workdir)  # A resume: restored into its shards.
   report = evaluate_workdir(workdir)
-  encode_workdir(workdir, out=f"{TMP}/{family}.npz")
+  encode_workdir(workdir, out=f"{tmp}/{family}.npz")
   if family == "vae":
-    sample_workdir(workdir, num=4, out=f"{TMP}/{family}.png")
+    sample_workdir(workdir, num=4, out=f"{tmp}/{family}.png")
   leaves = [x for x in jax.tree.leaves(result.state) if x.size >= MIN]
+  state_shapes = {tuple(x.shape) for x in leaves if split(x)}
+  out[family + "_copies"] = [c for c in copies if c[1] in state_shapes]
+  copies.clear()
   out[family] = {
     "large": len(leaves),
     "split": sum(any(e == "fsdp" for e in x.sharding.spec) for x in leaves),
+    # Made split: no device ever held a whole one (jit's outputs, each device its shards).
+    "born_split": all(isinstance(x, jax.Array) and split(x) for x in born) and len(born),
     "mse": report["metrics"].get("mse", report["metrics"].get("neg_elbo")),
   }
-out["copies"] = copies
 print(json.dumps(out))
 """
 
@@ -79,12 +86,16 @@ def test_a_state_split_over_fsdp_is_never_copied_whole_to_the_host(data_dir, tmp
     ("vae", {"name": "vae", "hidden": (32,), "latent_dim": 4}),
   ]
   code = WATCHED_RUN.replace("FAMILIES", repr(families)).replace("DATA_DIR", repr(data_dir))
-  out = json.loads(run_python(code.replace("TMP", str(tmp_path)), devices=4).splitlines()[-1])
-  assert out.pop("copies") == []
+  code = code.replace("TMP_PATH", repr(str(tmp_path)))
+  out = json.loads(run_python(code, devices=4).splitlines()[-1])
+  for family, _ in families:
+    # No whole copy of an array shaped like a split state array (parameters, moments).
+    assert out.pop(family + "_copies") == [], family
   for family, row in out.items():
     # Every state array of at least fsdp_min_size elements, parameters and Adam's moments,
     # stays split over the 4 devices from birth to the end.
     assert row["large"] >= 4 and row["split"] == row["large"], (family, row)
+    assert row["born_split"] == row["large"], (family, row)
     assert np.isfinite(row["mse"])
 
 
