@@ -233,3 +233,15 @@ def _leaves(tree):
       yield from _leaves(value)
   else:
     yield tree
+
+
+@pytest.mark.filterwarnings(r"error::DeprecationWarning:genlab(\..*)?")
+@pytest.mark.filterwarnings(r"error::FutureWarning:genlab(\..*)?")
+def test_genlab_calls_nothing_the_installed_jax_deprecates(test_config, tmp_path):
+  """A run, its checkpoint, a resume and an evaluation with every deprecation warning that
+  genlab's own code triggers (those attributed to a genlab module) turned into an error."""
+  from genlab.run import evaluate_workdir, train_and_evaluate
+
+  train_and_evaluate(test_config(num_steps=10), tmp_path)
+  train_and_evaluate(test_config(num_steps=20), tmp_path)
+  assert evaluate_workdir(tmp_path)["checkpoint_step"] == 20

@@ -22,7 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from genlab.errors import ConfigError
@@ -44,7 +44,11 @@ def make_mesh(devices: Sequence[jax.Device], fsdp: int = 1) -> Mesh:
       f"mesh.fsdp={fsdp} must divide the {n} devices of the run; pass "
       "--config.mesh.fsdp=1 (or another divisor) to run here"
     )
-  return Mesh(np.array(devices).reshape(n // fsdp, fsdp), (DATA, FSDP))
+  # Auto axes, said: XLA places the collectives (`jax.make_mesh` would make them Explicit,
+  # and would reorder TPU devices, where each process's rows must stay its own devices').
+  return Mesh(
+    np.array(devices).reshape(n // fsdp, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto,) * 2
+  )
 
 
 def batch_spec(leading: int = 0) -> P:
