@@ -10,7 +10,9 @@ process then goes through what `genlab train` does to a state, phase by phase, a
 measures its resident memory (`/proc/self/status`: VmRSS, and the peak VmHWM, reset
 before each phase with `/proc/self/clear_refs`):
 
-  init     the first state
+  setup    the run's data, model and the state's shapes (before this change: the whole
+           state too, made on one device and copied to the host)
+  init     the first state on the devices (before: placed from that host copy)
   steps    3 train steps (compilation included)
   save     an orbax checkpoint, waited for
   restore  that checkpoint read back into the run's state
@@ -95,11 +97,15 @@ def worker(args) -> None:
   config.model = config.model.__class__(
     {"name": "vae", "architecture": "mlp", "hidden": (WIDTH,) * DEPTH, "latent_dim": LATENT}
   )
+  from genlab.families import get_family
+
+  get_family("vae")  # Its modules (flax, optax, the model) imported before any phase.
   rows = []
   born_sharded = None
-  with phase("init", rows):
+  with phase("setup", rows):  # The data, the model, the state's shapes (before: and values).
     s = setup(config)
     born_sharded = hasattr(s, "abstract_state")
+  with phase("init", rows):  # The state on the devices.
     state = s.initial_state if born_sharded else s.runner.place_state(s.initial_state)
     jax.block_until_ready(state)
   state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
@@ -169,7 +175,7 @@ def main(argv) -> None:
     images = rng.integers(0, 256, (80, 28, 28, 1), dtype=np.uint8)
     np.savez(tmp / "data.npz", x_train=images[:64], x_test=images[64:])
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 " + os.environ.get("EXTRA_XLA", "")
     env["PYTHONPATH"] = os.pathsep.join([args.checkout, str(HERE), env.get("PYTHONPATH", "")])
     port = free_port()
     procs = [

@@ -11,7 +11,7 @@ import chex
 import numpy as np
 import pytest
 
-from conftest import assert_close_normwise, run_python
+from conftest import assert_close_normwise, make_test_config, run_python
 
 # In a process with 4 fake devices: records every whole copy to the host (np.asarray,
 # device_get, float(...) and process_allgather all go through `_value`) of an array split
@@ -245,3 +245,43 @@ def test_genlab_calls_nothing_the_installed_jax_deprecates(test_config, tmp_path
   train_and_evaluate(test_config(num_steps=10), tmp_path)
   train_and_evaluate(test_config(num_steps=20), tmp_path)
   assert evaluate_workdir(tmp_path)["checkpoint_step"] == 20
+
+
+FAMILY_MODELS = {
+  "autoencoder": None,
+  "vae": {"name": "vae", "hidden": (16,), "latent_dim": 4},
+  "gan": {
+    "name": "gan",
+    "architecture": "mlp",
+    "latent_dim": 4,
+    "generator": {"hidden": (16,)},
+    "discriminator": {"hidden": (16,)},
+  },
+  "vq_vae": {"name": "vq_vae", "features": (8, 16), "code_dim": 4, "codebook_size": 8},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_a_state_made_in_two_programs_equals_the_one_its_init_makes(family, data_dir):
+  """The first state comes in two programs (everything but the optimizer states, then those
+  from the parameters: `Runner.init_state`), exactly as the family's `init_state` makes it."""
+  import jax
+
+  from genlab.config import base_config
+  from genlab.core import rngs
+  from genlab.data import eval_batches
+  from genlab.families import get_family
+  from genlab.run import setup
+
+  config = make_test_config(data_dir, family=family)
+  group = get_family(family).options_group
+  if group is not None:
+    config[group] = base_config(family)[group]
+  if FAMILY_MODELS[family] is not None:
+    config.model = config.model.__class__(FAMILY_MODELS[family])
+  s = setup(config)
+  value_range = s.family.value_range
+  example = next(eval_batches(s.dataset.train, global_batch_size=1, value_range=value_range))
+  whole = jax.jit(s.family.init_state)(rngs.stream_key(s.root_key, "init"), example)
+  chex.assert_trees_all_equal(s.initial_state, whole)
+  assert jax.tree.leaves(s.initial_state.opt_state)  # There were optimizer states to make.

@@ -121,9 +121,30 @@ class Runner:
 
   def init_state(self, init: Callable[..., Any], abstract: Any, *args) -> Any:
     """`init(*args)` born sharded: compiled with `abstract`'s shardings as its outputs', so
-    each device computes and holds only its own shards of every split array."""
+    each device computes and holds only its own shards of every split array.
+
+    A `TrainState` whose optimizer states are those of a fresh `TrainState.create` (`tx.init`
+    of its parameters, as `abstract` shows) is made in two programs: first everything but
+    the optimizer states, then those from the parameters. The parameters' random draws hold
+    large temporaries (XLA:CPU kept those of many layers at once), and Adam's moments are
+    twice the parameters: made apart, they never meet (on 2 processes × 2 devices, a 1.07
+    GiB state's creation rose 0.69× the state's size per process in one program, 0.5× so:
+    scripts/benchmark_memory.py)."""
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    return jax.jit(init, out_shardings=shardings, compiler_options=self._options)(*args)
+    options = kernels_lib.init_compiler_options(self.devices)
+    if not _fresh_optimizer_states(abstract):
+      return jax.jit(init, out_shardings=shardings, compiler_options=options)(*args)
+    rest = jax.jit(
+      lambda *a: init(*a).replace(opt_state=None),
+      out_shardings=shardings.replace(opt_state=None),
+      compiler_options=options,
+    )(*args)
+    opt_state = jax.jit(
+      lambda state: {name: state.tx[name].init(state.params[name]) for name in state.tx},
+      out_shardings=shardings.opt_state,
+      compiler_options=options,
+    )(rest)
+    return rest.replace(opt_state=opt_state)
 
   def describe_state(self, abstract: Any) -> str:
     """What `fsdp` splits, for the run's first log line: `state: 6 of 14 arrays split over
@@ -302,6 +323,24 @@ class ResidentFeed:
     """The global batch of `step` (traced), gathered from the resident split."""
     del i
     return self._split.batch(inputs["arrays"], inputs["orders"], step)
+
+
+def _fresh_optimizer_states(abstract: Any) -> bool:
+  """Whether `abstract` is a `TrainState` whose optimizer states have the shapes of its
+  optimizers' `init` of its parameters (what `TrainState.create` makes)."""
+  if not isinstance(abstract, TrainState) or set(abstract.tx) != set(abstract.params):
+    return False
+  fresh = jax.eval_shape(
+    lambda params: {name: abstract.tx[name].init(params[name]) for name in abstract.tx},
+    abstract.params,
+  )
+
+  def same(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype
+
+  if jax.tree.structure(fresh) != jax.tree.structure(abstract.opt_state):
+    return False
+  return all(jax.tree.leaves(jax.tree.map(same, fresh, abstract.opt_state)))
 
 
 def use_cpu_devices(count: int) -> None:
