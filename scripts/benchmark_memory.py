@@ -175,7 +175,7 @@ def main(argv) -> None:
     images = rng.integers(0, 256, (80, 28, 28, 1), dtype=np.uint8)
     np.savez(tmp / "data.npz", x_train=images[:64], x_test=images[64:])
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 " + os.environ.get("EXTRA_XLA", "")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     env["PYTHONPATH"] = os.pathsep.join([args.checkout, str(HERE), env.get("PYTHONPATH", "")])
     port = free_port()
     procs = [

@@ -50,14 +50,6 @@ CPU_COMPILER_OPTIONS = {
 }
 
 
-# The first state's program (`Runner.init_state`) on XLA:CPU: scheduled to use the least
-# memory rather than the most threads. Its random initialisers hold large temporaries, and the
-# default scheduler kept those of many layers at once: on 2 processes × 2 devices, a 1.07 GiB
-# state's init rose 0.83× the state's size per process against 0.64× so (scripts/
-# benchmark_memory.py); it runs once, so its speed does not matter.
-CPU_INIT_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
-
-
 def resolve(kernels: str, devices: Sequence[Any]) -> str:
   """`flax` or `xla_cpu` for a run on `devices` (`auto`: `xla_cpu` iff all are CPUs)."""
   if kernels not in KERNELS:
@@ -151,21 +143,8 @@ def compiler_options(kernels: str) -> dict[str, str] | None:
   `xla_cpu` (those XLA takes, and not set in XLA_FLAGS), none otherwise."""
   if kernels != "xla_cpu":
     return None
-  return _cpu_options(CPU_COMPILER_OPTIONS)
-
-
-def init_compiler_options(devices: Sequence[Any]) -> dict[str, Any] | None:
-  """The XLA options to compile a state's first values with (`CPU_INIT_COMPILER_OPTIONS`
-  when every device is a CPU, whatever layers the run builds), none otherwise."""
-  if not all(d.platform == "cpu" for d in devices):
-    return None
-  return _cpu_options(CPU_INIT_COMPILER_OPTIONS)
-
-
-def _cpu_options(options: dict[str, Any]) -> dict[str, Any] | None:
-  """`options` that XLA takes and that XLA_FLAGS does not set already."""
   flags = os.environ.get("XLA_FLAGS", "")
-  wanted = tuple((k, v) for k, v in options.items() if f"--{k}" not in flags)
+  wanted = tuple((k, v) for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}" not in flags)
   return dict(_options_xla_takes(wanted)) or None
 
 
@@ -197,7 +176,6 @@ __all__ = [
   "KERNELS",
   "RESOLVED",
   "compiler_options",
-  "init_compiler_options",
   "conv_transpose",
   "dense",
   "has_convolution",

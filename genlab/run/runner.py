@@ -131,18 +131,15 @@ class Runner:
     GiB state's creation rose 0.69× the state's size per process in one program, 0.5× so:
     scripts/benchmark_memory.py)."""
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    options = kernels_lib.init_compiler_options(self.devices)
     if not _fresh_optimizer_states(abstract):
-      return jax.jit(init, out_shardings=shardings, compiler_options=options)(*args)
+      return jax.jit(init, out_shardings=shardings)(*args)
     rest = jax.jit(
       lambda *a: init(*a).replace(opt_state=None),
       out_shardings=shardings.replace(opt_state=None),
-      compiler_options=options,
     )(*args)
     opt_state = jax.jit(
       lambda state: {name: state.tx[name].init(state.params[name]) for name in state.tx},
       out_shardings=shardings.opt_state,
-      compiler_options=options,
     )(rest)
     return rest.replace(opt_state=opt_state)
 
