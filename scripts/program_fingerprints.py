@@ -5,11 +5,12 @@
     # or this script against another checkout:
     python scripts/program_fingerprints.py --checkout /tmp/before > before.jsonl
 
-For every experiment in experiments/ that builds offline without another run's resources
-(not the activation SAE, whose host is a trained workdir; not the TFDS `*_mnist` ones,
-which need a prepared dataset), on one device: a SHA-256 of its first state's values, and
-of the StableHLO its family's train step and eval step lower to (on a batch of the run's
-shape, without source locations). Equal fingerprints before and after a change mean the
+For every experiment in experiments/ that builds offline (not the TFDS `*_mnist` ones,
+which need a prepared dataset; the activation SAE with each of its codes, on a host made by
+`random_lm_host`, char_lm_pydoc's model at its initial parameters, instead of a trained
+workdir), on one device: a SHA-256 of its first state's values, and of the StableHLO its
+family's train step and eval step lower to (on a batch of the run's shape, without source
+locations). Equal fingerprints before and after a change mean the
 same initial values and the same programs: the same training and the same eval metrics.
 Prints one JSON line per experiment.
 """
@@ -26,7 +27,29 @@ import sys
 import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
-SKIP = ("sae_pydoc_residual",)  # Its host is another run's workdir.
+# The activation SAE's variants: each code (with AuxK, resampling where it applies).
+SAE_VARIANTS = {
+  "batchtopk": {},
+  "topk": {"model.code": "topk"},
+  "jumprelu": {"model.code": "jumprelu", "sae.aux_k": 0, "sae.resample_every": 100},
+  "relu": {"model.code": "relu", "sae.aux_k": 0},
+}
+
+
+def random_lm_host():
+  """char_lm_pydoc's language model at its initial parameters, as the host of an SAE reading
+  `block_1` (a `sae.host_factory`)."""
+  import jax
+
+  from genlab import config as config_lib
+  from genlab.run import setup
+
+  config = config_lib.load_experiment(HERE.parent / "experiments" / "char_lm_pydoc.py")
+  config.data.data_dir = os.environ["GENLAB_FINGERPRINT_DATA"]
+  config.mesh.devices = 1
+  s = setup(config)
+  params = jax.device_get(s.initial_state).params["model"]
+  return s.family.host_model(params, "block_1", skip_first=1, description="random LM")
 
 
 def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
@@ -36,15 +59,27 @@ def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
 
   from genlab import config as config_lib
   from genlab.data import eval_batches
-  from genlab.run import setup
+  from genlab.run import resources, setup
 
+  os.environ["GENLAB_FINGERPRINT_DATA"] = data_dir
+  runs = []
   for path in sorted(experiments.glob("*.py")):
-    if path.stem in SKIP or path.stem.endswith("_mnist"):
+    if path.stem.endswith("_mnist"):
       continue
+    if path.stem != "sae_pydoc_residual":
+      runs.append((path.stem, path, {}))
+      continue
+    host = {"sae.host_workdir": "", "sae.host_factory": f"{__name__}:random_lm_host"}
+    for code, overrides in SAE_VARIANTS.items():
+      runs.append((f"{path.stem}[{code}]", path, {**host, **overrides}))
+  for name, path, overrides in runs:
     config = config_lib.load_experiment(path)
     config.data.data_dir = data_dir
     config.mesh.devices = 1
-    s = setup(config)
+    for dotted, value in overrides.items():
+      group, field = dotted.split(".")
+      config[group][field] = value
+    s = setup(config, provide=resources.provide)
     state = jax.device_get(s.initial_state)
     values = hashlib.sha256()
     for leaf in jax.tree.leaves(state):
@@ -67,7 +102,7 @@ def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
     print(
       json.dumps(
         {
-          "experiment": path.stem,
+          "experiment": name,
           "initial_state": values.hexdigest()[:16],
           "train_step": hashlib.sha256(train.encode()).hexdigest()[:16],
           "eval_step": hashlib.sha256(evaluation.encode()).hexdigest()[:16],
