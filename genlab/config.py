@@ -21,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from genlab import families
+from genlab import evaluators, families
 from genlab.errors import ConfigError
 from genlab.families import get_family
 from genlab.kernels import KERNELS
@@ -65,7 +65,14 @@ SAFE_ON_RESUME = (
 
 
 # Fields earlier versions named otherwise: old name → today's (same meaning).
-RENAMED_FIELDS = {"sae.aux_dead_after": "sae.dead_after"}
+RENAMED_FIELDS = {
+  "sae.aux_dead_after": "sae.dead_after",
+  # The GAN's sample metrics, shared since by every family that samples (genlab.evaluators).
+  "gan.fd_n_real": "sample_metrics.fd_n_real",
+  "gan.fd_n_fake": "sample_metrics.fd_n_fake",
+  "gan.prdc_k": "sample_metrics.prdc_k",
+  "gan.feature_net_steps": "sample_metrics.feature_net_steps",
+}
 
 # Fields earlier versions had, and what replaced them.
 REMOVED_FIELDS = {
@@ -171,6 +178,8 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   options = family_class.default_options()
   if options is not None:
     config[family_class.options_group] = options
+  if family_class.sample_evaluators is not None:  # A family that samples: metrics of them.
+    config.sample_metrics = evaluators.options(family_class.sample_evaluators)
   return config
 
 
@@ -494,9 +503,11 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "parallel" in config:
     del config["parallel"]
   for old, new in RENAMED_FIELDS.items():
-    (group, old_name), new_name = old.split("."), new.split(".")[1]
+    (group, old_name), (new_group, new_name) = old.split("."), new.split(".")
     if old_name in config.get(group, {}):
-      config[group][new_name] = config[group][old_name]
+      if new_group not in config:
+        config[new_group] = ml_collections.ConfigDict()
+      config[new_group][new_name] = config[group][old_name]
       del config[group][old_name]
   try:
     defaults = base_config(config.get("family", "autoencoder"))

@@ -201,6 +201,7 @@ class VariationalAutoencoder(Family):
   options_group = "vae"
   default_options = staticmethod(options)
   eval_overrides = ("vae.nll_k",)
+  sample_evaluators = ""  # It samples; which metrics of its samples, its experiments say.
   models = ("vae",)
   model_arguments = ("output_shape", "num_classes", "kernels", "dtype")
 

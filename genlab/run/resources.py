@@ -23,8 +23,14 @@ from genlab.run.pins import params_digest
 from genlab.run.setup import Setup
 
 
-def _feature_net(s: Setup, *, steps: int):
-  return feature_network(s.dataset, s.config.data, steps=steps)
+def _feature_net(s: Setup, *, steps: int, value_range: tuple[float, float] | None = None):
+  """The dataset's cached feature classifier, trained on images in `value_range` (default:
+  the run's `data.range`)."""
+  data = s.config.data
+  if value_range is not None:
+    data = data.copy_and_resolve_references()
+    data.range = tuple(value_range)
+  return feature_network(s.dataset, data, steps=steps)
 
 
 def _host_model(
