@@ -35,7 +35,8 @@ def options(evaluators: str = "", **overrides) -> ml_collections.ConfigDict:
   group = ml_collections.ConfigDict(
     {
       # The evaluators of the samples at every evaluation, comma-separated: "" (none) or
-      # names of genlab.evaluators.EVALUATORS: feature_net (fd, precision/recall, cs, ...).
+      # names of genlab.evaluators.EVALUATORS: feature_net (fd, precision/recall, cs, ...),
+      # inception (fid, kid, is with the FID Inception-v3).
       "evaluators": evaluators,
       "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all; ≥ 2).
       "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real; else ≥ 2).
@@ -43,6 +44,16 @@ def options(evaluators: str = "", **overrides) -> ml_collections.ConfigDict:
       # the number of real images, of samples and of test images.
       "prdc_k": 5,
       "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
+      # inception: the weights file, pytorch-fid's pt_inception-2015-12-05-6726825d.pth ("":
+      # fetched once into $GENLAB_CACHE_DIR/inception/ and checked against its SHA-256).
+      "inception_weights": "",
+      "inception_n_fake": 50000,  # Samples behind fid, kid and is (published figures: 50,000).
+      "inception_n_real": 50000,  # Real images (the first of the split; at most all; ≥ 2).
+      "inception_real_split": "train",  # train | test: the split of the real images.
+      "inception_resize": "clean",  # clean (clean-fid's PIL bicubic) | legacy_pytorch (bilinear).
+      "kid_subset_size": 1000,  # Features per KID subset (≤ both sets' sizes).
+      "kid_subsets": 100,  # KID subsets averaged over.
+      "is_splits": 10,  # Splits of the samples the Inception score is averaged over.
     }
   )
   group.update(overrides)

@@ -19,6 +19,7 @@ from genlab.models.activations import HostModel
 from genlab.registry import import_path
 from genlab.run.evaluation import restore_workdir
 from genlab.run.feature_net import feature_network
+from genlab.run.inception_weights import inception_network
 from genlab.run.pins import params_digest
 from genlab.run.setup import Setup
 
@@ -104,7 +105,13 @@ def _host_model(
   return dataclasses.replace(host, identity={**identity, "params_sha256": digest})
 
 
-PROVIDERS = {"feature_net": _feature_net, "host_model": _host_model}
+def _inception(s: Setup, *, weights: str = ""):
+  """The FID Inception (`genlab.run.inception_weights`)."""
+  del s
+  return inception_network(weights)
+
+
+PROVIDERS = {"feature_net": _feature_net, "host_model": _host_model, "inception": _inception}
 
 
 def provide(s: Setup) -> None:
