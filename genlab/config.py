@@ -386,12 +386,18 @@ def canonicalize(config: ml_collections.ConfigDict) -> None:
   for a saved config): `family` and every model `name` of `config.model` become what their
   registries record
   (`Registry.canonical`: genlab's and installed packages' names as they are, a class
-  registered in this process as its 'package.module:Class' path). A run does this before
-  it saves config.json, which `genlab eval`, `sample` and `encode` read alone."""
+  registered in this process as its 'package.module:Class' path), and gives a family that
+  samples its `sample_metrics` group at its defaults if the config lacks it. A run does this
+  before it saves config.json, which `genlab eval`, `sample` and `encode` read alone."""
   from genlab import models
 
   config.family = families.REGISTRY.canonical(config.family)
-  reads = get_family(config.family).reads
+  family_class = get_family(config.family)
+  reads = family_class.reads
+  if family_class.sample_evaluators is not None and "sample_metrics" not in config:
+    # What the family reads anyway, written down: a resume compares it with the saved
+    # config, which `upgrade` gives every group the family has.
+    config.sample_metrics = evaluators.options(family_class.sample_evaluators)
   for name in OPTIONAL_FIELDS:  # A config built for another family may carry them: unread.
     if name in config and name not in reads:
       del config[name]

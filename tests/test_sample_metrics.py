@@ -128,7 +128,7 @@ def test_a_vae_and_a_cvae_run_report_fd_and_precision_recall_under_the_gans_prot
   for name in ("vae_digits", "cvae_digits", "gan_digits"):
     config = config_lib.load_experiment(EXPERIMENTS / f"{name}.py")
     config.data.data_dir = data_dir
-    config.update(num_steps=200, eval_every=200, image_every=200, checkpoint_every=200)
+    config.update(num_steps=60, eval_every=60, image_every=60, checkpoint_every=60)
     config.update(eval_at_start=False)
     config.sample_metrics.update(feature_net_steps=300)
     if name != "gan_digits":
@@ -160,3 +160,23 @@ def test_a_vae_and_a_cvae_run_report_fd_and_precision_recall_under_the_gans_prot
     assert m["fd_floor"] == reports["gan_digits"]["metrics"]["fd_floor"]
   assert "class_accuracy" in reports["cvae_digits"]["metrics"]
   assert "class_accuracy" not in reports["vae_digits"]["metrics"]
+
+
+def test_a_config_without_the_group_resumes_as_it_was_saved(test_config, tmp_path):
+  """A config built for another family, then given `family='vae'`, lacks sample_metrics: the
+  run writes the defaults it reads into config.json, so a resume compares equal."""
+  from genlab.families.vae import options as vae_options
+  from genlab.run import train_and_evaluate
+
+  def config(steps):
+    c = test_config(family="vae", num_steps=steps, eval_every=2, image_every=2)
+    c.update(checkpoint_every=2, log_every=2, num_images=0)
+    c.model = c.model.__class__({"name": "vae", "hidden": (8,), "latent_dim": 2})
+    c.vae = vae_options(nll_k=2)
+    assert "sample_metrics" not in c
+    return c
+
+  train_and_evaluate(config(2), tmp_path)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["sample_metrics"]["evaluators"] == ""
+  assert train_and_evaluate(config(4), tmp_path).step == 4
