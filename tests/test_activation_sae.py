@@ -155,14 +155,16 @@ def test_splicing_the_activation_itself_gives_the_clean_output_and_zeros_change_
 
 
 def test_a_perfect_reconstruction_recovers_the_clean_loss():
+  from genlab.sae import SAEObjective
+
   family = _sae_family()
 
-  class Perfect(type(family)):
+  class Perfect(SAEObjective):
     def reconstruct(self, params, x, weights, stats, *, train):
-      x_hat, code, pre, threshold = super().reconstruct(params, x, weights, stats, train=train)
-      return x, code, pre, threshold
+      x_hat, code, pre, new = super().reconstruct(params, x, weights, stats, train=train)
+      return x, code, pre, new
 
-  family.__class__ = Perfect
+  family.objective = Perfect(family.model, family.options, family.tx)
   state = family.init_state(jax.random.key(0), None)
   m = _eval(family, state)
   assert m["loss_sae"] == pytest.approx(m["loss_clean"], abs=1e-6)
@@ -175,7 +177,7 @@ def test_a_perfect_reconstruction_recovers_the_clean_loss():
 
 
 def test_kth_largest_and_top_k_match_a_sort():
-  from genlab.models.sparse_ae import batch_top_k, keep_top_k, kth_largest_relu
+  from genlab.sae import batch_top_k, keep_top_k, kth_largest_relu
 
   x = jax.random.normal(jax.random.key(0), (50, 40))
   sorted_desc = -np.sort(-np.maximum(np.asarray(x), 0).ravel())
@@ -210,7 +212,7 @@ def _jumprelu_reference(z, theta, eps, g):
 
 
 def test_jumprelu_straight_through_gradients_match_the_papers_formulas():
-  from genlab.models.sparse_ae import heaviside_step, jump_relu
+  from genlab.sae import heaviside_step, jump_relu
 
   rng = np.random.default_rng(0)
   z = rng.uniform(0, 1, size=(64, 5)).astype(np.float32)
@@ -254,7 +256,7 @@ def test_a_larger_l0_coefficient_gives_a_sparser_jumprelu_code():
 
 @pytest.mark.slow
 def test_resampling_gives_dead_latents_the_worst_rows_directions_and_resets_their_moments():
-  from genlab.families.activation_sae import resample_dead_latents
+  from genlab.sae import resample_dead_latents
 
   family = _sae_family("topk", dead_after=1, resample_every=2)
   state = family.init_state(jax.random.key(0), None)
@@ -311,6 +313,7 @@ def test_resampling_restarts_jumprelu_thresholds_and_works_with_any_optimizers_s
     family = _sae_family(code, model=model, dead_after=1, resample_every=2)
     family.config.optimizer.name = optimizer
     family.tx = make_optimizer(family.config.optimizer)
+    family.objective = dataclasses.replace(family.objective, tx=family.tx)
     state = family.init_state(jax.random.key(0), None)
     params = state.params["model"]
     if code == "jumprelu":  # Thresholds moved away from their start.
@@ -348,9 +351,11 @@ def test_the_family_refuses_bad_settings():
 
   with pytest.raises(ConfigError, match="exactly one of host_workdir and host_factory"):
     _sae_family(host_workdir="runs/x")
-  with pytest.raises(ConfigError, match="activation SAEs take one of"):
+  with pytest.raises(ConfigError, match="activation SAEs take batchtopk, jumprelu, matry"):
     _sae_family("sigmoid")
-  with pytest.raises(ConfigError, match="needs code topk or batchtopk"):
+  with pytest.raises(ConfigError, match=r"unknown SAE code config.model.code='top_k' \(did you"):
+    _sae_family("top_k")
+  with pytest.raises(ConfigError, match="needs a code that takes it .*code 'relu' does not"):
     _sae_family("relu", aux_k=4)
   with pytest.raises(ConfigError, match="with data.stream_train on, leave cache_dir empty"):
     _sae_family(stream=True, cache_dir="/nonexistent")
@@ -594,7 +599,7 @@ def test_runs_sharing_an_activation_cache_each_get_it_whole(tmp_path):
 
   halfway, go_on = threading.Event(), threading.Event()
   first = _sae_family(normalize="none")  # Built without a cache: only its capture is used.
-  capture = first._capture
+  capture = first.source.capture
 
   def slow_capture(batch):
     out = capture(batch)
@@ -603,10 +608,10 @@ def test_runs_sharing_an_activation_cache_each_get_it_whole(tmp_path):
       go_on.wait(60)
     return out
 
-  first._capture = slow_capture
-  first.options.cache_dir = str(tmp_path)
+  first.source.capture = slow_capture
   results = {}
-  builder = threading.Thread(target=lambda: results.update(first=first._cached_activations()))
+  cache = first.source._cached_activations
+  builder = threading.Thread(target=lambda: results.update(first=cache(str(tmp_path))))
   builder.start()
   assert halfway.wait(60)
   second = _sae_family(normalize="none", cache_dir=str(tmp_path))  # Builds it whole meanwhile.
