@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import chex
 import flax.linen as nn
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import EXPERIMENTS, compare_parallel
+from conftest import EXPERIMENTS, REPO, compare_parallel
 from genlab.core import make_optimizer
 
 
@@ -202,6 +203,72 @@ def test_batchtopk_trains_at_mean_l0_k_and_its_threshold_gives_l0_near_k_on_held
   assert m["explained_variance"] > 0.5, m
 
 
+def _matryoshka_reference(x, weights, params, k, widths):
+  """NumPy, float64: the BatchTopK latents f (the k·n largest ReLU'd pre-activations of the
+  n valid rows), then the nested-prefix objective Σ_m Σ_d (x − b_dec − Σ_{j<m} f_j·W_dec,j)²
+  over the prefixes m in `widths` and the whole dictionary, averaged over the valid rows (as
+  SAELens 6.x trains it: sae_lens/saes/matryoshka_batchtopk_sae.py, `training_forward_pass`
+  adds each inner level's `mse_loss_fn(...).sum(dim=-1).mean()` to the whole SAE's loss)."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  x = np.asarray(x, np.float64)
+  w_enc, b_enc = p["encoder"]["kernel"], p["encoder"]["bias"]
+  w_dec, b_dec = p["decoder"]["kernel"], p["decoder"]["bias"]
+  pre = x @ w_enc + b_enc
+  valid = np.asarray(weights) > 0
+  kept = np.sort(np.maximum(pre[valid], 0.0).ravel())[::-1][k * valid.sum() - 1]
+  f = np.where(valid[:, None] & (pre >= kept), np.maximum(pre, 0.0), 0.0)
+  total = np.zeros(len(x))
+  for m in sorted(set(widths) | {w_dec.shape[0]}):
+    total += ((x - b_dec - f[:, :m] @ w_dec[:m]) ** 2).sum(axis=1)
+  return (total * weights).sum() / weights.sum()
+
+
+@pytest.mark.parametrize("widths", [(4, 12), (2, 8, 20, 32)])
+def test_matryoshka_batchtopk_loss_matches_the_nested_prefix_formula(widths):
+  family = _sae_family("matryoshka_batchtopk", model={"matryoshka_widths": widths})
+  state = family.init_state(jax.random.key(0), None)
+  params, stats = state.params["model"], state.stats["model"]
+  x = jax.random.normal(jax.random.key(1), (48, family.model.output_shape[0]))
+  weights = jnp.ones(48).at[40:].set(0.0)  # The last 8 rows are padding.
+  loss, parts, _ = jax.jit(lambda p, x, w: family.objective(p, x, w, stats, train=True))(
+    params, x, weights
+  )
+  expected = _matryoshka_reference(x, np.asarray(weights), params, family.model.k, widths)
+  # float32 against float64: sums of 32-term products, relative error ~1e-6.
+  np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+  assert float(parts["l0"]) == pytest.approx(family.model.k, abs=1e-6)
+  # The whole dictionary alone is BatchTopK's objective: each inner prefix adds a positive
+  # error of its own.
+  plain = _sae_family("batchtopk")
+  assert float(loss) > float(plain.objective(params, x, weights, stats, train=True)[0]) > 0
+
+
+def test_the_docs_own_sae_code_trains_from_a_package_outside_genlab(tmp_path, monkeypatch):
+  from genlab.sae import CODES
+
+  text = (REPO / "docs" / "families" / "sparse_ae.md").read_text()
+  source = text.split("```python\n# mypackage/codes.py\n", 1)[1].split("```", 1)[0]
+  (tmp_path / "mypackage").mkdir()
+  (tmp_path / "mypackage" / "__init__.py").write_text("")
+  (tmp_path / "mypackage" / "codes.py").write_text(source)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  # Undone after the test: the registration and the imported package.
+  monkeypatch.setattr(CODES, "_registered", dict(CODES._registered))
+  monkeypatch.setattr(CODES, "_found", dict(CODES._found))
+  for name in ("mypackage", "mypackage.codes"):
+    monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, name)
+  # By its path (nothing imported yet), then by the name its import registered.
+  family = _sae_family("mypackage.codes:SoftThreshold", aux_k=0, l1=0.01)
+  assert _sae_family("shrink", aux_k=0).code_class is family.code_class
+  state, metrics = _train(family, 40)
+  x = jax.random.normal(jax.random.key(0), (8, family.model.output_shape[0]))
+  pre = family.model.apply({"params": state.params["model"]}, x, method="pre_activations")
+  code = family.model.apply({"params": state.params["model"]}, x, method="encode")
+  np.testing.assert_array_equal(code, jax.nn.relu(pre - 0.1))  # Its activate, not another's.
+  assert float(metrics["sparsity_penalty"]) > 0 and np.isfinite(float(metrics["loss"]))
+
+
 def _jumprelu_reference(z, theta, eps, g):
   """NumPy: the paper's pseudo-derivatives (Rajamanoharan et al. 2024, eqs. 11–12)."""
   kernel = (np.abs((z - theta) / eps) < 0.5).astype(np.float64)
@@ -359,6 +426,9 @@ def test_the_family_refuses_bad_settings():
     _sae_family("relu", aux_k=4)
   with pytest.raises(ConfigError, match="with data.stream_train on, leave cache_dir empty"):
     _sae_family(stream=True, cache_dir="/nonexistent")
+  for widths in ((), (8, 8), (12, 4), (0, 8), (8, 33)):
+    with pytest.raises(ConfigError, match="matryoshka_widths=.* must be strictly increasing"):
+      _sae_family("matryoshka_batchtopk", model={"matryoshka_widths": widths})
   for bad in ({"dead_after": 0}, {"resample_every": -1}, {"resample_encoder_scale": 0.0}):
     with pytest.raises(ConfigError, match="dead_after=.* must be positive, resample_every"):
       _sae_family("relu", **bad)

@@ -23,6 +23,8 @@ fire most. docs/families/sparse_ae.md has the maths, the codes and the figures.
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -167,6 +169,8 @@ class ActivationSAE(Family):
         f"batchtopk, matryoshka_batchtopk); code {self.code!r} does not"
       )
     code_dim = self.fields.get("code_dim", defaults.get("code_dim"))
+    if code_dim is not None:  # The code's own fields, against the dictionary's size.
+      self.code_class.of(types.SimpleNamespace(**(defaults | self.fields))).check(code_dim)
     if code_dim is not None and not 0 <= o.aux_k <= code_dim:
       raise ConfigError(f"config.sae.aux_k={o.aux_k} must lie in 0..code_dim={code_dim}")
     if o.dead_after < 1 or o.resample_every < 0 or o.resample_encoder_scale <= 0:

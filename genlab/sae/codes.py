@@ -180,6 +180,8 @@ class Code:
     those of its nested prefixes of the decoder's rows).
   * `inference_threshold(params, stats)`: a threshold per latent if the code is a
     JumpReLU at inference (what SAELens' format calls `threshold`), else None.
+  * `check(code_dim)`: raises `genlab.errors.ConfigError` (one line) on field values that
+    cannot work with `code_dim` latents; called when the family is built.
   """
 
   name: ClassVar[str] = ""
@@ -210,6 +212,9 @@ class Code:
 
   def inference_threshold(self, params, stats) -> jax.Array | None:
     return None
+
+  def check(self, code_dim: int) -> None:
+    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,13 +301,22 @@ class MatryoshkaBatchTopK(BatchTopK):
   name: ClassVar[str] = "matryoshka_batchtopk"
   matryoshka_widths: Sequence[int] = ()
 
+  def check(self, code_dim):
+    widths = [int(w) for w in self.matryoshka_widths]
+    increasing = all(a < b for a, b in zip(widths, widths[1:], strict=False))
+    if not widths or not increasing or widths[0] < 1 or widths[-1] > code_dim:
+      raise ConfigError(
+        f"config.model.matryoshka_widths={tuple(self.matryoshka_widths)} must be strictly "
+        f"increasing widths in 1..code_dim={code_dim} (the last may be code_dim, the whole)"
+      )
+
   def reconstruction_error(self, squared, x, latents, params):
     code_dim = latents.shape[-1]
-    widths = sorted({int(w) for w in self.matryoshka_widths if 0 < int(w) < code_dim})
     kernel = params["decoder"]["kernel"].astype(latents.dtype)
     decoded = jnp.broadcast_to(params["decoder"]["bias"], x.shape).astype(jnp.float32)
     total, start = squared, 0
-    for width in widths:  # The whole dictionary's error is `squared`; each prefix adds its own.
+    for width in (int(w) for w in self.matryoshka_widths if int(w) < code_dim):
+      # The whole dictionary's error is `squared`; each inner prefix adds its own.
       decoded = decoded + (latents[:, start:width] @ kernel[start:width]).astype(jnp.float32)
       total = total + jnp.sum((x - decoded) ** 2, axis=-1)
       start = width
