@@ -164,6 +164,32 @@ def _parser() -> argparse.ArgumentParser:
   encode.add_argument(
     "--dataset", help="another dataset of the same shapes (a name or a .npz), e.g. your own"
   )
+  export = sub.add_parser(
+    "export",
+    help="write a workdir's activation SAE in SAELens' format",
+    description="Writes the SAE of an activation-SAE workdir's newest usable checkpoint as "
+    "OUT/cfg.json and OUT/sae_weights.safetensors, as SAELens' loader reads them "
+    "(docs/families/sparse_ae.md, 'SAELens' format').",
+    epilog=_exit_help("done", "input"),
+    formatter_class=formatter,
+  )
+  export.add_argument("--workdir", required=True, help="a trained activation_sae workdir")
+  export.add_argument("--format", default="saelens", choices=["saelens"], help="(saelens)")
+  export.add_argument("out", help="the folder to write")
+  imported = sub.add_parser(
+    "import",
+    help="make a workdir of an SAE in SAELens' format, to evaluate it on a genlab host",
+    description="Makes WORKDIR an activation-SAE run of the experiment (its host, data and "
+    "evaluation) whose checkpoint of step 0 holds the SAE in SOURCE (cfg.json and "
+    "sae_weights.safetensors); then `genlab eval --workdir WORKDIR` reports its loss "
+    "recovered, explained variance and L0 on that host.",
+    epilog=OVERRIDES_HELP + "\n" + _exit_help("done", "input"),
+    formatter_class=formatter,
+  )
+  imported.add_argument("source", help="a folder holding cfg.json and sae_weights.safetensors")
+  imported.add_argument("--format", default="saelens", choices=["saelens"], help="(saelens)")
+  imported.add_argument("--config", required=True, help="an activation_sae experiment file")
+  imported.add_argument("--workdir", required=True, help="the new workdir")
   sub.add_parser(
     "list",
     help="list the experiments, families, models and embedded datasets",
@@ -195,7 +221,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def run(argv: list[str]) -> int:
   args, overrides = _split_overrides(argv)
   parsed = _parser().parse_args(args)
-  if overrides and parsed.command in ("sample", "encode", "list"):
+  if overrides and parsed.command in ("sample", "encode", "list", "export"):
     raise GenlabError(f"`genlab {parsed.command}` takes no --config.FIELD=VALUE overrides")
   _quiet_libraries()
   from genlab import config as config_lib
@@ -226,6 +252,18 @@ def run(argv: list[str]) -> int:
 
     distributed.leave()  # The others may still be finishing theirs: nobody waits for us now.
     log(f"done: step {result.step}, workdir {result.workdir}")
+    return 0
+  if parsed.command == "export":
+    from genlab.run import interchange
+
+    interchange.export_workdir(parsed.workdir, parsed.out, fmt=parsed.format)
+    return 0
+  if parsed.command == "import":
+    from genlab.run import interchange
+
+    config = config_lib.load_experiment(parsed.config)
+    config_lib.apply_overrides(config, overrides)
+    interchange.import_workdir(parsed.source, config, parsed.workdir, fmt=parsed.format)
     return 0
   if parsed.command == "sample":
     commands.sample_workdir(parsed.workdir, num=parsed.num, out=parsed.out, seed=parsed.seed)

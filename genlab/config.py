@@ -12,6 +12,7 @@ fields that do not exist, naming the closest match.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import importlib.util
 import json
@@ -67,6 +68,7 @@ SAFE_ON_RESUME = (
 # Fields earlier versions named otherwise: old name → today's (same meaning).
 RENAMED_FIELDS = {
   "sae.aux_dead_after": "sae.dead_after",
+  "sae.threshold_decay": "model.threshold_decay",  # BatchTopK's, now a field of its code.
   # The GAN's sample metrics, shared since by every family that samples (genlab.evaluators).
   "gan.fd_n_real": "sample_metrics.fd_n_real",
   "gan.fd_n_fake": "sample_metrics.fd_n_fake",
@@ -276,6 +278,8 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, text: str) -> None
     value = float(value)
   elif field_type is tuple and isinstance(value, list):
     value = tuple(value)
+  elif field_type is list and isinstance(value, tuple):
+    value = list(value)
   elif field_type is tuple and not isinstance(value, tuple):
     value = (value,)
   try:
@@ -298,6 +302,21 @@ def _raise_unknown(config: ml_collections.ConfigDict, dotted: str) -> None:
 EXCLUSIVE = {"num_steps": "num_epochs", "num_epochs": "num_steps"}
 
 
+def _declare_model_field(config: ml_collections.ConfigDict, dotted: str) -> None:
+  """A field of the model's class that the experiment leaves at its default can be set too:
+  `--config.model.FIELD` declares it (at its default) before it is set."""
+  group, _, leaf = dotted.partition(".")
+  if group != "model" or not leaf or "." in leaf or leaf in config.get("model", {}):
+    return
+  try:
+    defaults = get_family(config.family).model_defaults(config)
+  except ConfigError:
+    return  # An unknown family or model is reported where the config is validated.
+  if defaults is not None and leaf in defaults:
+    with config.unlocked() if config.is_locked else contextlib.nullcontext():
+      config.model[leaf] = defaults[leaf]
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> list[str]:
   """Applies `--config.a.b=value` strings to `config` in place.
 
@@ -310,6 +329,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     if not item.startswith("--config.") or "=" not in item:
       raise ConfigError(f"cannot read override {item!r}: expected --config.FIELD=VALUE")
     dotted, text = item[len("--config.") :].split("=", 1)
+    _declare_model_field(config, dotted)
     set_field(config, dotted, text)
     other = EXCLUSIVE.get(dotted)
     if other is not None and config.get(other) is not None and config[dotted] is not None:
@@ -455,8 +475,9 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
     ConfigError: listing every differing field outside `SAFE_ON_RESUME`, with
       its saved and its new value.
   """
-  old = _flatten(json.loads(to_json(saved)))
-  new = _flatten(json.loads(to_json(config)))
+  # Model fields as the run builds them: one left at its default equals one set to it.
+  old = _flatten(_with_model_defaults(saved))
+  new = _flatten(_with_model_defaults(config))
   differing = [
     f"{key} (saved {old.get(key, '<absent>')!r}, now {new.get(key, '<absent>')!r})"
     for key in sorted(set(old) | set(new))
@@ -470,6 +491,13 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
       + ", ".join(SAFE_ON_RESUME)
       + ")"
     )
+
+
+def _with_model_defaults(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  try:
+    return resolved(config)
+  except ConfigError:  # An unknown family or model: compared as written.
+    return json.loads(to_json(config))
 
 
 def resolved(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -75,7 +75,7 @@ The reference models (scripts/benchmark.py's `REFERENCE`; genlab's modules named
   sparse_ae  784 → 1024 sigmoid → 784 sigmoid; ½·Σ_pixels (x − x̂)² per example (mean over
              the batch) + β·Σ_j KL(ρ ‖ ρ̂_j) (ρ̂ the batch-mean code, ρ = 0.05, β = 3) +
              λ/2·(‖W_enc‖² + ‖W_dec‖²) (λ = 1e-4, genlab's default); batch 256; Adam 1e-3.
-                                                   `models.sparse_ae.SparseAutoencoder`
+                                                   `sae.model.SparseAutoencoder`
 
 Parameter counts equal genlab's except `lstm_ae`: 176,161 here against 175,137, because
 `torch.nn.LSTM` keeps two bias vectors per gate (b_ih and b_hh, 4·128 each) where flax's

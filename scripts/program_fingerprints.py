@@ -10,8 +10,10 @@ which need a prepared dataset; the activation SAE with each of its codes, on a h
 `random_lm_host`, char_lm_pydoc's model at its initial parameters, instead of a trained
 workdir), on one device: a SHA-256 of its first state's values, and of the StableHLO its
 family's train step and eval step lower to (on a batch of the run's shape, without source
-locations). Equal fingerprints before and after a change mean the
-same initial values and the same programs: the same training and the same eval metrics.
+locations), and of the values they compute: the state and metrics after 3 train steps on
+that batch, and the eval step's sums on the first test batch after them. Equal programs
+mean the same training and the same eval metrics; equal values with unequal programs, a
+change that only reordered independent operations (a check on this machine's XLA:CPU).
 Prints one JSON line per experiment.
 """
 
@@ -52,6 +54,19 @@ def random_lm_host():
   return s.family.host_model(params, "block_1", skip_first=1, description="random LM")
 
 
+STEPS = 3  # Train steps whose results are fingerprinted too.
+
+
+def _digest(tree) -> str:
+  import jax
+  import numpy as np
+
+  values = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    values.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return values.hexdigest()[:16]
+
+
 def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
@@ -62,6 +77,11 @@ def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
   from genlab.run import resources, setup
 
   os.environ["GENLAB_FINGERPRINT_DATA"] = data_dir
+  import genlab
+
+  expected = pathlib.Path(os.environ.get("GENLAB_FINGERPRINT_CHECKOUT", HERE.parent)).resolve()
+  if pathlib.Path(genlab.__file__).resolve().parent.parent != expected:
+    raise SystemExit(f"fingerprinting {expected}, and `import genlab` gives {genlab.__file__}")
   runs = []
   for path in sorted(experiments.glob("*.py")):
     if path.stem.endswith("_mnist"):
@@ -81,9 +101,7 @@ def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
       config[group][field] = value
     s = setup(config, provide=resources.provide)
     state = jax.device_get(s.initial_state)
-    values = hashlib.sha256()
-    for leaf in jax.tree.leaves(state):
-      values.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    initial = _digest(state)
     batch = next(
       eval_batches(
         s.dataset.train, global_batch_size=config.batch_size, value_range=s.family.value_range
@@ -99,13 +117,24 @@ def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
       )
     )
     evaluation = jax.jit(s.family.eval_step).lower(state, eval_batch).as_text()
+    # And what the programs compute: the state and metrics after STEPS train steps on the
+    # first batch, and the eval step's sums on the first test batch (equal values where a
+    # change only reorders independent operations of the traced program).
+    step = jax.jit(s.family.train_step)
+    for i in range(STEPS):
+      state, metrics = step(state, batch, jax.random.key(i))
+      state = state.replace(step=state.step + 1)  # As the runner counts them.
+    trained = _digest(jax.device_get((state, metrics)))
+    sums = _digest(jax.device_get(jax.jit(s.family.eval_step)(state, eval_batch)))
     print(
       json.dumps(
         {
           "experiment": name,
-          "initial_state": values.hexdigest()[:16],
+          "initial_state": initial,
           "train_step": hashlib.sha256(train.encode()).hexdigest()[:16],
           "eval_step": hashlib.sha256(evaluation.encode()).hexdigest()[:16],
+          f"after_{STEPS}_steps": trained,
+          "eval_sums": sums,
         }
       ),
       flush=True,
@@ -121,12 +150,14 @@ def main(argv) -> None:
   if args.checkout is None:
     return fingerprints(HERE.parent / "experiments", data_dir)
   # This script, with the other tree's genlab first on the path.
-  env = dict(os.environ, PYTHONPATH=args.checkout)
+  # Run from inside that tree: `python -c` puts the working directory first on the path.
+  env = dict(os.environ, PYTHONPATH=args.checkout, GENLAB_FINGERPRINT_CHECKOUT=args.checkout)
   code = (
     f"import sys, pathlib; sys.path.insert(0, {str(HERE)!r}); import program_fingerprints as p; "
     f"p.fingerprints(pathlib.Path({args.checkout!r}) / 'experiments', {data_dir!r})"
   )
-  raise SystemExit(subprocess.run([sys.executable, "-c", code], env=env).returncode)
+  run = subprocess.run([sys.executable, "-c", code], env=env, cwd=args.checkout)
+  raise SystemExit(run.returncode)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import chex
 import flax.linen as nn
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import EXPERIMENTS, compare_parallel
+from conftest import EXPERIMENTS, REPO, compare_parallel
 from genlab.core import make_optimizer
 
 
@@ -155,14 +156,16 @@ def test_splicing_the_activation_itself_gives_the_clean_output_and_zeros_change_
 
 
 def test_a_perfect_reconstruction_recovers_the_clean_loss():
+  from genlab.sae import SAEObjective
+
   family = _sae_family()
 
-  class Perfect(type(family)):
+  class Perfect(SAEObjective):
     def reconstruct(self, params, x, weights, stats, *, train):
-      x_hat, code, pre, threshold = super().reconstruct(params, x, weights, stats, train=train)
-      return x, code, pre, threshold
+      x_hat, code, pre, new = super().reconstruct(params, x, weights, stats, train=train)
+      return x, code, pre, new
 
-  family.__class__ = Perfect
+  family.objective = Perfect(family.model, family.options, family.tx)
   state = family.init_state(jax.random.key(0), None)
   m = _eval(family, state)
   assert m["loss_sae"] == pytest.approx(m["loss_clean"], abs=1e-6)
@@ -175,7 +178,7 @@ def test_a_perfect_reconstruction_recovers_the_clean_loss():
 
 
 def test_kth_largest_and_top_k_match_a_sort():
-  from genlab.models.sparse_ae import batch_top_k, keep_top_k, kth_largest_relu
+  from genlab.sae import batch_top_k, keep_top_k, kth_largest_relu
 
   x = jax.random.normal(jax.random.key(0), (50, 40))
   sorted_desc = -np.sort(-np.maximum(np.asarray(x), 0).ravel())
@@ -200,6 +203,72 @@ def test_batchtopk_trains_at_mean_l0_k_and_its_threshold_gives_l0_near_k_on_held
   assert m["explained_variance"] > 0.5, m
 
 
+def _matryoshka_reference(x, weights, params, k, widths):
+  """NumPy, float64: the BatchTopK latents f (the k·n largest ReLU'd pre-activations of the
+  n valid rows), then the nested-prefix objective Σ_m Σ_d (x − b_dec − Σ_{j<m} f_j·W_dec,j)²
+  over the prefixes m in `widths` and the whole dictionary, averaged over the valid rows (as
+  SAELens 6.x trains it: sae_lens/saes/matryoshka_batchtopk_sae.py, `training_forward_pass`
+  adds each inner level's `mse_loss_fn(...).sum(dim=-1).mean()` to the whole SAE's loss)."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  x = np.asarray(x, np.float64)
+  w_enc, b_enc = p["encoder"]["kernel"], p["encoder"]["bias"]
+  w_dec, b_dec = p["decoder"]["kernel"], p["decoder"]["bias"]
+  pre = x @ w_enc + b_enc
+  valid = np.asarray(weights) > 0
+  kept = np.sort(np.maximum(pre[valid], 0.0).ravel())[::-1][k * valid.sum() - 1]
+  f = np.where(valid[:, None] & (pre >= kept), np.maximum(pre, 0.0), 0.0)
+  total = np.zeros(len(x))
+  for m in sorted(set(widths) | {w_dec.shape[0]}):
+    total += ((x - b_dec - f[:, :m] @ w_dec[:m]) ** 2).sum(axis=1)
+  return (total * weights).sum() / weights.sum()
+
+
+@pytest.mark.parametrize("widths", [(4, 12), (2, 8, 20, 32)])
+def test_matryoshka_batchtopk_loss_matches_the_nested_prefix_formula(widths):
+  family = _sae_family("matryoshka_batchtopk", model={"matryoshka_widths": widths})
+  state = family.init_state(jax.random.key(0), None)
+  params, stats = state.params["model"], state.stats["model"]
+  x = jax.random.normal(jax.random.key(1), (48, family.model.output_shape[0]))
+  weights = jnp.ones(48).at[40:].set(0.0)  # The last 8 rows are padding.
+  loss, parts, _ = jax.jit(lambda p, x, w: family.objective(p, x, w, stats, train=True))(
+    params, x, weights
+  )
+  expected = _matryoshka_reference(x, np.asarray(weights), params, family.model.k, widths)
+  # float32 against float64: sums of 32-term products, relative error ~1e-6.
+  np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+  assert float(parts["l0"]) == pytest.approx(family.model.k, abs=1e-6)
+  # The whole dictionary alone is BatchTopK's objective: each inner prefix adds a positive
+  # error of its own.
+  plain = _sae_family("batchtopk")
+  assert float(loss) > float(plain.objective(params, x, weights, stats, train=True)[0]) > 0
+
+
+def test_the_docs_own_sae_code_trains_from_a_package_outside_genlab(tmp_path, monkeypatch):
+  from genlab.sae import CODES
+
+  text = (REPO / "docs" / "families" / "sparse_ae.md").read_text()
+  source = text.split("```python\n# mypackage/codes.py\n", 1)[1].split("```", 1)[0]
+  (tmp_path / "mypackage").mkdir()
+  (tmp_path / "mypackage" / "__init__.py").write_text("")
+  (tmp_path / "mypackage" / "codes.py").write_text(source)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  # Undone after the test: the registration and the imported package.
+  monkeypatch.setattr(CODES, "_registered", dict(CODES._registered))
+  monkeypatch.setattr(CODES, "_found", dict(CODES._found))
+  for name in ("mypackage", "mypackage.codes"):
+    monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, name)
+  # By its path (nothing imported yet), then by the name its import registered.
+  family = _sae_family("mypackage.codes:SoftThreshold", aux_k=0, l1=0.01)
+  assert _sae_family("shrink", aux_k=0).code_class is family.code_class
+  state, metrics = _train(family, 40)
+  x = jax.random.normal(jax.random.key(0), (8, family.model.output_shape[0]))
+  pre = family.model.apply({"params": state.params["model"]}, x, method="pre_activations")
+  code = family.model.apply({"params": state.params["model"]}, x, method="encode")
+  np.testing.assert_array_equal(code, jax.nn.relu(pre - 0.1))  # Its activate, not another's.
+  assert float(metrics["sparsity_penalty"]) > 0 and np.isfinite(float(metrics["loss"]))
+
+
 def _jumprelu_reference(z, theta, eps, g):
   """NumPy: the paper's pseudo-derivatives (Rajamanoharan et al. 2024, eqs. 11–12)."""
   kernel = (np.abs((z - theta) / eps) < 0.5).astype(np.float64)
@@ -210,7 +279,7 @@ def _jumprelu_reference(z, theta, eps, g):
 
 
 def test_jumprelu_straight_through_gradients_match_the_papers_formulas():
-  from genlab.models.sparse_ae import heaviside_step, jump_relu
+  from genlab.sae import heaviside_step, jump_relu
 
   rng = np.random.default_rng(0)
   z = rng.uniform(0, 1, size=(64, 5)).astype(np.float32)
@@ -254,7 +323,7 @@ def test_a_larger_l0_coefficient_gives_a_sparser_jumprelu_code():
 
 @pytest.mark.slow
 def test_resampling_gives_dead_latents_the_worst_rows_directions_and_resets_their_moments():
-  from genlab.families.activation_sae import resample_dead_latents
+  from genlab.sae import resample_dead_latents
 
   family = _sae_family("topk", dead_after=1, resample_every=2)
   state = family.init_state(jax.random.key(0), None)
@@ -311,6 +380,7 @@ def test_resampling_restarts_jumprelu_thresholds_and_works_with_any_optimizers_s
     family = _sae_family(code, model=model, dead_after=1, resample_every=2)
     family.config.optimizer.name = optimizer
     family.tx = make_optimizer(family.config.optimizer)
+    family.objective = dataclasses.replace(family.objective, tx=family.tx)
     state = family.init_state(jax.random.key(0), None)
     params = state.params["model"]
     if code == "jumprelu":  # Thresholds moved away from their start.
@@ -348,12 +418,17 @@ def test_the_family_refuses_bad_settings():
 
   with pytest.raises(ConfigError, match="exactly one of host_workdir and host_factory"):
     _sae_family(host_workdir="runs/x")
-  with pytest.raises(ConfigError, match="activation SAEs take one of"):
+  with pytest.raises(ConfigError, match="activation SAEs take batchtopk, jumprelu, matry"):
     _sae_family("sigmoid")
-  with pytest.raises(ConfigError, match="needs code topk or batchtopk"):
+  with pytest.raises(ConfigError, match=r"unknown SAE code config.model.code='top_k' \(did you"):
+    _sae_family("top_k")
+  with pytest.raises(ConfigError, match="needs a code that takes it .*code 'relu' does not"):
     _sae_family("relu", aux_k=4)
   with pytest.raises(ConfigError, match="with data.stream_train on, leave cache_dir empty"):
     _sae_family(stream=True, cache_dir="/nonexistent")
+  for widths in ((), (8, 8), (12, 4), (0, 8), (8, 33)):
+    with pytest.raises(ConfigError, match="matryoshka_widths=.* must be strictly increasing"):
+      _sae_family("matryoshka_batchtopk", model={"matryoshka_widths": widths})
   for bad in ({"dead_after": 0}, {"resample_every": -1}, {"resample_encoder_scale": 0.0}):
     with pytest.raises(ConfigError, match="dead_after=.* must be positive, resample_every"):
       _sae_family("relu", **bad)
@@ -594,7 +669,7 @@ def test_runs_sharing_an_activation_cache_each_get_it_whole(tmp_path):
 
   halfway, go_on = threading.Event(), threading.Event()
   first = _sae_family(normalize="none")  # Built without a cache: only its capture is used.
-  capture = first._capture
+  capture = first.source.capture
 
   def slow_capture(batch):
     out = capture(batch)
@@ -603,10 +678,10 @@ def test_runs_sharing_an_activation_cache_each_get_it_whole(tmp_path):
       go_on.wait(60)
     return out
 
-  first._capture = slow_capture
-  first.options.cache_dir = str(tmp_path)
+  first.source.capture = slow_capture
   results = {}
-  builder = threading.Thread(target=lambda: results.update(first=first._cached_activations()))
+  cache = first.source._cached_activations
+  builder = threading.Thread(target=lambda: results.update(first=cache(str(tmp_path))))
   builder.start()
   assert halfway.wait(60)
   second = _sae_family(normalize="none", cache_dir=str(tmp_path))  # Builds it whole meanwhile.

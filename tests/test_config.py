@@ -256,6 +256,38 @@ def test_a_saved_activation_sae_config_with_a_renamed_field_resumes_with_its_val
   config_lib.check_resumable(upgraded, today)  # Must not raise.
 
 
+def test_a_saved_activation_sae_config_with_threshold_decay_in_sae_resumes_with_it_in_model():
+  today = config_lib.load_experiment(EXPERIMENTS / "sae_pydoc_residual.py")
+  saved = json.loads(config_lib.to_json(today))
+  saved["sae"]["threshold_decay"] = 0.9  # Where genlab kept BatchTopK's EMA decay before.
+  upgraded = config_lib.from_json(json.dumps(saved))
+  assert "threshold_decay" not in upgraded.sae and upgraded.model.threshold_decay == 0.9
+  with pytest.raises(ConfigError, match=r"model.threshold_decay \(saved 0.9, now 0.99\)"):
+    config_lib.check_resumable(upgraded, today)
+  saved["sae"]["threshold_decay"] = 0.99  # The default: the same run.
+  config_lib.check_resumable(config_lib.from_json(json.dumps(saved)), today)
+
+
+def test_a_model_field_the_experiment_leaves_at_its_default_can_be_set():
+  config = config_lib.load_experiment(EXPERIMENTS / "sae_pydoc_residual.py")
+  assert "matryoshka_widths" not in config.model
+  config_lib.apply_overrides(
+    config,
+    ["--config.model.code=matryoshka_batchtopk", "--config.model.matryoshka_widths=(128,512)"],
+  )
+  assert config.model.matryoshka_widths == [128, 512]
+  with pytest.raises(ConfigError, match="unknown config field --config.model.matryoshka_width"):
+    config_lib.apply_overrides(config, ["--config.model.matryoshka_width=(1,)"])
+  # Resuming with such a field set to its default is the same run; to another value, not.
+  saved = config_lib.load_experiment(EXPERIMENTS / "sae_pydoc_residual.py")
+  again = config_lib.load_experiment(EXPERIMENTS / "sae_pydoc_residual.py")
+  config_lib.apply_overrides(again, ["--config.model.threshold_decay=0.99"])
+  config_lib.check_resumable(saved, again)
+  config_lib.apply_overrides(again, ["--config.model.code_bias_init=1.0"])
+  with pytest.raises(ConfigError, match=r"model.code_bias_init \(saved 0.0, now 1.0\)"):
+    config_lib.check_resumable(saved, again)
+
+
 def test_base_config_holds_the_family_options_its_module_defines():
   from genlab.families import vae
 

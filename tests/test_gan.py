@@ -369,8 +369,15 @@ def test_dcgan_mnist_runs_on_mock_tfds(tmp_path):
   with tfds.testing.mock_data(num_examples=64):
     train_and_evaluate(config, tmp_path)
     report = evaluate_workdir(tmp_path)
-  assert report["dataset"] == "mnist" and np.isfinite(report["metrics"]["fd"])
-  assert report["protocol"]["fd_n_real"] == 32
+  m = report["metrics"]
+  assert report["dataset"] == "mnist" and report["protocol"]["fd_n_real"] == 32
+  # Two steps in, the samples are far from the data: further than the test images are.
+  assert m["fd"] > m["fd_floor"] >= 0, m
+  # The bounds of each statistic's definition (10 classes): a formula gone wrong leaves them.
+  assert 1.0 <= m["cs"] <= 10.0 and 0.0 <= m["class_entropy"] <= np.log(10) + 1e-6, m
+  for name in ("precision", "recall", "density", "coverage"):
+    assert m[name] >= 0 and (name == "density" or m[name] <= 1), (name, m)
+  assert 0 < m["d_real"] < 1 and 0 < m["d_fake"] < 1, m
 
 
 @pytest.mark.slow

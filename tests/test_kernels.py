@@ -22,8 +22,8 @@ from genlab.models import (
   Discriminator,
   Generator,
   RecurrentAutoencoder,
-  SparseAutoencoder,
 )
+from genlab.sae import SparseAutoencoder
 
 
 @dataclasses.dataclass(frozen=True)

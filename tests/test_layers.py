@@ -18,6 +18,7 @@ LAYERS = [
   ("config", ["genlab.config"]),
   ("families", ["genlab.families"]),
   ("evaluators", ["genlab.evaluators"]),
+  ("sae", ["genlab.sae"]),
   ("models", ["genlab.models"]),
   (
     "base",

@@ -12,8 +12,8 @@ import pytest
 
 from genlab import losses
 from genlab.errors import ConfigError
-from genlab.families.sparse_ae import auxk_reconstruction_error, kl_sparsity_penalty
-from genlab.models.sparse_ae import SparseAutoencoder, keep_top_k
+from genlab.families.sparse_ae import kl_sparsity_penalty
+from genlab.sae import SparseAutoencoder, auxk_reconstruction_error, keep_top_k
 
 
 def _short_patches_config(data_dir, *, num_steps: int):

@@ -235,6 +235,12 @@ class Family(abc.ABC):
       return None
     return {**models_lib.field_defaults(module, skip=cls.model_arguments), **fields}
 
+  def host_model(self, params, layer: str, *, skip_first: int = 0, description: str = ""):
+    """This family's model with `params` as the host of an activation SAE reading `layer`
+    (a `genlab.models.activations.HostModel`), for `config.sae.host_workdir` runs of this
+    family; None (the default): its runs cannot be hosts."""
+    return None
+
   def build(self, module: type, **fields: Any):
     """`module(**fields)` with the run's `kernels` and, with `config.dtype='bfloat16'`,
     computing in bf16 (its params stay float32); a field it does not take is reported as

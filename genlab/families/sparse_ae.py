@@ -53,13 +53,11 @@ from genlab.families.autoencoder import (
   AutoencoderViews,
   target_of,
 )
-from genlab.models.conv_ae import activation_fn
-from genlab.models.sparse_ae import keep_top_k
+from genlab.sae.codes import NEVER, auxk_reconstruction_error
 from genlab.views import figure_pixels, image_grid, subplots
 
 KINDS = ("kl", "l1", "topk")
 KL_GRADIENTS = ("leave_one_out", "batch")
-NEVER = 2**30  # Cap of the examples-since-fired count, far from int32 overflow.
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
@@ -116,31 +114,6 @@ def kl_sparsity_penalty(
   value = beta * jnp.sum(losses.bernoulli_kl(rho, sg(rho_hat)))
   surrogate = beta * jnp.sum(jnp.mean(slope * (code - sg(code)), axis=0))
   return value + surrogate, rho_hat
-
-
-def auxk_reconstruction_error(
-  target: jax.Array,
-  logits: jax.Array,
-  pre: jax.Array,
-  dead: jax.Array,
-  decoder_kernel: jax.Array,
-  *,
-  aux_k: int,
-  output_activation: str = "none",
-) -> jax.Array:
-  """Gao et al.'s AuxK term, per example: ½·Σ_pixels (x − f(sg(logits) + z_aux·W_dec))².
-
-  z_aux keeps the ReLU of the `aux_k` largest pre-activations among `dead` units (a bool per
-  unit) and is 0 elsewhere; `logits` are the main reconstruction's decoder outputs, held
-  fixed, and f is the output activation. With f the identity this is ½‖e − z_aux·W_dec‖², e
-  = x − x̂ the main reconstruction's residual, as in the paper; the gradient flows only into
-  the dead units' encoder weights and decoder rows. With no dead unit it is the main
-  reconstruction error, with no gradient.
-  """
-  z_aux = keep_top_k(jnp.where(dead, pre, -jnp.inf), aux_k)
-  correction = (z_aux @ decoder_kernel).reshape(logits.shape)
-  output = activation_fn(output_activation)(jax.lax.stop_gradient(logits) + correction)
-  return 0.5 * jnp.sum((target - output) ** 2, axis=tuple(range(1, target.ndim)))
 
 
 VIEW_FILTERS = 256  # The decoder's filters drawn in the `filters` view (the first ones).

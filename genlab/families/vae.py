@@ -386,12 +386,12 @@ class VariationalAutoencoder(Family):
 
   def mean_image(self, params, z, labels=None) -> jax.Array:
     """E[x|z] (E[x|z, y] with `labels`) for latents `z` (N, K)."""
-    decoded = self.model.apply({"params": params}, z, labels, method=VAE.decode)
+    decoded = self.model.apply({"params": params}, z, labels, method="decode")
     return self.model.mean_image(decoded)
 
   def posterior(self, params, x, labels=None) -> tuple[jax.Array, jax.Array]:
     """(μ, log σ²) of q(z|x) (q(z|x, y) with `labels`)."""
-    return self.model.apply({"params": params}, x, labels, method=VAE.encode)
+    return self.model.apply({"params": params}, x, labels, method="encode")
 
   def encode(self, params, batch):
     """μ and log σ² of q(z|x) for the x evaluation sees (binarized from the fixed key)."""
@@ -439,7 +439,7 @@ def importance_sampled_nll(
   """
   batch = x.shape[0]
   chunk = _chunk_size(num_samples, max(1, NLL_ROWS_PER_CHUNK // batch))
-  mean, logvar = model.apply({"params": params}, x, labels, method=VAE.encode)
+  mean, logvar = model.apply({"params": params}, x, labels, method="encode")
   latent = mean.shape[1]
 
   def log_weights(i):
@@ -450,7 +450,7 @@ def importance_sampled_nll(
     z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps  # (B, chunk, K)
     rows = None if labels is None else jnp.repeat(labels, chunk)  # Row b·chunk + s: example b.
     decoded = model.apply(
-      {"params": params}, z.reshape(batch * chunk, latent), rows, method=VAE.decode
+      {"params": params}, z.reshape(batch * chunk, latent), rows, method="decode"
     )
     x_rep = jnp.broadcast_to(x[:, None], (batch, chunk, *x.shape[1:])).reshape(
       batch * chunk, *x.shape[1:]

@@ -24,7 +24,6 @@ from genlab.models.conv_ae import ConvAutoencoder, ConvDecoder, ConvEncoder, act
 from genlab.models.gan import Discriminator, Generator
 from genlab.models.mlp import MLP
 from genlab.models.recurrent_ae import RecurrentAutoencoder, SequenceDecoder, SequenceEncoder
-from genlab.models.sparse_ae import SparseAutoencoder
 from genlab.models.transformer import CausalTransformer
 from genlab.models.vae import VAE, reparameterize
 from genlab.models.vq_vae import VQVAE, VectorQuantizer
@@ -46,7 +45,7 @@ REGISTRY = Registry(
     "discriminator": "genlab.models.gan:Discriminator",
     "generator": "genlab.models.gan:Generator",
     "rnn_ae": "genlab.models.recurrent_ae:RecurrentAutoencoder",
-    "sparse_ae": "genlab.models.sparse_ae:SparseAutoencoder",
+    "sparse_ae": "genlab.sae.model:SparseAutoencoder",  # The SAE layer's (genlab.sae).
     "transformer": "genlab.models.transformer:CausalTransformer",
     "vae": "genlab.models.vae:VAE",
     "vq_vae": "genlab.models.vq_vae:VQVAE",
@@ -103,7 +102,6 @@ __all__ = [
   "RecurrentAutoencoder",
   "SequenceDecoder",
   "SequenceEncoder",
-  "SparseAutoencoder",
   "VectorQuantizer",
   "activation_fn",
   "capture",

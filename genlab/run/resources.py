@@ -79,8 +79,10 @@ def _host_model(
       f"this SAE was trained on the host checkpoint of step {step} of {workdir}, and {e}; "
       "restore that checkpoint there, or train a new SAE (--fresh)"
     ) from None
-  family = host_setup.family
-  if not hasattr(family, "host_model"):
+  description = f"genlab {host_setup.config.family} run {workdir}, checkpoint step {step}"
+  params = state.params["model"]
+  host = host_setup.family.host_model(params, layer, skip_first=skip_first, description=description)
+  if host is None:
     raise ConfigError(
       f"config.sae.host_workdir={workdir!r} is a {host_setup.config.family} run; SAEs read "
       "language_model runs, or any Flax model through config.sae.host_factory"
@@ -90,7 +92,6 @@ def _host_model(
       f"the host in {workdir} was trained on {host_setup.config.dataset!r}, and this run's "
       f"dataset is {s.config.dataset!r}: the SAE reads the host on its own inputs"
     )
-  params = state.params["model"]
   digest = params_digest(params)
   if pin and pin.get("params_sha256") != digest:
     raise WorkdirError(
@@ -98,9 +99,7 @@ def _host_model(
       f"{digest[:12]}) than this SAE was trained with ({pin.get('params_sha256', '?')[:12]}): "
       "the host was trained again from scratch there; restore it, or train a new SAE (--fresh)"
     )
-  description = f"genlab {host_setup.config.family} run {workdir}, checkpoint step {step}"
   log(f"genlab: SAE host: {description}, layer {layer!r}")
-  host = family.host_model(params, layer, skip_first=skip_first, description=description)
   identity = {"workdir": str(pathlib.Path(workdir).resolve()), "step": int(step)}
   return dataclasses.replace(host, identity={**identity, "params_sha256": digest})
 

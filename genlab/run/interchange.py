@@ -1,0 +1,166 @@
+"""SAEs in and out of genlab in SAELens' format (`genlab export`, `genlab import`).
+
+    export_workdir(workdir, out)                    # genlab export --format saelens
+    import_workdir(source, config, workdir)         # genlab import --format saelens
+
+An export reads a trained activation-SAE workdir's newest usable checkpoint and writes
+`cfg.json` and `sae_weights.safetensors` (`genlab.sae.saelens`). An import makes a genlab
+workdir whose checkpoint (step 0) holds an SAE read from those files, with the host of the
+experiment it is given, so that `genlab eval` reports its loss recovered, explained variance
+and L0 on that host, and `genlab train` can fine-tune it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from genlab import config as config_lib
+from genlab.console import log
+from genlab.errors import ConfigError, WorkdirError
+from genlab.run import resources
+from genlab.run.checkpoint import Checkpointer
+from genlab.run.evaluation import restore_workdir
+from genlab.run.lock import WorkdirLock
+from genlab.run.loop import CONFIG_FILE, check_dataset
+from genlab.run.pins import record_pins
+from genlab.run.setup import build, check_workdir
+from genlab.run.writers import write_atomically
+from genlab.sae import CODES, saelens
+
+FORMATS = ("saelens",)
+
+
+def _check_format(fmt: str) -> None:
+  if fmt not in FORMATS:
+    raise ConfigError(f"--format {fmt!r}: genlab reads and writes {', '.join(FORMATS)}")
+
+
+def export_workdir(
+  workdir: str | pathlib.Path, out: str | pathlib.Path, *, fmt: str = "saelens"
+) -> dict[str, Any]:
+  """Writes the SAE of an activation-SAE workdir's newest usable checkpoint to the folder
+  `out` in SAELens' format; returns the cfg.json written."""
+  _check_format(fmt)
+  s, state, step = restore_workdir(workdir, provide=resources.provide)
+  if s.config.family != "activation_sae":
+    raise ConfigError(
+      f"{workdir} is a {s.config.family} run: genlab exports activation SAEs (their host "
+      "and layer are what SAELens' format describes)"
+    )
+  family = s.family
+  params, stats = jax.device_get((state.params["model"], state.stats["model"]))
+  host = family.host
+  o = family.options
+  metadata = {
+    "model_name": host.description,
+    "hook_name": host.layer,
+    "dataset_path": s.config.dataset,
+    "prepend_bos": False,
+    "genlab": {
+      "workdir": str(pathlib.Path(workdir).resolve()),
+      "checkpoint_step": int(step),
+      "code": family.code_class.name,
+      "k": int(family.model.k) if family.code_class.sparsity == "k" else None,
+      "normalization_folded": {
+        "normalize": o.normalize,
+        "normalize_examples": int(o.normalize_examples),
+        "scale_mean": float(np.mean(family.source.scale)),
+      },
+      "host_identity": host.identity,
+    },
+  }
+  cfg, tensors = saelens.to_saelens(
+    params,
+    stats,
+    family.model.code_fn,
+    shift=np.asarray(family.source.shift),
+    scale=np.asarray(family.source.scale),
+    metadata=metadata,
+  )
+  saelens.write(out, cfg, tensors)
+  log(
+    f"genlab: SAE of {workdir} (checkpoint step {step}, code {family.code_class.name}) "
+    f"written to {out} in SAELens {saelens.SAELENS_VERSION}'s format as {cfg['architecture']}"
+  )
+  return cfg
+
+
+def import_workdir(
+  source: str | pathlib.Path,
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  *,
+  fmt: str = "saelens",
+) -> pathlib.Path:
+  """Makes `workdir` (new or empty) an activation-SAE run of `config` (its host, data and
+  evaluation) whose checkpoint of step 0 holds the SAE in `source`, SAELens' format; its
+  code and size come from the files, and it reads the host's raw activations
+  (`sae.normalize='none'`, the format's convention)."""
+  _check_format(fmt)
+  cfg, tensors = saelens.read(source)
+  fields, params = saelens.from_saelens(cfg, tensors)
+  if config.get("family") != "activation_sae":
+    raise ConfigError(
+      f"genlab import needs an activation_sae experiment (its host and data); "
+      f"config.family is {config.get('family')!r}"
+    )
+  for name, value in fields.items():
+    config.model[name] = value
+  if config.sae.normalize != "none":
+    log(
+      f"genlab: config.sae.normalize={config.sae.normalize!r} -> 'none' (SAELens' weights "
+      "take the host's raw activations)"
+    )
+    config.sae.normalize = "none"
+  if config.sae.get("aux_k") and not CODES.get(fields["code"]).takes_aux_k:
+    log(f"genlab: config.sae.aux_k={config.sae.aux_k} -> 0 (code {fields['code']!r} has no AuxK)")
+    config.sae.aux_k = 0
+  config_lib.validate(config)
+  config_lib.canonicalize(config)
+  workdir = pathlib.Path(workdir)
+  if workdir.is_dir() and any(workdir.iterdir()):
+    raise WorkdirError(f"{workdir} is not empty: genlab import makes a new workdir")
+  s = build(config, provide=resources.provide)
+  width = s.family.source.width
+  if width != cfg["d_in"]:
+    raise ConfigError(
+      f"the SAE in {source} reads d_in={cfg['d_in']}, and the host's layer "
+      f"{s.family.host.layer!r} gives width {width}"
+    )
+  check_workdir(workdir)
+  with WorkdirLock(workdir, exclusive=True, what="import"):
+    state = s.initial_state
+    now = state.params["model"]
+    if jax.tree.structure(now) != jax.tree.structure(params):
+      raise ConfigError(
+        f"the SAE's parameters {jax.tree.structure(params)} do not fit the model's "
+        f"{jax.tree.structure(now)}"
+      )
+    placed = jax.tree.map(
+      lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), params, now
+    )
+    state = state.replace(params={**state.params, "model": placed})
+    record_pins(workdir, s.family.resources)
+    check_dataset(workdir, s, resuming=False)
+    if jax.process_index() == 0:
+      write_atomically(workdir / CONFIG_FILE, lambda f: f.write(config_lib.to_json(config)))
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    try:
+      ckpt.save(0, state, force=True)
+      ckpt.wait()
+    finally:
+      ckpt.close()
+  log(
+    f"genlab: {workdir} holds the SAE of {source} ({cfg.get('architecture', 'standard')} -> "
+    f"code {fields['code']}, {fields['code_dim']} latents) at step 0; "
+    f"genlab eval --workdir {workdir}"
+  )
+  return workdir
+
+
+__all__ = ["FORMATS", "export_workdir", "import_workdir"]
