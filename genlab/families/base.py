@@ -13,6 +13,10 @@ the user's:
   drawing only, no maths.
 * `report`: a `Report` subclass — the words of `eval.json`: how the numbers were obtained
   (`protocol`) and what each one means (`definitions`).
+* if it samples, `sample_evaluators`: its default choice of the evaluators
+  (`genlab.evaluators`, the shared group `config.sample_metrics`) that measure its samples
+  at every evaluation; this base class builds them, gathers their resources, draws their
+  samples (`metric_samples`) and adds their numbers, protocol and definitions.
 
 A config names it by `config.family` (`genlab.families.REGISTRY`: genlab's names, a
 `register_family` call, an installed package's entry point, or 'package.module:Class').
