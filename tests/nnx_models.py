@@ -68,9 +68,9 @@ class ConvAutoencoder(nnx.Module):
     act = activation_fn(self.activation)
     h, w = self.sizes[-1]
     x = act(self.project(code)).reshape(code.shape[0], h, w, -1)
-    for i in reversed(range(len(self.deconvs))):
+    for i, deconv in reversed(list(enumerate(self.deconvs))):
       h, w = self.sizes[i]
-      x = self.deconvs[i](x)[:, :h, :w, :]  # Cropped to the size the encoder's stage had.
+      x = deconv(x)[:, :h, :w, :]  # Cropped to the size the encoder's stage had.
       x = act(x) if i > 0 else x
     return x
 

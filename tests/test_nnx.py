@@ -147,6 +147,19 @@ def test_a_spliced_identity_gives_the_clean_loss_and_zeros_do_not():
   assert float(jnp.sum(jnp.abs(zeroed_loss - clean_loss) * weights)) > 1e-3
 
 
+def test_the_docs_show_the_nnx_models_as_they_are():
+  import re
+
+  models = (REPO / "tests" / "nnx_models.py").read_text()
+  for page, section in [
+    ("extending.md", "## Your model in NNX"),
+    ("families/sparse_ae.md", "### An NNX host"),
+  ]:
+    text = (REPO / "docs" / page).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text[text.index(section) :], re.DOTALL)
+    assert blocks and all(block in models for block in blocks[:1]), page
+
+
 def test_a_host_is_a_constructed_flax_model():
   with pytest.raises(ConfigError, match="is the class TokenMLP; give the trained model"):
     HostModel(nnx_models.TokenMLP, None, "blocks/0", tuple, tuple, tuple)
