@@ -91,6 +91,37 @@ def test_what_the_adapter_cannot_give_is_refused_in_one_line():
     _ = NNXModel(nnx_models.ConvAutoencoder, {"output_shape": (8, 8, 1), "widths": 3}).graphdef
 
 
+class _HeldDropout(nnx.Module):
+  def __init__(self, *, rngs):
+    self.linear = nnx.Linear(3, 3, rngs=rngs)
+    self.drop = nnx.Dropout(0.5, rngs=rngs)  # A random stream held in the module.
+
+  def __call__(self, x):
+    return self.drop(self.linear(x))
+
+
+class _PassedDropout(nnx.Module):
+  def __init__(self, *, rngs):
+    self.linear = nnx.Linear(3, 3, rngs=rngs)
+    self.drop = nnx.Dropout(0.5)
+
+  def __call__(self, x, *, rngs=None):
+    return self.drop(self.linear(x), rngs=rngs)
+
+
+def test_randomness_comes_in_by_apply_and_a_held_stream_is_refused():
+  with pytest.raises(ConfigError, match=r"_HeldDropout holds RngCount, RngKey state"):
+    NNXModel(_HeldDropout, {}).init(jax.random.key(0))
+  model = NNXModel(_PassedDropout, {})
+  variables = model.init(jax.random.key(0))
+  x = jnp.ones((4, 3))
+  first, again, other = (
+    model.apply(variables, x, rngs={"dropout": jax.random.key(k)}) for k in (1, 1, 2)
+  )
+  np.testing.assert_array_equal(first, again)  # The key, and nothing else, decides.
+  assert not np.array_equal(first, other) and float(jnp.sum(first == 0)) > 0
+
+
 @pytest.mark.slow
 def test_a_family_builds_an_nnx_model_named_by_config(data_dir):
   from genlab.run import setup
