@@ -126,7 +126,7 @@ class NNXModel:
       key = key["params"]
     graphdef, template, params = self._split(self._construct(key))
     if self._graphdef is None:
-      self._graphdef, self._template = graphdef, [(p, _abstract(v)) for p, v in template]
+      self._graphdef, self._template = graphdef, template
     return {"params": params}
 
   def bind(self, params: Any) -> nnx.Module:
