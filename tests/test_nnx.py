@@ -342,7 +342,7 @@ def test_an_sae_trains_on_an_nnx_host_through_the_cli(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_what_genlab_cannot_use_of_an_nnx_model_is_refused_in_one_line(data_dir, tmp_path):
-  host = _genlab(*_sae_args(data_dir, tmp_path / "sae", "nnx_models:batchnorm_host"))
+  host = _genlab(*_sae_args(data_dir, tmp_path / "sae", "nnx_models:batchnorm_host"), popen=True)
   model = _genlab(
     "train",
     "--config",
@@ -351,9 +351,11 @@ def test_what_genlab_cannot_use_of_an_nnx_model_is_refused_in_one_line(data_dir,
     tmp_path / "ae",
     f"--config.data.data_dir={data_dir}",
     "--config.model.name=nnx_models:WithBatchNorm",
+    popen=True,
   )
-  for proc in (host, model):
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = proc.stderr.strip().splitlines()
+  for proc in (host, model):  # Both at once: each is mostly the start of a process.
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    (line,) = err.strip().splitlines()
     assert line.startswith("genlab: error: the NNX model WithBatchNorm holds BatchStat state")
   assert not (tmp_path / "sae").exists() and not (tmp_path / "ae").exists()
