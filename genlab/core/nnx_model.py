@@ -162,10 +162,14 @@ class NNXModel:
     if rngs:
       kwargs["rngs"] = nnx.Rngs(**rngs)
     if method is None:
-      return module(*args, **kwargs)
-    if isinstance(method, str):
-      return getattr(module, method)(*args, **kwargs)
-    return method(module, *args, **kwargs)
+      call = type(module).__call__
+    elif isinstance(method, str):
+      call = getattr(type(module), method)
+    else:
+      call = method
+    # Under nnx.capture, what the module sows (nnx.Intermediate) is collected, and dropped,
+    # rather than written into the module with a deprecation warning.
+    return nnx.capture(call)(module, *args, **kwargs)
 
 
 def _abstract(variable: nnx.Variable) -> nnx.Variable:

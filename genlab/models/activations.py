@@ -100,7 +100,7 @@ def splice(
     module = model.bind(_params(model, variables))
     target = _submodule(module, path, layer)
     _instrument(target, lambda output: (replace(output), None))
-    return module(*args, **kwargs)
+    return nnx.capture(module)(*args, **kwargs)  # What the model sows is dropped, quietly.
   found = []
 
   def interceptor(next_fun, call_args, call_kwargs, context):
