@@ -29,7 +29,7 @@ from conftest import (
 )
 from genlab.core import NNXModel
 from genlab.errors import ConfigError
-from genlab.models import HostModel, capture
+from genlab.models import HostModel, capture, splice
 
 NNX_AE = "nnx_models:ConvAutoencoder"
 EXIT_PREEMPTED = 75
@@ -139,6 +139,15 @@ def test_a_family_builds_an_nnx_model_named_by_config(data_dir):
 # Hosts -----------------------------------------------------------------------------------
 
 
+class _WithSpare(nnx.Module):
+  def __init__(self, *, rngs):
+    self.used = nnx.Linear(2, 2, rngs=rngs)
+    self.spare = nnx.Linear(2, 2, rngs=rngs)  # Never called.
+
+  def __call__(self, x):
+    return self.used(x)
+
+
 def test_capture_gives_exactly_what_a_direct_call_of_the_addressed_module_gives():
   host = nnx_models.token_mlp_host()
   module = nnx_models.TokenMLP(vocab=96, rngs=nnx.Rngs(0))  # The host's model, as constructed.
@@ -162,6 +171,15 @@ def test_capture_gives_exactly_what_a_direct_call_of_the_addressed_module_gives(
   assert type(module.blocks[0]) is nnx_models.Block
   with pytest.raises(ConfigError, match="no submodule at that path; it has blocks, blocks/0"):
     capture(host.model, {"params": host.params}, "blocks/2", tokens)
+  with pytest.raises(ConfigError, match="'blocks': List has no __call__ to read"):
+    capture(host.model, {"params": host.params}, "blocks", tokens)
+  spare, params = NNXModel.of(_WithSpare(rngs=nnx.Rngs(0)))
+  for read in (
+    lambda: capture(spare, {"params": params}, "spare", jnp.ones((1, 2))),
+    lambda: splice(spare, {"params": params}, "spare", jnp.zeros_like, jnp.ones((1, 2))),
+  ):
+    with pytest.raises(ConfigError, match="'spare': the model does not call the submodule"):
+      read()
   with pytest.raises(ConfigError, match="sows no 'nothing'"):
     capture(host.model, {"params": host.params}, "intermediates/blocks/1/nothing", tokens)
 

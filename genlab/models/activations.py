@@ -99,8 +99,12 @@ def splice(
   if isinstance(model, NNXModel):
     module = model.bind(_params(model, variables))
     target = _submodule(module, path, layer)
-    _instrument(target, lambda output: (replace(output), None))
-    return nnx.capture(module)(*args, **kwargs)  # What the model sows is dropped, quietly.
+    called = []
+    _instrument(target, lambda output: (called.append(True) or replace(output), None))
+    output = nnx.capture(module)(*args, **kwargs)  # What the model sows is dropped, quietly.
+    if not called:
+      raise ConfigError(f"layer {layer!r}: the model does not call the submodule at that path")
+    return output
   found = []
 
   def interceptor(next_fun, call_args, call_kwargs, context):
@@ -187,7 +191,14 @@ def _nnx_capture(model: NNXModel, variables, layer: str, *args, **kwargs):
     path, name = _path(layer), CAPTURED
     _instrument(_submodule(module, path, layer), lambda output: (output, output))
   output, sown = nnx.capture(module, nnx.Intermediate)(*args, **kwargs)
-  values = _sown(sown, path, name, layer)
+  try:
+    values = _sown(sown, path, name, layer)
+  except ConfigError:
+    if name != CAPTURED:
+      raise
+    raise ConfigError(
+      f"layer {layer!r}: the model does not call the submodule at that path"
+    ) from None
   # A sown name keeps its last value (as Linen's reading does); a module's output its
   # first call's (Linen's capture_intermediates).
   return output, values[-1] if name != CAPTURED else values[0]
