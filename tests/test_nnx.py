@@ -87,6 +87,9 @@ def test_what_the_adapter_cannot_give_is_refused_in_one_line():
   params = model.init(jax.random.key(0))["params"]
   with pytest.raises(ConfigError, match="Linen collections"):
     model.apply({"params": params}, jnp.zeros((1, 8, 8, 1)), mutable=["batch_stats"])
+  with pytest.raises(ConfigError, match="reads 'spectral_norm' of its model, and the NNX model"):
+    _ = model.spectral_norm  # What the GAN reads of a discriminator, say.
+  assert not hasattr(model, "spectral_norm") and getattr(model, "spectral_norm", 0) == 0
   with pytest.raises(ConfigError, match="unexpected keyword argument 'widths'"):
     _ = NNXModel(nnx_models.ConvAutoencoder, {"output_shape": (8, 8, 1), "widths": 3}).graphdef
 

@@ -59,6 +59,11 @@ def _refuse_other_state(rest: nnx.State, what: str) -> None:
     )
 
 
+class MissingField(ConfigError, AttributeError):
+  """A field a family reads of its model that the NNX model lacks: one line at the CLI (a
+  `ConfigError`), and an `AttributeError` still (`hasattr`, `getattr` with a default)."""
+
+
 class NNXModel:
   """An NNX module class and its constructor's fields, used as genlab uses a Linen module.
 
@@ -92,7 +97,11 @@ class NNXModel:
       parameter = inspect.signature(module.__init__).parameters.get(name)
       if parameter is not None and parameter.default is not parameter.empty:
         return parameter.default
-    raise AttributeError(f"the NNX model {self.__dict__.get('name', '?')} has no field {name!r}")
+    raise MissingField(
+      f"the family reads {name!r} of its model, and the NNX model "
+      f"{self.__dict__.get('name', '?')} has no such field (a constructor argument with a "
+      "default, or one config.model sets); give it one, or use a Linen model here"
+    )
 
   def __repr__(self) -> str:
     return f"NNXModel({self.name}, {self.fields})"
