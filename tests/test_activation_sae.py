@@ -147,6 +147,73 @@ def test_capture_reads_sown_values_and_names_a_missing_layer():
     splice(host.model, variables, "intermediates/hidden_relu", lambda a: a, x)
 
 
+class _CacheBlock(nn.Module):
+  """A block returning (cache, x), as the blocks of Gemma's Transformer do."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = x + nn.Dense(x.shape[-1])(jnp.tanh(x))
+    return {"k": h[..., :2]}, h
+
+
+class _TupleHost(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    _, h = _CacheBlock(name="block_0")(x)
+    cache, h = _CacheBlock(name="block_1")(h)
+    return nn.Dense(3)(h) + cache["k"].sum(-1, keepdims=True)
+
+
+def test_an_element_of_a_modules_tuple_output_is_read_and_replaced():
+  from genlab.errors import ConfigError
+  from genlab.models.activations import capture, splice
+
+  model = _TupleHost()
+  x = jax.random.normal(jax.random.key(0), (4, 5, 6))
+  variables = model.init(jax.random.key(1), x)
+  out, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  cache, want = state["intermediates"]["block_1"]["__call__"][0]
+  clean, got = capture(model, variables, "block_1[1]", x)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(clean, out)
+  np.testing.assert_array_equal(splice(model, variables, "block_1[1]", lambda a: a, x), out)
+  zeroed = splice(model, variables, "block_1[1]", jnp.zeros_like, x)
+  # Only element 1 is replaced: the cache still reaches the output.
+  bias = variables["params"]["Dense_0"]["bias"]
+  np.testing.assert_allclose(zeroed, bias + cache["k"].sum(-1, keepdims=True), rtol=1e-6)
+  with pytest.raises(ConfigError, match=r"block_1\[2\]': the module's output is tuple of 2"):
+    capture(model, variables, "block_1[2]", x)
+
+
+class _JittedHost(nn.Module):
+  """A model whose `__call__` is wrapped in `nn.jit`, as Gemma's Transformer's is."""
+
+  @nn.jit
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(_CacheBlock(name="block_0")(x)[1])
+
+
+def test_splices_of_a_model_wrapped_in_nn_jit_each_take_effect():
+  from genlab.models.activations import capture, splice
+
+  model = _JittedHost()
+  x = jax.random.normal(jax.random.key(0), (4, 6))
+  variables = model.init(jax.random.key(1), x)
+  clean = model.apply(variables, x)
+  # nn.jit reuses a trace of the same scope: without a new one per splice, the second
+  # splice would run the first one's replacement (or none).
+  for _ in range(2):
+    np.testing.assert_array_equal(splice(model, variables, "block_0[1]", lambda a: a, x), clean)
+    zeroed = splice(model, variables, "block_0[1]", jnp.zeros_like, x)
+    np.testing.assert_allclose(
+      zeroed, np.broadcast_to(variables["params"]["Dense_0"]["bias"], clean.shape)
+    )
+    _, block = capture(model, variables, "block_0[1]", x)
+    np.testing.assert_array_equal(capture(model, variables, "block_0[1]", x)[1], block)
+    assert not np.allclose(block, 0)
+
+
 def test_splicing_the_activation_itself_gives_the_clean_output_and_zeros_change_it():
   host, data = _tiny_host_and_data()
   batch = {k: jnp.asarray(v[:8]) for k, v in data.test.items()}

@@ -7,7 +7,8 @@ reconstruction. Two pure functions do both for any Flax model, under jit:
 
 * `capture(model, variables, layer, *args)` → (the model's output, the activation):
   `layer` names a submodule by its path (`'block_1'`, `'encoder/block_1'`; in NNX,
-  attribute names and list indices: `'blocks/0'`), read with Linen's
+  attribute names and list indices: `'blocks/0'`; `'layer_1[1]'` for element 1 of a module
+  that returns a tuple, as a transformer block returning (cache, x) does), read with Linen's
   `capture_intermediates`, or in NNX sown as an `nnx.Intermediate` by the addressed
   module and collected with `nnx.capture`; or, as `'intermediates/<path>/<name>'`, a
   value the model `sow`s (Linen's `intermediates` collection, NNX's `nnx.Intermediate`).
@@ -26,6 +27,8 @@ examples, and the host's own loss per position.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +40,42 @@ from genlab.core.nnx_model import NNXModel
 from genlab.errors import ConfigError
 
 SOWN = "intermediates/"
+_CALLS = itertools.count()
+
+
+def _fresh() -> str:
+  """A mutable collection of a new name for each Linen call that captures or splices: a model
+  whose methods are wrapped in `nn.jit` (Gemma's Transformer) reuses a trace whose scope it
+  has seen, and an interceptor or a capture filter is not part of that key; the new name is
+  (a new trace each time, once per compilation under an outer jit). It stays empty."""
+  return f"genlab_call_{next(_CALLS)}"
 
 
 def _path(layer: str) -> tuple[str, ...]:
   return tuple(part for part in layer.split("/") if part)
+
+
+def _element(layer: str) -> tuple[str, int | None]:
+  """`'layer_1[1]'` → ('layer_1', 1): the module's output is a tuple (a transformer block
+  returning (cache, x), say) and the activation is its element 1; else (layer, None)."""
+  match = re.fullmatch(r"(.*)\[(-?\d+)\]", layer)
+  return (match.group(1), int(match.group(2))) if match else (layer, None)
+
+
+def _pick(output: Any, index: int, layer: str) -> Any:
+  if not isinstance(output, tuple | list) or not -len(output) <= index < len(output):
+    raise ConfigError(
+      f"layer {layer!r}: the module's output is {type(output).__name__}"
+      f"{f' of {len(output)}' if isinstance(output, tuple | list) else ''}, which has no "
+      f"element {index}"
+    )
+  return output[index]
+
+
+def _put(output: Any, index: int, value: Any) -> Any:
+  parts = list(output)
+  parts[index] = value
+  return type(output)(parts) if isinstance(output, list) else tuple(parts)
 
 
 def capture(model: nn.Module, variables: Any, layer: str, *args, **kwargs) -> tuple[Any, Any]:
@@ -54,11 +89,15 @@ def capture(model: nn.Module, variables: Any, layer: str, *args, **kwargs) -> tu
       name, value)` (Linen) or `self.sow(nnx.Intermediate, name, value)` (NNX): its last
       sown value.
   """
+  layer, index = _element(layer)
+  if index is not None:
+    output, value = capture(model, variables, layer, *args, **kwargs)
+    return output, _pick(value, index, f"{layer}[{index}]")
   if isinstance(model, NNXModel):
     return _nnx_capture(model, variables, layer, *args, **kwargs)
   if layer.startswith(SOWN):
     *module, name = _path(layer.removeprefix(SOWN))
-    output, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
+    output, state = model.apply(variables, *args, mutable=["intermediates", _fresh()], **kwargs)
     tree = state["intermediates"]
     for part in (*module, name):
       if part not in tree:
@@ -70,7 +109,7 @@ def capture(model: nn.Module, variables: Any, layer: str, *args, **kwargs) -> tu
     variables,
     *args,
     capture_intermediates=lambda m, method: method == "__call__" and m.path == path,
-    mutable=["intermediates"],
+    mutable=["intermediates", _fresh()],
     **kwargs,
   )
   tree = state.get("intermediates", {})
@@ -89,7 +128,13 @@ def splice(
   *args,
   **kwargs,
 ) -> Any:
-  """The model's output when the submodule at path `layer` returns `replace(its output)`."""
+  """The model's output when the submodule at path `layer` returns `replace(its output)`
+  (with `layer[i]`, its output with element i replaced by `replace(element i)`)."""
+  layer, index = _element(layer)
+  if index is not None:
+    named = f"{layer}[{index}]"
+    whole = lambda out: _put(out, index, replace(_pick(out, index, named)))  # noqa: E731
+    return splice(model, variables, layer, whole, *args, **kwargs)
   if layer.startswith(SOWN):
     raise ConfigError(
       f"layer {layer!r} is a sown value: it can be read, not replaced; name the module "
@@ -115,7 +160,7 @@ def splice(
     return output
 
   with nn.intercept_methods(interceptor):
-    output = model.apply(variables, *args, **kwargs)
+    output, _ = model.apply(variables, *args, mutable=[_fresh()], **kwargs)
   if not found:
     raise ConfigError(f"layer {layer!r}: the model has no submodule at that path")
   return output
