@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import EXPERIMENTS, REPO, compare_parallel
@@ -65,13 +66,19 @@ def _tiny_host_and_data(seed=0, n=512, positions=4):
 
 
 def _sae_family(
-  code="batchtopk", dtype="float32", model=None, learning_rate=3e-3, stream=False, **sae
+  code="batchtopk",
+  dtype="float32",
+  model=None,
+  learning_rate=3e-3,
+  stream=False,
+  host_and_data=None,
+  **sae,
 ):
   from genlab.config import base_config
   from genlab.data import RecordSplit
   from genlab.families.activation_sae import ActivationSAE
 
-  host, dataset = _tiny_host_and_data()
+  host, dataset = host_and_data or _tiny_host_and_data()
   if stream:  # The train split read example by example, as data.stream_train gives it.
     train = dataset.train
     examples = [{k: v[i] for k, v in train.items()} for i in range(len(train["image"]))]
@@ -478,6 +485,135 @@ def test_resampling_revives_the_dead_latents_of_a_relu_sae():
     state, _ = _train(family, 100)
     dead[every] = _eval(family, state)["dead_fraction"]
   assert dead[0] > 0 and dead[25] < 0.5 * dead[0], dead
+
+
+def _as_uint8(split):
+  return {**split, "image": np.clip(split["image"] * 40 + 128, 0, 255).astype(np.uint8)}
+
+
+def test_a_host_sees_the_same_dtype_when_normalising_training_and_evaluating():
+  """A user's host whose `inputs` rescale by dtype (uint8 images / 255) must see one dtype
+  at every stage, or the normalisation is estimated on other values than the steps see.
+  The train batches come from the runner's `Batcher`, the eval batches from `eval_batches`,
+  as in a run (the family's `value_range` is None: the host's inputs as they are)."""
+  from genlab.data import Batcher, Dataset, eval_batches
+
+  host, data = _tiny_host_and_data()
+  data = Dataset("tiny_uint8", _as_uint8(data.train), _as_uint8(data.test), modality="series")
+  seen = []
+
+  def inputs(batch):
+    seen.append(str(batch["image"].dtype))
+    x = batch["image"]
+    return ((x / 255.0 if x.dtype == jnp.uint8 else x).astype(jnp.float32),)
+
+  host = dataclasses.replace(host, inputs=inputs)
+  family = _sae_family(host_and_data=(host, data))
+  stages = {"estimation": set(seen)}
+  seen.clear()
+  batcher = Batcher(
+    data.train, global_batch_size=64, key=jax.random.key(0), value_range=family.value_range
+  )
+  state = family.init_state(jax.random.key(0), None)
+  step = jax.jit(family.train_step)
+  for i in range(3):
+    batch = {k: jnp.asarray(v) for k, v in batcher.batch(i).items()}
+    state, _ = step(state, batch, jax.random.key(i))
+  stages["train"] = set(seen)
+  seen.clear()
+  (test,) = eval_batches(data.test, global_batch_size=128, value_range=family.value_range)
+  sums = jax.jit(family.eval_step)(state, jax.tree.map(jnp.asarray, test))
+  stages["eval"] = set(seen)
+  assert len(set.union(*stages.values())) == 1, stages
+  m = family.summarize({k: np.asarray(v) / 128 for k, v in sums.items()})
+  assert np.isfinite(m["kl_sae"]) and m["kl_zero"] > 0
+
+
+def test_kl_is_the_same_for_logits_of_shape_b_v_and_b_1_v():
+  """A host returning (B, V) logits with (B, 1) token weights, and the same model returning
+  (B, 1, V): every metric equal (the KLs broadcast to (B, B) once)."""
+  host, data = _tiny_host_and_data(positions=1)
+  flat = dataclasses.replace(
+    host,
+    inputs=lambda batch: (batch["image"][:, 0],),  # (B, 6) → logits (B, 3), activation (B, 8).
+    token_loss=lambda logits, batch: (
+      optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:, 0]),
+      jnp.ones((batch["label"].shape[0], 1)),
+    ),
+  )
+  results = []
+  for h in (host, flat):
+    family = _sae_family(host_and_data=(h, data))
+    state, _ = _train(family, 5)
+    results.append(_eval(family, state))
+  assert results[0].keys() == results[1].keys()
+  for name in results[0]:
+    np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-5, err_msg=name)
+  assert results[0]["kl_zero"] > 0 and results[0]["kl_sae"] > 0
+
+
+def test_a_host_whose_output_is_a_structure_names_its_logits():
+  host, data = _tiny_host_and_data()
+
+  class Structured(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return {"logits": TinyHost(name="inner")(x), "extra": x.sum()}
+
+  params = {"inner": host.params}
+  wrapped = dataclasses.replace(
+    host,
+    model=Structured(),
+    params=params,
+    layer="inner/hidden",
+    token_loss=lambda out, batch: host.token_loss(out["logits"], batch),
+    logits=lambda out: out["logits"],
+  )
+  a, b = (
+    _eval(f, _train(f, 5)[0])
+    for f in (_sae_family(host_and_data=(h, data)) for h in (host, wrapped))
+  )
+  for name in ("kl_sae", "kl_zero", "loss_recovered", "explained_variance"):
+    assert b[name] == pytest.approx(a[name], rel=1e-5), name
+
+
+def test_what_is_not_a_usable_host_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+  from test_cli import assert_one_line_error, genlab_here
+
+  (tmp_path / "bad_hosts.py").write_text(
+    "import flax.linen as nn, jax, jax.numpy as jnp\n"
+    "from genlab.models.activations import HostModel\n"
+    "class TokenHost(nn.Module):\n"
+    "  @nn.compact\n"
+    "  def __call__(self, tokens):\n"
+    "    return nn.Dense(4, name='out')(nn.Embed(256, 8, name='hidden')(tokens))\n"
+    "def _host(model, layer='hidden'):\n"
+    "  params = TokenHost().init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']\n"
+    "  loss = lambda out, batch: (out[..., 0], jnp.ones(out.shape[:2]))\n"
+    "  return HostModel(model, params, layer, lambda b: (b['image'],),\n"
+    "                   lambda b: jnp.ones(b['image'].shape), loss)\n"
+    "def not_a_host():\n  return TokenHost()\n"
+    "def no_such_layer():\n  return _host(TokenHost(), 'hiden')\n"
+    "def a_class():\n  return _host(TokenHost)\n"
+  )
+  monkeypatch.syspath_prepend(str(tmp_path))
+  for factory, needle in (
+    ("not_a_host", "returned a TokenHost, not a HostModel"),
+    ("no_such_layer", "layer 'hiden': the model has no submodule at that path"),
+    ("a_class", "HostModel.model is the class TokenHost"),
+  ):
+    proc = genlab_here(
+      capsys,
+      "train",
+      "--config",
+      str(EXPERIMENTS / "sae_pydoc_residual.py"),
+      "--workdir",
+      str(tmp_path / factory),
+      "--config.sae.host_workdir=",
+      f"--config.sae.host_factory=bad_hosts:{factory}",
+      f"--config.data.data_dir={tmp_path / 'tfds'}",
+    )
+    assert_one_line_error(proc, needle)
 
 
 def test_the_family_refuses_bad_settings():

@@ -269,6 +269,10 @@ class HostModel:
     identity: what pins these exact parameters (the run layer fills it: the host workdir's
       checkpoint step and a SHA-256 of the parameters), recorded in the SAE's workdir so
       that a resume or `genlab eval` uses the same host or refuses.
+    logits: the model's output → its logits, one distribution per predicted token (shaped
+      like `token_loss`'s weights plus the vocabulary), for the KL of the spliced
+      distributions; None: the output is the logits. A model returning a structure (Gemma's
+      `Output`) names its logits here.
   """
 
   model: nn.Module
@@ -279,6 +283,7 @@ class HostModel:
   token_loss: Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]
   description: str = ""
   identity: dict = dataclasses.field(default_factory=dict)
+  logits: Callable[[Any], jax.Array] | None = None
 
   def __post_init__(self):
     model = self.model
@@ -299,6 +304,10 @@ class HostModel:
       )
     if self.params is None:
       raise ConfigError("HostModel.params is None: a linen host needs its trained params")
+
+  def output_logits(self, output: Any) -> jax.Array:
+    """The logits in the model's output (`logits`), for the KL."""
+    return output if self.logits is None else self.logits(output)
 
   def capture(self, batch: dict[str, jax.Array], params: Any = None) -> tuple[Any, jax.Array]:
     """(the model's output, its activation at `layer`) on `batch`, with `params` (default:
