@@ -9,6 +9,8 @@ The host is the language model of experiments/char_lm_pydoc.py (trained first, i
 reads the residual stream after its middle block (`block_1`, width 96) at every
 character position but the first, normalised so that E‖x‖² = 96; 16× expansion
 (1,536 latents), BatchTopK with k = 32 (`--config.model.code=topk` for TopK,
+`matryoshka_batchtopk` with `--config.model.matryoshka_widths=(128,512,1536)` for nested
+dictionaries,
 `jumprelu` with `--config.sae.l0=...`, `relu` with `--config.sae.l1=...`), decoder
 rows kept at unit norm, AuxK (k_aux = 256) for dead latents; Adam 1e-3 (warm-up
 200 steps), batch 64 sequences (≈ 1,600 positions), 3,000 steps.

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import EXPERIMENTS, REPO, compare_parallel
@@ -65,13 +66,19 @@ def _tiny_host_and_data(seed=0, n=512, positions=4):
 
 
 def _sae_family(
-  code="batchtopk", dtype="float32", model=None, learning_rate=3e-3, stream=False, **sae
+  code="batchtopk",
+  dtype="float32",
+  model=None,
+  learning_rate=3e-3,
+  stream=False,
+  host_and_data=None,
+  **sae,
 ):
   from genlab.config import base_config
   from genlab.data import RecordSplit
   from genlab.families.activation_sae import ActivationSAE
 
-  host, dataset = _tiny_host_and_data()
+  host, dataset = host_and_data or _tiny_host_and_data()
   if stream:  # The train split read example by example, as data.stream_train gives it.
     train = dataset.train
     examples = [{k: v[i] for k, v in train.items()} for i in range(len(train["image"]))]
@@ -145,6 +152,73 @@ def test_capture_reads_sown_values_and_names_a_missing_layer():
     capture(host.model, variables, "hiden", x)
   with pytest.raises(ConfigError, match="can be read, not replaced"):
     splice(host.model, variables, "intermediates/hidden_relu", lambda a: a, x)
+
+
+class _CacheBlock(nn.Module):
+  """A block returning (cache, x), as the blocks of Gemma's Transformer do."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = x + nn.Dense(x.shape[-1])(jnp.tanh(x))
+    return {"k": h[..., :2]}, h
+
+
+class _TupleHost(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    _, h = _CacheBlock(name="block_0")(x)
+    cache, h = _CacheBlock(name="block_1")(h)
+    return nn.Dense(3)(h) + cache["k"].sum(-1, keepdims=True)
+
+
+def test_an_element_of_a_modules_tuple_output_is_read_and_replaced():
+  from genlab.errors import ConfigError
+  from genlab.models.activations import capture, splice
+
+  model = _TupleHost()
+  x = jax.random.normal(jax.random.key(0), (4, 5, 6))
+  variables = model.init(jax.random.key(1), x)
+  out, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  cache, want = state["intermediates"]["block_1"]["__call__"][0]
+  clean, got = capture(model, variables, "block_1[1]", x)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(clean, out)
+  np.testing.assert_array_equal(splice(model, variables, "block_1[1]", lambda a: a, x), out)
+  zeroed = splice(model, variables, "block_1[1]", jnp.zeros_like, x)
+  # Only element 1 is replaced: the cache still reaches the output.
+  bias = variables["params"]["Dense_0"]["bias"]
+  np.testing.assert_allclose(zeroed, bias + cache["k"].sum(-1, keepdims=True), rtol=1e-6)
+  with pytest.raises(ConfigError, match=r"block_1\[2\]': the module's output is tuple of 2"):
+    capture(model, variables, "block_1[2]", x)
+
+
+class _JittedHost(nn.Module):
+  """A model whose `__call__` is wrapped in `nn.jit`, as Gemma's Transformer's is."""
+
+  @nn.jit
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(_CacheBlock(name="block_0")(x)[1])
+
+
+def test_splices_of_a_model_wrapped_in_nn_jit_each_take_effect():
+  from genlab.models.activations import capture, splice
+
+  model = _JittedHost()
+  x = jax.random.normal(jax.random.key(0), (4, 6))
+  variables = model.init(jax.random.key(1), x)
+  clean = model.apply(variables, x)
+  # nn.jit reuses a trace of the same scope: without a new one per splice, the second
+  # splice would run the first one's replacement (or none).
+  for _ in range(2):
+    np.testing.assert_array_equal(splice(model, variables, "block_0[1]", lambda a: a, x), clean)
+    zeroed = splice(model, variables, "block_0[1]", jnp.zeros_like, x)
+    np.testing.assert_allclose(
+      zeroed, np.broadcast_to(variables["params"]["Dense_0"]["bias"], clean.shape)
+    )
+    _, block = capture(model, variables, "block_0[1]", x)
+    np.testing.assert_array_equal(capture(model, variables, "block_0[1]", x)[1], block)
+    assert not np.allclose(block, 0)
 
 
 def test_splicing_the_activation_itself_gives_the_clean_output_and_zeros_change_it():
@@ -411,6 +485,135 @@ def test_resampling_revives_the_dead_latents_of_a_relu_sae():
     state, _ = _train(family, 100)
     dead[every] = _eval(family, state)["dead_fraction"]
   assert dead[0] > 0 and dead[25] < 0.5 * dead[0], dead
+
+
+def _as_uint8(split):
+  return {**split, "image": np.clip(split["image"] * 40 + 128, 0, 255).astype(np.uint8)}
+
+
+def test_a_host_sees_the_same_dtype_when_normalising_training_and_evaluating():
+  """A user's host whose `inputs` rescale by dtype (uint8 images / 255) must see one dtype
+  at every stage, or the normalisation is estimated on other values than the steps see.
+  The train batches come from the runner's `Batcher`, the eval batches from `eval_batches`,
+  as in a run (the family's `value_range` is None: the host's inputs as they are)."""
+  from genlab.data import Batcher, Dataset, eval_batches
+
+  host, data = _tiny_host_and_data()
+  data = Dataset("tiny_uint8", _as_uint8(data.train), _as_uint8(data.test), modality="series")
+  seen = []
+
+  def inputs(batch):
+    seen.append(str(batch["image"].dtype))
+    x = batch["image"]
+    return ((x / 255.0 if x.dtype == jnp.uint8 else x).astype(jnp.float32),)
+
+  host = dataclasses.replace(host, inputs=inputs)
+  family = _sae_family(host_and_data=(host, data))
+  stages = {"estimation": set(seen)}
+  seen.clear()
+  batcher = Batcher(
+    data.train, global_batch_size=64, key=jax.random.key(0), value_range=family.value_range
+  )
+  state = family.init_state(jax.random.key(0), None)
+  step = jax.jit(family.train_step)
+  for i in range(3):
+    batch = {k: jnp.asarray(v) for k, v in batcher.batch(i).items()}
+    state, _ = step(state, batch, jax.random.key(i))
+  stages["train"] = set(seen)
+  seen.clear()
+  (test,) = eval_batches(data.test, global_batch_size=128, value_range=family.value_range)
+  sums = jax.jit(family.eval_step)(state, jax.tree.map(jnp.asarray, test))
+  stages["eval"] = set(seen)
+  assert len(set.union(*stages.values())) == 1, stages
+  m = family.summarize({k: np.asarray(v) / 128 for k, v in sums.items()})
+  assert np.isfinite(m["kl_sae"]) and m["kl_zero"] > 0
+
+
+def test_kl_is_the_same_for_logits_of_shape_b_v_and_b_1_v():
+  """A host returning (B, V) logits with (B, 1) token weights, and the same model returning
+  (B, 1, V): every metric equal (the KLs broadcast to (B, B) once)."""
+  host, data = _tiny_host_and_data(positions=1)
+  flat = dataclasses.replace(
+    host,
+    inputs=lambda batch: (batch["image"][:, 0],),  # (B, 6) → logits (B, 3), activation (B, 8).
+    token_loss=lambda logits, batch: (
+      optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:, 0]),
+      jnp.ones((batch["label"].shape[0], 1)),
+    ),
+  )
+  results = []
+  for h in (host, flat):
+    family = _sae_family(host_and_data=(h, data))
+    state, _ = _train(family, 5)
+    results.append(_eval(family, state))
+  assert results[0].keys() == results[1].keys()
+  for name in results[0]:
+    np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-5, err_msg=name)
+  assert results[0]["kl_zero"] > 0 and results[0]["kl_sae"] > 0
+
+
+def test_a_host_whose_output_is_a_structure_names_its_logits():
+  host, data = _tiny_host_and_data()
+
+  class Structured(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return {"logits": TinyHost(name="inner")(x), "extra": x.sum()}
+
+  params = {"inner": host.params}
+  wrapped = dataclasses.replace(
+    host,
+    model=Structured(),
+    params=params,
+    layer="inner/hidden",
+    token_loss=lambda out, batch: host.token_loss(out["logits"], batch),
+    logits=lambda out: out["logits"],
+  )
+  a, b = (
+    _eval(f, _train(f, 5)[0])
+    for f in (_sae_family(host_and_data=(h, data)) for h in (host, wrapped))
+  )
+  for name in ("kl_sae", "kl_zero", "loss_recovered", "explained_variance"):
+    assert b[name] == pytest.approx(a[name], rel=1e-5), name
+
+
+def test_what_is_not_a_usable_host_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+  from test_cli import assert_one_line_error, genlab_here
+
+  (tmp_path / "bad_hosts.py").write_text(
+    "import flax.linen as nn, jax, jax.numpy as jnp\n"
+    "from genlab.models.activations import HostModel\n"
+    "class TokenHost(nn.Module):\n"
+    "  @nn.compact\n"
+    "  def __call__(self, tokens):\n"
+    "    return nn.Dense(4, name='out')(nn.Embed(256, 8, name='hidden')(tokens))\n"
+    "def _host(model, layer='hidden'):\n"
+    "  params = TokenHost().init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']\n"
+    "  loss = lambda out, batch: (out[..., 0], jnp.ones(out.shape[:2]))\n"
+    "  return HostModel(model, params, layer, lambda b: (b['image'],),\n"
+    "                   lambda b: jnp.ones(b['image'].shape), loss)\n"
+    "def not_a_host():\n  return TokenHost()\n"
+    "def no_such_layer():\n  return _host(TokenHost(), 'hiden')\n"
+    "def a_class():\n  return _host(TokenHost)\n"
+  )
+  monkeypatch.syspath_prepend(str(tmp_path))
+  for factory, needle in (
+    ("not_a_host", "returned a TokenHost, not a HostModel"),
+    ("no_such_layer", "layer 'hiden': the model has no submodule at that path"),
+    ("a_class", "HostModel.model is the class TokenHost"),
+  ):
+    proc = genlab_here(
+      capsys,
+      "train",
+      "--config",
+      str(EXPERIMENTS / "sae_pydoc_residual.py"),
+      "--workdir",
+      str(tmp_path / factory),
+      "--config.sae.host_workdir=",
+      f"--config.sae.host_factory=bad_hosts:{factory}",
+      f"--config.data.data_dir={tmp_path / 'tfds'}",
+    )
+    assert_one_line_error(proc, needle)
 
 
 def test_the_family_refuses_bad_settings():

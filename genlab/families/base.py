@@ -38,6 +38,7 @@ import numpy as np
 from genlab import evaluators as evaluators_lib
 from genlab import kernels as kernels_lib
 from genlab import models as models_lib
+from genlab.core.nnx_model import NNXModel, is_nnx_class, takes
 from genlab.core.rngs import stream_key
 from genlab.core.state import TrainState
 from genlab.core.step import Metrics
@@ -248,8 +249,16 @@ class Family(abc.ABC):
   def build(self, module: type, **fields: Any):
     """`module(**fields)` with the run's `kernels` and, with `config.dtype='bfloat16'`,
     computing in bf16 (its params stay float32); a field it does not take is reported as
-    a config error."""
-    declared = getattr(module, "__dataclass_fields__", {})
+    a config error.
+
+    An `nnx.Module` class is taken through `genlab.core.NNXModel` (constructed with
+    `rngs=nnx.Rngs(key)` at `init`; docs/extending.md, "Your model in NNX"): the fields
+    above are passed where its constructor takes them."""
+    nnx = is_nnx_class(module)
+    if nnx:
+      declared = {name for name in ("dtype", "kernels") if takes(module, name)}
+    else:
+      declared = getattr(module, "__dataclass_fields__", {})
     dtype = self.config.get("dtype", "float32")
     if dtype != "float32":
       if "dtype" not in declared:
@@ -257,6 +266,10 @@ class Family(abc.ABC):
       fields["dtype"] = jnp.dtype(dtype)
     if "kernels" in declared:
       fields["kernels"] = self.kernels
+    if nnx:
+      model = NNXModel(module, fields)
+      _ = model.graphdef  # Constructed once from shapes: a field it does not take fails here.
+      return model
     try:
       return module(**fields)
     except TypeError as e:

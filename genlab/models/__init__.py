@@ -1,5 +1,8 @@
 """The Flax modules of genlab's families: pure `flax.linen` modules, no training logic.
 
+(A user's model may be a `flax.nnx.Module` too: the families take it through
+`genlab.core.NNXModel`; docs/extending.md, "Your model in NNX".)
+
 A config names its model by `config.model.name` (`REGISTRY`): one of genlab's below, a
 model of the user's own registered with `register_model` or declared by an installed
 package (entry-point group `genlab.models`), or a 'package.module:Class' path. The family
@@ -8,7 +11,7 @@ builds it with `config.model`'s other fields (`genlab.families.Family.model_clas
 The modules with layers that genlab has XLA:CPU kernels for (Dense, ConvTranspose,
 LSTM/GRU) take them from `genlab.kernels` through their `kernels` field (`flax` by
 default); the transformer uses flax's layers as they are. `activations` reads and
-replaces any linen model's intermediate activations (an SAE's host).
+replaces any Flax model's (Linen or NNX) intermediate activations (an SAE's host).
 """
 
 from __future__ import annotations

@@ -1,16 +1,23 @@
-"""Reading and replacing one intermediate activation of any Flax (linen) model.
+"""Reading and replacing one intermediate activation of any Flax model, Linen or NNX.
 
 An SAE for interpretability trains on a network's internal activations (the
 residual stream after a transformer block, an MLP's hidden layer) and is judged by
 what the network does when that activation is replaced by the SAE's
-reconstruction. Two pure functions do both for any `flax.linen` model, under jit:
+reconstruction. Two pure functions do both for any Flax model, under jit:
 
 * `capture(model, variables, layer, *args)` → (the model's output, the activation):
-  `layer` names a submodule by its path (`'block_1'`, `'encoder/block_1'`), read
-  with `capture_intermediates`; or, as `'intermediates/<path>/<name>'`, a value the
-  model `sow`s.
+  `layer` names a submodule by its path (`'block_1'`, `'encoder/block_1'`; in NNX,
+  attribute names and list indices: `'blocks/0'`; `'layer_1[1]'` for element 1 of a module
+  that returns a tuple, as a transformer block returning (cache, x) does), read with Linen's
+  `capture_intermediates`, or in NNX sown as an `nnx.Intermediate` by the addressed
+  module and collected with `nnx.capture`; or, as `'intermediates/<path>/<name>'`, a
+  value the model `sow`s (Linen's `intermediates` collection, NNX's `nnx.Intermediate`).
 * `splice(model, variables, layer, replace, *args)` → the model's output when the
-  module at `layer` returns `replace(its output)` instead (`flax.linen.intercept_methods`).
+  module at `layer` returns `replace(its output)` instead (Linen:
+  `flax.linen.intercept_methods`; NNX: that one module of the merged copy calls through).
+
+An NNX model comes as a `genlab.core.NNXModel` (its params the pure dict of its
+`nnx.Param`s): `HostModel` takes a constructed `nnx.Module` and makes one.
 
 `HostModel` bundles what an SAE family needs of its host: the model, its params,
 the layer, how a data batch becomes the model's arguments, which positions are
@@ -20,34 +27,77 @@ examples, and the host's own loss per position.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+from flax import nnx
 
+from genlab.core.nnx_model import NNXModel
 from genlab.errors import ConfigError
 
 SOWN = "intermediates/"
+_CALLS = itertools.count()
+
+
+def _fresh() -> str:
+  """A mutable collection of a new name for each Linen call that captures or splices: a model
+  whose methods are wrapped in `nn.jit` (Gemma's Transformer) reuses a trace whose scope it
+  has seen, and an interceptor or a capture filter is not part of that key; the new name is
+  (a new trace each time, once per compilation under an outer jit). It stays empty."""
+  return f"genlab_call_{next(_CALLS)}"
 
 
 def _path(layer: str) -> tuple[str, ...]:
   return tuple(part for part in layer.split("/") if part)
 
 
+def _element(layer: str) -> tuple[str, int | None]:
+  """`'layer_1[1]'` → ('layer_1', 1): the module's output is a tuple (a transformer block
+  returning (cache, x), say) and the activation is its element 1; else (layer, None)."""
+  match = re.fullmatch(r"(.*)\[(-?\d+)\]", layer)
+  return (match.group(1), int(match.group(2))) if match else (layer, None)
+
+
+def _pick(output: Any, index: int, layer: str) -> Any:
+  if not isinstance(output, tuple | list) or not -len(output) <= index < len(output):
+    raise ConfigError(
+      f"layer {layer!r}: the module's output is {type(output).__name__}"
+      f"{f' of {len(output)}' if isinstance(output, tuple | list) else ''}, which has no "
+      f"element {index}"
+    )
+  return output[index]
+
+
+def _put(output: Any, index: int, value: Any) -> Any:
+  parts = list(output)
+  parts[index] = value
+  return type(output)(parts) if isinstance(output, list) else tuple(parts)
+
+
 def capture(model: nn.Module, variables: Any, layer: str, *args, **kwargs) -> tuple[Any, Any]:
   """(model.apply(variables, *args, **kwargs), the activation named `layer`).
 
   Args:
-    model: a linen module.
+    model: a linen module, or an NNX one as a `genlab.core.NNXModel`.
     variables: its variables (`{'params': ...}`).
-    layer: a submodule's path (its `__call__` output is read), or
+    layer: a submodule's path (the output of its first `__call__` is read), or
       `'intermediates/<module path>/<name>'` for a value sown with `self.sow('intermediates',
-      name, value)` (its last sown value).
+      name, value)` (Linen) or `self.sow(nnx.Intermediate, name, value)` (NNX): its last
+      sown value.
   """
+  layer, index = _element(layer)
+  if index is not None:
+    output, value = capture(model, variables, layer, *args, **kwargs)
+    return output, _pick(value, index, f"{layer}[{index}]")
+  if isinstance(model, NNXModel):
+    return _nnx_capture(model, variables, layer, *args, **kwargs)
   if layer.startswith(SOWN):
     *module, name = _path(layer.removeprefix(SOWN))
-    output, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
+    output, state = model.apply(variables, *args, mutable=["intermediates", _fresh()], **kwargs)
     tree = state["intermediates"]
     for part in (*module, name):
       if part not in tree:
@@ -59,7 +109,7 @@ def capture(model: nn.Module, variables: Any, layer: str, *args, **kwargs) -> tu
     variables,
     *args,
     capture_intermediates=lambda m, method: method == "__call__" and m.path == path,
-    mutable=["intermediates"],
+    mutable=["intermediates", _fresh()],
     **kwargs,
   )
   tree = state.get("intermediates", {})
@@ -78,13 +128,28 @@ def splice(
   *args,
   **kwargs,
 ) -> Any:
-  """The model's output when the submodule at path `layer` returns `replace(its output)`."""
+  """The model's output when the submodule at path `layer` returns `replace(its output)`
+  (with `layer[i]`, its output with element i replaced by `replace(element i)`)."""
+  layer, index = _element(layer)
+  if index is not None:
+    named = f"{layer}[{index}]"
+    whole = lambda out: _put(out, index, replace(_pick(out, index, named)))  # noqa: E731
+    return splice(model, variables, layer, whole, *args, **kwargs)
   if layer.startswith(SOWN):
     raise ConfigError(
       f"layer {layer!r} is a sown value: it can be read, not replaced; name the module "
       "whose output it is instead"
     )
   path = _path(layer)
+  if isinstance(model, NNXModel):
+    module = model.bind(_params(model, variables))
+    target = _submodule(module, path, layer)
+    called = []
+    _instrument(target, lambda output: (called.append(True) or replace(output), None))
+    output = nnx.capture(module)(*args, **kwargs)  # What the model sows is dropped, quietly.
+    if not called:
+      raise ConfigError(f"layer {layer!r}: the model does not call the submodule at that path")
+    return output
   found = []
 
   def interceptor(next_fun, call_args, call_kwargs, context):
@@ -95,10 +160,93 @@ def splice(
     return output
 
   with nn.intercept_methods(interceptor):
-    output = model.apply(variables, *args, **kwargs)
+    output, _ = model.apply(variables, *args, mutable=[_fresh()], **kwargs)
   if not found:
     raise ConfigError(f"layer {layer!r}: the model has no submodule at that path")
   return output
+
+
+# NNX ----------------------------------------------------------------------------------
+
+CAPTURED = "genlab_captured"  # The name the addressed NNX module sows its output under.
+
+
+def _params(model: NNXModel, variables: Any) -> Any:
+  extra = sorted(set(variables) - {"params"})
+  if extra:
+    raise ConfigError(f"the NNX model {model.name} takes params only, not {extra}")
+  return variables["params"]
+
+
+def _submodule(module: nnx.Module, path: tuple[str, ...], layer: str) -> nnx.Module:
+  """The submodule of `module` at `path` (attribute names and list indices)."""
+  found = {tuple(map(str, p)): m for p, m in nnx.iter_modules(module)}
+  if path not in found:
+    some = sorted("/".join(p) for p in found if p)[:12]
+    raise ConfigError(
+      f"layer {layer!r}: the NNX model {type(module).__name__} has no submodule at that path; "
+      f"it has {', '.join(some)}"
+    )
+  if not callable(found[path]):
+    raise ConfigError(f"layer {layer!r}: {type(found[path]).__name__} has no __call__ to read")
+  return found[path]
+
+
+_INSTRUMENTED: dict[type, type] = {}
+
+
+def _instrument(target: nnx.Module, after: Callable[[Any], tuple[Any, Any]]) -> None:
+  """Makes `target` (a module of a merged copy, used once) return `after(output)[0]` from
+  `__call__`, sowing `after(output)[1]` as an `nnx.Intermediate` unless it is None. The
+  copy's class is swapped for a subclass of its own (NNX has no method interceptor), so
+  only this object changes: other instances of its class, and the user's model, do not."""
+  cls = type(target)
+  if cls not in _INSTRUMENTED:
+
+    def __call__(self, *args, **kwargs):
+      output, sown = self._genlab_after(super(instrumented, self).__call__(*args, **kwargs))
+      if sown is not None:
+        self.sow(nnx.Intermediate, CAPTURED, sown)
+      return output
+
+    instrumented = type(cls.__name__, (cls,), {"__call__": __call__})
+    instrumented.__qualname__ = cls.__qualname__
+    _INSTRUMENTED[cls] = instrumented
+  object.__setattr__(target, "_genlab_after", after)
+  target.__class__ = _INSTRUMENTED[cls]
+
+
+def _sown(tree: Any, path: tuple[str, ...], name: str, layer: str) -> Any:
+  """The values `name` sown by the module at `path` of `nnx.capture`'s state."""
+  for part in (*path, name):
+    keys = {str(k): k for k in tree} if hasattr(tree, "keys") else {}
+    if part not in keys:
+      raise ConfigError(f"layer {layer!r}: the NNX model sows no {part!r} there")
+    tree = tree[keys[part]]
+  return tree.get_value() if isinstance(tree, nnx.Variable) else tree
+
+
+def _nnx_capture(model: NNXModel, variables, layer: str, *args, **kwargs):
+  module = model.bind(_params(model, variables))
+  if layer.startswith(SOWN):
+    *path, name = _path(layer.removeprefix(SOWN))
+    path = tuple(path)
+    _submodule(module, path, layer)
+  else:
+    path, name = _path(layer), CAPTURED
+    _instrument(_submodule(module, path, layer), lambda output: (output, output))
+  output, sown = nnx.capture(module, nnx.Intermediate)(*args, **kwargs)
+  try:
+    values = _sown(sown, path, name, layer)
+  except ConfigError:
+    if name != CAPTURED:
+      raise
+    raise ConfigError(
+      f"layer {layer!r}: the model does not call the submodule at that path"
+    ) from None
+  # A sown name keeps its last value (as Linen's reading does); a module's output its
+  # first call's (Linen's capture_intermediates).
+  return output, values[-1] if name != CAPTURED else values[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +254,9 @@ class HostModel:
   """A trained model whose activation at `layer` an SAE reads, and what it needs of it.
 
   Attributes:
-    model: the linen module.
-    params: its trained params.
+    model: the linen module; or an NNX one, constructed (`nnx.Module`, with its trained
+      params in it) or as a `genlab.core.NNXModel`.
+    params: its trained params; None with a constructed NNX module: its `nnx.Param`s.
     layer: where the SAE reads (see `capture`); activations are (..., positions, width) or
       (..., width).
     inputs: a data batch → the model's positional arguments.
@@ -120,6 +269,10 @@ class HostModel:
     identity: what pins these exact parameters (the run layer fills it: the host workdir's
       checkpoint step and a SHA-256 of the parameters), recorded in the SAE's workdir so
       that a resume or `genlab eval` uses the same host or refuses.
+    logits: the model's output → its logits, one distribution per predicted token (shaped
+      like `token_loss`'s weights plus the vocabulary), for the KL of the spliced
+      distributions; None: the output is the logits. A model returning a structure (Gemma's
+      `Output`) names its logits here.
   """
 
   model: nn.Module
@@ -130,6 +283,31 @@ class HostModel:
   token_loss: Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, jax.Array]]
   description: str = ""
   identity: dict = dataclasses.field(default_factory=dict)
+  logits: Callable[[Any], jax.Array] | None = None
+
+  def __post_init__(self):
+    model = self.model
+    if isinstance(model, type) and issubclass(model, nnx.Module | nn.Module):
+      raise ConfigError(
+        f"HostModel.model is the class {model.__name__}; give the trained model (an NNX module "
+        "constructed with its parameters, or a linen module with HostModel.params)"
+      )
+    if isinstance(model, nnx.Module):
+      adapter, params = NNXModel.of(model)
+      object.__setattr__(self, "model", adapter)
+      if self.params is None:
+        object.__setattr__(self, "params", params)
+    elif not isinstance(model, nn.Module | NNXModel):
+      raise ConfigError(
+        f"HostModel.model is a {type(model).__name__}; an SAE's host is a flax.linen or "
+        "flax.nnx module"
+      )
+    if self.params is None:
+      raise ConfigError("HostModel.params is None: a linen host needs its trained params")
+
+  def output_logits(self, output: Any) -> jax.Array:
+    """The logits in the model's output (`logits`), for the KL."""
+    return output if self.logits is None else self.logits(output)
 
   def capture(self, batch: dict[str, jax.Array], params: Any = None) -> tuple[Any, jax.Array]:
     """(the model's output, its activation at `layer`) on `batch`, with `params` (default:

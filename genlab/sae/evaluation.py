@@ -102,7 +102,8 @@ def eval_sums(
     loss = per_token(host.token_loss(out, batch)[0], token_weights, "token losses")
     sums[f"loss_{name}"] = jnp.sum(loss * token_weights)
   for name, out in (("sae", spliced), ("zero", zeroed)):
-    kl = per_token(categorical_kl(output, out), token_weights, "output distributions")
+    clean, other = host.output_logits(output), host.output_logits(out)
+    kl = per_token(categorical_kl(clean, other), token_weights, "output distributions")
     sums[f"kl_{name}"] = jnp.sum(kl * token_weights)
   return sums
 
