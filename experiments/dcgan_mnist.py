@@ -39,7 +39,8 @@ def get_config():
       },
     }
   )
-  config.gan.update(generator_loss="non_saturating", n_disc=1, fd_n_real=10000)
+  config.gan.update(generator_loss="non_saturating", n_disc=1)
+  config.sample_metrics.fd_n_real = 10000
   config.optimizer.update(name="adam", learning_rate=2e-4, b1=0.5)
   config.eval_batch_size = 500
   config.eval_at_start = True

@@ -16,7 +16,9 @@ coloured by label).
 
 What to expect (measured on 2 CPU cores, seed 0, ~10 s of training): on the
 300 test digits, neg_elbo 23.3 nats (reconstruction 18.2 + kl 5.1) and nll
-22.9 nats with k = 5,000 (nll ≤ neg_elbo, as it must be); 8 of 8 units active.
+22.9 nats with k = 5,000 (nll ≤ neg_elbo, as it must be); 8 of 8 units active. Its
+1,497 samples, measured as gan_digits' (`sample_metrics`: the digits classifier's
+features, k = 5): fd 25.2 (fd_floor 6.28), precision 0.70, recall 0.84, cs 8.16.
 """
 
 from genlab.config import base_config
@@ -31,6 +33,8 @@ def get_config():
     name="vae", architecture="mlp", hidden=(256,), latent_dim=8, likelihood="bernoulli"
   )
   config.vae.update(binarize="dynamic", nll_k=5000)
+  # Fréchet distance, precision/recall, ... of 1,497 samples as gan_digits measures its own.
+  config.sample_metrics.evaluators = "feature_net"
   config.optimizer.learning_rate = 1e-3
   config.log_every = 200
   config.eval_every = 1000

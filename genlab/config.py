@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from genlab import families
+from genlab import evaluators, families
 from genlab.errors import ConfigError
 from genlab.families import get_family
 from genlab.kernels import KERNELS
@@ -69,6 +69,11 @@ SAFE_ON_RESUME = (
 RENAMED_FIELDS = {
   "sae.aux_dead_after": "sae.dead_after",
   "sae.threshold_decay": "model.threshold_decay",  # BatchTopK's, now a field of its code.
+  # The GAN's sample metrics, shared since by every family that samples (genlab.evaluators).
+  "gan.fd_n_real": "sample_metrics.fd_n_real",
+  "gan.fd_n_fake": "sample_metrics.fd_n_fake",
+  "gan.prdc_k": "sample_metrics.prdc_k",
+  "gan.feature_net_steps": "sample_metrics.feature_net_steps",
 }
 
 # Fields earlier versions had, and what replaced them.
@@ -175,6 +180,8 @@ def base_config(family: str = "autoencoder") -> ml_collections.ConfigDict:
   options = family_class.default_options()
   if options is not None:
     config[family_class.options_group] = options
+  if family_class.sample_evaluators is not None:  # A family that samples: metrics of them.
+    config.sample_metrics = evaluators.options(family_class.sample_evaluators)
   return config
 
 
@@ -399,12 +406,18 @@ def canonicalize(config: ml_collections.ConfigDict) -> None:
   for a saved config): `family` and every model `name` of `config.model` become what their
   registries record
   (`Registry.canonical`: genlab's and installed packages' names as they are, a class
-  registered in this process as its 'package.module:Class' path). A run does this before
-  it saves config.json, which `genlab eval`, `sample` and `encode` read alone."""
+  registered in this process as its 'package.module:Class' path), and gives a family that
+  samples its `sample_metrics` group at its defaults if the config lacks it. A run does this
+  before it saves config.json, which `genlab eval`, `sample` and `encode` read alone."""
   from genlab import models
 
   config.family = families.REGISTRY.canonical(config.family)
-  reads = get_family(config.family).reads
+  family_class = get_family(config.family)
+  reads = family_class.reads
+  if family_class.sample_evaluators is not None and "sample_metrics" not in config:
+    # What the family reads anyway, written down: a resume compares it with the saved
+    # config, which `upgrade` gives every group the family has.
+    config.sample_metrics = evaluators.options(family_class.sample_evaluators)
   for name in OPTIONAL_FIELDS:  # A config built for another family may carry them: unread.
     if name in config and name not in reads:
       del config[name]
@@ -525,7 +538,9 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     del config["parallel"]
   for old, new in RENAMED_FIELDS.items():
     (group, old_name), (new_group, new_name) = old.split("."), new.split(".")
-    if old_name in config.get(group, {}) and new_group in config:
+    if old_name in config.get(group, {}):
+      if new_group not in config:
+        config[new_group] = ml_collections.ConfigDict()
       config[new_group][new_name] = config[group][old_name]
       del config[group][old_name]
   try:

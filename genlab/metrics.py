@@ -98,3 +98,88 @@ def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k: int
     "density": float(np.mean(inside_counts) / k),
     "coverage": float(np.mean(covered)),
   }
+
+
+# The Inception metrics' conventions (genlab.evaluators.inception): the formulas as their
+# reference implementations compute them, so that the numbers compare with published ones.
+
+
+def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+  """The Fréchet distance as pytorch-fid computes it (`fid_score.calculate_frechet_distance`):
+  ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Tr (Σ₁Σ₂)^½, the square root by `scipy.linalg.sqrtm` of the
+  product in float64; if that is not finite, `eps`·I is added to both covariances; an
+  imaginary part of the root's diagonal (numerical error) is dropped, and refused above 10⁻³.
+
+  `frechet_distance` (eigendecompositions of symmetric matrices) gives the same value up to
+  rounding; this one is the standard's own algorithm, for numbers quoted as FID.
+  """
+  from scipy import linalg
+
+  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+    raise ValueError(f"shapes differ: {mu1.shape}, {sigma1.shape} vs {mu2.shape}, {sigma2.shape}")
+  diff = mu1 - mu2
+  covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+  if not np.isfinite(covmean).all():
+    offset = np.eye(sigma1.shape[0]) * eps
+    covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the square root")
+    covmean = covmean.real
+  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def kernel_inception_distance(
+  real: np.ndarray,
+  fake: np.ndarray,
+  *,
+  subset_size: int = 1000,
+  subsets: int = 100,
+  rng: np.random.RandomState,
+) -> tuple[float, float]:
+  """KID (Bińkowski et al. 2018): the unbiased estimate of the squared MMD with the
+  polynomial kernel k(x, y) = (xᵀy / d + 1)³ (degree 3, γ = 1/d, coefficient 1), averaged
+  over `subsets` random pairs of subsets of `subset_size` features each, drawn without
+  replacement (samples first, then real features, from `rng`), as clean-fid's
+  `kernel_distance` and torch-fidelity compute it.
+
+  Returns:
+    The mean over subsets and its standard deviation over subsets (torch-fidelity's
+    `kernel_inception_distance_std`).
+  """
+  real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+  d = real.shape[1]
+  m = subset_size
+  if not 2 <= m <= min(len(real), len(fake)):
+    raise ValueError(f"subset size {m} needs 2 ≤ it ≤ {min(len(real), len(fake))} features")
+  values = np.empty(subsets)
+  for i in range(subsets):
+    x = fake[rng.choice(len(fake), m, replace=False)]
+    y = real[rng.choice(len(real), m, replace=False)]
+    a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
+    b = (x @ y.T / d + 1) ** 3
+    values[i] = ((a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m) / m
+  return float(values.mean()), float(values.std())
+
+
+def inception_score(logits: np.ndarray, *, splits: int = 10) -> tuple[float, float]:
+  """The Inception score (Salimans et al. 2016) of samples' classifier `logits` (N, C):
+  p(y|x) = softmax(logits) in float64, the samples cut in `splits` consecutive parts (in
+  their order, as the original code does), in each exp(mean_x KL(p(y|x) ‖ p(y))) with p(y)
+  the part's mean; the mean and standard deviation over parts."""
+  logits = np.asarray(logits, np.float64)
+  logits = logits - logits.max(axis=1, keepdims=True)
+  p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  n = len(p)
+  if not 1 <= splits <= n:
+    raise ValueError(f"{splits} splits need 1 ≤ splits ≤ {n} samples")
+  scores = []
+  for k in range(splits):
+    part = p[k * (n // splits) : (k + 1) * (n // splits)]
+    marginal = part.mean(axis=0, keepdims=True)
+    kl = np.sum(part * (np.log(part + 1e-30) - np.log(marginal + 1e-30)), axis=1)
+    scores.append(np.exp(kl.mean()))
+  return float(np.mean(scores)), float(np.std(scores))

@@ -80,12 +80,18 @@ def _where(family) -> str:
 def render() -> str:
   sys.path.insert(0, str(REPO))
   from genlab import config as config_lib
+  from genlab import evaluators
   from genlab.families import REGISTRY
 
   base = config_lib.base_config()
   notes = comments(inspect.getsource(config_lib.base_config))
   families = {name: REGISTRY.get(name) for name in REGISTRY.names()}
   groups = {family.options_group for family in families.values() if family.options_group}
+  samplers = ", ".join(
+    f"{name}: {family.sample_evaluators!r}"
+    for name, family in sorted(families.items())
+    if family.sample_evaluators is not None
+  )
   lines = [
     "# Config fields",
     "",
@@ -105,6 +111,19 @@ def render() -> str:
     "",
     "`model` holds `name` and the fields of that model's Flax module (`genlab/models/`); the",
     "family pages in [families/](families/) list them.",
+    "",
+    "## Sample metrics: `sample_metrics`, in every family that samples",
+    "",
+    "The evaluators of a family's samples (`genlab/evaluators/`), chosen by name; the",
+    f"default choice is the family's ({samplers}).",
+    "",
+    "| field | default | meaning |",
+    "| --- | --- | --- |",
+    *_rows(
+      evaluators.options(),
+      comments(inspect.getsource(evaluators.options), group="sample_metrics"),
+      prefix="sample_metrics.",
+    ),
     "",
     "## Each family's options",
     "",

@@ -238,3 +238,37 @@ def nan_family():
   families.register_family("nan_at_7", NaNAtStep7)
   yield "nan_at_7"
   families.REGISTRY.unregister("nan_at_7")
+
+
+def import_torch_references():
+  """PyTorch, pytorch-fid and clean-fid, the reference implementations genlab's Inception
+  metrics are tested against (the `test` extra installs them; tests never skip them).
+
+  torchvision's wheels on PyPI are built against PyTorch's CUDA build, so with the CPU build
+  (`torch==2.13.0+cpu`, the test extra's) torchvision's C extension (its detection ops) does
+  not load, and torchvision 0.28's import then fails declaring fake kernels for two of those
+  ops (`register_fake('torchvision::nms')`, unguarded). Declaring the two schemas first lets
+  its pure-Python modules import (pytorch-fid subclasses `torchvision.models.inception`'s
+  blocks); neither op is ever run by these tests.
+  """
+  import importlib.util
+
+  import torch
+
+  spec = importlib.util.find_spec("torchvision")
+  extension = pathlib.Path(spec.origin).parent / "_C.so"
+  try:
+    torch.ops.load_library(str(extension))
+  except (OSError, RuntimeError):
+    global _TORCHVISION_SCHEMAS
+    if "_TORCHVISION_SCHEMAS" not in globals():
+      _TORCHVISION_SCHEMAS = torch.library.Library("torchvision", "DEF")
+      for op in ("nms", "qnms"):
+        schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+        _TORCHVISION_SCHEMAS.define(op + schema)
+  import cleanfid.fid
+  import cleanfid.resize
+  import pytorch_fid.fid_score
+  import pytorch_fid.inception
+
+  return torch, pytorch_fid, cleanfid

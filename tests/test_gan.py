@@ -365,7 +365,7 @@ def test_dcgan_mnist_runs_on_mock_tfds(tmp_path):
   config.update(
     num_steps=2, batch_size=16, eval_batch_size=16, eval_every=2, image_every=2, checkpoint_every=2
   )
-  config.gan.update(fd_n_real=32, feature_net_steps=5)
+  config.sample_metrics.update(fd_n_real=32, feature_net_steps=5)
   with tfds.testing.mock_data(num_examples=64):
     train_and_evaluate(config, tmp_path)
     report = evaluate_workdir(tmp_path)
@@ -419,7 +419,7 @@ def test_sngan_keeps_its_power_iteration_outside_params_and_resumes_exactly(data
     c.data.data_dir = data_dir
     c.model.generator.features = (8, 16)
     c.model.discriminator.features = (8, 16)
-    c.gan.fd_n_real = 200
+    c.sample_metrics.fd_n_real = 200
     c.update(num_steps=steps, eval_every=10, image_every=20, checkpoint_every=10)
     c.update(eval_at_start=False)
     return c

@@ -17,6 +17,7 @@ LAYERS = [
   ("run", ["genlab.run"]),
   ("config", ["genlab.config"]),
   ("families", ["genlab.families"]),
+  ("evaluators", ["genlab.evaluators"]),
   ("sae", ["genlab.sae"]),
   ("models", ["genlab.models"]),
   (

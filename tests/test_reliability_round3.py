@@ -21,14 +21,14 @@ from conftest import EXPERIMENTS, REPO, free_port, logged_steps
 from genlab.errors import ConfigError
 
 
-def _gan_config(data_dir, **gan):
+def _gan_config(data_dir, **sample_metrics):
   from genlab import config as config_lib
 
   config = config_lib.load_experiment(EXPERIMENTS / "gan_digits.py")
   config.data.data_dir = data_dir
   config.model.generator.hidden = (8,)
   config.model.discriminator.hidden = (8,)
-  config.gan.update(**gan)
+  config.sample_metrics.update(**sample_metrics)
   return config
 
 
@@ -36,14 +36,20 @@ def _gan_config(data_dir, **gan):
   "gan, needle",
   [
     # The k-NN ball of a real image is drawn among the other real images: k of them at least.
-    ({"fd_n_real": 8, "prdc_k": 8}, "config.gan.prdc_k=8 must be below the 8 real train images"),
-    ({"fd_n_real": 8, "prdc_k": 20}, "config.gan.prdc_k=20 must be below the 8 real train"),
+    (
+      {"fd_n_real": 8, "prdc_k": 8},
+      "sample_metrics.prdc_k=8 must be below the 8 real train images",
+    ),
+    (
+      {"fd_n_real": 8, "prdc_k": 20},
+      "sample_metrics.prdc_k=20 must be below the 8 real train",
+    ),
     # ... and of a sample among the other samples.
-    ({"fd_n_fake": 3}, "config.gan.prdc_k=5 must be below the 3 samples"),
-    ({"fd_n_fake": 1, "prdc_k": 1}, "config.gan.fd_n_fake=1 must be 0"),
-    ({"fd_n_real": 1, "prdc_k": 1}, "config.gan.fd_n_real=1 must be at least 2"),
-    ({"prdc_k": 0}, "config.gan.prdc_k=0 must be at least 1"),
-    ({"fd_n_fake": -4}, "config.gan.fd_n_fake=-4 must be 0"),
+    ({"fd_n_fake": 3}, "config.sample_metrics.prdc_k=5 must be below the 3 samples"),
+    ({"fd_n_fake": 1, "prdc_k": 1}, "config.sample_metrics.fd_n_fake=1 must be 0"),
+    ({"fd_n_real": 1, "prdc_k": 1}, "config.sample_metrics.fd_n_real=1 must be at least 2"),
+    ({"prdc_k": 0}, "config.sample_metrics.prdc_k=0 must be at least 1"),
+    ({"fd_n_fake": -4}, "config.sample_metrics.fd_n_fake=-4 must be 0"),
   ],
 )
 def test_gan_metric_sizes_are_refused_when_the_family_is_built(gan, needle, data_dir):
@@ -63,7 +69,7 @@ def test_gan_metric_sizes_at_the_bounds_are_taken_and_are_the_metrics_bounds(dat
   from genlab.run import setup
 
   s = setup(_gan_config(data_dir, fd_n_real=6, fd_n_fake=6, prdc_k=5))
-  assert s.family.options.prdc_k == 5
+  assert s.family.sample_metrics.evaluators[0].options.prdc_k == 5
   features = np.random.default_rng(0).normal(size=(6, 3))
   metrics.precision_recall_density_coverage(features, features[::-1], k=5)
   with pytest.raises(ValueError, match="needs more than k"):
@@ -81,9 +87,9 @@ def test_a_gan_metric_size_is_one_line_from_genlab_train_before_a_step(capsys, d
     "--workdir",
     str(workdir),
     f"--config.data.data_dir={data_dir}",
-    "--config.gan.fd_n_fake=3",
+    "--config.sample_metrics.fd_n_fake=3",
   )
-  assert_one_line_error(proc, "config.gan.prdc_k=5 must be below the 3 samples")
+  assert_one_line_error(proc, "config.sample_metrics.prdc_k=5 must be below the 3 samples")
   assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()
 
 

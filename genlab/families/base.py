@@ -13,6 +13,10 @@ the user's:
   drawing only, no maths.
 * `report`: a `Report` subclass — the words of `eval.json`: how the numbers were obtained
   (`protocol`) and what each one means (`definitions`).
+* if it samples, `sample_evaluators`: its default choice of the evaluators
+  (`genlab.evaluators`, the shared group `config.sample_metrics`) that measure its samples
+  at every evaluation; this base class builds them, gathers their resources, draws their
+  samples (`metric_samples`) and adds their numbers, protocol and definitions.
 
 A config names it by `config.family` (`genlab.families.REGISTRY`: genlab's names, a
 `register_family` call, an installed package's entry point, or 'package.module:Class').
@@ -31,9 +35,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from genlab import evaluators as evaluators_lib
 from genlab import kernels as kernels_lib
 from genlab import models as models_lib
 from genlab.core.nnx_model import NNXModel, is_nnx_class, takes
+from genlab.core.rngs import stream_key
 from genlab.core.state import TrainState
 from genlab.core.step import Metrics
 from genlab.data import Dataset
@@ -76,8 +82,17 @@ class Report:
     return {}
 
   def describe(self, metrics: Mapping[str, Any]) -> dict[str, str]:
-    """The definitions of the metrics in `metrics`."""
-    return {k: v for k, v in self.definitions.items() if k in metrics}
+    """The definitions of the metrics in `metrics`: the family's, and those of its sample
+    evaluators (`config.sample_metrics`)."""
+    sample_metrics = self.family.sample_metrics
+    definitions = {**(sample_metrics.definitions if sample_metrics else {}), **self.definitions}
+    return {k: v for k, v in definitions.items() if k in metrics}
+
+  def eval_protocol(self) -> dict[str, Any]:
+    """What `eval.json` says of how its numbers were obtained: the family's `protocol` and
+    that of its sample evaluators."""
+    sample_metrics = self.family.sample_metrics
+    return {**self.protocol(), **(sample_metrics.protocol() if sample_metrics else {})}
 
 
 class Family(abc.ABC):
@@ -119,6 +134,12 @@ class Family(abc.ABC):
   # The model's fields the family sets itself (shapes from the data, the run's kernels and
   # dtype), left out of what `genlab config` shows of config.model.
   model_arguments: ClassVar[tuple[str, ...]] = ("kernels", "dtype")
+  # A family that samples (`sample`) has the shared group `config.sample_metrics`: the
+  # evaluators its samples go through at every evaluation (`genlab.evaluators`); this is
+  # their default choice ("" none, "feature_net", ...). None: the family does not sample.
+  sample_evaluators: ClassVar[str | None] = None
+  # The evaluators of its samples (`config.sample_metrics`); None if it does not sample.
+  sample_metrics: evaluators_lib.SampleMetrics | None = None
 
   @staticmethod
   def default_options() -> ml_collections.ConfigDict | None:
@@ -144,6 +165,14 @@ class Family(abc.ABC):
     self.root_key = root_key
     self.kernels = kernels
     self.resources = {}
+    if self.sample_evaluators is not None:
+      self.sample_metrics = evaluators_lib.SampleMetrics(
+        self.merged_group("sample_metrics", evaluators_lib.options(self.sample_evaluators)),
+        dataset=dataset,
+        value_range=self.value_range,
+        root_key=root_key,
+        key_name=self.sample_metrics_key_name,
+      )
 
   # Building blocks ------------------------------------------------------------------
 
@@ -151,14 +180,19 @@ class Family(abc.ABC):
     """`config.<options_group>` over the family's defaults: a field the config lacks (a
     config saved by an older genlab) takes its default; a field the family does not know
     is an error."""
-    defaults = self.default_options()
-    given = self.config.get(self.options_group)
+    return self.merged_group(self.options_group, self.default_options())
+
+  def merged_group(
+    self, group: str, defaults: ml_collections.ConfigDict
+  ) -> ml_collections.ConfigDict:
+    """`config.<group>` over `defaults` (see `family_options`)."""
+    given = self.config.get(group)
     if given is None:
       return defaults
     unknown = sorted(set(given) - set(defaults))
     if unknown:
       raise ConfigError(
-        f"config.{self.options_group} has no field {', '.join(unknown)}; its fields are "
+        f"config.{group} has no field {', '.join(unknown)}; its fields are "
         f"{', '.join(sorted(defaults))}"
       )
     merged = defaults.copy_and_resolve_references()
@@ -267,8 +301,24 @@ class Family(abc.ABC):
   final_eval_step = None
 
   def distribution_metrics(self, state: TrainState) -> dict[str, Any]:
-    """Metrics of the model as a whole (a GAN's Fréchet distance), added to every eval."""
-    return {}
+    """Metrics of the model as a whole, added to every eval: by default, those of its
+    sample evaluators (`config.sample_metrics`) on `metric_samples`."""
+    if not self.sample_metrics:
+      return {}
+    return self.sample_metrics.evaluate(*self.metric_samples(state))
+
+  # The name of the stream of the root key the evaluated samples are drawn from.
+  sample_metrics_key_name: ClassVar[str] = "sample_metrics"
+
+  def metric_samples(
+    self, state: TrainState, num: int | None = None
+  ) -> tuple[np.ndarray, jax.Array | None]:
+    """`num` samples (default: as many as the sample evaluators take) from the fixed key
+    `sample_metrics_key_name`, the same at every evaluation, and their classes for a
+    class-conditional family (`sample_labels`; else None)."""
+    num = self.sample_metrics.num_samples if num is None else num
+    key = stream_key(self.root_key, self.sample_metrics_key_name)
+    return self.sample(state, key, num), self.sample_labels(num)
 
   def reference_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
     """Trivial baselines on the test split for `genlab eval`, and the measured `metrics`
@@ -288,12 +338,15 @@ class Family(abc.ABC):
 
   def needs(self) -> dict[str, dict[str, Any]]:
     """Resources to build before training or evaluation, by name, with their settings
-    (`{'feature_net': {'steps': 2000}}`); the run layer builds them (`genlab.run`)."""
-    return {}
+    (`{'feature_net': {'steps': 2000}}`); the run layer builds them (`genlab.run`). By
+    default, what its sample evaluators need."""
+    return self.sample_metrics.needs() if self.sample_metrics else {}
 
   def provide(self, resources: Mapping[str, Any]) -> None:
-    """Receives what `needs` asked for, built."""
+    """Receives what `needs` asked for, built (and hands its sample evaluators theirs)."""
     self.resources = dict(resources)
+    if self.sample_metrics:
+      self.sample_metrics.provide(self.resources)
 
 
 __all__ = ["Family", "Report", "Views", "label_count"]

@@ -22,19 +22,16 @@ at x̂ = ε·x + (1 − ε)·G(z), ε ~ U[0, 1] per example (keyed); `'r1'` (Mes
 al. 2018), γ/2·E[‖∇D(x)‖²] on the real images. Both differentiate D's input
 gradient, a second-order derivative (genlab's bf16 layers give it too).
 
-Evaluation, in the feature space of a classifier trained on the same dataset's
-labelled train split (the `feature_net` resource, which the run layer trains once
-and caches: `genlab.run.feature_net`): `fd`, the Fréchet
-distance between gaussians fitted to the features of `fd_n_real` train images
-and of `fd_n_fake` samples (from a fixed z); `fd_floor`, train vs test images;
-`cs`, the classifier score exp(E KL(p(y|x) ‖ p(y))) of the samples (the
-Inception score's formula); `class_entropy`, the entropy of the samples'
-predicted-class histogram (mode collapse lowers it; log 10 ≈ 2.303 is
-balanced); `precision`, `recall`, `density` and `coverage` of the samples'
-features against the same real ones, with k-NN balls (k = `gan.prdc_k`;
-Kynkäänniemi et al. 2019, Naeem et al. 2020: precision says the samples look
-real, recall that the data's variety is reached); and mean D(x) on test images
-and mean D(G(z)).
+Evaluation: the sample metrics of `config.sample_metrics` (`genlab.evaluators`,
+shared by every family that samples; by default for a GAN `feature_net`: in the
+feature space of a classifier trained on the same dataset's labelled train split,
+`fd`, the Fréchet distance between gaussians fitted to the features of
+`fd_n_real` train images and of `fd_n_fake` samples (from a fixed z); `fd_floor`,
+train vs test images; `cs`, the classifier score exp(E KL(p(y|x) ‖ p(y))) of the
+samples; `class_entropy` of their predicted-class histogram; `precision`,
+`recall`, `density` and `coverage` of the samples' features against the same real
+ones, with k-NN balls (k = `sample_metrics.prdc_k`)); and mean D(x) on test images
+and mean D(G(z)) on the evaluated samples.
 
 With `gan.conditional` the generator takes the label beside z and D is a projection
 discriminator (`genlab.models.gan`); fakes are drawn for uniform random classes
@@ -49,7 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from genlab import losses, metrics
+from genlab import losses
 from genlab import models as models_lib
 from genlab.core import (
   Metrics,
@@ -61,11 +58,12 @@ from genlab.core import (
   stream_key,
   to_host,
 )
-from genlab.data import scale_values
 from genlab.errors import ConfigError
 from genlab.families.base import Family, Report, Views
 from genlab.models.gan import Discriminator, Generator
 from genlab.views import class_rows, image_grid
+
+D_FAKE_SAMPLES = 1000  # Samples behind d_fake when no sample evaluator draws them.
 
 
 def options(**overrides) -> ml_collections.ConfigDict:
@@ -76,14 +74,8 @@ def options(**overrides) -> ml_collections.ConfigDict:
       "n_disc": 1,  # Discriminator steps per generator step.
       "penalty": "none",  # none | gp (WGAN-GP) | r1: the discriminator's gradient penalty.
       "penalty_weight": 10.0,  # λ of gp, γ of r1 (whose term is γ/2 · E‖∇D(x)‖²).
-      "fd_n_real": 10000,  # Train images behind the real statistics of `fd` (at most all; ≥ 2).
-      "fd_n_fake": 0,  # Samples behind the fake statistics (0: as many as fd_n_real; else ≥ 2).
-      # The k of the k-NN balls of precision, recall, density and coverage: at least 1, below
-      # the number of real images, of samples and of test images.
-      "prdc_k": 5,
       # Class-conditional: the label feeds G (beside z) and a projection discriminator.
       "conditional": False,
-      "feature_net_steps": 2000,  # Training steps of the cached feature classifier.
       # The discriminator's learning rate, if not the generator's (config.optimizer's).
       "disc_learning_rate": ml_collections.config_dict.placeholder(float),
     }
@@ -117,44 +109,14 @@ class GANViews(Views):
 
 class GANReport(Report):
   definitions = {
-    "fd": "Fréchet distance between gaussians fitted to feature-network features of train "
-    "images and of generated samples (lower is better; compare with fd_floor)",
-    "fd_floor": "the same distance between the fd_n_real train images and the test images "
-    "(sizes in protocol): a reference for a generator that matches the data; when the test "
-    "split is smaller than fd_n_fake its sample-size bias is larger than fd's",
-    "cs": "classifier score exp(E_x KL(p(y|x) ‖ p(y))) of the samples (higher: confident and "
-    "diverse; at most the number of classes)",
-    "class_entropy": "entropy in nats of the samples' predicted-class histogram (log 10 = 2.303 "
-    "is balanced; mode collapse lowers it)",
-    "precision": "fraction of the fd_n_fake samples whose features lie within the k-NN ball "
-    "of some real image's features (k = prdc_k, among the fd_n_real train images): realism",
-    "recall": "fraction of the real images' features within the k-NN ball of some sample's "
-    "features (k = prdc_k, among the samples): how much of the data's variety is reached",
-    "density": "mean number of real k-NN balls holding a sample's features, divided by k (about "
-    "1 when samples and data match; above 1 where samples crowd dense regions)",
-    "coverage": "fraction of real images whose k-NN ball holds some sample's features",
-    "precision_floor": "precision of the test images' features against the same real ones "
-    "(as fd_floor): what a generator that matches the data would score",
-    "recall_floor": "recall of the test images against the same real ones (as fd_floor)",
     "d_real": "mean D(x) = P(real) on test images",
-    "d_fake": "mean D(G(z)) on the fd_n_fake samples",
-    "class_accuracy": "conditional GANs: fraction of the fd_n_fake samples (classes 0, 1, …, "
-    "C − 1 in turn) that the feature network classifies as the class they were drawn for",
-    "fd_class_mean": "conditional GANs: mean over classes of the Fréchet distance between the "
-    "real images of a class (among the fd_n_real) and the samples drawn for it",
+    "d_fake": "mean D(G(z)) on the evaluated samples (the samples_drawn of the protocol; "
+    f"{D_FAKE_SAMPLES} when no sample evaluator runs)",
   }
 
   def protocol(self):
     family = self.family
-    family.real_statistics()
     return {
-      "fd_n_real": family.n_real,
-      "fd_real_split": "train",
-      "fd_n_fake": family.options.fd_n_fake or family.n_real,
-      "fd_floor": f"train ({family.n_real}) vs test ({family.n_test}) images",
-      "prdc_k": family.options.prdc_k,
-      "prdc_space": "the feature network's features, the fd_n_real train images against the "
-      "fd_n_fake samples",
       "generator_loss": family.options.generator_loss,
       "discriminator_spectral_norm": family.spectral_norm,
       "penalty": family.options.penalty,
@@ -165,7 +127,6 @@ class GANReport(Report):
       ),
       "n_disc": family.options.n_disc,
       **({"conditional_on": "label"} if family.num_classes is not None else {}),
-      **family.feature_net.protocol(),
     }
 
 
@@ -180,6 +141,10 @@ class GAN(Family):
 
   options_group = "gan"
   default_options = staticmethod(options)
+  sample_evaluators = "feature_net"
+  # The stream the evaluated samples come from: that of the GAN's own metrics before they
+  # were shared, so its numbers stay what they were.
+  sample_metrics_key_name = "gan_eval"
   headline = ("d_loss", "g_loss")  # Two networks, two objectives: no single `loss`.
 
   # What the family passes a network besides config.model.<part>'s fields.
@@ -218,7 +183,6 @@ class GAN(Family):
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
     if self.options.penalty not in losses.GRADIENT_PENALTIES:
       raise ConfigError(f"config.gan.penalty must be one of {losses.GRADIENT_PENALTIES}")
-    self.check_metric_sizes()
     disc_optimizer = config.optimizer.copy_and_resolve_references()
     if self.options.disc_learning_rate is not None:  # Two time-scales (TTUR).
       disc_optimizer.learning_rate = self.options.disc_learning_rate
@@ -231,47 +195,6 @@ class GAN(Family):
     self._discriminate = jax.jit(
       lambda params, stats, x, labels: self.critic(params, x, stats, labels)
     )
-
-  def check_metric_sizes(self) -> None:
-    """Refuses sample sizes the distribution metrics cannot take, when the family is built:
-    otherwise they fail at the first evaluation, after steps that no checkpoint holds yet.
-
-    A Fréchet distance fits a covariance to each set (`metrics.gaussian_statistics`), which
-    needs 2 samples or more; precision, recall, density and coverage take each sample's k-th
-    nearest neighbour among the others of its set (`metrics.knn_radii`), which needs more
-    than k of them: 1 ≤ prdc_k < min(real train images, samples, test images).
-    """
-    options = self.options
-    n_train, n_test = len(self.dataset.train["image"]), len(self.dataset.test["image"])
-    if options.fd_n_real < 2:
-      raise ConfigError(
-        f"config.gan.fd_n_real={options.fd_n_real} must be at least 2: the Fréchet distance "
-        "fits a covariance to the real images' features"
-      )
-    if options.fd_n_fake < 0 or options.fd_n_fake == 1:
-      raise ConfigError(
-        f"config.gan.fd_n_fake={options.fd_n_fake} must be 0 (as many samples as real "
-        "images) or at least 2: the Fréchet distance fits a covariance to the samples' features"
-      )
-    if options.prdc_k < 1:
-      raise ConfigError(
-        f"config.gan.prdc_k={options.prdc_k} must be at least 1 (the k of the k-NN balls of "
-        "precision, recall, density and coverage)"
-      )
-    n_real = min(options.fd_n_real, n_train)
-    sets = {
-      f"real train images (min(gan.fd_n_real={options.fd_n_real}, the {n_train} of the train "
-      "split))": n_real,
-      "samples (gan.fd_n_fake, 0: as many as the real images)": options.fd_n_fake or n_real,
-      "test images (the metrics' floor)": n_test,
-    }
-    for what, n in sets.items():
-      if options.prdc_k >= n:
-        raise ConfigError(
-          f"config.gan.prdc_k={options.prdc_k} must be below the {n} {what}: precision, "
-          "recall, density and coverage take each one's k-th nearest neighbour among the "
-          "others, so they need more than k of them"
-        )
 
   def network(self, part: str) -> tuple[type, dict]:
     """The class of `config.model.<part>` (`generator` or `discriminator`; its `name`, or
@@ -420,51 +343,13 @@ class GAN(Family):
     logits = self.critic(state, batch["image"], labels=self.real_labels(batch))
     return {"d_real": masked_sum(jax.nn.sigmoid(logits), batch["mask"])}
 
-  # Distribution metrics, in the feature network's space ------------------------------
-
-  def needs(self):
-    return {"feature_net": {"steps": self.options.feature_net_steps}}
-
-  def provide(self, resources):
-    super().provide(resources)
-    self.real_statistics()  # Features of the real images, once.
-
-  @property
-  def feature_net(self):
-    if "feature_net" not in self.resources:
-      raise ConfigError(
-        "the GAN's metrics need its feature network: evaluate through genlab.run "
-        "(`genlab eval`), which trains or loads it, or pass it with provide()"
-      )
-    return self.resources["feature_net"]
-
-  def real_statistics(self):
-    """Features of `fd_n_real` train images (a fixed subset) and the train-vs-test floor."""
-    if not hasattr(self, "_real_stats"):
-      train = self.dataset.train["image"]
-      n_real = min(self.options.fd_n_real, len(train))
-      rows = np.asarray(
-        jax.random.permutation(stream_key(self.root_key, "fd_real_rows"), len(train))[:n_real]
-      )
-      _, real = self.feature_net(scale_values(train[rows], self.value_range))
-      _, test = self.feature_net(scale_values(self.dataset.test["image"], self.value_range))
-      self._real_stats = metrics.gaussian_statistics(real)
-      self._real_features = real
-      if self.num_classes is not None:
-        self._real_labels = np.asarray(self.dataset.train["label"][rows])
-      floor = metrics.precision_recall_density_coverage(real, test, k=self.options.prdc_k)
-      self._prdc_floor = {"precision_floor": floor["precision"], "recall_floor": floor["recall"]}
-      self._floor = metrics.frechet_distance(*self._real_stats, *metrics.gaussian_statistics(test))
-      self.n_real, self.n_test = n_real, len(test)
-    return self._real_stats
+  # Distribution metrics: the sample evaluators', and D's mean on the same samples ----
 
   def distribution_metrics(self, state) -> dict:
-    real_stats = self.real_statistics()
-    n_fake = self.options.fd_n_fake or self.n_real
-    samples = self.sample(state, self.eval_key, n_fake)
-    probabilities, features = self.feature_net(samples)
+    num = (self.sample_metrics.num_samples if self.sample_metrics else 0) or D_FAKE_SAMPLES
+    samples, labels = self.metric_samples(state, num)
+    out = self.sample_metrics.evaluate(samples, labels) if self.sample_metrics else {}
     d_params, d_stats = state.params["discriminator"], state.stats.get("discriminator")
-    labels = self.sample_labels(n_fake)
 
     def chunk_labels(i):
       return None if labels is None else labels[i : i + 500]
@@ -472,32 +357,10 @@ class GAN(Family):
     fake_logits = np.concatenate(
       [
         to_host(self._discriminate(d_params, d_stats, samples[i : i + 500], chunk_labels(i)))
-        for i in range(0, n_fake, 500)
+        for i in range(0, num, 500)
       ]
     )
-    prdc = metrics.precision_recall_density_coverage(
-      self._real_features, features, k=self.options.prdc_k
-    )
-    out = {
-      "fd": metrics.frechet_distance(*real_stats, *metrics.gaussian_statistics(features)),
-      "fd_floor": self._floor,
-      **prdc,
-      **self._prdc_floor,
-      "cs": metrics.classifier_score(probabilities),
-      "class_entropy": metrics.class_histogram_entropy(probabilities),
-      "d_fake": float(np.mean(1.0 / (1.0 + np.exp(-fake_logits)))),
-    }
-    if labels is not None:
-      labels = np.asarray(labels)
-      out["class_accuracy"] = float(np.mean(np.argmax(probabilities, axis=1) == labels))
-      per_class = [
-        metrics.frechet_distance_of(
-          self._real_features[self._real_labels == c], features[labels == c]
-        )
-        for c in range(self.num_classes)
-        if np.sum(self._real_labels == c) > 1 and np.sum(labels == c) > 1
-      ]
-      out["fd_class_mean"] = float(np.mean(per_class))
+    out["d_fake"] = float(np.mean(1.0 / (1.0 + np.exp(-fake_logits))))
     return out
 
   def sample(self, state, key, num: int, labels=None) -> np.ndarray:

@@ -174,6 +174,9 @@ class VAEReport(Report):
     "−log p(x|y), q(z|x, y), p(x|z, y))",
     "kl_per_dim": "mean KL of each latent dimension",
     "active_units": "latent dimensions with Var over test x of E_q[z_d|x] > 0.01",
+    "neg_elbo_bits_per_dim": "neg_elbo in bits per dimension: neg_elbo / (D · ln 2), D the "
+    "values of an image (the protocol's bits_per_dim)",
+    "nll_bits_per_dim": "nll in bits per dimension: nll / (D · ln 2) (the protocol's bits_per_dim)",
   }
 
   def protocol(self):
@@ -186,6 +189,17 @@ class VAEReport(Report):
       "binarize": options.binarize,
       "z_samples_for_elbo": 1,
       "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+      "likelihood": self.family.model.likelihood,
+      **(
+        {
+          "bits_per_dim": f"nats / (D · ln 2), D = H·W·C = {self.family.dims} values per "
+          "image; −log₂ of the probability of the 8-bit values: discretized logistic, 256 "
+          "bins of width 2/255 on [-1, 1] (bin k at k·2/255 − 1), the edge bins (values 0 "
+          "and 255) taking the tails"
+        }
+        if self.family.bits_per_dim
+        else {}
+      ),
     }
 
 
@@ -201,6 +215,7 @@ class VariationalAutoencoder(Family):
   options_group = "vae"
   default_options = staticmethod(options)
   eval_overrides = ("vae.nll_k",)
+  sample_evaluators = ""  # It samples; which metrics of its samples, its experiments say.
   models = ("vae",)
   model_arguments = ("output_shape", "num_classes", "kernels", "dtype")
 
@@ -223,6 +238,13 @@ class VariationalAutoencoder(Family):
       raise ConfigError(
         "a Bernoulli decoder needs data in [0, 1]: set config.data.range=(0.0, 1.0)"
       )
+    if self.model.likelihood == "discretized_logistic" and (
+      self.value_range != (-1.0, 1.0) or options.binarize != "none"
+    ):
+      raise ConfigError(
+        "a discretized logistic decoder reads 8-bit images mapped onto [-1, 1], bin k at "
+        "k·2/255 − 1: set config.data.range=(-1.0, 1.0) and config.vae.binarize='none'"
+      )
     self.options = options
     self.tx = make_optimizer(config.optimizer)
     self.eval_key = stream_key(self.root_key, "vae_eval")
@@ -241,6 +263,8 @@ class VariationalAutoencoder(Family):
     """log p(x|z) per example (nats)."""
     if "logits" in decoded:
       return losses.bernoulli_log_likelihood(decoded["logits"], x)
+    if "log_scale" in decoded:
+      return losses.discretized_logistic_log_likelihood(x, decoded["mean"], decoded["log_scale"])
     return losses.gaussian_log_density(x, decoded["mean"], decoded["logvar"])
 
   def labels(self, batch) -> jax.Array | None:
@@ -322,8 +346,22 @@ class VariationalAutoencoder(Family):
       "posterior_mean_sq": jnp.sum(jnp.square(aux["mean"]) * mask[:, None], axis=0),
     }
 
+  @property
+  def bits_per_dim(self) -> bool:
+    """Whether its likelihoods are of discrete 8-bit values, so that bits/dim are reported."""
+    return self.model.likelihood == "discretized_logistic"
+
+  @property
+  def dims(self) -> int:
+    """D, the values per example: H·W·C."""
+    return int(np.prod(self.dataset.image_shape))
+
   def summarize(self, means):
     means = dict(means)
+    if self.bits_per_dim:  # −log₂ P per value: nats / (D · ln 2).
+      for name in ("neg_elbo", "nll"):
+        if name in means:
+          means[f"{name}_bits_per_dim"] = float(means[name]) / (self.dims * np.log(2.0))
     if "posterior_mean" in means:  # The periodic eval's sums (not the final NLL's).
       mean = np.asarray(means.pop("posterior_mean"))
       variance = np.asarray(means.pop("posterior_mean_sq")) - np.square(mean)

@@ -30,7 +30,8 @@ from genlab.models.conditioning import one_hot_labels
 from genlab.models.conv_ae import conv_stacks
 from genlab.models.mlp import MLP
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+MIN_LOG_SCALE = -7.0  # The discretized logistic's log scale is bounded below (PixelCNN++).
 
 
 def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -61,7 +62,9 @@ class VAE(nn.Module):
     hidden: MLP hidden sizes (encoder; the decoder mirrors them).
     features, kernel_size, strides: conv stacks (see `ConvEncoder`).
     activation: hidden activation.
-    likelihood: `bernoulli` (logits) or `gaussian`.
+    likelihood: `bernoulli` (logits), `gaussian`, or `discretized_logistic` (8-bit images in
+      [-1, 1]: a location and a log scale per pixel, `genlab.losses.
+      discretized_logistic_log_likelihood`).
     gaussian_variance: `fixed` (σ = `gaussian_sigma`) or `learned` (per pixel).
     gaussian_sigma: the fixed decoder standard deviation.
     num_classes: if set, a conditional VAE on integer labels in [0, num_classes).
@@ -105,7 +108,10 @@ class VAE(nn.Module):
 
   @property
   def decodes_logvar(self) -> bool:
-    return self.likelihood == "gaussian" and self.gaussian_variance == "learned"
+    """Whether the decoder gives a second value per pixel (a log variance or log scale)."""
+    return self.likelihood == "discretized_logistic" or (
+      self.likelihood == "gaussian" and self.gaussian_variance == "learned"
+    )
 
   def one_hot(self, labels: jax.Array | None, batch: int) -> jax.Array | None:
     """The labels as one-hot rows (conditional VAEs; checked), or None."""
@@ -126,7 +132,8 @@ class VAE(nn.Module):
     return h[:, : self.latent_dim], h[:, self.latent_dim :]
 
   def decode(self, z: jax.Array, labels: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Parameters of p(x|z) (or p(x|z, y)): {'logits'} (Bernoulli) or {'mean', 'logvar'}."""
+    """Parameters of p(x|z) (or p(x|z, y)): {'logits'} (Bernoulli), {'mean', 'logvar'}
+    (gaussian) or {'mean', 'log_scale'} (discretized logistic)."""
     y = self.one_hot(labels, z.shape[0])
     if y is not None:
       z = jnp.asarray(z)  # NumPy float64 latents become JAX's float32 first.
@@ -136,14 +143,22 @@ class VAE(nn.Module):
     h = h.reshape(z.shape[0], *size, -1)
     if self.likelihood == "bernoulli":
       return {"logits": h}
+    if self.likelihood == "discretized_logistic":
+      log_scale = jnp.maximum(h[..., channels:], MIN_LOG_SCALE)
+      return {"mean": h[..., :channels], "log_scale": log_scale}
     if self.decodes_logvar:
       # Bounded below so a pixel that is always 0 cannot drive the density to infinity.
       return {"mean": h[..., :channels], "logvar": -7.0 + nn.softplus(h[..., channels:] + 7.0)}
     return {"mean": h, "logvar": jnp.full_like(h, 2.0 * math.log(self.gaussian_sigma))}
 
   def mean_image(self, decoded: dict[str, jax.Array]) -> jax.Array:
-    """E[x|z]: sigmoid(logits), or the Gaussian mean."""
-    return nn.sigmoid(decoded["logits"]) if "logits" in decoded else decoded["mean"]
+    """E[x|z]: sigmoid(logits), or the Gaussian mean; for the discretized logistic its
+    location clipped to [-1, 1] (its median, which its mean nears as the scale shrinks)."""
+    if "logits" in decoded:
+      return nn.sigmoid(decoded["logits"])
+    if "log_scale" in decoded:
+      return jnp.clip(decoded["mean"], -1.0, 1.0)
+    return decoded["mean"]
 
   def __call__(
     self, x: jax.Array, key: jax.Array, labels: jax.Array | None = None

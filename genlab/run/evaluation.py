@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from genlab import config as config_lib
+from genlab import evaluators
 from genlab.console import log, warn
 from genlab.core import rngs
 from genlab.core.state import TrainState
@@ -37,8 +38,14 @@ EVAL_OVERRIDES = ("eval_batch_size", "mesh.devices", "mesh.fsdp", "mesh.fsdp_min
 
 
 def eval_overrides(family: str) -> tuple[str, ...]:
-  """The fields `genlab eval` may override for a workdir of `family`."""
-  return EVAL_OVERRIDES + get_family(family).eval_overrides
+  """The fields `genlab eval` may override for a workdir of `family`: with those of
+  `config.sample_metrics` for a family that samples (which metrics of its samples, and of
+  how many, change nothing trained)."""
+  family_class = get_family(family)
+  sampling = ()
+  if family_class.sample_evaluators is not None:
+    sampling = tuple(f"sample_metrics.{name}" for name in evaluators.options())
+  return EVAL_OVERRIDES + family_class.eval_overrides + sampling
 
 
 def saved_family(workdir: str | pathlib.Path) -> type:
@@ -154,7 +161,7 @@ def evaluate_workdir(
     "checkpoint_step": int(step),
     "seed": config.seed,
     "value_range": None if s.family.value_range is None else list(s.family.value_range),
-    "protocol": s.report.protocol(),
+    "protocol": s.report.eval_protocol(),
     "metrics": metrics,
     "definitions": definitions,
   }

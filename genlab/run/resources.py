@@ -19,12 +19,19 @@ from genlab.models.activations import HostModel
 from genlab.registry import import_path
 from genlab.run.evaluation import restore_workdir
 from genlab.run.feature_net import feature_network
+from genlab.run.inception_weights import inception_network
 from genlab.run.pins import params_digest
 from genlab.run.setup import Setup
 
 
-def _feature_net(s: Setup, *, steps: int):
-  return feature_network(s.dataset, s.config.data, steps=steps)
+def _feature_net(s: Setup, *, steps: int, value_range: tuple[float, float] | None = None):
+  """The dataset's cached feature classifier, trained on images in `value_range` (default:
+  the run's `data.range`)."""
+  data = s.config.data
+  if value_range is not None:
+    data = data.copy_and_resolve_references()
+    data.range = tuple(value_range)
+  return feature_network(s.dataset, data, steps=steps)
 
 
 def _host_model(
@@ -97,7 +104,13 @@ def _host_model(
   return dataclasses.replace(host, identity={**identity, "params_sha256": digest})
 
 
-PROVIDERS = {"feature_net": _feature_net, "host_model": _host_model}
+def _inception(s: Setup, *, weights: str = ""):
+  """The FID Inception (`genlab.run.inception_weights`)."""
+  del s
+  return inception_network(weights)
+
+
+PROVIDERS = {"feature_net": _feature_net, "host_model": _host_model, "inception": _inception}
 
 
 def provide(s: Setup) -> None:
