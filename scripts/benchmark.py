@@ -142,6 +142,8 @@ def reference_config(name: str, batch: int | None, dtype: str, k: int):
   if spec["family"] == "sparse_autoencoder":
     config.sparsity.update(kind="kl", rho=0.05, beta=3.0)
   config.dtype = dtype
+  if "sample_metrics" in config:  # Train steps only (and synthetic data has no labels).
+    config.sample_metrics.evaluators = ""
   return config
 
 
