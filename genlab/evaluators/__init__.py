@@ -1,16 +1,12 @@
 """Evaluators of samples, chosen by `config.sample_metrics.evaluators` (see `base`).
 
-One class and one line each: `EVALUATORS` maps a name to its class.
+One class and one line each: `EVALUATORS` (`sample_metrics`) maps a name to its class.
 """
 
-from genlab.evaluators.base import Evaluator, SampleMetrics, options, to_range
+from genlab.evaluators.base import Evaluator, options, to_range
 from genlab.evaluators.feature_net import FEATURE_RANGE, FeatureNetEvaluator
 from genlab.evaluators.inception import InceptionEvaluator, InceptionNet
-
-EVALUATORS: dict[str, type[Evaluator]] = {
-  "feature_net": FeatureNetEvaluator,
-  "inception": InceptionEvaluator,
-}
+from genlab.evaluators.sample_metrics import EVALUATORS, SampleMetrics
 
 __all__ = [
   "EVALUATORS",
