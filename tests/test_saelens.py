@@ -112,7 +112,9 @@ def test_each_code_exports_what_saelens_definitions_compute_as_genlab_does(
   assert (written["d_in"], written["d_sae"]) == (family.source.width, 32)
   assert written["metadata"]["sae_lens_version"] == saelens.SAELENS_VERSION
   assert written["metadata"]["hook_name"] == "hidden"
-  names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if code not in CODES[:2] else set())
+  names = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
+    {"threshold"} if code not in ("relu", "topk") else set()
+  )
   weights = load_file(str(tmp_path / "sae_weights.safetensors"))
   assert set(weights) == names and all(v.dtype == np.float32 for v in weights.values())
 
