@@ -5,16 +5,22 @@ residual stream after a transformer block, an MLP's hidden layer) and is judged 
 what the network does when that activation is replaced by the SAE's
 reconstruction. Two pure functions do both for any Flax model, under jit:
 
-* `capture(model, variables, layer, *args)` → (the model's output, the activation):
+* `capture(model, variables, layer, *args)` → (the model's output, the activation;
+  `capture_many` reads several in one pass):
   `layer` names a submodule by its path (`'block_1'`, `'encoder/block_1'`; in NNX,
   attribute names and list indices: `'blocks/0'`; `'layer_1[1]'` for element 1 of a module
   that returns a tuple, as a transformer block returning (cache, x) does), read with Linen's
   `capture_intermediates`, or in NNX sown as an `nnx.Intermediate` by the addressed
-  module and collected with `nnx.capture`; or, as `'intermediates/<path>/<name>'`, a
-  value the model `sow`s (Linen's `intermediates` collection, NNX's `nnx.Intermediate`).
+  module and collected with `nnx.capture`; `'block_1/mlp_in:input'` for a module's input
+  (its first argument: what a transcoder encodes); or, as `'intermediates/<path>/<name>'`,
+  a value the model `sow`s (Linen's `intermediates` collection, NNX's `nnx.Intermediate`).
 * `splice(model, variables, layer, replace, *args)` → the model's output when the
   module at `layer` returns `replace(its output)` instead (Linen:
   `flax.linen.intercept_methods`; NNX: that one module of the merged copy calls through).
+
+A module wrapped in `nn.jit` (Gemma's blocks) is read and replaced as a whole; its own
+submodules cannot be addressed, as Flax traces identically shaped `nn.jit` modules once and
+reuses the trace (and the paths inside it) for all of them.
 
 An NNX model comes as a `genlab.core.NNXModel` (its params the pure dict of its
 `nnx.Param`s): `HostModel` takes a constructed `nnx.Module` and makes one.
@@ -26,10 +32,11 @@ examples, and the host's own loss per position.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -40,6 +47,7 @@ from genlab.core.nnx_model import NNXModel
 from genlab.errors import ConfigError
 
 SOWN = "intermediates/"
+GENLAB_INPUT = "genlab_input"  # What a module read with `':input'` sows: its first argument.
 _CALLS = itertools.count()
 
 
@@ -78,46 +86,99 @@ def _put(output: Any, index: int, value: Any) -> Any:
   return type(output)(parts) if isinstance(output, list) else tuple(parts)
 
 
+INPUT = ":input"  # `'<path>:input'`: the module's input (its first argument), not its output.
+
+
+def _input(layer: str) -> tuple[str, bool]:
+  """`'block_1/mlp_in:input'` → ('block_1/mlp_in', True); else (layer, False)."""
+  return (layer.removesuffix(INPUT), True) if layer.endswith(INPUT) else (layer, False)
+
+
 def capture(model: nn.Module, variables: Any, layer: str, *args, **kwargs) -> tuple[Any, Any]:
   """(model.apply(variables, *args, **kwargs), the activation named `layer`).
 
   Args:
     model: a linen module, or an NNX one as a `genlab.core.NNXModel`.
     variables: its variables (`{'params': ...}`).
-    layer: a submodule's path (the output of its first `__call__` is read), or
-      `'intermediates/<module path>/<name>'` for a value sown with `self.sow('intermediates',
-      name, value)` (Linen) or `self.sow(nnx.Intermediate, name, value)` (NNX): its last
-      sown value.
+    layer: a submodule's path (the output of its first `__call__` is read; with
+      `':input'` after the path, that call's first argument: a transcoder reads an MLP's
+      input), or `'intermediates/<module path>/<name>'` for a value sown with
+      `self.sow('intermediates', name, value)` (Linen) or `self.sow(nnx.Intermediate, name,
+      value)` (NNX): its last sown value.
   """
-  layer, index = _element(layer)
-  if index is not None:
-    output, value = capture(model, variables, layer, *args, **kwargs)
-    return output, _pick(value, index, f"{layer}[{index}]")
+  output, (value,) = capture_many(model, variables, (layer,), *args, **kwargs)
+  return output, value
+
+
+def capture_many(
+  model: nn.Module, variables: Any, layers: Sequence[str], *args, **kwargs
+) -> tuple[Any, list[Any]]:
+  """(model.apply(variables, *args, **kwargs), [the activation named by each of `layers`]),
+  all from one pass of the model (see `capture` for the names)."""
+  parsed = []
+  for layer in layers:
+    name, index = _element(layer)
+    name, is_input = _input(name)
+    if is_input and name.startswith(SOWN):
+      raise ConfigError(f"layer {layer!r}: a sown value has no input; name a module")
+    parsed.append((layer, name, index, is_input))
   if isinstance(model, NNXModel):
-    return _nnx_capture(model, variables, layer, *args, **kwargs)
-  if layer.startswith(SOWN):
-    *module, name = _path(layer.removeprefix(SOWN))
-    output, state = model.apply(variables, *args, mutable=["intermediates", _fresh()], **kwargs)
-    tree = state["intermediates"]
-    for part in (*module, name):
-      if part not in tree:
-        raise ConfigError(f"layer {layer!r}: the model sows no {part!r} there; it sows {tree}")
-      tree = tree[part]
-    return output, tree[-1] if isinstance(tree, tuple) else tree
-  path = _path(layer)
-  output, state = model.apply(
-    variables,
-    *args,
-    capture_intermediates=lambda m, method: method == "__call__" and m.path == path,
-    mutable=["intermediates", _fresh()],
-    **kwargs,
-  )
+    values = _nnx_capture(model, variables, [(n, i) for _, n, _, i in parsed], *args, **kwargs)
+  else:
+    values = _linen_capture(model, variables, [(n, i) for _, n, _, i in parsed], *args, **kwargs)
+  output, values = values
+  picked = [
+    value if index is None else _pick(value, index, layer)
+    for (layer, _, index, _), value in zip(parsed, values, strict=True)
+  ]
+  return output, picked
+
+
+def _linen_capture(model: nn.Module, variables: Any, reads, *args, **kwargs):
+  """(output, [value of each (name, is_input) of `reads`]) of a linen model, one apply."""
+  outputs = {_path(n) for n, is_input in reads if not is_input and not n.startswith(SOWN)}
+  inputs = {_path(n) for n, is_input in reads if is_input}
+  seen_inputs = set()
+
+  def interceptor(next_fun, call_args, call_kwargs, context):
+    # The module's input, sown in its own scope (a value kept in Python here would leak
+    # a tracer out of a module wrapped in nn.jit); its first call only, like an output.
+    path = context.module.path
+    if context.method_name == "__call__" and path in inputs and path not in seen_inputs:
+      seen_inputs.add(path)
+      if not call_args:
+        raise ConfigError(f"layer {'/'.join(path)}{INPUT}: the module is called with no argument")
+      context.module.sow("intermediates", GENLAB_INPUT, call_args[0])
+    return next_fun(*call_args, **call_kwargs)
+
+  with nn.intercept_methods(interceptor) if inputs else contextlib.nullcontext():
+    output, state = model.apply(
+      variables,
+      *args,
+      capture_intermediates=lambda m, method: method == "__call__" and m.path in outputs,
+      mutable=["intermediates", _fresh()],
+      **kwargs,
+    )
   tree = state.get("intermediates", {})
-  for part in path:
-    if part not in tree:
-      raise ConfigError(f"layer {layer!r}: the model has no submodule at that path")
-    tree = tree[part]
-  return output, tree["__call__"][0]
+  values = []
+  for name, is_input in reads:
+    layer = name + (INPUT if is_input else "")
+    if name.startswith(SOWN):
+      *module, sown = _path(name.removeprefix(SOWN))
+      node = tree
+      for part in (*module, sown):
+        if part not in node:
+          raise ConfigError(f"layer {layer!r}: the model sows no {part!r} there; it sows {tree}")
+        node = node[part]
+      values.append(node[-1] if isinstance(node, tuple) else node)
+      continue
+    node = tree
+    for part in _path(name):
+      if part not in node:
+        raise ConfigError(f"layer {layer!r}: the model has no submodule at that path")
+      node = node[part]
+    values.append(node[GENLAB_INPUT][0] if is_input else node["__call__"][0])
+  return output, values
 
 
 def splice(
@@ -130,6 +191,11 @@ def splice(
 ) -> Any:
   """The model's output when the submodule at path `layer` returns `replace(its output)`
   (with `layer[i]`, its output with element i replaced by `replace(element i)`)."""
+  if _input(_element(layer)[0])[1]:
+    raise ConfigError(
+      f"layer {layer!r} is a module's input: it can be read, not replaced; a transcoder "
+      "splices the module's output (its output_layer)"
+    )
   layer, index = _element(layer)
   if index is not None:
     named = f"{layer}[{index}]"
@@ -195,15 +261,22 @@ def _submodule(module: nnx.Module, path: tuple[str, ...], layer: str) -> nnx.Mod
 _INSTRUMENTED: dict[type, type] = {}
 
 
-def _instrument(target: nnx.Module, after: Callable[[Any], tuple[Any, Any]]) -> None:
+def _instrument(
+  target: nnx.Module, after: Callable[[Any], tuple[Any, Any]], *, sow_input: bool = False
+) -> None:
   """Makes `target` (a module of a merged copy, used once) return `after(output)[0]` from
-  `__call__`, sowing `after(output)[1]` as an `nnx.Intermediate` unless it is None. The
-  copy's class is swapped for a subclass of its own (NNX has no method interceptor), so
-  only this object changes: other instances of its class, and the user's model, do not."""
+  `__call__`, sowing `after(output)[1]` as an `nnx.Intermediate` unless it is None (and,
+  with `sow_input`, its first argument). The copy's class is swapped for a subclass of its
+  own (NNX has no method interceptor), so only this object changes: other instances of its
+  class, and the user's model, do not."""
   cls = type(target)
   if cls not in _INSTRUMENTED:
 
     def __call__(self, *args, **kwargs):
+      if self._genlab_sow_input:
+        if not args:
+          raise ConfigError(f"{type(self).__name__}{INPUT}: the module is called with no argument")
+        self.sow(nnx.Intermediate, GENLAB_INPUT, args[0])
       output, sown = self._genlab_after(super(instrumented, self).__call__(*args, **kwargs))
       if sown is not None:
         self.sow(nnx.Intermediate, CAPTURED, sown)
@@ -213,6 +286,7 @@ def _instrument(target: nnx.Module, after: Callable[[Any], tuple[Any, Any]]) -> 
     instrumented.__qualname__ = cls.__qualname__
     _INSTRUMENTED[cls] = instrumented
   object.__setattr__(target, "_genlab_after", after)
+  object.__setattr__(target, "_genlab_sow_input", sow_input)
   target.__class__ = _INSTRUMENTED[cls]
 
 
@@ -226,27 +300,42 @@ def _sown(tree: Any, path: tuple[str, ...], name: str, layer: str) -> Any:
   return tree.get_value() if isinstance(tree, nnx.Variable) else tree
 
 
-def _nnx_capture(model: NNXModel, variables, layer: str, *args, **kwargs):
+def _nnx_capture(model: NNXModel, variables, reads, *args, **kwargs):
+  """(output, [value of each (name, is_input) of `reads`]) of an NNX model, one call."""
   module = model.bind(_params(model, variables))
-  if layer.startswith(SOWN):
-    *path, name = _path(layer.removeprefix(SOWN))
-    path = tuple(path)
-    _submodule(module, path, layer)
-  else:
-    path, name = _path(layer), CAPTURED
-    _instrument(_submodule(module, path, layer), lambda output: (output, output))
+  wanted: dict[tuple[str, ...], set[bool]] = {}
+  for name, is_input in reads:
+    layer = name + (INPUT if is_input else "")
+    if name.startswith(SOWN):
+      _submodule(module, tuple(_path(name.removeprefix(SOWN))[:-1]), layer)
+    else:
+      _submodule(module, _path(name), layer)
+      wanted.setdefault(_path(name), set()).add(is_input)
+  found = {tuple(map(str, p)): m for p, m in nnx.iter_modules(module)}
+  for path, kinds in wanted.items():
+    reads_output = False in kinds
+    _instrument(
+      found[path],
+      lambda output, sow=reads_output: (output, output if sow else None),
+      sow_input=True in kinds,
+    )
   output, sown = nnx.capture(module, nnx.Intermediate)(*args, **kwargs)
-  try:
-    values = _sown(sown, path, name, layer)
-  except ConfigError:
-    if name != CAPTURED:
-      raise
-    raise ConfigError(
-      f"layer {layer!r}: the model does not call the submodule at that path"
-    ) from None
-  # A sown name keeps its last value (as Linen's reading does); a module's output its
-  # first call's (Linen's capture_intermediates).
-  return output, values[-1] if name != CAPTURED else values[0]
+  values = []
+  for name, is_input in reads:
+    layer = name + (INPUT if is_input else "")
+    if name.startswith(SOWN):
+      *path, sown_name = _path(name.removeprefix(SOWN))
+      # A sown name keeps its last value (as Linen's reading does).
+      values.append(_sown(sown, tuple(path), sown_name, layer)[-1])
+      continue
+    try:
+      own = _sown(sown, _path(name), GENLAB_INPUT if is_input else CAPTURED, layer)
+    except ConfigError:
+      raise ConfigError(
+        f"layer {layer!r}: the model does not call the submodule at that path"
+      ) from None
+    values.append(own[0])  # A module's first call's, as Linen's capture_intermediates.
+  return output, values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,15 +404,24 @@ class HostModel:
     variables = {"params": self.params if params is None else params}
     return capture(self.model, variables, self.layer, *self.inputs(batch))
 
+  def capture_many(
+    self, batch: dict[str, jax.Array], layers: Sequence[str], params: Any = None
+  ) -> tuple[Any, list[jax.Array]]:
+    """(the model's output, [its activation at each of `layers`]) from one pass."""
+    variables = {"params": self.params if params is None else params}
+    return capture_many(self.model, variables, layers, *self.inputs(batch))
+
   def splice(
     self,
     batch: dict[str, jax.Array],
     replace: Callable[[jax.Array], jax.Array],
     params: Any = None,
+    layer: str | None = None,
   ) -> Any:
-    """The model's output on `batch` with the activation at `layer` replaced."""
+    """The model's output on `batch` with the activation at `layer` (default: the host's
+    `layer`; a transcoder's output layer) replaced."""
     variables = {"params": self.params if params is None else params}
-    return splice(self.model, variables, self.layer, replace, *self.inputs(batch))
+    return splice(self.model, variables, layer or self.layer, replace, *self.inputs(batch))
 
 
 def as_rows(activation: jax.Array) -> jax.Array:
@@ -333,4 +431,4 @@ def as_rows(activation: jax.Array) -> jax.Array:
   return activation.reshape(-1, activation.shape[-1])
 
 
-__all__ = ["HostModel", "as_rows", "capture", "splice"]
+__all__ = ["HostModel", "as_rows", "capture", "capture_many", "splice"]
