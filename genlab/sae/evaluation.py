@@ -7,6 +7,9 @@ and the host's loss with the layer replaced by the SAE's reconstruction (`loss_s
 against the clean loss and zero-ablation: `loss_recovered` = (L_zero − L_sae) / (L_zero −
 L_clean), and `kl_sae` (KL of the spliced output distribution from the clean one, nats
 per predicted token). The eval step gives sums (`eval_sums`), `summarize` the ratios.
+
+A transcoder (`output_layer`) is judged the same way on what it reconstructs: the output
+layer's activation (mse, fvu), spliced in place of that layer's output.
 """
 
 from __future__ import annotations
@@ -70,11 +73,21 @@ def eval_sums(
   stats: Any,
   host_params: Any,
   batch: dict[str, jax.Array],
+  *,
+  layer: str | None = None,
+  output_layer: str | None = None,
 ) -> dict[str, jax.Array]:
-  """Sums over the batch's example positions (and its sequences where `mask` is 1)."""
+  """Sums over the batch's example positions (and its sequences where `mask` is 1), of the
+  SAE reading `layer` (default: the source's first) and reconstructing `output_layer`
+  (default: `layer`; a transcoder's output otherwise), which is spliced."""
   host = source.host
-  output, act = host.capture(batch, host_params)
-  x = source.normalized(act)
+  layer = layer or source.layers[0]
+  output_layer = output_layer or layer
+  reads = (layer,) if output_layer == layer else (layer, output_layer)
+  output, acts = host.capture_many(batch, reads, host_params)
+  act = acts[-1]  # What is reconstructed and replaced.
+  x = source.normalized(acts[0], layer)
+  target = x if output_layer == layer else source.normalized(act, output_layer)
   positions = host.positions(batch)
   rows_per_example = x.shape[0] // batch["mask"].shape[0]
   weights = positions.reshape(-1) * jnp.repeat(batch["mask"], rows_per_example)
@@ -84,17 +97,21 @@ def eval_sums(
   sums = {
     "positions": jnp.sum(weights),
     "penalty": objective.code.penalty_sum(params, code, pre, weights, objective.options),
-    "squared_error": jnp.sum((x - x_hat) ** 2 * w),
-    "x_sum": jnp.sum(x * w, axis=0),
-    "x_squared": jnp.sum(x**2 * w),
+    "squared_error": jnp.sum((target - x_hat) ** 2 * w),
+    "x_sum": jnp.sum(target * w, axis=0),
+    "x_squared": jnp.sum(target**2 * w),
     "active": jnp.sum(active),
     "latent_active": jnp.sum(active, axis=0),
   }
   # The host with the layer replaced at the example positions (denormalised x̂), or zeroed.
   where = positions.reshape(*act.shape[:-1], 1) > 0
-  x_hat_raw = source.denormalized(x_hat, act)
-  spliced = host.splice(batch, lambda a: jnp.where(where, x_hat_raw, a), host_params)
-  zeroed = host.splice(batch, lambda a: jnp.where(where, 0.0, a).astype(a.dtype), host_params)
+  x_hat_raw = source.denormalized(x_hat, act, output_layer)
+  spliced = host.splice(
+    batch, lambda a: jnp.where(where, x_hat_raw, a), host_params, layer=output_layer
+  )
+  zeroed = host.splice(
+    batch, lambda a: jnp.where(where, 0.0, a).astype(a.dtype), host_params, layer=output_layer
+  )
   clean_loss, token_weights = host.token_loss(output, batch)
   token_weights = token_weights * batch["mask"].reshape(-1, *[1] * (token_weights.ndim - 1))
   sums["tokens"] = jnp.sum(token_weights)

@@ -7,6 +7,9 @@ term of dead latents; a latent is dead after `dead_after` positions without firi
 `resample_every`, the dead ones get new directions first (`resample_dead_latents`, Bricken
 et al. 2023), their optimizer moments reset. With `unit_norm_decoder`, the decoder's rows
 are put back on the unit sphere after every update.
+
+A transcoder reconstructs another activation than the one it encodes: `target` (the
+output of the module whose input is `x`) takes x's place in every reconstruction term.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ class SAEObjective:
     latents, new = self.code.activate(pre, params, stats, weights, train=train)
     return apply({"params": params}, latents, method="decode"), latents, pre, new
 
-  def __call__(self, params, x, weights, stats, *, train: bool):
-    """(the objective, its parts, the new stats)."""
+  def __call__(self, params, x, weights, stats, *, train: bool, target=None):
+    """(the objective, its parts, the new stats); `target` (a transcoder's output rows)
+    is what is reconstructed, `x` by default."""
+    target = x if target is None else target
     count = jnp.maximum(jnp.sum(weights), 1.0)
 
     def mean(per_row):
@@ -65,8 +70,8 @@ class SAEObjective:
 
     x_hat, latents, pre, code_stats = self.reconstruct(params, x, weights, stats, train=train)
     code = self.code
-    squared = jnp.sum((x - x_hat) ** 2, axis=1)
-    parts = {"mse": mean(squared) / x.shape[1]}
+    squared = jnp.sum((target - x_hat) ** 2, axis=1)
+    parts = {"mse": mean(squared) / target.shape[1]}
     fired = latents > 0
     parts["l0"] = mean(jnp.sum(fired, axis=1))
     o = self.options
@@ -75,7 +80,7 @@ class SAEObjective:
     dead = since >= o.dead_after
     if o.aux_k:
       aux = auxk_reconstruction_error(
-        x, x_hat, pre, dead, params["decoder"]["kernel"], aux_k=o.aux_k
+        target, x_hat, pre, dead, params["decoder"]["kernel"], aux_k=o.aux_k
       )
       parts["aux_loss"] = mean(aux)
       penalty = penalty + o.aux_weight * parts["aux_loss"]
@@ -88,11 +93,12 @@ class SAEObjective:
     )
     if code_stats is not None:
       new.update(code_stats)
-    return mean(code.reconstruction_error(squared, x, latents, params)) + penalty, parts, new
+    return mean(code.reconstruction_error(squared, target, latents, params)) + penalty, parts, new
 
-  def resample(self, state, x, weights, key, part: str = "model"):
-    """`state` with its dead latents resampled from the rows `x` if `state.step` is a
-    positive multiple of `resample_every` (else unchanged), and how many were."""
+  def resample(self, state, x, weights, key, part: str = "model", target=None):
+    """`state` with its dead latents resampled from the rows `x` (and a transcoder's
+    `target` rows) if `state.step` is a positive multiple of `resample_every` (else
+    unchanged), and how many were."""
     o = self.options
     params, stats = state.params[part], state.stats[part]
     dead = stats["examples_since_fired"] >= o.dead_after
@@ -101,10 +107,18 @@ class SAEObjective:
     def resample(parts):
       params, opt_state, since = parts
       x_hat, _, _, _ = self.reconstruct(params, x, weights, stats, train=False)
-      loss = jnp.sum((x - x_hat) ** 2, axis=1) * weights
+      reference = x if target is None else target
+      loss = jnp.sum((reference - x_hat) ** 2, axis=1) * weights
       log_threshold = math.log(self.model.threshold_init) if "log_threshold" in params else None
       params, reset = resample_dead_latents(
-        stream_key(key, "resample"), params, x, loss, dead, o.resample_encoder_scale, log_threshold
+        stream_key(key, "resample"),
+        params,
+        x,
+        loss,
+        dead,
+        o.resample_encoder_scale,
+        log_threshold,
+        target=target,
       )
       opt_state = optax.tree_utils.tree_map_params(
         self.tx, reset_moments, opt_state, reset, transform_non_params=lambda leaf: leaf
@@ -129,6 +143,8 @@ def resample_dead_latents(
   dead: jax.Array,
   encoder_scale: float = 0.2,
   log_threshold: float | None = None,
+  *,
+  target: jax.Array | None = None,
 ) -> tuple[dict, dict]:
   """Dead latents given new directions (Bricken et al. 2023, "Towards Monosemanticity",
   neuron resampling).
@@ -138,7 +154,8 @@ def resample_dead_latents(
   loss is zero); with u = x_i/‖x_i‖, the decoder row j becomes u, the encoder column j
   `encoder_scale` · (mean norm of the live latents' encoder columns) · u, and the encoder
   bias j zero; with `log_threshold` (JumpReLU's log θ at initialisation), its threshold
-  restarts there.
+  restarts there. A transcoder's decoder row is the unit direction of the same row of its
+  `target` (its output), its encoder column that of x_i.
 
   Returns:
     `(params, reset)`: the new params, and a tree of the params' structure whose entries
@@ -148,8 +165,12 @@ def resample_dead_latents(
   weights = loss.astype(jnp.float32) ** 2
   weights = jnp.where(jnp.sum(weights) > 0, weights, (loss >= 0).astype(jnp.float32))
   rows = jax.random.choice(key, x.shape[0], (dead.shape[0],), p=weights / jnp.sum(weights))
-  chosen = x[rows]
-  unit = chosen / jnp.maximum(jnp.linalg.norm(chosen, axis=1, keepdims=True), 1e-8)
+
+  def unit_rows(chosen):
+    return chosen / jnp.maximum(jnp.linalg.norm(chosen, axis=1, keepdims=True), 1e-8)
+
+  unit = unit_rows(x[rows])
+  unit_out = unit if target is None else unit_rows(target[rows])
   norms = jnp.linalg.norm(encoder["kernel"], axis=0)
   live = ~dead
   live_norm = jnp.sum(norms * live) / jnp.maximum(jnp.sum(live), 1)
@@ -166,7 +187,9 @@ def resample_dead_latents(
     },
     "decoder": {
       **decoder,
-      "kernel": jnp.where(dead[:, None], unit.astype(decoder["kernel"].dtype), decoder["kernel"]),
+      "kernel": jnp.where(
+        dead[:, None], unit_out.astype(decoder["kernel"].dtype), decoder["kernel"]
+      ),
     },
   }
   reset = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, bool), params)
