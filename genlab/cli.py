@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
   )
   export.add_argument("--workdir", required=True, help="a trained activation_sae workdir")
   export.add_argument("--format", default="saelens", choices=["saelens"], help="(saelens)")
+  export.add_argument(
+    "--variant", default=None, help="the SAE of a set (sae.variants) to write, by its name"
+  )
   export.add_argument("out", help="the folder to write")
   imported = sub.add_parser(
     "import",
@@ -256,7 +259,9 @@ def run(argv: list[str]) -> int:
   if parsed.command == "export":
     from genlab.run import interchange
 
-    interchange.export_workdir(parsed.workdir, parsed.out, fmt=parsed.format)
+    interchange.export_workdir(
+      parsed.workdir, parsed.out, fmt=parsed.format, variant=parsed.variant
+    )
     return 0
   if parsed.command == "import":
     from genlab.run import interchange

@@ -9,11 +9,11 @@ then on an N-device mesh for each of `--modes`:
   `fsdp` — fully sharded: batches split too, and every state array of at least
            `--fsdp_min_size` elements split over the N devices as well.
 It logs the training objective at every step (`loss`, or a GAN's `d_loss` and
-`g_loss`) and prints one JSON line per mode: the per-step objectives, their largest
-relative difference from the one-device run's and the largest absolute differences of
-the final parameters and untrained state (`stats`). On a machine without
-accelerators the devices are faked with XLA_FLAGS=--xla_force_host_platform_device_count=N,
-set here before JAX starts.
+`g_loss`, or each `name/loss` of a set of SAEs) and prints one JSON line per mode: the
+per-step objectives, their largest relative difference from the one-device run's and the
+largest absolute differences of the final parameters and untrained state (`stats`). On a
+machine without accelerators the devices are faked with
+XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before JAX starts.
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def main(argv: list[str]) -> None:
     # The training objective(s): `loss`, or a GAN's `d_loss` and `g_loss`.
     train = [line for line in lines if any(k.startswith("train/") for k in line)]
     names = [k for k in ("train/loss", "train/d_loss", "train/g_loss") if k in train[0]]
+    # A set of SAEs (sae.variants): each one's `name/loss`.
+    names += sorted(
+      k for k in train[0] if k.startswith("train/") and k.count("/") == 2 and k.endswith("/loss")
+    )
     losses = [[line[k] for k in names] for line in train]
     return np.array(losses), result.state.params, result.state.stats, train
 

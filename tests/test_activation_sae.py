@@ -87,7 +87,7 @@ def _sae_family(
   config.dtype = dtype
   config.mesh.devices = 1
   config.kernels = "flax"
-  config.model.update(name="sparse_ae", code=code, code_dim=32, k=2, **(model or {}))
+  config.model.update({"name": "sparse_ae", "code": code, "code_dim": 32, "k": 2, **(model or {})})
   config.sae.update(**{"host_factory": "tests:unused", "normalize": "norm", **sae})
   config.optimizer.learning_rate = learning_rate
   family = ActivationSAE(config, dataset, root_key=jax.random.key(0), kernels="flax")

@@ -41,10 +41,15 @@ def _check_format(fmt: str) -> None:
 
 
 def export_workdir(
-  workdir: str | pathlib.Path, out: str | pathlib.Path, *, fmt: str = "saelens"
+  workdir: str | pathlib.Path,
+  out: str | pathlib.Path,
+  *,
+  fmt: str = "saelens",
+  variant: str | None = None,
 ) -> dict[str, Any]:
-  """Writes the SAE of an activation-SAE workdir's newest usable checkpoint to the folder
-  `out` in SAELens' format; returns the cfg.json written."""
+  """Writes the SAE of an activation-SAE workdir's newest usable checkpoint (of a set of
+  SAEs, the one named `variant`) to the folder `out` in SAELens' format; returns the
+  cfg.json written."""
   _check_format(fmt)
   s, state, step = restore_workdir(workdir, provide=resources.provide)
   if s.config.family != "activation_sae":
@@ -53,23 +58,39 @@ def export_workdir(
       "and layer are what SAELens' format describes)"
     )
   family = s.family
-  params, stats = jax.device_get((state.params["model"], state.stats["model"]))
+  if family.lone:
+    if variant is not None:
+      raise ConfigError(f"{workdir} holds one SAE, not a set: --variant names an SAE of a set")
+    member = family.members[0]
+  elif variant is None:
+    names = ", ".join(m.name for m in family.members)
+    raise ConfigError(f"{workdir} holds a set of SAEs: name one with --variant ({names})")
+  else:
+    member = family.member(variant)
+  o = member.options
+  if member.write != member.read:
+    raise ConfigError(
+      f"{workdir}'s SAE is a transcoder (config.sae.output_layer={o.output_layer!r}): genlab "
+      "writes SAEs in SAELens' format, not yet its transcoders (hook_name_out, d_out)"
+    )
+  part = member.name
+  params, stats = jax.device_get((state.params[part], state.stats[part]))
   host = family.host
-  o = family.options
   metadata = {
     "model_name": host.description,
-    "hook_name": host.layer,
+    "hook_name": member.read,
     "dataset_path": s.config.dataset,
     "prepend_bos": False,
     "genlab": {
       "workdir": str(pathlib.Path(workdir).resolve()),
       "checkpoint_step": int(step),
-      "code": family.code_class.name,
-      "k": int(family.model.k) if family.code_class.sparsity == "k" else None,
+      "code": member.code,
+      "k": int(member.model.k) if member.code_class.sparsity == "k" else None,
+      "variant": None if family.lone else member.name,
       "normalization_folded": {
         "normalize": o.normalize,
         "normalize_examples": int(o.normalize_examples),
-        "scale_mean": float(np.mean(family.source.scale)),
+        "scale_mean": float(np.mean(family.source.scales[member.read])),
       },
       "host_identity": host.identity,
     },
@@ -77,14 +98,15 @@ def export_workdir(
   cfg, tensors = saelens.to_saelens(
     params,
     stats,
-    family.model.code_fn,
-    shift=np.asarray(family.source.shift),
-    scale=np.asarray(family.source.scale),
+    member.model.code_fn,
+    shift=np.asarray(family.source.shifts[member.read]),
+    scale=np.asarray(family.source.scales[member.read]),
     metadata=metadata,
   )
   saelens.write(out, cfg, tensors)
   log(
-    f"genlab: SAE of {workdir} (checkpoint step {step}, code {family.code_class.name}) "
+    f"genlab: SAE {'' if family.lone else member.name + ' '}of {workdir} (checkpoint step "
+    f"{step}, code {member.code}) "
     f"written to {out} in SAELens {saelens.SAELENS_VERSION}'s format as {cfg['architecture']}"
   )
   return cfg
@@ -102,6 +124,13 @@ def import_workdir(
   code and size come from the files, and it reads the host's raw activations
   (`sae.normalize='none'`, the format's convention)."""
   _check_format(fmt)
+  if config.get("family") == "activation_sae" and (
+    config.sae.get("output_layer") or config.sae.get("variants")
+  ):
+    raise ConfigError(
+      "genlab import reads one SAE of SAELens' format: leave config.sae.output_layer (a "
+      "transcoder's) and config.sae.variants (a set's) empty"
+    )
   cfg, tensors = saelens.read(source)
   fields, params = saelens.from_saelens(cfg, tensors)
   if config.get("family") != "activation_sae":
