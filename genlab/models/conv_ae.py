@@ -58,9 +58,10 @@ def activation_fn(name: str):
 def batch_norm(on: bool, dtype, name: str, x: jax.Array, train: bool) -> jax.Array:
   """`x`, or with `on` batch-normalized over every axis but the channels: the batch's
   statistics in training (`train`; the running averages, in the Linen `batch_stats`
-  collection, updated then), the running averages otherwise. PyTorch's conventions
-  (momentum 0.1 of the new batch, ε = 1e-5), those of the DCGAN and SNGAN code. Over a
-  sharded batch the statistics are the global batch's: the step is written over it."""
+  collection, updated then), the running averages otherwise. PyTorch's momentum (0.1 of
+  the new batch) and ε (1e-5), those of the DCGAN and SNGAN code; the running variance
+  averages the batch's biased variance (flax's), where PyTorch's averages the unbiased one.
+  Over a sharded batch the statistics are the global batch's: the step is written over it."""
   if not on:
     return x
   return nn.BatchNorm(
