@@ -5,15 +5,16 @@
     # or this script against another checkout:
     python scripts/program_fingerprints.py --checkout /tmp/before > before.jsonl
 
-For every experiment in experiments/ that builds offline (not the TFDS `*_mnist` ones,
-which need a prepared dataset; the activation SAE with each of its codes, on a host made by
-`random_lm_host`, char_lm_pydoc's model at its initial parameters, instead of a trained
-workdir), on one device: a SHA-256 of its first state's values, and of the StableHLO its
-family's train step and eval step lower to (on a batch of the run's shape, without source
-locations), and of the values they compute: the state and metrics after 3 train steps on
-that batch, and the eval step's sums on the first test batch after them. Equal programs
-mean the same training and the same eval metrics; equal values with unequal programs, a
-change that only reordered independent operations (a check on this machine's XLA:CPU).
+For every experiment in experiments/ that builds offline (not the TFDS `*_mnist` and
+`*_cifar10` ones, which need a prepared dataset; the activation SAE with each of its codes,
+on a host made by `random_lm_host`, char_lm_pydoc's model at its initial parameters, instead
+of a trained workdir), on one device: a SHA-256 of its first state's values, and of the
+StableHLO its family's train step and eval step lower to (on a batch of the run's shape,
+without source locations), and of the values they compute: the state and metrics after 3
+train steps on that batch, and the eval step's sums on the first test batch after them.
+Equal programs mean the same training and the same eval metrics; equal values with unequal
+programs, a change that only reordered independent operations (a check on this machine's
+XLA:CPU).
 Prints one JSON line per experiment.
 """
 
@@ -84,7 +85,7 @@ def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
     raise SystemExit(f"fingerprinting {expected}, and `import genlab` gives {genlab.__file__}")
   runs = []
   for path in sorted(experiments.glob("*.py")):
-    if path.stem.endswith("_mnist"):
+    if path.stem.endswith(("_mnist", "_cifar10")):
       continue
     if path.stem != "sae_pydoc_residual":
       runs.append((path.stem, path, {}))

@@ -51,6 +51,9 @@ def options(evaluators: str = "", **overrides) -> ml_collections.ConfigDict:
       "inception_n_real": 50000,  # Real images (the first of the split; at most all; ≥ 2).
       "inception_real_split": "train",  # train | test: the split of the real images.
       "inception_resize": "clean",  # clean (clean-fid's PIL bicubic) | legacy_pytorch (bilinear).
+      # True: fid, kid and is only at `genlab eval` (the final evaluation, as a family's
+      # final_eval_step), not at the evaluations during training, which skip the Inception.
+      "inception_final_only": False,
       "kid_subset_size": 1000,  # Features per KID subset (≤ both sets' sizes).
       "kid_subsets": 100,  # KID subsets averaged over.
       "is_splits": 10,  # Splits of the samples the Inception score is averaged over.
@@ -73,6 +76,9 @@ class Evaluator(abc.ABC):
   name: ClassVar[str]
   # What each metric it may report means (eval.json keeps those reported).
   definitions: ClassVar[dict[str, str]] = {}
+  # Whether it runs only at the final evaluation (`genlab eval`), not at those during
+  # training (`SampleMetrics.during_training`); an evaluator may set it from its options.
+  final_only: bool = False
 
   def __init__(
     self,

@@ -181,6 +181,7 @@ class InceptionEvaluator(Evaluator):
   def __init__(self, options, **kwargs):
     super().__init__(options, **kwargs)
     self.check_options()
+    self.final_only = bool(options.inception_final_only)
 
   @property
   def real_images(self) -> np.ndarray:
@@ -236,7 +237,8 @@ class InceptionEvaluator(Evaluator):
 
   def provide(self, resources):
     super().provide(resources)
-    self.real_features()  # Once (and cached on disk).
+    if not self.final_only:  # Else at the final evaluation, which may never come.
+      self.real_features()  # Once (and cached on disk).
 
   @property
   def net(self) -> InceptionNet:

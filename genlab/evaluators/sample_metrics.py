@@ -3,7 +3,8 @@ and one line each), and `SampleMetrics`, those of a run as one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -75,6 +76,19 @@ class SampleMetrics:
   def provide(self, resources: Mapping[str, Any]) -> None:
     for e in self.evaluators:
       e.provide({name: resources[name] for name in e.needs()})
+
+  @contextlib.contextmanager
+  def during_training(self) -> Iterator[None]:
+    """Within it, the evaluators that run only at the final evaluation (`final_only`, e.g.
+    `sample_metrics.inception_final_only`) are set aside: the sample count, the metrics
+    and their definitions are those of the others (the run layer's evaluations during
+    training; `genlab eval` runs every evaluator)."""
+    every = self.evaluators
+    self.evaluators = [e for e in every if not e.final_only]
+    try:
+      yield
+    finally:
+      self.evaluators = every
 
   def evaluate(self, samples: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     out: dict[str, Any] = {}

@@ -33,6 +33,15 @@ samples; `class_entropy` of their predicted-class histogram; `precision`,
 ones, with k-NN balls (k = `sample_metrics.prdc_k`)); and mean D(x) on test images
 and mean D(G(z)) on the evaluated samples.
 
+With `model.generator.batch_norm` / `model.discriminator.batch_norm` (DCGAN's BatchNorm,
+`genlab.models.gan`), a network normalizes by the batch's statistics in the train step and
+by its running averages (in `TrainState.stats`) when it samples or is evaluated. In the
+discriminator's step both the real and the fake pass update D's running averages (two
+batches, as PyTorch's DCGAN code does), and G makes the fakes with its batch statistics;
+in the generator's step G's running averages are updated and D, normalized by the fakes'
+batch, keeps its own. A gradient penalty is refused with a batch-normalized D: BatchNorm
+mixes the examples of a batch, and the penalty is per example (Gulrajani et al. 2017, §4).
+
 With `gan.conditional` the generator takes the label beside z and D is a projection
 discriminator (`genlab.models.gan`); fakes are drawn for uniform random classes
 (keyed per example like z), samples for classes 0, 1, … in turn, and the eval adds
@@ -97,9 +106,9 @@ class GANViews(Views):
         list(samples.reshape(8, 8, *samples.shape[1:])), value_range=family.value_range
       )
       return {"samples": grid}
-    params = state.params["generator"]
+    params, stats = state.params["generator"], state.stats.get("generator")
     grid = class_rows(
-      lambda z, y: family.generate(params, z, y),
+      lambda z, y: family.generate(params, z, y, stats),
       family.latents(key, jnp.arange(8)),
       family.num_classes,
       family.value_range,
@@ -127,6 +136,17 @@ class GANReport(Report):
       ),
       "n_disc": family.options.n_disc,
       **({"conditional_on": "label"} if family.num_classes is not None else {}),
+      **(
+        {
+          "batch_norm": "BatchNorm in "
+          + " and ".join(
+            name for name, on in (("G", family.g_batch_norm), ("D", family.d_batch_norm)) if on
+          )
+          + ": batch statistics in training, running averages in sampling and evaluation"
+        }
+        if family.g_batch_norm or family.d_batch_norm
+        else {}
+      ),
     }
 
 
@@ -183,6 +203,12 @@ class GAN(Family):
       raise ConfigError(f"config.gan.generator_loss must be one of {losses.GENERATOR_LOSSES}")
     if self.options.penalty not in losses.GRADIENT_PENALTIES:
       raise ConfigError(f"config.gan.penalty must be one of {losses.GRADIENT_PENALTIES}")
+    if self.d_batch_norm and self.options.penalty != "none":
+      raise ConfigError(
+        f"config.gan.penalty={self.options.penalty!r} with config.model.discriminator."
+        "batch_norm=True: the penalty is per example and BatchNorm mixes the examples of a "
+        "batch (Gulrajani et al. 2017, §4); turn one of them off"
+      )
     disc_optimizer = config.optimizer.copy_and_resolve_references()
     if self.options.disc_learning_rate is not None:  # Two time-scales (TTUR).
       disc_optimizer.learning_rate = self.options.disc_learning_rate
@@ -226,15 +252,32 @@ class GAN(Family):
   def spectral_norm(self) -> bool:
     return self.discriminator.spectral_norm
 
-  def critic(self, state_or_params, x, stats=None, labels=None) -> jax.Array:
-    """D's logits on `x` (given `labels` when conditional), with its spectral-norm estimates
-    (`state.stats`) when it has them, not updated. Takes a TrainState, or params and stats."""
+  @property
+  def d_batch_norm(self) -> bool:
+    """Whether D has BatchNorm layers (an optional attribute of a network of your own)."""
+    return bool(getattr(self.discriminator, "batch_norm", False))
+
+  @property
+  def g_batch_norm(self) -> bool:
+    return bool(getattr(self.generator, "batch_norm", False))
+
+  @property
+  def d_keeps_stats(self) -> bool:
+    """Whether D has a `batch_stats` collection (power-iteration vectors, running averages)."""
+    return self.spectral_norm or self.d_batch_norm
+
+  def critic(self, state_or_params, x, stats=None, labels=None, *, train=False) -> jax.Array:
+    """D's logits on `x` (given `labels` when conditional), with its `state.stats` when it has
+    them, not updated. With `train` a batch-normalized D normalizes by the batch's
+    statistics (the generator's step). Takes a TrainState, or params and stats."""
     if isinstance(state_or_params, TrainState):
       params = state_or_params.params["discriminator"]
       stats = state_or_params.stats.get("discriminator")
     else:
       params = state_or_params
-    variables = {"params": params, **({"batch_stats": stats} if self.spectral_norm else {})}
+    variables = {"params": params, **({"batch_stats": stats} if self.d_keeps_stats else {})}
+    if train and self.d_batch_norm:  # The running averages' update is D's step's, not this.
+      return self.discriminator.apply(variables, x, labels, train=True, mutable=["batch_stats"])[0]
     return self.discriminator.apply(variables, x, labels)
 
   def fake_labels(self, key: jax.Array, index: jax.Array) -> jax.Array | None:
@@ -247,8 +290,19 @@ class GAN(Family):
   def real_labels(self, batch) -> jax.Array | None:
     return batch["label"] if self.num_classes is not None else None
 
-  def generate(self, params, z, labels=None) -> jax.Array:
-    return self.generator.apply({"params": params}, z, labels)
+  def generate(self, params, z, labels=None, stats=None) -> jax.Array:
+    """G(z) as sampled and evaluated: a batch-normalized G by its running averages `stats`."""
+    variables = {"params": params, **({"batch_stats": stats} if self.g_batch_norm else {})}
+    return self.generator.apply(variables, z, labels)
+
+  def generate_training(self, params, stats, z, labels=None) -> tuple[jax.Array, object]:
+    """G(z) as in training, and G's updated running averages: a batch-normalized G
+    normalizes by the batch's statistics (the stats are None for a G without BatchNorm)."""
+    if not self.g_batch_norm:
+      return self.generate(params, z, labels), None
+    variables = {"params": params, "batch_stats": stats}
+    fake, updated = self.generator.apply(variables, z, labels, train=True, mutable=["batch_stats"])
+    return fake, updated["batch_stats"]
 
   def latents(self, key: jax.Array, index: jax.Array) -> jax.Array:
     """One z ~ N(0, I) per example, from its position in the global batch."""
@@ -278,19 +332,32 @@ class GAN(Family):
   def discriminator_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
     """One update of the discriminator on real `batch['image']` and G(z), z from `key`."""
     fake_y, real_y = self.fake_labels(key, batch["index"]), self.real_labels(batch)
-    fake = self.generate(state.params["generator"], self.latents(key, batch["index"]), fake_y)
+    z = self.latents(key, batch["index"])
+    fake, _ = self.generate_training(
+      state.params["generator"], state.stats.get("generator"), z, fake_y
+    )
     fake = jax.lax.stop_gradient(fake)
+    # A batch-normalized D normalizes each pass by its batch, updating its running averages.
+    bn = {"train": True} if self.d_batch_norm else {}
 
     def loss_fn(params):
-      if self.spectral_norm:  # One power-iteration step per update, on the real pass.
+      if self.d_keeps_stats:  # SN: one power-iteration step per update, on the real pass.
         variables = {"params": params, "batch_stats": state.stats["discriminator"]}
+        sn = {"update_stats": True} if self.spectral_norm else {}
         real_logits, updated = self.discriminator.apply(
-          variables, batch["image"], real_y, update_stats=True, mutable=["batch_stats"]
+          variables, batch["image"], real_y, mutable=["batch_stats"], **sn, **bn
         )
         stats = updated["batch_stats"]
       else:
         real_logits, stats = self.critic(params, batch["image"], labels=real_y), None
-      fake_logits = self.critic(params, fake, stats, fake_y)
+      if self.d_batch_norm:
+        variables = {"params": params, "batch_stats": stats}
+        fake_logits, updated = self.discriminator.apply(
+          variables, fake, fake_y, mutable=["batch_stats"], **bn
+        )
+        stats = updated["batch_stats"]
+      else:
+        fake_logits = self.critic(params, fake, stats, fake_y)
       loss = self.d_loss(real_logits, fake_logits).mean()
       d_real, d_fake = jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean()
       parts = {"d_real": d_real, "d_fake": d_fake}
@@ -299,20 +366,21 @@ class GAN(Family):
           params, stats, batch["image"], fake, key, batch["index"], real_y
         )
         loss, parts["d_penalty"] = loss + penalty, penalty
-      return loss, ((parts, stats) if self.spectral_norm else parts)
+      return loss, ((parts, stats) if self.d_keeps_stats else parts)
 
-    return gradient_step(state, "discriminator", loss_fn, prefix="d_", has_stats=self.spectral_norm)
+    return gradient_step(state, "discriminator", loss_fn, prefix="d_", has_stats=self.d_keeps_stats)
 
   def generator_step(self, state, key, index) -> tuple[TrainState, Metrics]:
     """One update of the generator; z for example i of the global batch from (key, index[i])."""
     z, y = self.latents(key, index), self.fake_labels(key, index)
 
     def loss_fn(params):
-      fake = self.generate(params, z, y)
-      logits = self.critic(state, fake, labels=y)
-      return losses.generator_loss(logits, kind=self.options.generator_loss).mean(), {}
+      fake, stats = self.generate_training(params, state.stats.get("generator"), z, y)
+      logits = self.critic(state, fake, labels=y, train=True)
+      loss = losses.generator_loss(logits, kind=self.options.generator_loss).mean()
+      return loss, (({}, stats) if self.g_batch_norm else {})
 
-    return gradient_step(state, "generator", loss_fn, prefix="g_")
+    return gradient_step(state, "generator", loss_fn, prefix="g_", has_stats=self.g_batch_norm)
 
   # Family interface -------------------------------------------------------------
 
@@ -321,11 +389,13 @@ class GAN(Family):
     z = jnp.zeros((1, self.latent_dim))
     y = None if self.num_classes is None else jnp.zeros((1,), jnp.int32)
     d_variables = self.discriminator.init(d_key, jnp.asarray(batch["image"][:1]), y)
-    params = {
-      "generator": self.generator.init(g_key, z, y)["params"],
-      "discriminator": d_variables["params"],
-    }
-    stats = {"discriminator": d_variables["batch_stats"]} if self.spectral_norm else {}
+    g_variables = self.generator.init(g_key, z, y)
+    params = {"generator": g_variables["params"], "discriminator": d_variables["params"]}
+    stats = {}
+    if self.d_keeps_stats:
+      stats["discriminator"] = d_variables["batch_stats"]
+    if self.g_batch_norm:
+      stats["generator"] = g_variables["batch_stats"]
     return TrainState.create(params=params, tx=self.tx, stats=stats)
 
   def train_step(self, state, batch, key) -> tuple[TrainState, Metrics]:
@@ -369,11 +439,13 @@ class GAN(Family):
     z = self.latents(key, jnp.arange(num))
     if labels is None:
       labels = self.sample_labels(num)
-    params = state.params["generator"]
+    params, stats = state.params["generator"], state.stats.get("generator")
     return np.concatenate(
       [
         to_host(
-          self._generate(params, z[i : i + 500], None if labels is None else labels[i : i + 500])
+          self._generate(
+            params, z[i : i + 500], None if labels is None else labels[i : i + 500], stats
+          )
         )
         for i in range(0, num, 500)
       ]

@@ -31,14 +31,42 @@ IntOrSeq = int | Sequence[int]
 
 def activation_fn(name: str):
   """Resolves an activation function by its name in `flax.linen.activation`
-  (`relu`, `gelu`, `silu`, `sigmoid`, `tanh`, ...), or `none` for the identity."""
+  (`relu`, `gelu`, `silu`, `sigmoid`, `tanh`, ...), or `none` for the identity.
+
+  `name:value` passes a number as the function's second argument, its shape parameter:
+  `leaky_relu:0.2` is a leaky ReLU of negative slope 0.2 (flax's default is 0.01, the
+  DCGAN and SNGAN papers' 0.2 and 0.1), `elu:0.5` an ELU of alpha 0.5."""
   if name in ("none", "identity", "linear"):
     return lambda x: x
-  fn = getattr(nn.activation, name, None)
+  base, _, argument = name.partition(":")
+  fn = getattr(nn.activation, base, None)
   # The namespace also holds layer classes (PReLU) and re-exported modules: refuse them.
   if not callable(fn) or inspect.isclass(fn) or inspect.ismodule(fn):
     raise ConfigError(f"unknown activation {name!r}; use a flax.linen function such as 'relu'")
-  return fn
+  if not argument:
+    return fn
+  try:
+    value = float(argument)
+  except ValueError:
+    raise ConfigError(
+      f"activation {name!r}: after ':' comes a number, the function's shape parameter "
+      "(e.g. 'leaky_relu:0.2')"
+    ) from None
+  return lambda x: fn(x, value)
+
+
+def batch_norm(on: bool, dtype, name: str, x: jax.Array, train: bool) -> jax.Array:
+  """`x`, or with `on` batch-normalized over every axis but the channels: the batch's
+  statistics in training (`train`; the running averages, in the Linen `batch_stats`
+  collection, updated then), the running averages otherwise. PyTorch's momentum (0.1 of
+  the new batch) and ε (1e-5), those of the DCGAN and SNGAN code; the running variance
+  averages the batch's biased variance (flax's), where PyTorch's averages the unbiased one.
+  Over a sharded batch the statistics are the global batch's: the step is written over it."""
+  if not on:
+    return x
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+  )(x)
 
 
 def per_stage(value: IntOrSeq, num_stages: int, what: str) -> tuple[int, ...]:
@@ -79,6 +107,8 @@ class ConvEncoder(nn.Module):
     dtype: computation dtype (bfloat16: mixed precision; params stay float32).
     kernels: `flax` (flax's layers) or `xla_cpu` (genlab's; see `genlab.kernels`).
     spectral_norm: every layer spectrally normalized (as in `genlab.models.mlp.MLP`).
+    batch_norm: a BatchNorm after every convolution but the first, before its activation
+      (the DCGAN discriminator's: none on the input layer); `train` picks its statistics.
   """
 
   features: Sequence[int] = (32, 64)
@@ -89,9 +119,10 @@ class ConvEncoder(nn.Module):
   dtype: Any = jnp.float32
   kernels: str = "flax"
   spectral_norm: bool = False
+  batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, update_stats: bool = False, *, train: bool = False) -> jax.Array:
     n = len(self.features)
     kernel_sizes = per_stage(self.kernel_size, n, "kernel_size")
     strides = per_stage(self.strides, n, "strides")
@@ -99,7 +130,8 @@ class ConvEncoder(nn.Module):
     sn = self.spectral_norm
     for i, (f, k, s) in enumerate(zip(self.features, kernel_sizes, strides, strict=True)):
       conv = nn.Conv(f, (k, k), strides=(s, s), padding="SAME", dtype=self.dtype, name=f"conv_{i}")
-      x = act(spectrally_normalized(conv, sn, f"spectral_norm_{i}", x, update_stats))
+      x = spectrally_normalized(conv, sn, f"spectral_norm_{i}", x, update_stats)
+      x = act(batch_norm(self.batch_norm and i > 0, self.dtype, f"batch_norm_{i}", x, train))
     if self.latent_dim is None:
       return x
     code = kernels_lib.dense(self.latent_dim, kernels=self.kernels, dtype=self.dtype, name="code")
@@ -118,6 +150,9 @@ class ConvDecoder(nn.Module):
     strides: stride of each stage (encoder order).
     activation: hidden activation.
     dtype, kernels: as in `ConvEncoder`.
+    batch_norm: a BatchNorm before every hidden activation (after the projection of a
+      vector code and every ConvTranspose but the last: the DCGAN generator's); `train`
+      picks its statistics.
   Returns pre-activation outputs (logits); the caller applies the output activation.
   """
 
@@ -128,9 +163,10 @@ class ConvDecoder(nn.Module):
   activation: str = "relu"
   dtype: Any = jnp.float32
   kernels: str = "flax"
+  batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
+  def __call__(self, z: jax.Array, *, train: bool = False) -> jax.Array:
     n = len(self.features)
     kernel_sizes = per_stage(self.kernel_size, n, "kernel_size")
     strides = per_stage(self.strides, n, "strides")
@@ -143,8 +179,8 @@ class ConvDecoder(nn.Module):
       project = kernels_lib.dense(
         h * w * self.features[-1], kernels=self.kernels, dtype=self.dtype, name="project"
       )
-      x = project(z)
-      x = act(x.reshape(z.shape[0], h, w, self.features[-1]))
+      x = project(z).reshape(z.shape[0], h, w, self.features[-1])
+      x = act(batch_norm(self.batch_norm, self.dtype, "batch_norm_project", x, train))
     elif tuple(z.shape[1:3]) != sizes[-1]:
       raise ConfigError(
         f"a {z.shape[1]}×{z.shape[2]} spatial code cannot decode to {tuple(self.output_shape)} "
@@ -166,7 +202,7 @@ class ConvDecoder(nn.Module):
       h, w = sizes[i]
       x = x[:, :h, :w, :]
       if i > 0:
-        x = act(x)
+        x = act(batch_norm(self.batch_norm, self.dtype, f"batch_norm_{i}", x, train))
     return x
 
 

@@ -142,7 +142,7 @@ def evaluate_workdir(
   if unwritable:
     warn(f"cannot write {path} ({unwritable}): the report will be printed, not saved")
   state = restored
-  metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state)
+  metrics = evaluate(s, s.runner.eval_step(s.family.eval_step), state, final=True)
   if s.family.final_eval_step is not None:
     final_step = s.runner.eval_step(s.family.final_eval_step)
     final = evaluate(s, final_step, state, include_distribution=False)

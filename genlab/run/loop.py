@@ -71,9 +71,19 @@ Provider = Callable[[Setup], None]
 
 
 def evaluate(
-  s: Setup, eval_step, state, split: str = "test", *, include_distribution: bool = True
+  s: Setup,
+  eval_step,
+  state,
+  split: str = "test",
+  *,
+  include_distribution: bool = True,
+  final: bool = False,
 ) -> dict[str, Any]:
   """The family's summary of its eval sums over every example of `split`.
+
+  `final`: the final evaluation (`genlab eval`), where every sample evaluator runs; during
+  training (False) those that run only at the final one are left out (`SampleMetrics.
+  during_training`).
 
   Returns:
     The metrics (see `Family.summarize`) plus `num_examples`, the number of
@@ -94,7 +104,12 @@ def evaluate(
   n = totals.pop("num_examples")
   means = s.family.summarize({k: v / n for k, v in totals.items()})
   if split == "test" and include_distribution:
-    means.update(s.family.distribution_metrics(state))
+    sample_metrics = s.family.sample_metrics
+    scope = contextlib.nullcontext()
+    if sample_metrics and not final:
+      scope = sample_metrics.during_training()
+    with scope:
+      means.update(s.family.distribution_metrics(state))
   return {**means, "num_examples": int(round(n))}
 
 
