@@ -18,8 +18,11 @@ Reported (`genlab eval`), on the MLP's output: explained_variance, fvu, l0, dead
 fractions, and the host's loss with the MLP's output replaced by the transcoder's
 (loss_sae; loss_zero with it zeroed, i.e. the MLP ablated), loss_recovered, kl_sae.
 
-What to expect (2 CPU cores, seed 0, host at step 3,000): see docs/families/sparse_ae.md,
-"Transcoders", for the measured figures and the time.
+What to expect (2 CPU cores, seed 0, host at step 3,000; 59,434 test positions): explained
+variance 0.905 of the MLP's output at L0 32.2, no latent dead, 5.6% dense; host loss 1.269
+with the transcoder in place of the MLP (1.233 clean, 1.855 with the MLP zeroed): loss
+recovered 0.942, KL 0.052 nats per token. 16 minutes on 2 cores shared with other work.
+docs/families/sparse_ae.md ("Transcoders") has the details.
 """
 
 import pathlib
