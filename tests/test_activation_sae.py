@@ -833,7 +833,9 @@ def test_an_sae_keeps_the_host_it_was_trained_with_when_the_host_trains_on(
   periods = [f"--config.{p}_every=10" for p in ("log", "eval", "image", "checkpoint")]
   lm = ["train", "--config", str(EXPERIMENTS / "char_lm_pydoc.py"), "--workdir", str(host), dd]
   lm += ["--config.model.width=16", "--config.model.depth=2", "--config.model.heads=2", *periods]
-  lm += ["--config.optimizer.warmup_steps=0", "--config.eval_batch_size=1024"]
+  # _lm_config's model and optimizer: the programs the `language_model` fixture compiles.
+  lm += ["--config.optimizer.warmup_steps=0", "--config.optimizer.learning_rate=1e-2"]
+  lm += ["--config.eval_batch_size=1024"]
 
   def sae_train(workdir, steps):
     args = ["train", "--config", str(EXPERIMENTS / "sae_pydoc_residual.py"), dd, *periods]
