@@ -813,18 +813,29 @@ def test_four_devices_match_one_device_with_the_host_split_too(language_model, d
 
 
 @pytest.mark.slow
-def test_an_sae_keeps_the_host_it_was_trained_with_when_the_host_trains_on(data_dir, tmp_path):
+def test_an_sae_keeps_the_host_it_was_trained_with_when_the_host_trains_on(
+  data_dir, tmp_path, capsys
+):
   """Through the CLI: the host trains on after the SAE started; eval and resume of the SAE
   use the host checkpoint it was trained with (normalisation and all), and once the host
-  workdir no longer holds it, one line says so."""
-  from test_cli import assert_one_line_error, genlab
+  workdir no longer holds it, one line says so.
+
+  The commands run through `genlab.cli.main` in this process (nothing here is about the
+  process boundary, and nine new processes would each spend seconds importing JAX): genlab
+  keeps no host in memory between commands, so each reads the host workdir afresh."""
+  from test_cli import assert_one_line_error, genlab_here
+
+  def genlab(*args):
+    return genlab_here(capsys, *args)
 
   host, sae, unbroken = tmp_path / "host", tmp_path / "sae", tmp_path / "unbroken"
   dd = f"--config.data.data_dir={data_dir}"
   periods = [f"--config.{p}_every=10" for p in ("log", "eval", "image", "checkpoint")]
   lm = ["train", "--config", str(EXPERIMENTS / "char_lm_pydoc.py"), "--workdir", str(host), dd]
   lm += ["--config.model.width=16", "--config.model.depth=2", "--config.model.heads=2", *periods]
-  lm += ["--config.optimizer.warmup_steps=0", "--config.eval_batch_size=1024"]
+  # _lm_config's model and optimizer: the programs the `language_model` fixture compiles.
+  lm += ["--config.optimizer.warmup_steps=0", "--config.optimizer.learning_rate=1e-2"]
+  lm += ["--config.eval_batch_size=1024"]
 
   def sae_train(workdir, steps):
     args = ["train", "--config", str(EXPERIMENTS / "sae_pydoc_residual.py"), dd, *periods]

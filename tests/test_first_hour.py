@@ -166,8 +166,10 @@ def test_encode_writes_every_examples_codes_as_evaluation_computes_them(family, 
 
 
 @pytest.mark.slow
-def test_train_on_fresh_data_then_encode_then_train_fresh_on_the_command_line(tmp_path):
-  """One short run through the CLI serves three checks (each a `genlab train` less)."""
+def test_train_on_fresh_data_then_encode_then_train_fresh_on_the_command_line(tmp_path, capsys):
+  """One short run through the CLI serves three checks (each a `genlab train` less). The
+  trains are processes of their own (what TFDS prints is checked); the encodes, which check
+  files and one-line errors, run through genlab.cli in this process."""
   from genlab.data import eval_batches
   from genlab.run import restore_workdir
   from genlab.run.commands import move_aside
@@ -192,7 +194,7 @@ def test_train_on_fresh_data_then_encode_then_train_fresh_on_the_command_line(tm
   assert "dataset_info.json" not in out
 
   # 2. `genlab encode`: the test split's codes, as evaluation computes them.
-  proc = genlab("encode", "--workdir", str(workdir), "--out", str(tmp_path / "t.npz"))
+  proc = genlab_here(capsys, "encode", "--workdir", str(workdir), "--out", str(tmp_path / "t.npz"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   codes = np.load(tmp_path / "t.npz")
   s, state, _ = restore_workdir(workdir)
@@ -209,14 +211,16 @@ def test_train_on_fresh_data_then_encode_then_train_fresh_on_the_command_line(tm
     x_test=rng.integers(0, 256, (7, 8, 8), np.uint8),
   )
   encode_own = ["encode", "--workdir", str(workdir), "--out", str(tmp_path / "c.npz")]
-  proc = genlab(*encode_own, "--dataset", str(own))
+  proc = genlab_here(capsys, *encode_own, "--dataset", str(own))
   assert proc.returncode == 0, proc.stderr[-3000:]
   codes = np.load(tmp_path / "c.npz")
   assert codes["code"].shape == (7, 16) and "label" not in codes
   # A dataset the model cannot take, or no run: one line.
   np.savez(own, x_train=np.zeros((20, 9, 9), np.uint8), x_test=np.zeros((7, 9, 9), np.uint8))
-  assert_one_line_error(genlab(*encode_own, "--dataset", str(own)), "(9, 9, 1)", "(8, 8, 1)")
-  proc = genlab("encode", "--workdir", str(tmp_path / "nothing"), "--out", "x.npz")
+  assert_one_line_error(
+    genlab_here(capsys, *encode_own, "--dataset", str(own)), "(9, 9, 1)", "(8, 8, 1)"
+  )
+  proc = genlab_here(capsys, "encode", "--workdir", str(tmp_path / "nothing"), "--out", "x.npz")
   assert_one_line_error(proc, "has no config.json")
 
   # 3. `train --fresh` moves the run aside, whatever its config, and starts at step 0.

@@ -301,10 +301,14 @@ def test_precision_and_recall_of_real_against_real_and_of_a_collapsed_generator(
 
 
 @pytest.mark.slow
-def test_dcgan_digits_fd_falls_below_half_its_start(data_dir, tmp_path):
+def test_dcgan_digits_fd_falls_below_half_its_start(data_dir, tmp_path, capsys):
   """The experiment for its first 400 steps: FD at step 0 vs 400, log lines naming d_loss
-  and g_loss; then genlab eval and genlab sample."""
-  from test_cli import genlab
+  and g_loss; then genlab eval and genlab sample (each command run by genlab.cli in this
+  process: a new process would spend seconds importing JAX, and none of this is about one)."""
+  from test_cli import genlab_here
+
+  def genlab(*args):
+    return genlab_here(capsys, *args)
 
   from conftest import EXPERIMENTS
 

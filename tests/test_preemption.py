@@ -78,8 +78,10 @@ def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
   ids=["deterministic-SIGTERM", "random-corruption-SIGINT"],
 )
 def test_killed_at_a_random_step_then_resumed_equals_an_unbroken_run(
-  corruption, sig, data_dir, tmp_path
+  corruption, sig, data_dir, tmp_path, capsys
 ):
+  from test_cli import genlab_here
+
   overrides = [
     "--config.num_steps=600",
     "--config.log_every=1",
@@ -88,9 +90,8 @@ def test_killed_at_a_random_step_then_resumed_equals_an_unbroken_run(
     "--config.checkpoint_every=200",
     f"--config.corruption={corruption}",
   ]
-  reference = subprocess.run(
-    _args(tmp_path / "ref", data_dir, *overrides), env=_env(1), capture_output=True, text=True
-  )
+  # The unbroken run is not what is signalled: genlab.cli runs it in this process.
+  reference = genlab_here(capsys, *_args(tmp_path / "ref", data_dir, *overrides)[1:])
   assert reference.returncode == 0, reference.stderr[-3000:]
 
   # The run to kill has no end of its own: were it given 600 steps, a loaded machine could

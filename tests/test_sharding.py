@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import chex
 import numpy as np
@@ -133,42 +132,31 @@ print(params_digest(values) == params_digest(split))
   assert run_python(code, devices=4).strip().splitlines()[-1] == "True"
 
 
-def _train(workdir, data_dir, devices, *overrides, processes=1):
-  """`genlab train` of the main experiment, tiny, on `devices` fake devices per process."""
-  from test_preemption import _args, _env, _finish, _two_processes
-
-  args = [
-    "--config.log_every=10",
-    "--config.eval_every=20",
-    "--config.image_every=20",
-    "--config.checkpoint_every=20",
-    "--config.mesh.fsdp_min_size=256",
-    *overrides,
-  ]
-  if processes == 1:
-    proc = subprocess.run(
-      _args(workdir, data_dir, *args), env=_env(devices), capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return
-  results = _finish(_two_processes(workdir, data_dir, args))
-  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
-
-
-RESTORE = """
-import json, jax, numpy as np
-from genlab import config as config_lib
+# `genlab train` of the main experiment, tiny, run by `genlab.cli` in a process of its own
+# with the restores that need its number of devices: each new process spends seconds
+# importing JAX and TFDS, and only the number of devices (and the two-process run) needs one.
+RUNS = """
+import json, shutil, jax, numpy as np
+from genlab import cli, config as config_lib
 from genlab.run import setup
 from genlab.run.checkpoint import Checkpointer
-config = config_lib.from_json(open(WORKDIR + "/config.json").read())
-config.mesh.update(devices=0, fsdp=FSDP)
-s = setup(config)
-ckpt = Checkpointer(WORKDIR + "/checkpoints", read_only=True)
-state = ckpt.restore_exactly(s.abstract_state, 20)
-ckpt.close()
-specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
-np.savez(OUT, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
-print(json.dumps({"devices": len(jax.devices()), "specs": sorted(specs)}))
+from test_preemption import _args
+
+def train(workdir, *overrides):
+  args = ["--config.log_every=10", "--config.eval_every=20", "--config.image_every=20",
+    "--config.checkpoint_every=20", "--config.mesh.fsdp_min_size=256", *overrides]
+  assert cli.run(_args(workdir, DATA_DIR, *args)[1:]) == 0
+
+def restore(workdir, fsdp, out):
+  config = config_lib.from_json(open(workdir + "/config.json").read())
+  config.mesh.update(devices=0, fsdp=fsdp)
+  s = setup(config)
+  ckpt = Checkpointer(workdir + "/checkpoints", read_only=True)
+  state = ckpt.restore_exactly(s.abstract_state, 20)
+  ckpt.close()
+  specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
+  np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+  return {"devices": len(jax.devices()), "specs": sorted(specs)}
 """
 
 
@@ -177,10 +165,32 @@ def test_saved_split_on_four_devices_it_resumes_on_two_on_one_and_on_two_process
   data_dir, tmp_path
 ):
   import tensorstore as ts
+  from test_preemption import _finish, _two_processes
 
-  four = ["--config.mesh.fsdp=-1"]
-  _train(tmp_path / "unbroken", data_dir, 4, "--config.num_steps=40", *four)
-  _train(tmp_path / "saved", data_dir, 4, "--config.num_steps=20", *four)
+  saved, four = str(tmp_path / "saved"), ["--config.mesh.fsdp=-1"]
+
+  def in_process(devices, code):
+    """Runs `code` after RUNS on `devices` fake devices; its last line printed, as JSON."""
+    program = RUNS.replace("DATA_DIR", repr(data_dir)) + code
+    return json.loads(run_python(program, devices=devices).splitlines()[-1])
+
+  def restored(devices, fsdp, before="", then=""):
+    """The params of `saved`'s step 20 restored onto `devices` devices split by `fsdp`, in
+    one process with the code `before` and `then`."""
+    out = str(tmp_path / f"restored_{devices}.npz")
+    code = f"{before}\nrow = restore({saved!r}, {fsdp}, {out!r})\n{then}\nprint(json.dumps(row))"
+    row = in_process(devices, code)
+    assert row["devices"] == devices
+    assert any("fsdp" in spec for spec in row["specs"]) == (devices == 4), row
+    return [v for _, v in sorted(np.load(out).items(), key=lambda kv: int(kv[0][4:]))]
+
+  # On 4 devices split over fsdp: an unbroken run to step 40, one saved at step 20, and its
+  # checkpoint restored exactly (split) onto the 4 devices; later on 2 (data parallel) and 1.
+  runs = f"""
+train({str(tmp_path / "unbroken")!r}, "--config.num_steps=40", *{four!r})
+train({saved!r}, "--config.num_steps=20", *{four!r})
+"""
+  params = {4: restored(4, -1, before=runs)}
   # The checkpoint holds the arrays as they were split: orbax's metadata names the split.
   import orbax.checkpoint as ocp
 
@@ -188,30 +198,29 @@ def test_saved_split_on_four_devices_it_resumes_on_two_on_one_and_on_two_process
   metadata = ocp.StandardCheckpointer().metadata(item).item_metadata
   specs = [leaf.sharding.partition_spec for leaf in _leaves(metadata["params"])]
   assert ("fsdp",) in [tuple(s for s in spec if s) for spec in specs], specs
-  # Restored exactly onto 4 devices split, 2 devices data parallel, and 1 device.
-  restored = {}
-  for devices, fsdp in ((4, -1), (2, 1), (1, 1)):
-    out = tmp_path / f"restored_{devices}.npz"
-    code = RESTORE.replace("WORKDIR", repr(str(tmp_path / "saved")))
-    code = code.replace("FSDP", str(fsdp)).replace("OUT", repr(str(out)))
-    row = json.loads(run_python(code, devices=devices).splitlines()[-1])
-    assert row["devices"] == devices
-    assert any("fsdp" in spec for spec in row["specs"]) == (devices == 4), row
-    restored[devices] = [v for _, v in sorted(np.load(out).items(), key=lambda kv: int(kv[0][4:]))]
+
+  # Restored exactly onto 2 devices and 1 device, each going on to step 40 in the process
+  # that restored there.
+  def go_on(name):
+    workdir = str(tmp_path / name)
+    copy = f"shutil.copytree({saved!r}, {workdir!r})"
+    return f"{copy}\ntrain({workdir!r}, '--config.num_steps=40', '--config.mesh.fsdp=1')"
+
+  params[2] = restored(2, 1, then=go_on("two_devices"))
+  params[1] = restored(1, 1, then=go_on("one_device"))
   for devices in (2, 1):
-    chex.assert_trees_all_equal(restored[devices], restored[4])
-  # Then each goes on to step 40: as the unbroken 4-device run, up to float rounding.
+    chex.assert_trees_all_equal(params[devices], params[4])
+  shutil.copytree(tmp_path / "saved", tmp_path / "two_processes")
+  args = ["--config.log_every=10", "--config.eval_every=20", "--config.image_every=20"]
+  args += ["--config.checkpoint_every=20", "--config.mesh.fsdp_min_size=256"]
+  args += ["--config.num_steps=40", *four]
+  results = _finish(_two_processes(tmp_path / "two_processes", data_dir, args))
+  assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+  # Each resumed to step 40: as the unbroken 4-device run, up to float rounding.
   from conftest import restore_latest
 
   _, expected = restore_latest(tmp_path / "unbroken")
-  for name, devices, processes, overrides in (
-    ("two_devices", 2, 1, ["--config.mesh.fsdp=1"]),
-    ("one_device", 1, 1, ["--config.mesh.fsdp=1"]),
-    ("two_processes", 2, 2, four),
-  ):
-    shutil.copytree(tmp_path / "saved", tmp_path / name)
-    steps = "--config.num_steps=40"
-    _train(tmp_path / name, data_dir, devices, steps, *overrides, processes=processes)
+  for name in ("two_devices", "one_device", "two_processes"):
     step, got = restore_latest(tmp_path / name)
     assert step == 40, name
     assert_close_normwise(got.params, expected.params, rel=1e-5, err_msg=f"{name}: ")

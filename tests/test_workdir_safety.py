@@ -57,6 +57,12 @@ def _env():
   return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
+def _train_here(capsys, workdir, data_dir, *overrides):
+  """`genlab train` (`_train_args`) run by genlab.cli in this process: for the runs a test
+  compares with or resumes, which are not what it stops, kills or fills a disk under."""
+  return genlab_here(capsys, *_train_args(workdir, data_dir, *overrides)[1:])
+
+
 RUN = [
   "--config.num_steps=400",
   "--config.log_every=10",
@@ -149,10 +155,10 @@ def test_an_unwritable_checkpoints_folder_is_refused_in_seconds(data_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(data_dir, tmp_path):
-  reference = subprocess.run(
-    _train_args(tmp_path / "ref", data_dir, *RUN), env=_env(), capture_output=True, text=True
-  )
+def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(
+  data_dir, tmp_path, capsys
+):
+  reference = _train_here(capsys, tmp_path / "ref", data_dir, *RUN)
   assert reference.returncode == 0, reference.stderr[-3000:]
   run = tmp_path / "w"
   proc = subprocess.Popen(
@@ -183,9 +189,7 @@ def test_a_save_that_fails_mid_run_stops_it_in_one_line_and_it_resumes_exactly(d
   assert f"the last complete checkpoint is step {last}" in err, err
   checkpoints.unlink()
   real.rename(checkpoints)
-  resumed = subprocess.run(
-    _train_args(run, data_dir, *RUN), env=_env(), capture_output=True, text=True
-  )
+  resumed = _train_here(capsys, run, data_dir, *RUN)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming from the checkpoint of step {last}" in resumed.stdout
   _, expected = restore_latest(tmp_path / "ref")
@@ -304,7 +308,7 @@ def test_orbax_error_logs_go_to_the_newest_open_writer_until_none_is_open(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path):
+def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path, capsys):
   run = tmp_path / "w"
   proc = subprocess.Popen(
     _train_args(run, data_dir, *RUN, "--config.num_steps=100000"),
@@ -316,9 +320,7 @@ def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
   assert max(logged_steps(run)) >= 130  # Lines past the checkpoint of step 100 were written.
-  resumed = subprocess.run(
-    _train_args(run, data_dir, *RUN), env=_env(), capture_output=True, text=True
-  )
+  resumed = _train_here(capsys, run, data_dir, *RUN)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   train_steps = [
     json.loads(line)["step"]
@@ -439,7 +441,7 @@ def test_fresh_refuses_bad_input_and_the_current_directory_before_moving_anythin
 
 
 @pytest.mark.slow
-def test_a_resume_on_changed_data_is_refused_in_one_line_unless_asked(data_dir, tmp_path):
+def test_a_resume_on_changed_data_is_refused_in_one_line_unless_asked(data_dir, tmp_path, capsys):
   from genlab.data import load_dataset, write_image_records
 
   digits = load_dataset("digits", data_dir=data_dir)
@@ -455,12 +457,7 @@ def test_a_resume_on_changed_data_is_refused_in_one_line_unless_asked(data_dir, 
   def train(spec, steps, *extra):
     periods = [f"--config.{p}_every=10" for p in ("log", "eval", "image", "checkpoint")]
     args = [f"--config.dataset={spec}", f"--config.num_steps={steps}", *periods, *extra]
-    return subprocess.run(
-      _train_args(tmp_path / f"run_{spec.name}", data_dir, *args),
-      env=_env(),
-      capture_output=True,
-      text=True,
-    )
+    return _train_here(capsys, tmp_path / f"run_{spec.name}", data_dir, *args)
 
   write(digits.train["image"])
   for spec in (npz, records):
@@ -511,17 +508,17 @@ def test_a_run_file_that_cannot_be_written_stops_the_run_in_one_line_and_it_resu
 
 @pytest.mark.slow
 def test_eval_on_a_full_disk_prints_the_report_and_one_line_and_keeps_the_old_eval_json(
-  data_dir, tmp_path
+  data_dir, tmp_path, capsys
 ):
   from genlab.run import train_and_evaluate
 
   workdir = tmp_path / "w"
   train_and_evaluate(make_test_config(data_dir, num_steps=10), workdir)
-  first = genlab("eval", "--workdir", str(workdir))
+  first = genlab_here(capsys, "eval", "--workdir", str(workdir))
   assert first.returncode == 0, first.stderr[-2000:]
   old = (workdir / "eval.json").read_text()
   (workdir / ".eval.json.tmp").symlink_to("/dev/full")  # The write of the new one fails.
-  full = genlab("eval", "--workdir", str(workdir))
+  full = genlab_here(capsys, "eval", "--workdir", str(workdir))
   assert_one_line_error(full, "eval.json could not be written (OSError: No space left", code=1)
   assert "the report is printed above" in full.stderr and "is left as it was" in full.stderr
   assert json.loads(full.stdout) == json.loads(old)  # The report, printed all the same.
@@ -530,7 +527,9 @@ def test_eval_on_a_full_disk_prints_the_report_and_one_line_and_keeps_the_old_ev
 
 
 @pytest.mark.slow
-def test_a_disk_that_fills_mid_run_stops_it_in_one_line_and_it_resumes_exactly(data_dir, tmp_path):
+def test_a_disk_that_fills_mid_run_stops_it_in_one_line_and_it_resumes_exactly(
+  data_dir, tmp_path, capsys
+):
   """A real full disk: a 1000 KiB tmpfs in a mount namespace of the test's own (`unshare -rm`,
   no privileges needed), which fills between the checkpoints of steps 20 and 40."""
   args = [
@@ -564,11 +563,9 @@ def test_a_disk_that_fills_mid_run_stops_it_in_one_line_and_it_resumes_exactly(d
   # before the disk filled may have taken nothing: neither is a temporary file.
   empty = [p.name for p in workdir.rglob("*") if p.is_file() and p.stat().st_size == 0]
   assert [n for n in empty if n != ".genlab.lock" and not n.startswith("events.")] == [], empty
-  resumed = subprocess.run(_train_args(workdir, data_dir, *args), env=_env(), capture_output=True)
+  resumed = _train_here(capsys, workdir, data_dir, *args)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  unbroken = subprocess.run(
-    _train_args(tmp_path / "unbroken", data_dir, *args), env=_env(), capture_output=True
-  )
+  unbroken = _train_here(capsys, tmp_path / "unbroken", data_dir, *args)
   assert unbroken.returncode == 0, unbroken.stderr[-2000:]
   step, expected = restore_latest(tmp_path / "unbroken")
   assert step == 60 and restore_latest(workdir)[0] == 60
