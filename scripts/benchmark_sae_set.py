@@ -7,7 +7,8 @@ the same SAEs trained one by one.
 The worked example's shapes (experiments/sae_pydoc_residual.py): the char_lm_pydoc
 transformer (width 96, 3 blocks; random weights unless `--host_workdir` names a trained
 one: speed does not depend on the values) as host, batches of 64 sequences of pydoc_text
-(≈1,600 positions), and four SAEs, two layers (`block_0`, `block_1`) × two k (16, 32),
+(≈1,600 positions), and four SAEs, two layers (`--layers`, default `block_0`, `block_1`)
+× two k (16, 32),
 1,536 latents each, BatchTopK with AuxK 256, no activation cache (the host runs in every
 step, as it must for data too large to cache). Each train step is the family's
 `train_step` under `jax.jit` (state donated) on one device.
@@ -33,8 +34,6 @@ import time
 import machine
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SET = {"k16_b0": ("block_0", 16), "k32_b0": ("block_0", 32), "k16_b1": ("block_1", 16)}
-SET["k32_b1"] = ("block_1", 32)
 
 
 def main(argv: list[str]) -> None:
@@ -52,7 +51,15 @@ def main(argv: list[str]) -> None:
   )
   parser.add_argument("--host_depth", type=int, default=0, help="its blocks (0: as shipped, 3)")
   parser.add_argument("--code_dim", type=int, default=1536, help="each SAE's latents")
+  parser.add_argument(
+    "--layers",
+    default="block_0,block_1",
+    help="the two layers the SAEs read (the host runs up to the deeper one in a step)",
+  )
   args = parser.parse_args(argv)
+  first, second = args.layers.split(",")
+  saes = {"k16_a": (first, 16), "k32_a": (first, 32), "k16_b": (second, 16)}
+  saes["k32_b"] = (second, 32)
 
   import jax
   import jax.numpy as jnp
@@ -93,9 +100,9 @@ def main(argv: list[str]) -> None:
     at_layer = dataclasses.replace(host, layer=layer)
     return build(config, provide=lambda s: s.family.provide({"host_model": at_layer}))
 
-  variants = "; ".join(f"{name}: k={k}, layer={layer}" for name, (layer, k) in SET.items())
+  variants = "; ".join(f"{name}: k={k}, layer={layer}" for name, (layer, k) in saes.items())
   setups = {"set": setup_of(variants)}
-  for name, (layer, k) in SET.items():
+  for name, (layer, k) in saes.items():
     setups[name] = setup_of("", layer, k=k)
 
   batches = []
@@ -128,20 +135,20 @@ def main(argv: list[str]) -> None:
       run["state"] = state
 
   median = {name: statistics.median(run["ms"]) for name, run in runs.items()}
-  alone = sum(median[name] for name in SET)
+  alone = sum(median[name] for name in saes)
   positions = float(np.sum(np.asarray(host.positions(batches[0]))))
   print(
     json.dumps(
       {
         "benchmark": "sae_set",
-        "saes": {name: {"layer": layer, "k": k} for name, (layer, k) in SET.items()},
+        "saes": {name: {"layer": layer, "k": k} for name, (layer, k) in saes.items()},
         "latents": int(setups["set"].family.model.code_dim),
         "host": description,
         "host_params": int(sum(np.size(leaf) for leaf in jax.tree.leaves(params))),
         "batch_sequences": 64,
         "positions_per_step": positions,
         "set_step_ms": round(median["set"], 2),
-        "alone_step_ms": {name: round(median[name], 2) for name in SET},
+        "alone_step_ms": {name: round(median[name], 2) for name in saes},
         "alone_step_ms_sum": round(alone, 2),
         "speedup_set_vs_alone": round(alone / median["set"], 3),
         "compile_s": {name: round(run["compile_s"], 2) for name, run in runs.items()},
