@@ -4,8 +4,6 @@ module's input and several layers in one pass of the host."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -14,8 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 from test_activation_sae import _eval, _lm_config, _sae_family, _tiny_host_and_data, _train
+from test_cli import genlab_here
 
-from conftest import EXPERIMENTS, REPO
+from conftest import EXPERIMENTS
 
 
 class Block(nn.Module):
@@ -129,6 +128,7 @@ def test_a_perfect_transcoder_recovers_the_clean_loss():
   assert not np.allclose(source.scales["hidden"][0], source.scales["hidden:input"][0])
 
 
+@pytest.mark.slow
 def test_a_transcoder_learns_the_modules_map():
   family, _ = _tiny_transcoder(normalize="per_dimension")
   untrained = _eval(family, family.init_state(jax.random.key(0), None))
@@ -175,7 +175,7 @@ def test_a_transcoder_config_is_refused_by_import_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_transcoder_on_the_mlp_of_block_1_trains_through_the_cli(data_dir, tmp_path):
+def test_a_transcoder_on_the_mlp_of_block_1_trains_through_the_cli(data_dir, tmp_path, capsys):
   """experiments/transcoder_pydoc_mlp.py, tiny, on a tiny char_lm_pydoc: `genlab train`
   and `genlab eval` report loss recovered, FVU and L0 of the MLP's output; `genlab export`
   refuses it in one line."""
@@ -198,10 +198,8 @@ def test_a_transcoder_on_the_mlp_of_block_1_trains_through_the_cli(data_dir, tmp
     "--config.checkpoint_every=20",
   ]
 
-  def genlab(*args):
-    return subprocess.run(
-      [sys.executable, "-m", "genlab", *args], cwd=REPO, capture_output=True, text=True
-    )
+  def genlab(*args):  # genlab.cli in this process: the commands' paths, not a new JAX.
+    return genlab_here(capsys, *args)
 
   config = str(EXPERIMENTS / "transcoder_pydoc_mlp.py")
   done = genlab("train", "--config", config, "--workdir", str(sae), *overrides)
