@@ -8,10 +8,11 @@
 For every experiment in experiments/ that builds offline (not the TFDS `*_mnist` and
 `*_cifar10` ones, which need a prepared dataset; the activation SAE with each of its codes,
 on a host made by `random_lm_host`, char_lm_pydoc's model at its initial parameters, instead
-of a trained workdir), on one device: a SHA-256 of its first state's values, and of the
-StableHLO its family's train step and eval step lower to (on a batch of the run's shape,
-without source locations), and of the values they compute: the state and metrics after 3
-train steps on that batch, and the eval step's sums on the first test batch after them.
+of a trained workdir; the transcoder on its MLP's input, `random_lm_mlp_host`), on one
+device: a SHA-256 of its first state's values, and of the StableHLO its family's train step
+and eval step lower to (on a batch of the run's shape, without source locations), and of the
+values they compute: the state and metrics after 3 train steps on that batch, and the eval
+step's sums on the first test batch after them.
 Equal programs mean the same training and the same eval metrics; equal values with unequal
 programs, a change that only reordered independent operations (a check on this machine's
 XLA:CPU).
@@ -55,6 +56,14 @@ def random_lm_host():
   return s.family.host_model(params, "block_1", skip_first=1, description="random LM")
 
 
+def random_lm_mlp_host():
+  """`random_lm_host` reading the input of block 1's MLP, a transcoder's (its output layer
+  comes from the experiment's `sae.output_layer`)."""
+  import dataclasses
+
+  return dataclasses.replace(random_lm_host(), layer="block_1/mlp_in:input")
+
+
 STEPS = 3  # Train steps whose results are fingerprinted too.
 
 
@@ -86,6 +95,10 @@ def fingerprints(experiments: pathlib.Path, data_dir: str) -> None:
   runs = []
   for path in sorted(experiments.glob("*.py")):
     if path.stem.endswith(("_mnist", "_cifar10")):
+      continue
+    if path.stem == "transcoder_pydoc_mlp":
+      factory = {"sae.host_workdir": "", "sae.host_factory": f"{__name__}:random_lm_mlp_host"}
+      runs.append((path.stem, path, factory))
       continue
     if path.stem != "sae_pydoc_residual":
       runs.append((path.stem, path, {}))
