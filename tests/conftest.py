@@ -196,6 +196,22 @@ def logged_steps(workdir) -> list[int]:
   return [json.loads(line)["step"] for line in complete if line.strip()]
 
 
+def wait_for_step(workdir, step: int, procs, timeout: float = 300) -> int:
+  """Blocks until `workdir`'s metrics.jsonl has a line at `step` or later, while the
+  processes `procs` (which write it) still run; returns the step seen."""
+  import time
+
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    for p in procs:
+      assert p.poll() is None, f"exited early ({p.returncode}): {p.stderr.read()[-3000:]}"
+    steps = logged_steps(workdir)
+    if steps and steps[-1] >= step:
+      return steps[-1]
+    time.sleep(0.01)
+  raise AssertionError(f"no step {step} within {timeout}s")
+
+
 # Float32's unit roundoff, 2^-24: the relative error of one rounded operation.
 FLOAT32_U = 2.0**-24
 

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import chex
 import jax
@@ -23,9 +22,9 @@ from conftest import (
   EXPERIMENTS,
   REPO,
   compare_parallel,
-  logged_steps,
   make_test_config,
   restore_latest,
+  wait_for_step,
 )
 from genlab.core import NNXModel
 from genlab.errors import ConfigError
@@ -300,9 +299,7 @@ def test_killed_with_sigterm_then_resumed_equals_an_unbroken_run(data_dir, tmp_p
   kill_at = random.Random().randint(20, 150)
   proc = _genlab(*args(tmp_path / "run", 1_000_000), popen=True)
   try:
-    while not (logged_steps(tmp_path / "run") or [0])[-1] >= kill_at:
-      assert proc.poll() is None, proc.stderr.read()[-3000:]
-      time.sleep(0.01)
+    wait_for_step(tmp_path / "run", kill_at, [proc])
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
   finally:

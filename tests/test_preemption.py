@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import random
 import signal
 import subprocess
-import time
 
 import chex
 import pytest
@@ -23,8 +21,8 @@ from conftest import (
   assert_close_normwise,
   free_port,
   genlab_command,
-  logged_steps,
   restore_latest,
+  wait_for_step,
 )
 
 EXIT_PREEMPTED = 75
@@ -48,19 +46,6 @@ def _env(devices: int) -> dict:
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["JAX_PLATFORMS"] = "cpu"
   return env
-
-
-def _wait_for_step(workdir: pathlib.Path, step: int, procs, timeout: float = 300) -> int:
-  """Blocks until metrics.jsonl has a line at `step` or later; returns the step seen."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    for p in procs:
-      assert p.poll() is None, f"exited early ({p.returncode}): {p.stderr.read()[-3000:]}"
-    steps = logged_steps(workdir)
-    if steps and steps[-1] >= step:
-      return steps[-1]
-    time.sleep(0.01)
-  raise AssertionError(f"no step {step} within {timeout}s")
 
 
 def _finish(procs, timeout: float = 300) -> list[tuple[int, str]]:
@@ -103,7 +88,7 @@ def test_killed_at_a_random_step_then_resumed_equals_an_unbroken_run(
   proc = subprocess.Popen(
     _args(run, data_dir, *unending), env=_env(1), stderr=subprocess.PIPE, text=True
   )
-  seen = _wait_for_step(run, kill_at, [proc])
+  seen = wait_for_step(run, kill_at, [proc])
   proc.send_signal(sig)
   [(code, err)] = _finish([proc])
   assert code == EXIT_PREEMPTED, err[-3000:]
@@ -179,7 +164,7 @@ def test_two_processes_equal_one_and_resume_bit_exactly_after_preemption(data_di
 
   run = tmp_path / "preempted"  # With no end of its own, as in the one-process test above.
   procs = _two_processes(run, data_dir, [*overrides, "--config.num_steps=1000000"])
-  _wait_for_step(run, random.Random().randint(10, 30), procs)
+  wait_for_step(run, random.Random().randint(10, 30), procs)
   for p in procs:
     p.send_signal(signal.SIGTERM)
   results = _finish(procs)

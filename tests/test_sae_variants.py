@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import time
 
 import chex
 import jax
@@ -18,7 +17,7 @@ from test_activation_sae import _eval, _sae_family, _tiny_host_and_data, _train
 from test_cli import genlab_here
 from test_nnx import EXIT_PREEMPTED, _genlab
 
-from conftest import EXPERIMENTS, REPO, compare_parallel, logged_steps, primitive_eqns
+from conftest import EXPERIMENTS, REPO, compare_parallel, primitive_eqns, wait_for_step
 
 # Two layers × two k on TinyHost: its Dense layers `hidden` (8 wide) and `out` (3).
 VARIANTS = "h2: k=2; h4: k=4; r2: k=2, layer=out; r4: k=4, layer=out"
@@ -138,9 +137,7 @@ def test_a_set_killed_with_sigterm_then_resumed_equals_an_unbroken_run(data_dir,
   kill_at = random.Random().randint(10, 35)
   proc = _genlab(*_set_args(data_dir, tmp_path / "run", 1_000_000), popen=True)
   try:
-    while not (logged_steps(tmp_path / "run") or [0])[-1] >= kill_at:
-      assert proc.poll() is None, proc.stderr.read()[-3000:]
-      time.sleep(0.01)
+    wait_for_step(tmp_path / "run", kill_at, [proc])
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
   finally:
