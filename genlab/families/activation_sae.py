@@ -449,13 +449,6 @@ class ActivationSAE(Family):
     """(normalised activations read, one row per position; their weights: 1 on examples)."""
     return self.source.activations(batch, host_params)
 
-  def rows(self, batch, host_params, member: str = "model"):
-    """(the normalised activations `member` reads, one row per position; those a
-    transcoder reconstructs, None for an SAE; their weights: 1 on examples)."""
-    rows, weights = self.source.all_activations(batch, host_params)
-    m = self.members[0] if self.lone else self.member(member)
-    return rows[m.read], (rows[m.write] if m.write != m.read else None), weights
-
   def reconstruct(self, params, x, weights, stats, *, train: bool):
     """(x̂, latents, pre-activations, the code's new stats or None) of the lone SAE."""
     return self.objective.reconstruct(params, x, weights, stats, train=train)

@@ -303,19 +303,18 @@ def _sown(tree: Any, path: tuple[str, ...], name: str, layer: str) -> Any:
 def _nnx_capture(model: NNXModel, variables, reads, *args, **kwargs):
   """(output, [value of each (name, is_input) of `reads`]) of an NNX model, one call."""
   module = model.bind(_params(model, variables))
-  wanted: dict[tuple[str, ...], set[bool]] = {}
+  wanted: dict[tuple[str, ...], tuple[nnx.Module, set[bool]]] = {}
   for name, is_input in reads:
     layer = name + (INPUT if is_input else "")
     if name.startswith(SOWN):
       _submodule(module, tuple(_path(name.removeprefix(SOWN))[:-1]), layer)
     else:
-      _submodule(module, _path(name), layer)
-      wanted.setdefault(_path(name), set()).add(is_input)
-  found = {tuple(map(str, p)): m for p, m in nnx.iter_modules(module)}
-  for path, kinds in wanted.items():
+      target = _submodule(module, _path(name), layer)
+      wanted.setdefault(_path(name), (target, set()))[1].add(is_input)
+  for target, kinds in wanted.values():
     reads_output = False in kinds
     _instrument(
-      found[path],
+      target,
       lambda output, sow=reads_output: (output, output if sow else None),
       sow_input=True in kinds,
     )
