@@ -126,6 +126,13 @@ def _assert_inception_report(report, weights):
   return m, protocol
 
 
+# The CIFAR-10 GANs' networks, tiny (both experiments share them).
+SMALL_GAN = [
+  "--config.model.generator.features=(4, 8, 8, 16)",
+  "--config.model.discriminator.features=(4, 4, 8, 8, 8, 8, 16)",
+]
+
+
 def _tests(evaluations):
   return [e for e in evaluations if any(k.startswith("test/") for k in e)]
 
@@ -134,11 +141,9 @@ def _tests(evaluations):
 def test_dcgan_cifar10_trains_on_mock_data_and_genlab_eval_writes_fid_kid_and_is(
   inception_weights, tmp_path
 ):
-  small = [
-    "--config.model.generator.features=(4, 8, 8, 16)",
-    "--config.model.discriminator.features=(4, 4, 8, 8, 8, 8, 16)",
-  ]
-  report, evaluations = _run_on_mock_cifar10("dcgan_cifar10", tmp_path, inception_weights, small)
+  report, evaluations = _run_on_mock_cifar10(
+    "dcgan_cifar10", tmp_path, inception_weights, SMALL_GAN
+  )
   m, protocol = _assert_inception_report(report, inception_weights)
   # StudioGAN's protocol, which the experiment sets: the test images, pytorch-fid's resize.
   assert protocol["inception_real_split"] == "test"
@@ -155,11 +160,7 @@ def test_dcgan_cifar10_trains_on_mock_data_and_genlab_eval_writes_fid_kid_and_is
 def test_sngan_cifar10_trains_on_mock_data_and_genlab_eval_writes_fid_kid_and_is(
   inception_weights, tmp_path
 ):
-  small = [
-    "--config.model.generator.features=(4, 8, 8, 16)",
-    "--config.model.discriminator.features=(4, 4, 8, 8, 8, 8, 16)",
-  ]
-  report, _ = _run_on_mock_cifar10("sngan_cifar10", tmp_path, inception_weights, small)
+  report, _ = _run_on_mock_cifar10("sngan_cifar10", tmp_path, inception_weights, SMALL_GAN)
   _, protocol = _assert_inception_report(report, inception_weights)
   assert protocol["discriminator_spectral_norm"] is True
   assert protocol["generator_loss"] == "hinge" and protocol["n_disc"] == 1
