@@ -21,8 +21,9 @@ MODEL = {"matryoshka_batchtopk": {"matryoshka_widths": (8, 16)}}
 def saelens_encode_decode(directory, x):
   """NumPy, float64, by SAELens 6.54.12's definitions of each architecture's inference
   (sae_lens/saes/sae.py `process_sae_in`; standard_sae.py, topk_sae.py (`TopK`: the k
-  largest, then ReLU), jumprelu_sae.py `encode`: relu(h)·[h > threshold]; every `decode`:
-  f W_dec + b_dec), from the files alone."""
+  largest, then ReLU), jumprelu_sae.py `encode`: relu(h)·[h > threshold]; transcoder.py's
+  `Transcoder` (ReLU) and `JumpReLUTranscoder`, whose `process_sae_in` subtracts no b_dec;
+  every `decode`: f W_dec + b_dec), from the files alone."""
   cfg = json.loads((directory / "cfg.json").read_text())
   w = {
     k: v.astype(np.float64)
@@ -32,9 +33,12 @@ def saelens_encode_decode(directory, x):
   assert (
     cfg.get("normalize_activations", "none") == cfg.get("reshape_activations", "none") == "none"
   )
-  x = np.asarray(x, np.float64) - w["b_dec"] * cfg.get("apply_b_dec_to_input", True)
+  transcoder = cfg["architecture"] in ("transcoder", "jumprelu_transcoder")
+  x = np.asarray(x, np.float64)
+  if not transcoder and cfg.get("apply_b_dec_to_input", True):
+    x = x - w["b_dec"]
   h = x @ w["W_enc"] + w["b_enc"]
-  if cfg["architecture"] == "standard":
+  if cfg["architecture"] in ("standard", "transcoder"):
     f = np.maximum(h, 0)
   elif cfg["architecture"] == "topk":
     kth = -np.sort(-h, axis=1)[:, cfg["k"] - 1 : cfg["k"]]
@@ -44,16 +48,20 @@ def saelens_encode_decode(directory, x):
   return f, f @ w["W_dec"] + w["b_dec"]
 
 
-def _genlab_encode_decode(family, state, raw):
-  """genlab's own inference on raw host activations: normalise, encode (at the learned
-  threshold where the code has one), decode, denormalise."""
+def _genlab_encode_decode(family, state, raw, read=None, write=None):
+  """genlab's own inference on raw host activations of layer `read` (default: the source's
+  first): normalise, encode (at the learned threshold where the code has one), decode,
+  denormalise as layer `write` (default: `read`; a transcoder's output layer)."""
+  source = family.source
+  read = read or source.layers[0]
+  write = write or read
   params, stats = state.params["model"], state.stats["model"]
-  x = family.source.normalized(jnp.asarray(raw))
+  x = source.normalized(jnp.asarray(raw), read)
   code = family.model.code_fn
   threshold = code.inference_threshold(params, stats) if "threshold" in stats else None
   f = family.model.apply({"params": params}, x, threshold, method="encode")
-  x_hat = family.model.apply({"params": params}, f, method="decode")
-  return np.asarray(f), np.asarray(x_hat / family.source.scale + family.source.shift)
+  y_hat = family.model.apply({"params": params}, f, method="decode")
+  return np.asarray(f), np.asarray(y_hat / source.scales[write] + source.shifts[write])
 
 
 def _held_out(family):
@@ -117,6 +125,82 @@ def test_each_code_exports_what_saelens_definitions_compute_as_genlab_does(
   )
   weights = load_file(str(tmp_path / "sae_weights.safetensors"))
   assert set(weights) == names and all(v.dtype == np.float32 for v in weights.values())
+
+
+TRANSCODER_CODES = ["relu", "jumprelu", "batchtopk"]
+
+
+@pytest.mark.parametrize("code", TRANSCODER_CODES)
+@pytest.mark.parametrize("normalize", ["norm", "per_dimension"])
+def test_each_transcoder_exports_what_saelens_definitions_compute_as_genlab_does(
+  code, normalize, tmp_path
+):
+  """A transcoder from the input of a Dense layer (6 wide) to its output (8 wide): its
+  input's normalisation folded into the encoder, its output's into the decoder."""
+  from test_transcoder import _tiny_transcoder
+
+  family, _ = _tiny_transcoder(code=code, normalize=normalize)
+  state, _ = _train(family, 30)
+  params, stats = jax.device_get((state.params["model"], state.stats["model"]))
+  source = family.source
+  read, write = "hidden:input", "hidden"
+  cfg, tensors = saelens.to_saelens(
+    params,
+    stats,
+    family.model.code_fn,
+    shift=np.asarray(source.shifts[read]),
+    scale=np.asarray(source.scales[read]),
+    output_shift=np.asarray(source.shifts[write]),
+    output_scale=np.asarray(source.scales[write]),
+    metadata={"hook_name": read, "hook_name_out": write, "model_name": "TinyHost"},
+  )
+  saelens.write(tmp_path, cfg, tensors)
+  raw = _held_out(family)  # The Dense layer's input, raw.
+  f, y_hat = saelens_encode_decode(tmp_path, raw)
+  g_f, g_y_hat = _genlab_encode_decode(family, state, raw, read, write)
+  assert y_hat.shape == (len(raw), 8) and np.count_nonzero(f) > 0
+  assert _normwise(g_f, f) < 1e-5
+  assert _normwise(g_y_hat, y_hat) < 1e-5
+  # The output's normalisation differs from the input's, so folding the wrong one fails.
+  assert not np.allclose(source.scales[read][0], source.scales[write][0])
+  written = json.loads((tmp_path / "cfg.json").read_text())
+  assert written["architecture"] == saelens.TRANSCODER_ARCHITECTURES[code]
+  assert (written["d_in"], written["d_sae"], written["d_out"]) == (6, 32, 8)
+  assert isinstance(written["d_out"], int) and written["apply_b_dec_to_input"] is False
+  assert written["metadata"]["hook_name_out"] == write
+  weights = load_file(str(tmp_path / "sae_weights.safetensors"))
+  assert weights["W_dec"].shape == (32, 8) and weights["b_dec"].shape == (8,)
+  assert ("threshold" in weights) == (code != "relu")
+  assert saelens.is_transcoder(written)
+
+
+def test_a_transcoder_round_trips_and_what_saelens_has_not_is_refused(tmp_path):
+  from test_transcoder import _tiny_transcoder
+
+  from genlab.errors import ConfigError
+
+  family, _ = _tiny_transcoder(code="relu", normalize="none")
+  state, _ = _train(family, 5)
+  params = jax.device_get(state.params["model"])
+  unit = {"shift": np.zeros(6), "scale": np.ones(6)}
+  out = {"output_shift": np.zeros(8), "output_scale": np.ones(8)}
+  cfg, tensors = saelens.to_saelens(params, {}, family.model.code_fn, **unit, **out, metadata={})
+  saelens.write(tmp_path, cfg, tensors)
+  fields, back = saelens.from_saelens(*saelens.read(tmp_path))
+  assert fields == {"code": "relu", "code_dim": 32}
+  for part in ("encoder", "decoder"):
+    for name in ("kernel", "bias"):
+      np.testing.assert_array_equal(back[part][name], params[part][name])
+  # SAELens 6.54.12 has no TopK transcoder.
+  topk, _ = _tiny_transcoder(code="topk", normalize="none")
+  with pytest.raises(ConfigError, match="no transcoder of SAE code 'topk'"):
+    saelens.to_saelens(params, {}, topk.model.code_fn, **unit, **out, metadata={})
+  with pytest.raises(ConfigError, match="lacks d_out"):
+    saelens.from_saelens({k: v for k, v in cfg.items() if k != "d_out"}, tensors)
+  with pytest.raises(ConfigError, match="apply_b_dec_to_input=true"):
+    saelens.from_saelens({**cfg, "apply_b_dec_to_input": True}, tensors)
+  with pytest.raises(ConfigError, match=r"W_dec should have shape \(32, 8\)"):
+    saelens.from_saelens(cfg, {**tensors, "W_dec": tensors["W_dec"][:, :6]})
 
 
 @pytest.mark.parametrize("code", ["relu", "topk", "jumprelu"])

@@ -91,12 +91,14 @@ def test_an_nnx_modules_input_is_read_with_its_output_in_one_pass():
   np.testing.assert_allclose(out_input, jax.nn.gelu(hidden), rtol=1e-6, atol=1e-6)
 
 
-def _tiny_transcoder(**sae):
+def _tiny_transcoder(code="topk", **sae):
+  """A transcoder from the input of the tiny host's Dense layer `hidden` (6 wide) to its
+  output (8 wide)."""
   import dataclasses
 
   host, data = _tiny_host_and_data()
   host = dataclasses.replace(host, layer="hidden:input")
-  family = _sae_family(code="topk", host_and_data=(host, data), output_layer="hidden", **sae)
+  family = _sae_family(code=code, host_and_data=(host, data), output_layer="hidden", **sae)
   return family, host
 
 
@@ -164,21 +166,46 @@ def test_resampling_gives_a_transcoders_dead_latents_output_directions():
   assert cosine == pytest.approx(1.0, abs=1e-6)
 
 
-def test_a_transcoder_config_is_refused_by_import_in_one_line(tmp_path):
+def test_import_refuses_a_transcoder_for_an_sae_and_the_reverse_in_one_line(tmp_path):
   from genlab import config as config_lib
   from genlab.errors import ConfigError
   from genlab.run.interchange import import_workdir
+  from genlab.sae import saelens
 
+  rng = np.random.default_rng(0)
+
+  def files(name, architecture, d_out):
+    tensors = {
+      "W_enc": rng.normal(size=(96, 32)).astype(np.float32),
+      "b_enc": np.zeros(32, np.float32),
+      "W_dec": rng.normal(size=(32, d_out)).astype(np.float32),
+      "b_dec": np.zeros(d_out, np.float32),
+    }
+    cfg = {"architecture": architecture, "d_in": 96, "d_sae": 32, "apply_b_dec_to_input": False}
+    if architecture == "transcoder":
+      cfg.update(d_out=d_out, metadata={"hook_name_out": "block_1/mlp_out"})
+    saelens.write(tmp_path / name, cfg, tensors)
+    return tmp_path / name
+
+  sae, transcoder = files("sae", "standard", 96), files("transcoder", "transcoder", 96)
   config = config_lib.load_experiment(EXPERIMENTS / "transcoder_pydoc_mlp.py")
-  with pytest.raises(ConfigError, match="leave config.sae.output_layer"):
-    import_workdir(tmp_path / "sae", config, tmp_path / "out")
+  with pytest.raises(ConfigError, match="not a transcoder: leave config.sae.output_layer"):
+    import_workdir(sae, config, tmp_path / "out")
+  config = config_lib.load_experiment(EXPERIMENTS / "sae_pydoc_residual.py")
+  with pytest.raises(ConfigError, match="is a transcoder .*'block_1/mlp_out'.*output_layer"):
+    import_workdir(transcoder, config, tmp_path / "out")
+  config.sae.variants = "a: k=2; b: k=4"
+  with pytest.raises(ConfigError, match="leave config.sae.variants"):
+    import_workdir(sae, config, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_a_transcoder_on_the_mlp_of_block_1_trains_through_the_cli(data_dir, tmp_path, capsys):
   """experiments/transcoder_pydoc_mlp.py, tiny, on a tiny char_lm_pydoc: `genlab train`
   and `genlab eval` report loss recovered, FVU and L0 of the MLP's output; `genlab export`
-  refuses it in one line."""
+  writes it as SAELens' jumprelu_transcoder, and `genlab import` of those files evaluates
+  to the same figures on the same host."""
   from genlab.run import train_and_evaluate
 
   host = tmp_path / "char_lm"
@@ -217,6 +244,23 @@ def test_a_transcoder_on_the_mlp_of_block_1_trains_through_the_cli(data_dir, tmp
     (m["loss_zero"] - m["loss_sae"]) / (m["loss_zero"] - m["loss_clean"])
   )
   assert m["loss_zero"] != m["loss_clean"]  # Ablating the MLP changes the host's loss.
-  refused = genlab("export", "--workdir", str(sae), "--format", "saelens", str(tmp_path / "x"))
-  assert refused.returncode != 0
-  assert "is a transcoder" in refused.stderr.strip().splitlines()[-1]
+  exported = tmp_path / "exported"
+  done = genlab("export", "--workdir", str(sae), "--format", "saelens", str(exported))
+  assert done.returncode == 0, done.stderr[-3000:]
+  cfg = json.loads((exported / "cfg.json").read_text())
+  assert cfg["architecture"] == "jumprelu_transcoder"  # The experiment's code is batchtopk.
+  assert (cfg["d_in"], cfg["d_out"]) == (16, 16)
+  assert cfg["metadata"]["hook_name"] == "block_1/mlp_in:input"
+  assert cfg["metadata"]["hook_name_out"] == "block_1/mlp_out"
+  imported = tmp_path / "imported"
+  args = ["import", str(exported), "--config", config, "--workdir", str(imported)]
+  done = genlab(*args, *overrides[:3])
+  assert done.returncode == 0, done.stderr[-3000:]
+  done = genlab("eval", "--workdir", str(imported))
+  assert done.returncode == 0, done.stderr[-3000:]
+  after = json.loads((imported / "eval.json").read_text())
+  assert after["protocol"]["transcoder"] is True and after["protocol"]["sae"]["normalize"] == "none"
+  # The same transcoder on the same host, its normalisations folded into float32 weights.
+  for name in ("l0", "fvu", "loss_recovered", "kl_sae", "loss_sae"):
+    assert after["metrics"][name] == pytest.approx(m[name], rel=1e-4), name
+  assert after["metrics"]["loss_clean"] == m["loss_clean"]

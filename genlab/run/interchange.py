@@ -68,17 +68,15 @@ def export_workdir(
   else:
     member = family.member(variant)
   o = member.options
-  if member.write != member.read:
-    raise ConfigError(
-      f"{workdir}'s SAE is a transcoder (config.sae.output_layer={o.output_layer!r}): genlab "
-      "writes SAEs in SAELens' format, not yet its transcoders (hook_name_out, d_out)"
-    )
+  transcoder = member.write != member.read
   part = member.name
   params, stats = jax.device_get((state.params[part], state.stats[part]))
   host = family.host
+  source = family.source
   metadata = {
     "model_name": host.description,
     "hook_name": member.read,
+    **({"hook_name_out": member.write} if transcoder else {}),
     "dataset_path": s.config.dataset,
     "prepend_bos": False,
     "genlab": {
@@ -90,7 +88,10 @@ def export_workdir(
       "normalization_folded": {
         "normalize": o.normalize,
         "normalize_examples": int(o.normalize_examples),
-        "scale_mean": float(np.mean(family.source.scales[member.read])),
+        "scale_mean": float(np.mean(source.scales[member.read])),
+        **(
+          {"output_scale_mean": float(np.mean(source.scales[member.write]))} if transcoder else {}
+        ),
       },
       "host_identity": host.identity,
     },
@@ -99,9 +100,17 @@ def export_workdir(
     params,
     stats,
     member.model.code_fn,
-    shift=np.asarray(family.source.shifts[member.read]),
-    scale=np.asarray(family.source.scales[member.read]),
+    shift=np.asarray(source.shifts[member.read]),
+    scale=np.asarray(source.scales[member.read]),
     metadata=metadata,
+    **(
+      {
+        "output_shift": np.asarray(source.shifts[member.write]),
+        "output_scale": np.asarray(source.scales[member.write]),
+      }
+      if transcoder
+      else {}
+    ),
   )
   saelens.write(out, cfg, tensors)
   log(
@@ -122,14 +131,13 @@ def import_workdir(
   """Makes `workdir` (new or empty) an activation-SAE run of `config` (its host, data and
   evaluation) whose checkpoint of step 0 holds the SAE in `source`, SAELens' format; its
   code and size come from the files, and it reads the host's raw activations
-  (`sae.normalize='none'`, the format's convention)."""
+  (`sae.normalize='none'`, the format's convention). A SAELens transcoder needs a config
+  that names the output layer it reconstructs (`sae.output_layer`), and an SAE one that
+  names none."""
   _check_format(fmt)
-  if config.get("family") == "activation_sae" and (
-    config.sae.get("output_layer") or config.sae.get("variants")
-  ):
+  if config.get("family") == "activation_sae" and config.sae.get("variants"):
     raise ConfigError(
-      "genlab import reads one SAE of SAELens' format: leave config.sae.output_layer (a "
-      "transcoder's) and config.sae.variants (a set's) empty"
+      "genlab import reads one SAE of SAELens' format: leave config.sae.variants (a set's) empty"
     )
   cfg, tensors = saelens.read(source)
   fields, params = saelens.from_saelens(cfg, tensors)
@@ -137,6 +145,18 @@ def import_workdir(
     raise ConfigError(
       f"genlab import needs an activation_sae experiment (its host and data); "
       f"config.family is {config.get('family')!r}"
+    )
+  output_layer = config.sae.get("output_layer")
+  if saelens.is_transcoder(cfg) and not output_layer:
+    out = cfg.get("metadata", {}).get("hook_name_out")
+    raise ConfigError(
+      f"the SAE in {source} is a {cfg['architecture']} (its output: {out!r}): give an "
+      "experiment whose config.sae.output_layer names the layer it reconstructs"
+    )
+  if output_layer and not saelens.is_transcoder(cfg):
+    raise ConfigError(
+      f"the SAE in {source} is a {cfg.get('architecture', 'standard')} SAE, not a transcoder: "
+      f"leave config.sae.output_layer ({output_layer!r}) empty"
     )
   for name, value in fields.items():
     config.model[name] = value
@@ -155,12 +175,14 @@ def import_workdir(
   if workdir.is_dir() and any(workdir.iterdir()):
     raise WorkdirError(f"{workdir} is not empty: genlab import makes a new workdir")
   s = build(config, provide=resources.provide)
-  width = s.family.source.width
-  if width != cfg["d_in"]:
-    raise ConfigError(
-      f"the SAE in {source} reads d_in={cfg['d_in']}, and the host's layer "
-      f"{s.family.host.layer!r} gives width {width}"
-    )
+  member = s.family.members[0]
+  widths = s.family.source.widths
+  for field, layer in (("d_in", member.read), ("d_out", member.write)):
+    if field in cfg and widths[layer] != cfg[field]:
+      raise ConfigError(
+        f"the SAE in {source} has {field}={cfg[field]}, and the host's layer {layer!r} gives "
+        f"width {widths[layer]}"
+      )
   check_workdir(workdir)
   with WorkdirLock(workdir, exclusive=True, what="import"):
     state = s.initial_state
