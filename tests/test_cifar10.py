@@ -67,6 +67,33 @@ def test_final_only_keeps_the_inception_out_of_the_evaluations_during_training(d
     sample_metrics.evaluate(np.zeros((6, 8, 8, 1)), None)
 
 
+def test_a_final_only_training_run_never_reads_the_inception_weights(data_dir, tmp_path):
+  """Training with `inception_final_only` builds no Inception: a run whose weights file does
+  not exist trains (and fetches nothing); `genlab eval`, which scores with it, says so."""
+  from genlab import config as config_lib
+  from genlab.errors import ConfigError
+  from genlab.run import evaluate_workdir, train_and_evaluate
+
+  config = config_lib.load_experiment(EXPERIMENTS / "vae_digits.py")
+  config.data.data_dir = data_dir
+  config.update(num_steps=2, eval_every=2, checkpoint_every=2, image_every=2, num_images=0)
+  missing = tmp_path / "no_such_weights.pth"
+  config.sample_metrics.update(
+    evaluators="inception",
+    inception_final_only=True,
+    inception_weights=str(missing),
+    **{k: v for k, v in TINY_METRICS.items() if k.startswith(("inception", "kid", "is_"))},
+  )
+  result = train_and_evaluate(config, tmp_path / "run")
+  assert result.step == 2 and "fid" not in result.test_metrics
+  with pytest.raises(ConfigError, match="no_such_weights.pth'?: no such file"):
+    evaluate_workdir(tmp_path / "run")
+  # Without final_only, training needs them at once.
+  config.sample_metrics.inception_final_only = False
+  with pytest.raises(ConfigError, match="no such file"):
+    train_and_evaluate(config, tmp_path / "run2")
+
+
 class UncallableInception:
   """Stands for the FID Inception where it must not run."""
 

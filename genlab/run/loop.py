@@ -177,6 +177,23 @@ class RunResult:
   workdir: pathlib.Path
 
 
+def for_training(provide: Provider | None) -> Provider | None:
+  """`provide` as training calls it: the sample evaluators that run only at the final
+  evaluation (`SampleMetrics.during_training`: e.g. `sample_metrics.inception_final_only`)
+  are set aside while the resources are built and handed over, so a training run neither
+  needs nor loads theirs (the FID Inception's weights are `genlab eval`'s business)."""
+  if provide is None:
+    return None
+
+  def provide_for_training(s: Setup) -> None:
+    sample_metrics = s.family.sample_metrics
+    scope = sample_metrics.during_training() if sample_metrics else contextlib.nullcontext()
+    with scope:
+      provide(s)
+
+  return provide_for_training
+
+
 def train(
   config: ml_collections.ConfigDict,
   workdir: str | pathlib.Path,
@@ -206,6 +223,7 @@ def train(
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
   config_lib.canonicalize(config)  # config.json names what eval must find again.
+  provide = for_training(provide)
   built = _set_aside_for_fresh(config, workdir, provide) if fresh else None
   found = sorted(workdir.iterdir()) if workdir.is_dir() else None
   check_workdir(workdir)
