@@ -98,6 +98,21 @@ def test_a_set_runs_the_host_once_per_step():
   assert host_outputs(_sae_family(host_and_data=(host, data))) == 1
 
 
+def test_a_sets_eval_shares_the_hosts_clean_and_zero_ablated_passes():
+  """The eval step of four SAEs on two layers runs the host 1 (clean) + 2 (zero-ablated,
+  one per layer) + 4 (each SAE's splice) times, where four lone ones run it 3 times each."""
+  host, data = _tiny_host_and_data()
+  batch = {**{k: v[:8] for k, v in data.test.items()}, "mask": np.ones(8, np.float32)}
+
+  def host_passes(family):
+    state = family.init_state(jax.random.key(0), None)
+    eqns = primitive_eqns(family.eval_step, state, batch)
+    return sum(e.invars[0].aval.shape[-1] == 6 for e in eqns)  # The host's first layer.
+
+  assert host_passes(_sae_family(host_and_data=(host, data))) == 3
+  assert host_passes(_sae_family(host_and_data=(host, data), variants=VARIANTS)) == 1 + 2 + 4
+
+
 SET = (
   "k4_b0: k=4, layer=block_0; k8_b0: k=8, layer=block_0; k4_b1: k=4, layer=block_1; "
   "k8_b1: k=8, layer=block_1"

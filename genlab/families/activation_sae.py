@@ -486,21 +486,18 @@ class ActivationSAE(Family):
     return self.objective.resample(state, x, weights, key, target=target)
 
   def eval_step(self, state, batch) -> Metrics:
-    """Sums over the batch's example positions (and its sequences where `mask` is 1)."""
-    sums = {}
-    for m in self.members:
-      own = evaluation.eval_sums(
-        m.objective,
-        self.source,
-        state.params[m.name],
-        state.stats[m.name],
-        state.stats["host"],
-        batch,
-        layer=m.read,
-        output_layer=m.write,
-      )
-      sums.update(own if self.lone else {f"{m.name}/{k}": v for k, v in own.items()})
-    return sums
+    """Sums over the batch's example positions (and its sequences where `mask` is 1), of
+    every SAE of the run from the host's shared passes (`evaluation.set_eval_sums`)."""
+    judged = [
+      evaluation.Judged(m.objective, state.params[m.name], state.stats[m.name], m.read, m.write)
+      for m in self.members
+    ]
+    every = evaluation.set_eval_sums(self.source, state.stats["host"], batch, judged)
+    if self.lone:
+      return every[0]
+    return {
+      f"{m.name}/{k}": v for m, own in zip(self.members, every, strict=True) for k, v in own.items()
+    }
 
   def summarize(self, means):
     """Ratios of the eval step's sums (their means over sequences: the same ratios)."""

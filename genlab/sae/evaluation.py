@@ -6,7 +6,8 @@ over the split's positions), `dense_fraction` (active on more than `dense_above`
 and the host's loss with the layer replaced by the SAE's reconstruction (`loss_sae`)
 against the clean loss and zero-ablation: `loss_recovered` = (L_zero − L_sae) / (L_zero −
 L_clean), and `kl_sae` (KL of the spliced output distribution from the clean one, nats
-per predicted token). The eval step gives sums (`eval_sums`), `summarize` the ratios.
+per predicted token). The eval step gives sums (`eval_sums`; of a set of SAEs from the
+host's shared passes, `set_eval_sums`), `summarize` the ratios.
 
 A transcoder (`output_layer`) is judged the same way on what it reconstructs: the output
 layer's activation (mse, fvu), spliced in place of that layer's output.
@@ -14,6 +15,8 @@ layer's activation (mse, fvu), spliced in place of that layer's output.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -66,6 +69,18 @@ def per_token(values: jax.Array, token_weights: jax.Array, what: str) -> jax.Arr
   return values.reshape(token_weights.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class Judged:
+  """One SAE of those an eval step judges together: its objective, parameters and state,
+  the layer it reads and the one it reconstructs and splices (default: `layer`)."""
+
+  objective: SAEObjective
+  params: Any
+  stats: Any
+  layer: str
+  output_layer: str | None = None
+
+
 def eval_sums(
   objective: SAEObjective,
   source: ActivationSource,
@@ -80,49 +95,80 @@ def eval_sums(
   """Sums over the batch's example positions (and its sequences where `mask` is 1), of the
   SAE reading `layer` (default: the source's first) and reconstructing `output_layer`
   (default: `layer`; a transcoder's output otherwise), which is spliced."""
+  judged = Judged(objective, params, stats, layer or source.layers[0], output_layer)
+  return set_eval_sums(source, host_params, batch, [judged])[0]
+
+
+def set_eval_sums(
+  source: ActivationSource,
+  host_params: Any,
+  batch: dict[str, jax.Array],
+  saes: Sequence[Judged],
+) -> list[dict[str, jax.Array]]:
+  """`eval_sums` of each of `saes` on one batch, sharing the host's passes: one clean pass
+  reads every layer they read, and one zero-ablated pass serves every SAE that splices the
+  same layer; each SAE's own splice is its own pass. A set of n SAEs on m output layers
+  runs the host 1 + m + n times, not 3n."""
   host = source.host
-  layer = layer or source.layers[0]
-  output_layer = output_layer or layer
-  reads = (layer,) if output_layer == layer else (layer, output_layer)
+  reads: list[str] = []
+  for sae in saes:
+    for name in (sae.layer, sae.output_layer or sae.layer):
+      if name not in reads:
+        reads.append(name)
   output, acts = host.capture_many(batch, reads, host_params)
-  act = acts[-1]  # What is reconstructed and replaced.
-  x = source.normalized(acts[0], layer)
-  target = x if output_layer == layer else source.normalized(act, output_layer)
-  positions = host.positions(batch)
-  rows_per_example = x.shape[0] // batch["mask"].shape[0]
-  weights = positions.reshape(-1) * jnp.repeat(batch["mask"], rows_per_example)
-  x_hat, code, pre, _ = objective.reconstruct(params, x, weights, stats, train=False)
-  w = weights[:, None]
-  active = (code > 0) * w
-  sums = {
-    "positions": jnp.sum(weights),
-    "penalty": objective.code.penalty_sum(params, code, pre, weights, objective.options),
-    "squared_error": jnp.sum((target - x_hat) ** 2 * w),
-    "x_sum": jnp.sum(target * w, axis=0),
-    "x_squared": jnp.sum(target**2 * w),
-    "active": jnp.sum(active),
-    "latent_active": jnp.sum(active, axis=0),
-  }
-  # The host with the layer replaced at the example positions (denormalised x̂), or zeroed.
-  where = positions.reshape(*act.shape[:-1], 1) > 0
-  x_hat_raw = source.denormalized(x_hat, act, output_layer)
-  spliced = host.splice(
-    batch, lambda a: jnp.where(where, x_hat_raw, a), host_params, layer=output_layer
-  )
-  zeroed = host.splice(
-    batch, lambda a: jnp.where(where, 0.0, a).astype(a.dtype), host_params, layer=output_layer
-  )
-  clean_loss, token_weights = host.token_loss(output, batch)
-  token_weights = token_weights * batch["mask"].reshape(-1, *[1] * (token_weights.ndim - 1))
-  sums["tokens"] = jnp.sum(token_weights)
-  for name, out in (("clean", output), ("sae", spliced), ("zero", zeroed)):
-    loss = per_token(host.token_loss(out, batch)[0], token_weights, "token losses")
-    sums[f"loss_{name}"] = jnp.sum(loss * token_weights)
-  for name, out in (("sae", spliced), ("zero", zeroed)):
-    clean, other = host.output_logits(output), host.output_logits(out)
-    kl = per_token(categorical_kl(clean, other), token_weights, "output distributions")
-    sums[f"kl_{name}"] = jnp.sum(kl * token_weights)
-  return sums
+  activation = dict(zip(reads, acts, strict=True))
+  zeroed: dict[str, Any] = {}  # The host's output with a layer zero-ablated, by layer.
+  out = []
+  for sae in saes:
+    layer, output_layer = sae.layer, sae.output_layer or sae.layer
+    act = activation[output_layer]  # What is reconstructed and replaced.
+    x = source.normalized(activation[layer], layer)
+    target = x if output_layer == layer else source.normalized(act, output_layer)
+    positions = host.positions(batch)
+    rows_per_example = x.shape[0] // batch["mask"].shape[0]
+    weights = positions.reshape(-1) * jnp.repeat(batch["mask"], rows_per_example)
+    x_hat, code, pre, _ = sae.objective.reconstruct(sae.params, x, weights, sae.stats, train=False)
+    w = weights[:, None]
+    active = (code > 0) * w
+    sums = {
+      "positions": jnp.sum(weights),
+      "penalty": sae.objective.code.penalty_sum(
+        sae.params, code, pre, weights, sae.objective.options
+      ),
+      "squared_error": jnp.sum((target - x_hat) ** 2 * w),
+      "x_sum": jnp.sum(target * w, axis=0),
+      "x_squared": jnp.sum(target**2 * w),
+      "active": jnp.sum(active),
+      "latent_active": jnp.sum(active, axis=0),
+    }
+    # The host with the layer replaced at the example positions (denormalised x̂), or zeroed.
+    where = positions.reshape(*act.shape[:-1], 1) > 0
+    x_hat_raw = source.denormalized(x_hat, act, output_layer)
+    spliced = host.splice(
+      batch,
+      lambda a, x_hat_raw=x_hat_raw, where=where: jnp.where(where, x_hat_raw, a),
+      host_params,
+      layer=output_layer,
+    )
+    if output_layer not in zeroed:
+      zeroed[output_layer] = host.splice(
+        batch,
+        lambda a, where=where: jnp.where(where, 0.0, a).astype(a.dtype),
+        host_params,
+        layer=output_layer,
+      )
+    _, token_weights = host.token_loss(output, batch)
+    token_weights = token_weights * batch["mask"].reshape(-1, *[1] * (token_weights.ndim - 1))
+    sums["tokens"] = jnp.sum(token_weights)
+    for name, result in (("clean", output), ("sae", spliced), ("zero", zeroed[output_layer])):
+      loss = per_token(host.token_loss(result, batch)[0], token_weights, "token losses")
+      sums[f"loss_{name}"] = jnp.sum(loss * token_weights)
+    for name, result in (("sae", spliced), ("zero", zeroed[output_layer])):
+      clean, other = host.output_logits(output), host.output_logits(result)
+      kl = per_token(categorical_kl(clean, other), token_weights, "output distributions")
+      sums[f"kl_{name}"] = jnp.sum(kl * token_weights)
+    out.append(sums)
+  return out
 
 
 def summarize(means: dict[str, Any], *, width: int, dense_above: float) -> dict[str, Any]:
@@ -153,4 +199,12 @@ def summarize(means: dict[str, Any], *, width: int, dense_above: float) -> dict[
   return metrics, latent_rate
 
 
-__all__ = ["DEFINITIONS", "categorical_kl", "eval_sums", "per_token", "summarize"]
+__all__ = [
+  "DEFINITIONS",
+  "Judged",
+  "categorical_kl",
+  "eval_sums",
+  "per_token",
+  "set_eval_sums",
+  "summarize",
+]
