@@ -16,7 +16,13 @@ comes from:
   * batch 64 and 100,000 generator updates: the paper's training setup (§4);
   * z ∈ R¹²⁸ ~ N(0, I): Table 3 (a).
 These were taken from the paper as recalled while writing this file, without a copy at
-hand: check them against it before quoting a comparison.
+hand (none could be reached from where genlab is built): check them against it before
+quoting a comparison. One public reproduction of this standard-CNN SNGAN, read to check
+them (w86763777/pytorch-gan-collections, configs/SNGAN_CIFAR10_CNN.txt and sngan.py), trains
+it with the same hinge loss, learning rate 2e-4, n_dis = 1, 100,000 steps and z ∈ R¹²⁸ (an
+earlier version; 100 later), but Adam β1 = 0, β2 = 0.9 (its default) and batch 128, and
+reports IS 7.84 ± 0.12 and FID 17.81 (50,000 samples against the train set, with its own
+PyTorch Inception metrics, pytorch_gan_metrics).
 
 What to expect: Miyato et al. 2018, Table 2, report for the standard CNN on CIFAR-10 IS
 7.58 ± 0.12 and FID 25.5 with the hinge loss (7.42 ± 0.08 and 29.3 with the non-saturating
