@@ -96,6 +96,51 @@ class WithBatchNorm(nnx.Module):
     return y, {"logits": y}
 
 
+class SparseAE(nnx.Module):
+  """An image sparse autoencoder in NNX: a Linear encoder to `code_dim` sigmoid units whose
+  bias starts at `code_bias_init` (which the KL sparsity sets to logit(ρ)), and back."""
+
+  def __init__(
+    self,
+    output_shape: Sequence[int],
+    code_dim: int = 16,
+    code: str = "sigmoid",
+    output_activation: str = "sigmoid",
+    code_bias_init: float = 0.0,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    width = math.prod(output_shape)
+    self.shape, self.output_activation = tuple(output_shape), output_activation
+    bias_init = nnx.initializers.constant(code_bias_init)
+    self.encoder = nnx.Linear(width, code_dim, bias_init=bias_init, rngs=rngs)
+    self.decoder = nnx.Linear(code_dim, width, rngs=rngs)
+
+  def __call__(self, x):
+    pre = self.encoder(x.reshape(x.shape[0], -1))
+    code = jax.nn.sigmoid(pre)
+    logits = self.decoder(code).reshape(x.shape[0], *self.shape)
+    return activation_fn(self.output_activation)(logits), {"code": code, "logits": logits}
+
+
+class SparseAEWithoutBiasInit(nnx.Module):
+  """The same without a `code_bias_init` argument."""
+
+  def __init__(
+    self,
+    output_shape: Sequence[int],
+    code_dim: int = 16,
+    code: str = "sigmoid",
+    output_activation: str = "sigmoid",
+    *,
+    rngs: nnx.Rngs,
+  ):
+    self.inner = SparseAE(output_shape, code_dim, code, output_activation, rngs=rngs)
+
+  def __call__(self, x):
+    return self.inner(x)
+
+
 # An NNX host for an SAE ------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import nnx_models
 import numpy as np
 import pytest
@@ -148,6 +149,32 @@ class _WithSpare(nnx.Module):
 
   def __call__(self, x):
     return self.used(x)
+
+
+def test_the_kl_sparse_ae_starts_an_nnx_models_code_units_at_the_target_rate(data_dir):
+  """The image sparse AE sets `code_bias_init` = logit(ρ) on its model (`NNXModel.clone`);
+  an NNX model whose constructor takes no such argument is refused in one line."""
+  from genlab.config import base_config
+  from genlab.data import load_dataset
+  from genlab.families.sparse_ae import SparseAutoencoder
+
+  config = base_config("sparse_autoencoder")
+  config.dataset = "digits"
+  config.data.data_dir = data_dir
+  config.model = ml_collections.ConfigDict(
+    {"name": "nnx_models:SparseAE", "code_dim": 16, "code": "sigmoid"}
+  )
+  config.sparsity.update(kind="kl", rho=0.05)
+  dataset = load_dataset("digits", data_dir=data_dir)
+  family = SparseAutoencoder(config, dataset, root_key=jax.random.key(0), kernels="flax")
+  assert isinstance(family.model, NNXModel)
+  logit = float(np.log(0.05 / 0.95))
+  assert family.model.code_bias_init == pytest.approx(logit)
+  params = family.model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  np.testing.assert_allclose(params["encoder"]["bias"], np.full(16, logit), rtol=1e-6)
+  config.model.name = "nnx_models:SparseAEWithoutBiasInit"
+  with pytest.raises(ConfigError, match="sets 'code_bias_init' of its model.*no such argument"):
+    SparseAutoencoder(config, dataset, root_key=jax.random.key(0), kernels="flax")
 
 
 def test_capture_gives_exactly_what_a_direct_call_of_the_addressed_module_gives():

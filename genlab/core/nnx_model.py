@@ -106,6 +106,23 @@ class NNXModel:
   def __repr__(self) -> str:
     return f"NNXModel({self.name}, {self.fields})"
 
+  def clone(self, **updates: Any) -> NNXModel:
+    """The same model with `updates` among its constructor's fields, as a Linen module's
+    `clone` (a family may set a field the config leaves out: the image sparse AE's
+    `code_bias_init`).
+
+    Raises:
+      MissingField: the constructor takes no argument of an update's name.
+    """
+    for name in updates:
+      if not takes(self.module, name):
+        raise MissingField(
+          f"the family sets {name!r} of its model, and the NNX model {self.name}'s "
+          "constructor takes no such argument; give it one (docs/extending.md, 'Your model "
+          "in NNX')"
+        )
+    return NNXModel(self.module, {**self.fields, **updates}, name=self.name)
+
   def _construct(self, key: jax.Array) -> nnx.Module:
     try:
       return self.module(**self.fields, rngs=nnx.Rngs(key))

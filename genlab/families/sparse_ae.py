@@ -209,7 +209,14 @@ class SparseAutoencoder(Autoencoder):
       # and the offset settles in the weights' constant component (each patch has mean 0.5)
       # instead of the bias.
       rho = self.sparsity.rho
-      self.model = self.model.clone(code_bias_init=float(np.log(rho / (1.0 - rho))))
+      try:
+        self.model = self.model.clone(code_bias_init=float(np.log(rho / (1.0 - rho))))
+      except TypeError as e:  # A Linen model of the user's without the field.
+        raise ConfigError(
+          f"sparsity 'kl' starts every code unit at the target rate through the model's "
+          f"`code_bias_init` field (the code units' initial bias), and {config.model.name} "
+          f"has none ({e}); give it one"
+        ) from None
     self.active_above = 0.5 if self.model.code == "sigmoid" else 0.0
     self.num_pixels = int(np.prod(dataset.target_shape))
 
