@@ -440,7 +440,29 @@ def test_the_watchdog_stops_on_a_silent_process_only(tmp_path):
     client.key_value_set(f"{KEY_PREFIX}1", str(beat), allow_overwrite=True)
     time.sleep(0.01)
   watchdog.leave()
+  watchdog.close()
   assert lost and {i for i, _ in lost} == {3}, lost
   assert 0.3 <= time.monotonic() - begin < 5
   assert client.store[f"{KEY_PREFIX}0"] == "done"  # It told the others it left.
   assert last_complete_checkpoint(tmp_path) == 40
+
+
+def test_a_process_that_left_on_an_error_still_stops_when_another_is_lost():
+  """A process that leaves (an error: a collective failed as another process died) waits in
+  JAX's shutdown for every process: its watch goes on, so a silent process still stops it
+  with its line; its own DONE is never overwritten by a later beat."""
+  from genlab.run.distributed import KEY_PREFIX, Watchdog
+
+  client, lost = _FakeClient(), []
+  stopped = threading.Event()
+  watchdog = Watchdog(client, 0, 2, timeout=0.3, period=0.01)
+  watchdog.stop = lambda i, silent: (lost.append((i, silent)), stopped.set())
+  client.key_value_set(f"{KEY_PREFIX}1", "1")  # Process 1 beats once, then is silent.
+  watchdog.start()
+  time.sleep(0.05)
+  watchdog.leave()
+  left = time.monotonic()
+  assert stopped.wait(5), "the watch ended when the process left"
+  watchdog.close()
+  assert lost[0][0] == 1 and lost[0][1] >= 0.3 and time.monotonic() - left < 5
+  assert client.store[f"{KEY_PREFIX}0"] == "done"

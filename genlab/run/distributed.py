@@ -109,9 +109,9 @@ class Watchdog:
   JAX's coordination service (`KEY_PREFIX` + index) and reads all of them; another process
   whose counter has not changed for `timeout` seconds is lost (`stop`). A process that
   leaves in order (`leave`: done, or exiting after an error) writes `DONE` and is not
-  watched any more. After a stall of its own (this process stopped or starved for more than
-  3 periods), every other process is given the whole timeout again: silence it could not
-  hear is not held against them.
+  watched any more by the others; it still watches them until it ends. After a stall of
+  its own (this process stopped or starved for more than 3 periods), every other process
+  is given the whole timeout again: silence it could not hear is not held against them.
 
   Args:
     client: JAX's `DistributedRuntimeClient`.
@@ -133,7 +133,9 @@ class Watchdog:
   ):
     self.client, self.index, self.count = client, process_index, process_count
     self.timeout, self.workdir, self.period = timeout, workdir, period
-    self._left = threading.Event()
+    self._left = threading.Event()  # This process wrote DONE: it beats no more.
+    self._closed = threading.Event()  # The watch ends (`close`; else with the process).
+    self._lock = threading.Lock()  # A beat never overwrites DONE.
     self._thread = threading.Thread(target=self._watch, name="genlab-watchdog", daemon=True)
 
   def start(self) -> Watchdog:
@@ -141,15 +143,24 @@ class Watchdog:
     return self
 
   def leave(self) -> None:
-    """This process takes part in no more collectives (it finished, or exits): it stops
-    watching and tells the others not to wait for its counter."""
-    if self._left.is_set():
-      return
-    self._left.set()
-    try:
-      self.client.key_value_set(f"{KEY_PREFIX}{self.index}", DONE, allow_overwrite=True)
-    except Exception:  # noqa: BLE001 - the service may be gone already; nothing to tell.
-      pass
+    """This process takes part in no more collectives (it finished, or exits after an
+    error): it tells the others not to wait for its counter. It goes on watching them until
+    the process ends: a process that leaves on an error (a collective that failed because
+    another process died) then waits in JAX's shutdown for every process, and must still
+    stop with its line, not with JAX's abort a heartbeat timeout later."""
+    with self._lock:
+      if self._left.is_set():
+        return
+      self._left.set()
+      try:
+        self.client.key_value_set(f"{KEY_PREFIX}{self.index}", DONE, allow_overwrite=True)
+      except Exception:  # noqa: BLE001 - the service may be gone already; nothing to tell.
+        pass
+
+  def close(self) -> None:
+    """Ends the watch (a process's watch otherwise ends with it)."""
+    self._closed.set()
+    self._thread.join()
 
   def _watch(self) -> None:
     beat = 0
@@ -158,14 +169,17 @@ class Watchdog:
       i: (None, now) for i in range(self.count) if i != self.index
     }
     previous = now
-    while not self._left.wait(self.period):
+    while not self._closed.wait(self.period):
       beat += 1
       try:
-        self.client.key_value_set(f"{KEY_PREFIX}{self.index}", str(beat), allow_overwrite=True)
+        with self._lock:
+          if not self._left.is_set():
+            key = f"{KEY_PREFIX}{self.index}"
+            self.client.key_value_set(key, str(beat), allow_overwrite=True)
         values = dict(self.client.key_value_dir_get(KEY_PREFIX))
       except Exception:  # noqa: BLE001 - the service is gone: JAX's client ends the process.
         continue
-      if self._left.is_set():
+      if self._closed.is_set():
         return
       now = time.monotonic()
       stalled = now - previous > 3 * self.period
