@@ -6,8 +6,8 @@ over the split's positions), `dense_fraction` (active on more than `dense_above`
 and the host's loss with the layer replaced by the SAE's reconstruction (`loss_sae`)
 against the clean loss and zero-ablation: `loss_recovered` = (L_zero − L_sae) / (L_zero −
 L_clean), and `kl_sae` (KL of the spliced output distribution from the clean one, nats
-per predicted token). The eval step gives sums (`eval_sums`; of a set of SAEs from the
-host's shared passes, `set_eval_sums`), `summarize` the ratios.
+per predicted token). The eval step gives sums (`set_eval_sums`, of one SAE or of a set
+from the host's shared passes), `summarize` the ratios.
 
 A transcoder (`output_layer`) is judged the same way on what it reconstructs: the output
 layer's activation (mse, fvu), spliced in place of that layer's output.
@@ -81,34 +81,17 @@ class Judged:
   output_layer: str | None = None
 
 
-def eval_sums(
-  objective: SAEObjective,
-  source: ActivationSource,
-  params: Any,
-  stats: Any,
-  host_params: Any,
-  batch: dict[str, jax.Array],
-  *,
-  layer: str | None = None,
-  output_layer: str | None = None,
-) -> dict[str, jax.Array]:
-  """Sums over the batch's example positions (and its sequences where `mask` is 1), of the
-  SAE reading `layer` (default: the source's first) and reconstructing `output_layer`
-  (default: `layer`; a transcoder's output otherwise), which is spliced."""
-  judged = Judged(objective, params, stats, layer or source.layers[0], output_layer)
-  return set_eval_sums(source, host_params, batch, [judged])[0]
-
-
 def set_eval_sums(
   source: ActivationSource,
   host_params: Any,
   batch: dict[str, jax.Array],
   saes: Sequence[Judged],
 ) -> list[dict[str, jax.Array]]:
-  """`eval_sums` of each of `saes` on one batch, sharing the host's passes: one clean pass
-  reads every layer they read, and one zero-ablated pass serves every SAE that splices the
-  same layer; each SAE's own splice is its own pass. A set of n SAEs on m output layers
-  runs the host 1 + m + n times, not 3n."""
+  """Sums over the batch's example positions (and its sequences where `mask` is 1), of
+  each of `saes`, sharing the host's passes: one clean pass reads every layer they read,
+  and one zero-ablated pass serves every SAE that splices the same layer; each SAE's own
+  splice is its own pass. A set of n SAEs on m output layers runs the host 1 + m + n
+  times, not 3n."""
   host = source.host
   reads: list[str] = []
   for sae in saes:
@@ -203,7 +186,6 @@ __all__ = [
   "DEFINITIONS",
   "Judged",
   "categorical_kl",
-  "eval_sums",
   "per_token",
   "set_eval_sums",
   "summarize",
