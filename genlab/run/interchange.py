@@ -68,15 +68,18 @@ def export_workdir(
   else:
     member = family.member(variant)
   o = member.options
-  transcoder = member.write != member.read
   part = member.name
   params, stats = jax.device_get((state.params[part], state.stats[part]))
   host = family.host
   source = family.source
+  folded = {
+    "normalize": o.normalize,
+    "normalize_examples": int(o.normalize_examples),
+    "scale_mean": float(np.mean(source.scales[member.read])),
+  }
   metadata = {
     "model_name": host.description,
     "hook_name": member.read,
-    **({"hook_name_out": member.write} if transcoder else {}),
     "dataset_path": s.config.dataset,
     "prepend_bos": False,
     "genlab": {
@@ -85,32 +88,21 @@ def export_workdir(
       "code": member.code,
       "k": int(member.model.k) if member.code_class.sparsity == "k" else None,
       "variant": None if family.lone else member.name,
-      "normalization_folded": {
-        "normalize": o.normalize,
-        "normalize_examples": int(o.normalize_examples),
-        "scale_mean": float(np.mean(source.scales[member.read])),
-        **(
-          {"output_scale_mean": float(np.mean(source.scales[member.write]))} if transcoder else {}
-        ),
-      },
+      "normalization_folded": folded,
       "host_identity": host.identity,
     },
   }
+  normalization = {
+    "shift": np.asarray(source.shifts[member.read]),
+    "scale": np.asarray(source.scales[member.read]),
+  }
+  if member.write != member.read:  # A transcoder: its output's normalisation too.
+    metadata["hook_name_out"] = member.write
+    folded["output_scale_mean"] = float(np.mean(source.scales[member.write]))
+    normalization["output_shift"] = np.asarray(source.shifts[member.write])
+    normalization["output_scale"] = np.asarray(source.scales[member.write])
   cfg, tensors = saelens.to_saelens(
-    params,
-    stats,
-    member.model.code_fn,
-    shift=np.asarray(source.shifts[member.read]),
-    scale=np.asarray(source.scales[member.read]),
-    metadata=metadata,
-    **(
-      {
-        "output_shift": np.asarray(source.shifts[member.write]),
-        "output_scale": np.asarray(source.scales[member.write]),
-      }
-      if transcoder
-      else {}
-    ),
+    params, stats, member.model.code_fn, metadata=metadata, **normalization
   )
   saelens.write(out, cfg, tensors)
   log(
