@@ -19,6 +19,7 @@ comes from a feed (`StreamedFeed` or `ResidentFeed`): the compiled function is
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,7 @@ class Runner:
     self.fsdp_min_size = fsdp_min_size
     self.kernels = kernels_lib.resolve(kernels, self.devices)
     self._options = kernels_lib.compiler_options(self.kernels)
+    self._init_options = kernels_lib.compiler_options(self.kernels, "init")
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, sharding.batch_spec())
     for name, size in {"batch_size": global_batch_size, "eval_batch_size": eval_batch_size}.items():
@@ -129,15 +131,17 @@ class Runner:
     large temporaries (XLA:CPU kept those of many layers at once), and Adam's moments are
     twice the parameters: made apart, they never meet (on 2 processes × 2 devices, a 1.07
     GiB state's creation rose 0.69× the state's size per process in one program, 0.5× so:
-    scripts/benchmark_memory.py)."""
+    scripts/benchmark_memory.py). Both compile with the kernels' init options
+    (`genlab.kernels.compiler_options(kernels, "init")`)."""
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    jit = functools.partial(jax.jit, compiler_options=self._init_options)
     if not _fresh_optimizer_states(abstract):
-      return jax.jit(init, out_shardings=shardings)(*args)
-    rest = jax.jit(
+      return jit(init, out_shardings=shardings)(*args)
+    rest = jit(
       lambda *a: init(*a).replace(opt_state=None),
       out_shardings=shardings.replace(opt_state=None),
     )(*args)
-    opt_state = jax.jit(
+    opt_state = jit(
       lambda state: {name: state.tx[name].init(state.params[name]) for name in state.tx},
       out_shardings=shardings.opt_state,
     )(rest)
