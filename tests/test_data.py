@@ -68,6 +68,41 @@ def test_digits_loads_the_same_twice(digits, data_dir):
   chex.assert_trees_all_equal(again.test, digits.test)
 
 
+def test_a_split_read_whole_is_decoded_once_per_process_until_its_files_change(
+  tmp_path, monkeypatch
+):
+  """A process that loads a dataset again (train then eval, a host and its SAE) reads the
+  kept arrays; they are read-only, so no caller changes what the next gets; new files (a
+  rebuilt dataset) are read afresh, and a mocked dataset, which has no files, every time."""
+  import os
+
+  from genlab.data import sources
+
+  decoded = []
+  rows = sources.RecordSplit.rows
+  monkeypatch.setattr(
+    sources.RecordSplit, "rows", lambda self, r: decoded.append(1) or rows(self, r)
+  )
+  monkeypatch.setattr(sources, "_WHOLE_SPLITS", type(sources._WHOLE_SPLITS)())
+  first = load_dataset("digits", data_dir=str(tmp_path))
+  assert len(decoded) == 2  # Train and test.
+  again = load_dataset("digits", data_dir=str(tmp_path))
+  assert len(decoded) == 2
+  chex.assert_trees_all_equal(again.train, first.train)
+  with pytest.raises(ValueError, match="read-only"):
+    again.train["image"][0, 0, 0, 0] = 255
+  # The same files rewritten (their modification time moves on): read again.
+  (train_file,) = tmp_path.glob("digits/*/digits-train.array_record*")
+  stat = train_file.stat()
+  os.utime(train_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  load_dataset("digits", data_dir=str(tmp_path))
+  assert len(decoded) == 3  # The train split only.
+  with tfds.testing.mock_data(num_examples=4):
+    load_dataset("mnist", data_dir=str(tmp_path))
+    load_dataset("mnist", data_dir=str(tmp_path))
+  assert len(decoded) == 7
+
+
 # --- TFDS by name (mocked) ------------------------------------------------------------------
 
 
