@@ -307,49 +307,6 @@ def test_runner_compiles_with_the_options_of_its_kernels(monkeypatch):
   assert float(step(None, plain.shard(batch))["sum"]) == 6.0
 
 
-@pytest.mark.parametrize(
-  "experiment",
-  [
-    None,  # The tests' conv AE.
-    pytest.param("vae_digits.py", marks=pytest.mark.slow),
-    pytest.param("dcgan_digits.py", marks=pytest.mark.slow),  # Two networks, BatchNorm.
-    pytest.param("rnn_ae_vowels.py", marks=pytest.mark.slow),  # LSTM: orthogonal kernels.
-    pytest.param("char_lm_pydoc.py", marks=pytest.mark.slow),  # Embeddings, attention.
-  ],
-)
-def test_the_initial_state_compiled_for_speed_equals_the_default_compilations(experiment, data_dir):
-  """The XLA:CPU run compiles its init at LLVM level 1 (3-4× faster to compile): the state
-  it makes is the one XLA's default options make, bit for bit."""
-  from conftest import EXPERIMENTS
-  from genlab import config as config_lib
-  from genlab.core import rngs
-  from genlab.data import eval_batches
-  from genlab.run import setup
-
-  if experiment is None:
-    config = make_test_config(data_dir)
-  else:
-    config = config_lib.load_experiment(EXPERIMENTS / experiment)
-    config.data.data_dir = data_dir
-  s = setup(config)
-  assert s.runner.kernels == "xla_cpu"
-  assert s.runner._init_options == kernels.CPU_INIT_COMPILER_OPTIONS
-  assert kernels.compiler_options("flax", "init") is None
-  state = s.runner.init_state(
-    s.family.init_state,
-    s.abstract_state,
-    rngs.stream_key(s.root_key, "init"),
-    next(eval_batches(s.dataset.train, global_batch_size=1, value_range=s.family.value_range)),
-  )
-  default = jax.jit(s.family.init_state)(
-    rngs.stream_key(s.root_key, "init"),
-    next(eval_batches(s.dataset.train, global_batch_size=1, value_range=s.family.value_range)),
-  )
-  chex.assert_trees_all_equal(jax.device_get(state), jax.device_get(default))
-  # The state is not trivially equal: its parameters are random draws.
-  assert len({float(np.std(x)) for x in jax.tree.leaves(state.params) if x.size > 1}) > 1
-
-
 def _total(outputs) -> jax.Array:
   return sum(jnp.sum(y) for y in jax.tree.leaves(outputs))
 

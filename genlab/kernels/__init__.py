@@ -48,14 +48,6 @@ CPU_COMPILER_OPTIONS = {
     "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
   ),
 }
-# A run's initial state is made once, by a program that is mostly random draws: threefry's
-# integer rounds over every parameter's shape. At XLA:CPU's default LLVM optimization level
-# those compiled 3-4x slower than at level 1 (dcgan_cifar10's 4.7 s -> 1.3 s, vae_digits'
-# 2.5 s -> 0.6 s on 2 Zen 4 cores) and a 3x3x8x16 kernel's bits alone took 0.9 s. Integer
-# hashing and exact conversions draw the same values at either level (tested per family); a
-# float computation in an init (a spectral norm's first vector) may round differently. Train
-# and eval steps keep the default: at level 1 a conv AE's step ran 1.6x slower.
-CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": "1"}
 
 
 def resolve(kernels: str, devices: Sequence[Any]) -> str:
@@ -146,22 +138,13 @@ def has_convolution(jaxpr) -> bool:
   return False
 
 
-def compiler_options(kernels: str, program: str = "step") -> dict[str, str] | None:
-  """The XLA options to compile a run's programs with: genlab's CPU options for `xla_cpu`
-  (those XLA takes, and not set in XLA_FLAGS), none otherwise.
-
-  Args:
-    kernels: the run's resolved kernels (`resolve`).
-    program: `step` for train and eval steps (`CPU_COMPILER_OPTIONS`), `init` for the
-      program that makes the initial state (`CPU_INIT_COMPILER_OPTIONS`).
-  """
-  if program not in ("step", "init"):
-    raise ValueError(f"program={program!r}; choose 'step' or 'init'")
+def compiler_options(kernels: str) -> dict[str, str] | None:
+  """The XLA options to compile train and eval steps with: genlab's CPU options for
+  `xla_cpu` (those XLA takes, and not set in XLA_FLAGS), none otherwise."""
   if kernels != "xla_cpu":
     return None
-  options = CPU_COMPILER_OPTIONS if program == "step" else CPU_INIT_COMPILER_OPTIONS
   flags = os.environ.get("XLA_FLAGS", "")
-  wanted = tuple((k, v) for k, v in options.items() if f"--{k}" not in flags)
+  wanted = tuple((k, v) for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}" not in flags)
   return dict(_options_xla_takes(wanted)) or None
 
 
@@ -190,7 +173,6 @@ def _options_xla_takes(options: tuple[tuple[str, str], ...]) -> tuple[tuple[str,
 __all__ = [
   "CELLS",
   "CPU_COMPILER_OPTIONS",
-  "CPU_INIT_COMPILER_OPTIONS",
   "KERNELS",
   "RESOLVED",
   "compiler_options",

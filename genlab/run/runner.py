@@ -19,7 +19,6 @@ comes from a feed (`StreamedFeed` or `ResidentFeed`): the compiled function is
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -80,7 +79,6 @@ class Runner:
     self.fsdp_min_size = fsdp_min_size
     self.kernels = kernels_lib.resolve(kernels, self.devices)
     self._options = kernels_lib.compiler_options(self.kernels)
-    self._init_options = kernels_lib.compiler_options(self.kernels, "init")
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, sharding.batch_spec())
     for name, size in {"batch_size": global_batch_size, "eval_batch_size": eval_batch_size}.items():
@@ -131,17 +129,15 @@ class Runner:
     large temporaries (XLA:CPU kept those of many layers at once), and Adam's moments are
     twice the parameters: made apart, they never meet (on 2 processes × 2 devices, a 1.07
     GiB state's creation rose 0.69× the state's size per process in one program, 0.5× so:
-    scripts/benchmark_memory.py). Both compile with the kernels' init options
-    (`genlab.kernels.compiler_options(kernels, "init")`)."""
+    scripts/benchmark_memory.py)."""
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    jit = functools.partial(jax.jit, compiler_options=self._init_options)
     if not _fresh_optimizer_states(abstract):
-      return jit(init, out_shardings=shardings)(*args)
-    rest = jit(
+      return jax.jit(init, out_shardings=shardings)(*args)
+    rest = jax.jit(
       lambda *a: init(*a).replace(opt_state=None),
       out_shardings=shardings.replace(opt_state=None),
     )(*args)
-    opt_state = jit(
+    opt_state = jax.jit(
       lambda state: {name: state.tx[name].init(state.params[name]) for name in state.tx},
       out_shardings=shardings.opt_state,
     )(rest)
