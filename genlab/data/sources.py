@@ -405,16 +405,16 @@ _WHOLE_SPLITS_KEPT = 8
 def _read_whole(source, split: str, example: TfdsExample) -> dict[str, np.ndarray]:
   """Every example of a TFDS split as arrays; kept per process where its files identify it
   (a mocked source of `tfds.testing` has none: read each time)."""
-  files = _tfds_files(source, split)
-  key = (repr([(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]), example)
-  if files and key in _WHOLE_SPLITS:
+  whole = RecordSplit(source, example, files=_tfds_files(source, split))
+  key = (whole.fingerprint(), example) if whole.files else None
+  if key in _WHOLE_SPLITS:
     _WHOLE_SPLITS.move_to_end(key)
     return dict(_WHOLE_SPLITS[key])
   # Record by record: the mocked sources of tfds.testing have no working __getitems__.
-  arrays = RecordSplit(source, example).rows(range(len(source)))
+  arrays = whole.rows(range(whole.num_examples))
   for array in arrays.values():
     array.flags.writeable = False
-  if files:
+  if key is not None:
     _WHOLE_SPLITS[key] = arrays
     while len(_WHOLE_SPLITS) > _WHOLE_SPLITS_KEPT:
       _WHOLE_SPLITS.popitem(last=False)
