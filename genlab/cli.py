@@ -399,6 +399,10 @@ def main(argv: list[str] | None = None) -> None:
       sys.stderr.flush()
       os._exit(e.exit_code)
     sys.exit(e.exit_code)
+  except Exception as e:
+    if "genlab.run.distributed" in sys.modules:  # A run of several processes may be on.
+      sys.modules["genlab.run.distributed"].after_error(e)
+    raise
 
 
 if __name__ == "__main__":

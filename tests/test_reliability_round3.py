@@ -466,3 +466,33 @@ def test_a_process_that_left_on_an_error_still_stops_when_another_is_lost():
   watchdog.close()
   assert lost[0][0] == 1 and lost[0][1] >= 0.3 and time.monotonic() - left < 5
   assert client.store[f"{KEY_PREFIX}0"] == "done"
+
+
+def test_a_collective_that_fails_as_a_peer_dies_ends_in_the_watchdogs_line(monkeypatch):
+  """Gloo fails a collective at once when the peer it reads from dies mid-exchange: before
+  that error leaves as a traceback, the process leaves and waits out the watch, which stops
+  it with its line. Another error, or a run that does not watch, is not held up."""
+  import jax
+
+  from genlab.run import distributed
+  from genlab.run.distributed import KEY_PREFIX, Watchdog
+
+  client, lost = _FakeClient(), []
+  watchdog = Watchdog(client, 0, 2, timeout=0.3, period=0.01)
+  watchdog.stop = lambda i, silent: lost.append((i, silent))
+  client.key_value_set(f"{KEY_PREFIX}1", "1")  # Process 1 beats once, then dies.
+  monkeypatch.setattr(distributed, "_active", watchdog.start())
+  reset = jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: Connection reset by peer")
+  try:
+    begin = time.monotonic()
+    distributed.after_error(ValueError("a bug of its own"))
+    assert time.monotonic() - begin < 0.1 and not lost
+    distributed.after_error(reset)
+    assert lost and lost[0][0] == 1, lost  # The watch spoke before the error could.
+    assert client.store[f"{KEY_PREFIX}0"] == "done"
+  finally:
+    watchdog.close()
+  monkeypatch.setattr(distributed, "_active", None)
+  begin = time.monotonic()
+  distributed.after_error(reset)
+  assert time.monotonic() - begin < 0.1

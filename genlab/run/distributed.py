@@ -89,6 +89,18 @@ def leave() -> None:
     _active.leave()
 
 
+def after_error(error: BaseException) -> None:
+  """Before an error of a collective leaves this process as a traceback: if it watches, it
+  leaves, and waits out the watch's timeout. A collective fails at once when the peer it
+  reads from died mid-exchange (Gloo: `Connection reset by peer`); the watch then stops
+  the process with its one line (`Watchdog.stop`) as when the collective hangs. Returns
+  (the error is then genlab's to report) when no process is lost or it does not watch."""
+  if _active is None or not isinstance(error, jax.errors.JaxRuntimeError):
+    return
+  _active.leave()
+  _active.wait_out()
+
+
 def _state():
   """JAX's distributed state, with the coordination-service client (private: orbax reads the
   client there too), or None."""
@@ -156,6 +168,10 @@ class Watchdog:
         self.client.key_value_set(f"{KEY_PREFIX}{self.index}", DONE, allow_overwrite=True)
       except Exception:  # noqa: BLE001 - the service may be gone already; nothing to tell.
         pass
+
+  def wait_out(self) -> None:
+    """Waits as long as the watch needs to find a process lost that is silent from now."""
+    self._closed.wait(self.timeout + 5 * self.period)
 
   def close(self) -> None:
     """Ends the watch (a process's watch otherwise ends with it)."""
