@@ -334,3 +334,48 @@ def test_multi_step_dispatches_are_unrolled_on_cpus_only_when_the_step_convolves
   assert kernels.scan_unroll("xla_cpu", 10, conv_step, params) == 10
   assert kernels.scan_unroll("xla_cpu", 10, lstm_step, lstm_params) == 1
   assert kernels.scan_unroll("flax", 10, conv_step, params) == 1
+
+
+def test_a_replicated_fresh_state_draws_flat_on_cpus_only_and_keys_leave_as_threefry():
+  seen = []
+
+  def init(key, x):
+    seen.append(jax.random.key_impl(key))
+    return {"w": jax.random.normal(key, (3, 3, 2, 4)) + x, "key": jax.random.split(key)[0]}
+
+  key = jax.random.key(0)
+  shaped = jax.jit(init)(key, 1.0)
+  flat = jax.jit(kernels.init_function("xla_cpu", init, replicated=True))(key, 1.0)
+  assert str(seen[-1]) == "fry_flat"
+  # The same values; a key the state keeps is threefry's, as `jax.random.key` makes.
+  chex.assert_trees_all_equal(jax.random.key_data(flat["key"]), jax.random.key_data(shaped["key"]))
+  assert str(jax.random.key_impl(flat["key"])) == "threefry2x32"
+  np.testing.assert_array_equal(flat["w"], shaped["w"])
+  # Off CPUs, and for a state born sharded (a flat draw cannot be split on an inner axis).
+  assert kernels.init_function("flax", init, replicated=True) is init
+  assert kernels.init_function("xla_cpu", init, replicated=False) is init
+
+
+@pytest.mark.parametrize("experiment", ["dcgan_digits.py", "rnn_ae_vowels.py"])
+def test_a_runs_fresh_state_on_cpus_equals_the_shaped_draws_bit_for_bit(experiment, data_dir):
+  """Two networks of convolutions and transposed ones; an LSTM's orthogonal draws:
+  the state the run makes with flat draws is the one `family.init_state` gives."""
+  from conftest import EXPERIMENTS
+  from genlab import config as config_lib
+  from genlab.core import rngs
+  from genlab.data import eval_batches
+  from genlab.run import setup
+
+  config = config_lib.load_experiment(EXPERIMENTS / experiment)
+  config.data.data_dir = data_dir
+  config.mesh.devices = 1
+  s = setup(config)
+  assert s.runner.kernels == "xla_cpu"
+  example = next(
+    eval_batches(s.dataset.train, global_batch_size=1, value_range=s.family.value_range)
+  )
+  shaped = jax.jit(s.family.init_state)(rngs.stream_key(s.root_key, "init"), example)
+  made = s.initial_state
+  chex.assert_trees_all_equal(made.params, shaped.params)
+  chex.assert_trees_all_equal(made.opt_state, shaped.opt_state)
+  chex.assert_trees_all_equal(made.stats, shaped.stats)
