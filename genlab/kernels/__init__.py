@@ -142,7 +142,8 @@ def init_function(kernels: str, init: Callable[..., Any], *, replicated: bool) -
   """`init` (a fresh state's function of keys and arrays) as a run compiles it: for
   `xla_cpu` and a state that is replicated, its threefry keys draw flat
   (`genlab.kernels.xla_cpu.draws`: the same values bit for bit, a program XLA:CPU compiles
-  up to 3x faster for convolutional networks), and keys it returns are threefry's again; `init` itself otherwise."""
+  up to 3x faster for convolutional networks), and keys it returns are threefry's again;
+  `init` itself otherwise."""
   if kernels != "xla_cpu" or not replicated:
     return init
   draws = _xla_cpu().draws
