@@ -305,6 +305,26 @@ def test_help_answers_without_importing_jax_or_the_families():
   assert "IMPORTED []" in proc.stdout, proc.stdout[-500:]
 
 
+def test_a_runs_tensorboard_writer_loads_without_pytorch_which_still_imports_after(tmp_path):
+  """tensorboardX tries `import torch` as it loads (1.2 s of every command's start where
+  PyTorch is installed, as the test extras install it); genlab's writer keeps it out."""
+  code = (
+    "import sys\n"
+    "from genlab.run.writers import MetricWriter\n"
+    f"writer = MetricWriter({str(tmp_path)!r})\n"
+    "writer.write(1, {'train/loss': 0.5})\n"
+    "writer.close()\n"
+    "print('TORCH', 'torch' in sys.modules)\n"
+    "import torch\n"
+    "print('THEN', torch.ones(2).sum().item())\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "TORCH False" in proc.stdout and "THEN 2.0" in proc.stdout, proc.stdout[-500:]
+  [events] = (tmp_path / "tensorboard").glob("events.*")
+  assert events.stat().st_size > 0
+
+
 def test_each_command_has_its_own_description_and_only_its_own_exit_statuses(capsys):
   from genlab import cli
 
