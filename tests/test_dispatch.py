@@ -70,7 +70,11 @@ def test_resident_equals_streaming_and_k_steps_equal_k_single_steps(data_dir, tm
 def test_metrics_of_every_step_of_a_dispatch_are_logged(data_dir, tmp_path):
   from genlab.run import train_and_evaluate
 
-  config = make_test_config(data_dir, steps_per_dispatch=5)
+  # The run `resident_k5` of the test above, shorter: the same programs (an unrolled
+  # 5-step dispatch of a conv AE compiles in ~10 s), compiled once.
+  config = make_test_config(
+    data_dir, corruption="gaussian:0.3", steps_per_dispatch=5, **{"data.device_resident": "on"}
+  )
   config.update(num_steps=20, log_every=10, eval_every=20, image_every=20, checkpoint_every=10)
   train_and_evaluate(config, tmp_path / "w")
   lines = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").open()]
