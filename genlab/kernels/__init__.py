@@ -8,8 +8,8 @@ Models take their Dense, ConvTranspose and recurrent layers from here, by a
   runs on GPUs and TPUs, and what a model built outside a run gets.
 * `xla_cpu` — genlab's versions for XLA:CPU (`genlab.kernels.xla_cpu`): custom
   gradients for `ConvTranspose`, bf16 products accumulated in float32, a fused
-  bf16 LSTM layer, genlab's compiler options, multi-step dispatches unrolled
-  when the step convolves, and a replicated fresh state's random draws made flat.
+  bf16 LSTM layer, genlab's compiler options, and multi-step dispatches unrolled
+  when the step convolves.
   They exist only to make XLA:CPU fast (docs/performance.md measures them).
 * `auto` — `xla_cpu` when every device of the run is a CPU, else `flax`.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -136,25 +136,6 @@ def has_convolution(jaxpr) -> bool:
         if hasattr(inner, "eqns") and has_convolution(inner):
           return True
   return False
-
-
-def init_function(kernels: str, init: Callable[..., Any], *, replicated: bool) -> Callable:
-  """`init` (a fresh state's function of keys and arrays) as a run compiles it: for
-  `xla_cpu` and a state that is replicated, its threefry keys draw flat
-  (`genlab.kernels.xla_cpu.draws`: the same values bit for bit, a program XLA:CPU compiles
-  up to 3x faster for convolutional networks), and keys it returns are threefry's again;
-  `init` itself otherwise."""
-  if kernels != "xla_cpu" or not replicated:
-    return init
-  draws = _xla_cpu().draws
-
-  @functools.wraps(init)
-  def flat_draws_init(*args):
-    args = jax.tree.map(lambda x: draws.flat(x) if draws.is_threefry(x) else x, args)
-    state = init(*args)
-    return jax.tree.map(lambda x: draws.threefry(x) if draws.is_flat(x) else x, state)
-
-  return flat_draws_init
 
 
 def compiler_options(kernels: str) -> dict[str, str] | None:

@@ -131,8 +131,6 @@ class Runner:
     GiB state's creation rose 0.69× the state's size per process in one program, 0.5× so:
     scripts/benchmark_memory.py)."""
     shardings = jax.tree.map(lambda x: x.sharding, abstract)
-    replicated = all(s.is_fully_replicated for s in jax.tree.leaves(shardings))
-    init = kernels_lib.init_function(self.kernels, init, replicated=replicated)
     if not _fresh_optimizer_states(abstract):
       return jax.jit(init, out_shardings=shardings)(*args)
     rest = jax.jit(
