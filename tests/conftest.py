@@ -19,13 +19,25 @@ import pytest
 
 
 def pytest_configure(config):
-  del config
   cache = os.path.join(tempfile.gettempdir(), "genlab-tests-xla-cache")
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-  # GAN metrics' feature classifiers: trained once per test session, not in ~/.cache.
-  os.environ.setdefault("GENLAB_CACHE_DIR", tempfile.mkdtemp(prefix="genlab-tests-cache-"))
+  # GAN metrics' feature classifiers: trained once per test session, not in ~/.cache. The
+  # process that makes the folder (xdist's controller, whose workers inherit it) removes it.
+  if "GENLAB_CACHE_DIR" not in os.environ:
+    config._genlab_cache_dir = tempfile.mkdtemp(prefix="genlab-tests-cache-")
+    os.environ["GENLAB_CACHE_DIR"] = config._genlab_cache_dir
+
+
+def pytest_unconfigure(config):
+  import shutil
+
+  made = getattr(config, "_genlab_cache_dir", None)
+  if made is not None:
+    shutil.rmtree(made, ignore_errors=True)
+    if os.environ.get("GENLAB_CACHE_DIR") == made:
+      del os.environ["GENLAB_CACHE_DIR"]
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
