@@ -96,9 +96,8 @@ def test_killed_at_a_random_step_then_resumed_equals_an_unbroken_run(
   saved_step, _ = restore_latest(run)
   assert seen <= saved_step < 600, (kill_at, seen, saved_step)
 
-  resumed = subprocess.run(
-    _args(run, data_dir, *overrides), env=_env(1), capture_output=True, text=True
-  )
+  # Resumed by the same command, in this process (the signal is what needed one).
+  resumed = genlab_here(capsys, *_args(run, data_dir, *overrides)[1:])
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming from the checkpoint of step {saved_step}" in resumed.stdout
   ref_step, ref_state = restore_latest(tmp_path / "ref")

@@ -73,10 +73,12 @@ RUN = [
 
 
 @pytest.mark.slow
-def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(data_dir, tmp_path):
-  solo = subprocess.run(
-    _train_args(tmp_path / "solo", data_dir, *RUN), env=_env(), capture_output=True, text=True
-  )
+def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(
+  data_dir, tmp_path, capsys
+):
+  # Only the first trainer needs a process of its own (the one holding the workdir); the
+  # reference and the commands it refuses run in this one.
+  solo = _train_here(capsys, tmp_path / "solo", data_dir, *RUN)
   assert solo.returncode == 0, solo.stderr[-3000:]
   first = subprocess.Popen(
     _train_args(tmp_path / "w", data_dir, *RUN), env=_env(), stderr=subprocess.PIPE, text=True
@@ -85,23 +87,16 @@ def test_a_second_trainer_of_a_workdir_stops_at_once_and_the_first_is_untouched(
   first.send_signal(signal.SIGSTOP)  # Held mid-run (it would finish in a second otherwise).
   try:
     begin = time.monotonic()
-    second = subprocess.run(
-      _train_args(tmp_path / "w", data_dir, *RUN, "--config.optimizer.learning_rate=1e-4"),
-      env=_env(),
-      capture_output=True,
-      text=True,
+    second = _train_here(
+      capsys, tmp_path / "w", data_dir, *RUN, "--config.optimizer.learning_rate=1e-4"
     )
     assert time.monotonic() - begin < 30
     assert_one_line_error(second, f"pid {first.pid}", "is in use")
     # Nor may an evaluation read its checkpoints meanwhile, nor `--fresh` move it away under
     # the trainer (which would go on saving into the new run's checkpoints).
-    assert_one_line_error(genlab("eval", "--workdir", str(tmp_path / "w")), "is in use")
-    fresh = subprocess.run(
-      [*_train_args(tmp_path / "w", data_dir, *RUN), "--fresh"],
-      env=_env(),
-      capture_output=True,
-      text=True,
-    )
+    evaluation = genlab_here(capsys, "eval", "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(evaluation, "is in use")
+    fresh = _train_here(capsys, tmp_path / "w", data_dir, *RUN, "--fresh")
     assert_one_line_error(fresh, f"pid {first.pid}", "is in use")
     assert not (tmp_path / "w.1").exists()
   finally:
