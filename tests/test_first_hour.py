@@ -28,13 +28,16 @@ TINY = """  config = base_config()
 
 
 @pytest.mark.slow
-def test_num_steps_on_the_command_line_wins_over_the_experiments_num_epochs(data_dir, tmp_path):
+def test_num_steps_on_the_command_line_wins_over_the_experiments_num_epochs(
+  data_dir, tmp_path, capsys
+):
   # 1,497 digits at batch 64: 23 steps per epoch, so the experiment alone would train 46.
   experiment = _write_experiment(
     tmp_path / "epochs.py", TINY + "  config.num_epochs = 2\n  config.num_steps = None\n"
   )
   dd = f"--config.data.data_dir={data_dir}"
-  proc = genlab(
+  proc = genlab_here(
+    capsys,
     "train",
     "--config",
     str(experiment),
@@ -52,7 +55,7 @@ def test_num_steps_on_the_command_line_wins_over_the_experiments_num_epochs(data
 
   # An experiment that sets both is refused, naming both.
   both = _write_experiment(tmp_path / "both.py", TINY + "  config.num_epochs = 2\n")
-  proc = genlab("train", "--config", str(both), "--workdir", str(tmp_path / "b"), dd)
+  proc = genlab_here(capsys, "train", "--config", str(both), "--workdir", str(tmp_path / "b"), dd)
   assert_one_line_error(proc, "num_steps=1000", "num_epochs=2")
   assert not (tmp_path / "b").exists()
 

@@ -14,7 +14,7 @@ import time
 import chex
 import numpy as np
 import pytest
-from test_cli import assert_one_line_error, genlab, genlab_here
+from test_cli import assert_one_line_error, genlab_here
 
 from conftest import EXPERIMENTS, genlab_command, logged_steps, make_test_config, restore_latest
 
@@ -326,7 +326,7 @@ def test_a_killed_run_resumes_with_every_step_once_in_metrics(data_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_damaged_run_files_are_one_line(data_dir, tmp_path):
+def test_damaged_run_files_are_one_line(data_dir, tmp_path, capsys):
   from genlab.errors import ConfigError, WorkdirError
   from genlab.run import train_and_evaluate
 
@@ -334,7 +334,7 @@ def test_damaged_run_files_are_one_line(data_dir, tmp_path):
   train_and_evaluate(config, tmp_path / "w")
   saved = (tmp_path / "w" / "config.json").read_text()
   (tmp_path / "w" / "config.json").write_text(saved[: len(saved) // 2])
-  proc = genlab("train", "--config", MAIN, "--workdir", str(tmp_path / "w"))
+  proc = genlab_here(capsys, "train", "--config", MAIN, "--workdir", str(tmp_path / "w"))
   assert_one_line_error(proc, "config.json cannot be read")
   (tmp_path / "w" / "config.json").unlink()
   with pytest.raises(WorkdirError, match="has checkpoints but no config.json"):
