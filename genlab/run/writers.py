@@ -118,10 +118,10 @@ def tensorboardx_summary_writer() -> type:
 
   tensorboardX's writer module tries `import torch` when it loads, only to accept torch
   tensors as well as NumPy arrays; genlab passes NumPy. Where PyTorch is installed, that
-  import took 1.2 s of every `genlab` command's start (2-core AMD EPYC, Zen 4) and a few
-  hundred MiB. While tensorboardX loads, `import torch` fails (`sys.modules['torch'] =
-  None`, Python's way to hide a module); afterwards it works as before. If PyTorch or the
-  writer is already imported, nothing is hidden."""
+  import cost every `genlab` command 1.8 s of its start (2-core AMD EPYC, Zen 4;
+  docs/performance.md) and a few hundred MiB. While tensorboardX loads, `import torch`
+  fails (`sys.modules['torch'] = None`, Python's way to hide a module); afterwards it works
+  as before. If PyTorch or the writer is already imported, nothing is hidden."""
   if "torch" not in sys.modules and "tensorboardX.writer" not in sys.modules:
     sys.modules["torch"] = None
     try:
