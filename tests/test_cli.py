@@ -305,6 +305,7 @@ def test_help_answers_without_importing_jax_or_the_families():
   assert "IMPORTED []" in proc.stdout, proc.stdout[-500:]
 
 
+@pytest.mark.slow  # A process of its own: a fresh interpreter, where torch is not yet imported.
 def test_a_runs_tensorboard_writer_loads_without_pytorch_which_still_imports_after(tmp_path):
   """tensorboardX tries `import torch` as it loads (1.2 s of every command's start where
   PyTorch is installed, as the test extras install it); genlab's writer keeps it out."""
