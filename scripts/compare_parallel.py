@@ -13,8 +13,7 @@ It logs the training objective at every step (`loss`, or a GAN's `d_loss` and
 per-step objectives, their largest relative difference from the one-device run's and the
 largest absolute differences of the final parameters and untrained state (`stats`). The
 runs evaluate at their last step but draw no images (`num_images=0`) unless an override
-asks. On a
-machine without accelerators the devices are faked with
+asks. On a machine without accelerators the devices are faked with
 XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before JAX starts.
 """
 
