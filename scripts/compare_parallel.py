@@ -11,10 +11,11 @@ then on an N-device mesh for each of `--modes`:
 It logs the training objective at every step (`loss`, or a GAN's `d_loss` and
 `g_loss`, or each `name/loss` of a set of SAEs) and prints one JSON line per mode: the
 per-step objectives, their largest relative difference from the one-device run's and the
-largest absolute differences of the final parameters and untrained state (`stats`). The
-runs evaluate at their last step but draw no images (`num_images=0`) unless an override
-asks. On a machine without accelerators the devices are faked with
-XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before JAX starts.
+largest absolute differences of the final parameters and untrained state (`stats`), and
+the metrics of the evaluation each run ends with (`test`: the whole test split, and the
+family's sample metrics), for the caller to compare. The runs draw no images
+(`num_images=0`) unless an override asks. On a machine without accelerators the devices
+are faked with XLA_FLAGS=--xla_force_host_platform_device_count=N, set here before JAX starts.
 """
 
 from __future__ import annotations
@@ -77,14 +78,26 @@ def main(argv: list[str]) -> None:
       k for k in train[0] if k.startswith("train/") and k.count("/") == 2 and k.endswith("/loss")
     )
     losses = [[line[k] for k in names] for line in train]
-    return np.array(losses), result.state.params, result.state.stats, train
+    return np.array(losses), result.state.params, result.state.stats, train, result.test_metrics
 
   with tempfile.TemporaryDirectory() as tmp:
-    reference, reference_params, reference_stats, logs = run("one", os.path.join(tmp, "one"))
+    reference, reference_params, reference_stats, logs, reference_test = run(
+      "one", os.path.join(tmp, "one")
+    )
     # The 1-device run's train log lines too, to check what the steps did (e.g. resampled).
-    print(json.dumps({"mode": "one", "devices": 1, "losses": reference.tolist(), "logs": logs}))
+    print(
+      json.dumps(
+        {
+          "mode": "one",
+          "devices": 1,
+          "losses": reference.tolist(),
+          "logs": logs,
+          "test": reference_test,
+        }
+      )
+    )
     for mode in args.modes.split(","):
-      losses, params, stats, _ = run(mode, os.path.join(tmp, mode))
+      losses, params, stats, _, test = run(mode, os.path.join(tmp, mode))
       rel = np.abs(losses - reference) / np.abs(reference)
       param_diff = max_abs_diff(params, reference_params)
       # Untrained state (an EMA codebook, counters) must agree as well.
@@ -99,6 +112,7 @@ def main(argv: list[str]) -> None:
             "max_rel_loss_diff_vs_1_device": float(rel.max()),
             "max_abs_param_diff_vs_1_device": param_diff,
             "max_abs_stats_diff_vs_1_device": stats_diff,
+            "test": test,
           }
         )
       )
