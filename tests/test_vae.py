@@ -158,6 +158,7 @@ def test_trained_vae_reports_an_nll_below_its_neg_elbo_and_writes_every_view(tra
   }
 
 
+@pytest.mark.slow  # Its workdir trains 1,500 steps (shared with the test above).
 def test_genlab_sample_writes_a_grid(trained_vae_workdir, tmp_path):
   from PIL import Image
 
