@@ -53,6 +53,7 @@ def main(argv: list[str]) -> None:
 
   from genlab import config as config_lib
   from genlab.run import train_and_evaluate
+  from genlab.run.writers import dumps  # json.dumps with NaN and ±Inf as null: valid JSON.
 
   def run(mode: str, workdir: str):
     config = config_lib.load_experiment(args.config)
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> None:
     )
     # The 1-device run's train log lines too, to check what the steps did (e.g. resampled).
     print(
-      json.dumps(
+      dumps(
         {
           "mode": "one",
           "devices": 1,
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> None:
       # Untrained state (an EMA codebook, counters) must agree as well.
       stats_diff = max_abs_diff(stats, reference_stats)
       print(
-        json.dumps(
+        dumps(
           {
             "mode": mode,
             "devices": jax.device_count(),
