@@ -70,8 +70,8 @@ def test_resident_equals_streaming_and_k_steps_equal_k_single_steps(data_dir, tm
 def test_metrics_of_every_step_of_a_dispatch_are_logged(data_dir, tmp_path):
   from genlab.run import train_and_evaluate
 
-  # The run `resident_k5` of the test above, shorter: the same programs (an unrolled
-  # 5-step dispatch of a conv AE compiles in ~10 s), compiled once.
+  # The run `resident_k5` of the test above, shorter: the same programs (a short conv AE
+  # run's compile ~11 s cold, the unrolled 5-step dispatch ~2.6 s of it), compiled once.
   config = make_test_config(
     data_dir, corruption="gaussian:0.3", steps_per_dispatch=5, **{"data.device_resident": "on"}
   )
